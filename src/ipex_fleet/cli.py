@@ -1,0 +1,139 @@
+"""The `ipex-fleet` command line. Every user error is one line and a non-zero exit."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Callable
+
+from .errors import UserError
+from .lab import Lab
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _lab_parser(sub: argparse._SubParsersAction) -> None:
+    lab = sub.add_parser("lab", help="run a local fleet of NixOS-like hosts (real sshd, real Nix)",
+                         description="The lab: NixOS-like hosts on loopback, one set of namespaces each.")
+    lab.add_argument("--root", help="lab directory (default $IPEX_FLEET_LAB_ROOT or /srv/ipex-fleet-lab)")
+    lab_sub = lab.add_subparsers(dest="lab_command", required=True, metavar="COMMAND")
+
+    up = lab_sub.add_parser("up", help="start hosts host1..hostN and give each its first generation")
+    up.add_argument("count", type=int, metavar="N")
+    up.add_argument("--net", help="loopback /24 for the hosts (default 127.0.10)")
+    up.set_defaults(func=_lab_up)
+    lab_sub.add_parser("down", help="stop every host; their disks stay").set_defaults(func=_lab_down)
+    lab_sub.add_parser("destroy", help="stop every host and remove the lab entirely").set_defaults(func=_lab_destroy)
+    st = lab_sub.add_parser("status", help="show each host's state, faults and generation")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=_lab_status)
+    for name, helptext, func in (
+        ("cut", "drop SSH traffic to HOST silently (nftables)", _lab_cut),
+        ("heal", "undo `cut`", _lab_heal),
+        ("freeze", "SIGSTOP every process of HOST", _lab_freeze),
+        ("thaw", "undo `freeze`", _lab_thaw),
+    ):
+        p = lab_sub.add_parser(name, help=helptext)
+        p.add_argument("host")
+        if name == "cut":
+            p.add_argument("--reject", action="store_true", help="refuse connections at once instead of dropping")
+        p.set_defaults(func=func)
+    ex = lab_sub.add_parser("exec", help="run a command on HOST over SSH: lab exec HOST -- CMD...")
+    ex.add_argument("host")
+    ex.add_argument("argv", nargs=argparse.REMAINDER)
+    ex.add_argument("--timeout", type=float, default=600)
+    ex.set_defaults(func=_lab_exec)
+    cfg = lab_sub.add_parser("config", help="set HOST's lab knobs (take effect at the next deploy)",
+                             description="Knobs: " + "; ".join(f"{k}: {v}" for k, v in _knobs().items()))
+    cfg.add_argument("host")
+    cfg.add_argument("assignments", nargs="*", metavar="KEY=VALUE")
+    cfg.set_defaults(func=_lab_config)
+
+
+def _knobs() -> dict[str, str]:
+    from .lab.knobs import KNOBS
+
+    return KNOBS
+
+
+def _lab_up(args: argparse.Namespace) -> int:
+    lab = Lab(args.root)
+    started = lab.up(args.count, args.net)
+    print(f"lab at {lab.layout.root}: {args.count} host(s) up"
+          + (f", started {', '.join(started)}" if started else ", all already running"))
+    print(f"inventory: IPEX_FLEET_LAB_ROOT={lab.layout.root} pyinfra inventories/lab.py deploys/prod.py -y")
+    return 0
+
+
+def _lab_down(args: argparse.Namespace) -> int:
+    Lab(args.root).down()
+    return 0
+
+
+def _lab_destroy(args: argparse.Namespace) -> int:
+    Lab(args.root).destroy()
+    return 0
+
+
+def _lab_status(args: argparse.Namespace) -> int:
+    rows = Lab(args.root).status()
+    if args.json:
+        print(json.dumps([r.__dict__ for r in rows], indent=2))
+        return 0
+    print(f"{'HOST':<8} {'ADDRESS':<15} {'STATE':<8} {'CUT':<7} {'GEN':>4}  SETTINGS")
+    for r in rows:
+        knobs = " ".join(f"{k}={v}" for k, v in sorted(r.settings.items()) if k != "address")
+        print(f"{r.name:<8} {r.address:<15} {r.state:<8} {r.cut or '-':<7} {r.generation if r.generation is not None else '-':>4}  {knobs}")
+    return 0
+
+
+def _lab_cut(args: argparse.Namespace) -> int:
+    Lab(args.root).cut(args.host, "reject" if args.reject else "drop")
+    return 0
+
+
+def _lab_heal(args: argparse.Namespace) -> int:
+    Lab(args.root).heal(args.host)
+    return 0
+
+
+def _lab_freeze(args: argparse.Namespace) -> int:
+    Lab(args.root).freeze(args.host)
+    return 0
+
+
+def _lab_thaw(args: argparse.Namespace) -> int:
+    Lab(args.root).thaw(args.host)
+    return 0
+
+
+def _lab_exec(args: argparse.Namespace) -> int:
+    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    return Lab(args.root).exec(args.host, argv, timeout=args.timeout)
+
+
+def _lab_config(args: argparse.Namespace) -> int:
+    settings = Lab(args.root).config(args.host, args.assignments)
+    print(" ".join(f"{k}={v}" for k, v in sorted(settings.items())))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ipex-fleet", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _lab_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as exc:
+        print(f"ipex-fleet: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ipex-fleet: interrupted", file=sys.stderr)
+        return 130

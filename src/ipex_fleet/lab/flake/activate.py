@@ -1,0 +1,161 @@
+#!/usr/bin/python3
+"""switch-to-configuration for ipex-fleet lab generations: NixOS activation, emulated.
+
+What it does, as NixOS's does: stop the old generation's services, run the activation
+(link the generation's /etc files), point /run/current-system at the generation, start
+the new generation's services. Exit codes follow NixOS: 1 usage, 2 activation script
+failed, 4 units failed, 100 reboot required.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+TOPLEVEL = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+ACTIONS = ("switch", "boot", "test", "dry-activate")
+SERVICES_RUN = "/run/lab-services"
+BOOT_ENTRY = "/var/lib/lab-boot/default"
+SERVICE_PORTS = {"ollama": 11434, "comfyui": 8188}
+
+
+def atomic_symlink(target, link):
+    tmp = f"{link}.tmp-{os.getpid()}"
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
+
+
+def load_settings():
+    with open(os.path.join(TOPLEVEL, "settings.json")) as f:
+        return json.load(f)
+
+
+def service_argv(name, settings):
+    script = os.path.join(TOPLEVEL, "share", "services", f"{name}.py")
+    argv = ["/usr/bin/python3", script, "--host", settings["address"],
+            "--port", str(SERVICE_PORTS[name]), "--state", f"/var/lib/{name}"]
+    if settings.get("fail_service") == name:
+        argv.append("--fail-start")
+    return argv
+
+
+def stop_services():
+    if not os.path.isdir(SERVICES_RUN):
+        return
+    for entry in sorted(os.listdir(SERVICES_RUN)):
+        if not entry.endswith(".pid"):
+            continue
+        path = os.path.join(SERVICES_RUN, entry)
+        with open(path) as f:
+            pid = int(f.read().strip() or 0)
+        if pid:
+            stop_pid(pid)
+        os.unlink(path)
+        print(f"stopping the following units: {entry[:-4]}.service")
+
+
+def stop_pid(pid):
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def start_services(settings):
+    """Start every service, then wait for each to listen; return the names that failed."""
+    os.makedirs(SERVICES_RUN, exist_ok=True)
+    started = {}
+    for name in SERVICE_PORTS:
+        os.makedirs(f"/var/lib/{name}", exist_ok=True)
+        log = open(f"/var/lib/{name}/service.log", "ab")
+        env = dict(os.environ)
+        if settings.get("hide_accelerator"):
+            env["IPEX_FLEET_LAB_HIDE_ACCELERATOR"] = "1"
+        proc = subprocess.Popen(service_argv(name, settings), stdin=subprocess.DEVNULL,
+                                stdout=log, stderr=log, start_new_session=True, env=env)
+        with open(os.path.join(SERVICES_RUN, f"{name}.pid"), "w") as f:
+            f.write(str(proc.pid))
+        started[name] = proc
+        print(f"starting the following units: {name}.service")
+    failed = []
+    for name, proc in started.items():
+        if not wait_listening(proc, settings["address"], SERVICE_PORTS[name], timeout=10):
+            failed.append(f"{name}.service")
+    return failed
+
+
+def wait_listening(proc, address, port, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            with socket.create_connection((address, port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+def install_etc():
+    """Link the generation's etc/ tree into /etc through /etc/static, as NixOS does."""
+    etc_src = os.path.join(TOPLEVEL, "etc")
+    atomic_symlink(etc_src, "/etc/static")
+    for dirpath, _dirs, files in os.walk(etc_src):
+        rel_dir = os.path.relpath(dirpath, etc_src)
+        for name in files:
+            rel = os.path.normpath(os.path.join(rel_dir, name))
+            target = os.path.join("/etc", rel)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            atomic_symlink(os.path.join("/etc/static", rel), target)
+
+
+def main(argv):
+    if len(argv) != 2 or argv[1] not in ACTIONS:
+        print(f"Usage: {argv[0]} [{'|'.join(ACTIONS)}]", file=sys.stderr)
+        return 1
+    action = argv[1]
+    settings = load_settings()
+    if action == "dry-activate":
+        print(f"would activate the configuration {TOPLEVEL}")
+        print("would restart the following units: " + ", ".join(f"{n}.service" for n in SERVICE_PORTS))
+        return 0
+    if action in ("switch", "boot"):
+        os.makedirs(os.path.dirname(BOOT_ENTRY), exist_ok=True)
+        atomic_symlink(TOPLEVEL, BOOT_ENTRY)
+        print("updating the boot loader entry")
+    if action == "boot":
+        return 0
+    stop_services()
+    print("activating the configuration...")
+    if settings.get("fail_activation"):
+        print("Activation script snippet 'lab-fail-activation' failed (1)", file=sys.stderr)
+        return 2
+    install_etc()
+    atomic_symlink(TOPLEVEL, "/run/current-system")
+    failed = start_services(settings)
+    if failed:
+        print("warning: the following units failed: " + ", ".join(failed), file=sys.stderr)
+        return 4
+    if settings.get("reboot_required"):
+        print("a reboot is required to activate the new kernel")
+        return 100
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

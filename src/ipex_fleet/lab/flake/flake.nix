@@ -1,0 +1,50 @@
+{
+  # The lab's stand-in for a NixOS flake: no inputs, so it builds offline with Nix 2.8.
+  # Each host's toplevel is a plain derivation with what the deploy tooling relies on:
+  # `nixos-version`, `bin/switch-to-configuration`, and an `etc/` tree.
+  # Host settings (lab knobs) live in ./hosts/<name>.json, written by `ipex-fleet lab config`.
+  description = "ipex-fleet lab: NixOS-like toplevels for the lab hosts";
+
+  outputs = { self }:
+    let
+      system = "x86_64-linux";
+      files = builtins.attrNames (builtins.readDir ./hosts);
+      jsonFiles = builtins.filter (f: builtins.match ".*\\.json" f != null) files;
+      names = map (f: builtins.substring 0 (builtins.stringLength f - 5) f) jsonFiles;
+
+      mkToplevel = name:
+        let
+          settings = builtins.fromJSON (builtins.readFile (./hosts + "/${name}.json"));
+          fleetConfig = {
+            host = name;
+            generation_version = settings.version;
+            accelerator = settings.accelerator or "cpu";
+            services = {
+              ollama = { url = "http://${settings.address}:11434"; models = "/var/lib/ollama/models"; };
+              comfyui = { url = "http://${settings.address}:8188"; models = "/var/lib/comfyui/models"; };
+            };
+          };
+        in
+        derivation {
+          name = "nixos-system-${name}-lab-${settings.version}";
+          inherit system;
+          builder = "/bin/sh";
+          args = [ ./build.sh ];
+          PATH = "/usr/bin:/bin";
+          hostName = name;
+          nixosVersion = "26.05.lab-${settings.version}";
+          settingsJson = builtins.toJSON settings;
+          fleetConfigJson = builtins.toJSON fleetConfig;
+          activate = ./activate.py;
+          services = ./services;
+        };
+    in
+    {
+      nixosConfigurations = builtins.listToAttrs (map
+        (name: {
+          inherit name;
+          value.config.system.build.toplevel = mkToplevel name;
+        })
+        names);
+    };
+}

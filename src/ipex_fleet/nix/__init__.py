@@ -1,0 +1,1 @@
+"""Nix and NixOS for pyinfra: command builders, facts and operations."""

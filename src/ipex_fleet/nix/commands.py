@@ -1,0 +1,168 @@
+"""One function per remote command, each returning a quoted shell string.
+
+Used by the pyinfra facts and operations, by the deploy roles at execution time, and by
+the lab's bootstrap, so that every part runs the same commands.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from shlex import quote
+
+from ..domain import STATE_DIR, Action, Generation, ProfileState
+
+LOCK_FILE = f"{STATE_DIR}/lock"
+DEPLOY_LOG = f"{STATE_DIR}/deploys.jsonl"
+FLAKE_ROOT = f"{STATE_DIR}/flake"
+ACTIVATION_LOG = f"{STATE_DIR}/activation.log"
+_LINK_RE = re.compile(r"-(\d+)-link$")
+
+
+def toplevel_attr(config_name: str) -> str:
+    return f"nixosConfigurations.{config_name}.config.system.build.toplevel"
+
+
+def profile_state(profile: str) -> str:
+    """Print `<link-name> <mtime> <store-path>` per generation, then `current <link-name>`."""
+    p = quote(profile)
+    return (
+        f'for l in {p}-*-link; do [ -L "$l" ] || continue; '
+        'printf "%s %s %s\\n" "${l##*/}" "$(stat -c %Y "$l")" "$(readlink -f "$l")"; done; '
+        f'printf "current %s\\n" "$(readlink {p} 2>/dev/null)"'
+    )
+
+
+def parse_profile_state(lines: list[str]) -> ProfileState:
+    generations: list[Generation] = []
+    current: int | None = None
+    for line in lines:
+        parts = line.split()
+        if parts and parts[0] == "current":
+            m = _LINK_RE.search(parts[1]) if len(parts) > 1 else None
+            current = int(m.group(1)) if m else None
+        elif len(parts) == 3 and (m := _LINK_RE.search(parts[0])):
+            generations.append(Generation(int(m.group(1)), parts[2], int(parts[1])))
+    generations.sort(key=lambda g: g.number or 0)
+    return ProfileState(tuple(generations), current)
+
+
+def running_system() -> str:
+    return "readlink -f /run/current-system 2>/dev/null || true"
+
+
+def preflight(min_free_path: str = "/nix") -> str:
+    """key=value lines: the OS id, the Nix version, free KiB on the store."""
+    return (
+        '. /etc/os-release 2>/dev/null; printf "os_id=%s\\n" "${ID:-unknown}"; '
+        'printf "nix=%s\\n" "$(nix --version 2>/dev/null)"; '
+        f'printf "free_kb=%s\\n" "$(df -Pk {quote(min_free_path)} | awk \'NR==2{{print $4}}\')"'
+    )
+
+
+def parse_key_values(lines: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line in lines:
+        key, sep, value = line.partition("=")
+        if sep:
+            out[key.strip()] = value.strip()
+    return out
+
+
+def flake_present(flake_hash: str) -> str:
+    return f"test -f {quote(f'{FLAKE_ROOT}/{flake_hash}/.complete')}"
+
+
+def unpack_flake(tarball: str, flake_hash: str) -> str:
+    """Unpack into a temporary directory, then rename: a half-pushed flake is never used."""
+    d = quote(f"{FLAKE_ROOT}/{flake_hash}")
+    return (
+        f"set -e; rm -rf {d}.tmp; mkdir -p {d}.tmp; tar -xzf {quote(tarball)} -C {d}.tmp; "
+        f"touch {d}.tmp/.complete; rm -rf {d}; mv {d}.tmp {d}; rm -f {quote(tarball)}"
+    )
+
+
+def prune_flakes(keep: int, current_hash: str) -> str:
+    """Keep the newest `keep` pushed flakes (the current one always)."""
+    root = quote(FLAKE_ROOT)
+    return (
+        f"cd {root} 2>/dev/null || exit 0; "
+        f"ls -1t | grep -v -x -e {quote(current_hash)} | tail -n +{int(keep)} | xargs -r rm -rf --"
+    )
+
+
+def build_toplevel(flake_ref: str, config_name: str) -> str:
+    return (
+        "nix --extra-experimental-features 'nix-command flakes' build --json --no-link "
+        f"--no-write-lock-file {quote(f'{flake_ref}#{toplevel_attr(config_name)}')}"
+    )
+
+
+def parse_build_output(stdout: str) -> str:
+    """The toplevel's store path from `nix build --json` (Nix 2.8 has no --print-out-paths)."""
+    data = json.loads(stdout)
+    return data[0]["outputs"]["out"]
+
+
+def set_profile(profile: str, path: str) -> str:
+    return f"nix-env -p {quote(profile)} --set {quote(path)}"
+
+
+def switch_generation(profile: str, number: int) -> str:
+    return f"nix-env -p {quote(profile)} --switch-generation {int(number)}"
+
+
+def activate(path: str, action: Action) -> str:
+    """Run switch-to-configuration detached from the SSH session, then report its output.
+
+    systemd-run where systemd is PID 1 (as nixos-rebuild-ng does), otherwise a new session
+    with output in a file: a dropped connection can then neither kill it nor SIGPIPE it.
+    """
+    stc = quote(f"{path}/bin/switch-to-configuration")
+    act = quote(action.value)
+    log = quote(ACTIVATION_LOG)
+    return (
+        f"test -f {quote(path + '/nixos-version')} || "
+        f"{{ echo {quote(path + ' is not a NixOS system: it has no nixos-version')} >&2; exit 97; }}; "
+        f"mkdir -p {quote(STATE_DIR)}; "
+        'if [ "$(cat /proc/1/comm 2>/dev/null)" = systemd ] && command -v systemd-run >/dev/null; then '
+        "systemd-run --collect --no-ask-password --pipe --quiet --service-type=exec "
+        f"--unit=ipex-fleet-switch-to-configuration {stc} {act}; "
+        f"else setsid -w sh -c 'exec \"$0\" \"$1\" >\"$2\" 2>&1' {stc} {act} {log} </dev/null; "
+        f"rc=$?; cat {log}; exit $rc; fi"
+    )
+
+
+def readlink(path: str) -> str:
+    return f"readlink -f {quote(path)} 2>/dev/null || true"
+
+
+def acquire_lock(owner: dict[str, object]) -> str:
+    """Create the lock atomically (noclobber); on refusal print the holder and exit 75."""
+    lock = quote(LOCK_FILE)
+    return (
+        f"mkdir -p {quote(STATE_DIR)}; "
+        f"if (set -C; printf '%s\\n' {quote(json.dumps(owner, sort_keys=True))} > {lock}) 2>/dev/null; "
+        f"then echo acquired; else cat {lock}; exit 75; fi"
+    )
+
+
+def release_lock(run_id: str) -> str:
+    """Remove the lock only when this run holds it."""
+    lock = quote(LOCK_FILE)
+    return f"grep -q -F {quote(json.dumps(run_id))} {lock} 2>/dev/null && rm -f {lock} || true"
+
+
+def force_lock(owner: dict[str, object]) -> str:
+    return f"mkdir -p {quote(STATE_DIR)}; printf '%s\\n' {quote(json.dumps(owner, sort_keys=True))} > {quote(LOCK_FILE)}"
+
+
+def append_deploy_record(record: dict[str, object]) -> str:
+    return (
+        f"mkdir -p {quote(STATE_DIR)} && "
+        f"printf '%s\\n' {quote(json.dumps(record, sort_keys=True))} >> {quote(DEPLOY_LOG)}"
+    )
+
+
+def last_deploy_records(count: int) -> str:
+    return f"tail -n {int(count)} {quote(DEPLOY_LOG)} 2>/dev/null || true"
