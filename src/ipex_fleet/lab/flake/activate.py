@@ -1,4 +1,4 @@
-#!/usr/bin/python3
+#!/usr/bin/python3 -u
 """switch-to-configuration for ipex-fleet lab generations: NixOS activation, emulated.
 
 What it does, as NixOS's does: stop the old generation's services, run the activation

@@ -1,0 +1,19 @@
+"""Deploy the fleet's NixOS flake, one transaction per host, every host in parallel.
+
+    pyinfra inventories/prod.py deploys/prod.py -y
+
+Each host: preflight and lock, record its generation, push and build the flake, switch,
+then record. A failure after the switch rolls that host back to the recorded generation,
+and the run exits non-zero. Run it from the repository root.
+"""
+
+from roles.preflight import preflight
+from roles.record import record
+from roles.system import system
+from roles.transaction import validate_once
+
+validate_once()
+preflight()
+system()
+# Steps 6 to 8 (models, health checks, benchmark) join here, between switch and record.
+record()

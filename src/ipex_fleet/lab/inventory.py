@@ -1,0 +1,34 @@
+"""pyinfra host data for a running lab, for inventories/lab.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .fleet import Lab
+
+
+def lab_hosts(root: str | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """(name, data) for every lab host, with SSH pinned to the lab's key and known_hosts."""
+    lab = Lab(root)
+    layout, spec = lab.layout, lab.spec
+    return [
+        (host.name, {
+            "ssh_hostname": host.address,
+            "ssh_user": "root",
+            "ssh_key": str(layout.client_key),
+            "ssh_known_hosts_file": str(layout.known_hosts),
+            "ssh_strict_host_key_checking": "yes",
+            # The lab's ssh_config carries ServerAliveInterval: pyinfra then sends keepalives.
+            "ssh_config_file": str(layout.ssh_config),
+            "flake": str(layout.flake_dir),
+            "lab_root": str(layout.root),
+        })
+        for host in spec.hosts
+    ]
+
+
+def split_waves(hosts: list[Any]) -> tuple[list[Any], list[Any], list[Any]]:
+    """canary (1 host), wave1 (about 2/5 of the rest), wave2 (the remainder)."""
+    canary, rest = hosts[:1], hosts[1:]
+    first = max(1, len(rest) * 2 // 5) if len(rest) >= 2 else len(rest)
+    return canary, rest[:first], rest[first:]

@@ -1,0 +1,97 @@
+"""The one place that runs commands on hosts through pyinfra's connection, bounded in time.
+
+pyinfra's own `_timeout` covers only reading output; opening a channel on a dead connection can
+block far longer. Every call here is also wrapped in a gevent timeout, and a timeout is told
+apart from a dead host by a fresh TCP connect and SSH banner read.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from io import BytesIO
+from typing import Any
+
+import gevent
+from paramiko.ssh_exception import SSHException
+
+_RC_MARK = "__ipex_fleet_rc="
+_CONNECTION_ERRORS = (OSError, EOFError, SSHException, TimeoutError, gevent.Timeout)
+
+
+class HostUnreachable(Exception):
+    """The host stopped answering: its connection is dead or it does not answer SSH."""
+
+
+class StepTimeout(Exception):
+    """The host answers SSH, but the command outran its timeout."""
+
+
+@dataclass(frozen=True)
+class RemoteResult:
+    returncode: int
+    stdout_lines: tuple[str, ...]
+    stderr_lines: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+    @property
+    def stdout(self) -> str:
+        return "\n".join(self.stdout_lines)
+
+    @property
+    def last_error(self) -> str:
+        for stream in (self.stderr_lines, self.stdout_lines):
+            lines = [l.strip() for l in stream if l.strip()]
+            if lines:
+                return lines[-1]
+        return f"exit {self.returncode}"
+
+
+def address(host: Any) -> tuple[str, int]:
+    return str(host.data.get("ssh_hostname") or host.name), int(host.data.get("ssh_port") or 22)
+
+
+def answers_ssh(host: Any, timeout: float = 3.0) -> bool:
+    """A fresh TCP connect plus the SSH banner: cut hosts time out, frozen ones send no banner."""
+    try:
+        with socket.create_connection(address(host), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            return sock.recv(4).startswith(b"SSH-")
+    except OSError:
+        return False
+
+
+def run(host: Any, command: str, *, timeout: float) -> RemoteResult:
+    """Run a shell command on `host`; its exit code is kept (pyinfra keeps only success)."""
+    wrapped = f"( {command}\n); printf '\\n{_RC_MARK}%d\\n' \"$?\""
+    try:
+        with gevent.Timeout(timeout + 5):
+            _ok, output = host.run_shell_command(wrapped, _timeout=timeout)
+    except _CONNECTION_ERRORS as exc:
+        _raise_for(host, timeout, exc)
+    stdout = list(output.stdout_lines)
+    rc = 255
+    if stdout and stdout[-1].startswith(_RC_MARK):
+        rc = int(stdout.pop()[len(_RC_MARK):])
+        if stdout and stdout[-1] == "":
+            stdout.pop()
+    return RemoteResult(rc, tuple(stdout), tuple(output.stderr_lines))
+
+
+def put_bytes(host: Any, data: bytes, remote_path: str, *, timeout: float) -> None:
+    try:
+        with gevent.Timeout(timeout):
+            if not host.put_file(BytesIO(data), remote_path):
+                raise HostUnreachable(f"upload of {remote_path} failed")
+    except _CONNECTION_ERRORS as exc:
+        _raise_for(host, timeout, exc)
+
+
+def _raise_for(host: Any, timeout: float, exc: BaseException) -> None:
+    if answers_ssh(host):
+        raise StepTimeout(f"command did not finish within {timeout:g}s") from None
+    raise HostUnreachable(f"no answer from {address(host)[0]} (after {type(exc).__name__}); "
+                          f"the host is down or cut off") from None

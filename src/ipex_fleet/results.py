@@ -1,0 +1,52 @@
+"""Controller-side state: `.ipex-fleet/` (or $IPEX_FLEET_STATE), one run id per process."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import secrets
+import time
+from pathlib import Path
+
+from .domain import HostResult
+
+
+def state_dir() -> Path:
+    return Path(os.environ.get("IPEX_FLEET_STATE") or ".ipex-fleet").absolute()
+
+
+@functools.cache
+def current_run_id() -> str:
+    """$IPEX_FLEET_RUN_ID (set by the rollout engine), or a fresh id for this process."""
+    return os.environ.get("IPEX_FLEET_RUN_ID") or (
+        time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
+    )
+
+
+def run_dir(run_id: str) -> Path:
+    return state_dir() / "runs" / run_id
+
+
+def write_host_result(result: HostResult) -> Path:
+    path = run_dir(result.run_id) / "hosts" / f"{result.host.replace('/', '_')}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result.to_json(), indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_host_result(run_id: str, host: str) -> HostResult | None:
+    path = run_dir(run_id) / "hosts" / f"{host.replace('/', '_')}.json"
+    try:
+        return HostResult.from_json(json.loads(path.read_text()))
+    except FileNotFoundError:
+        return None
+
+
+def read_run(run_id: str) -> list[HostResult]:
+    folder = run_dir(run_id) / "hosts"
+    if not folder.is_dir():
+        return []
+    return [HostResult.from_json(json.loads(p.read_text())) for p in sorted(folder.glob("*.json"))]

@@ -1,0 +1,86 @@
+"""Deploy settings from pyinfra host data, validated before any host is touched."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from .domain import SYSTEM_PROFILE, Action
+from .errors import UserError
+
+_HOST_NAME_RE = re.compile(r"^[A-Za-z0-9@][A-Za-z0-9._@/-]{0,252}$")
+_CONFIG_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,62}$")
+_PATH_RE = re.compile(r"^/[A-Za-z0-9._/+-]+$")
+
+
+@dataclass(frozen=True)
+class DeploySettings:
+    """What one host's deploy needs, from host data (documented in inventories/group_data/all.py)."""
+
+    flake: str
+    nixos_config: str
+    mode: Action
+    profile: str
+    min_free_mb: int
+    keep_flakes: int
+    command_timeout: float
+    build_timeout: float
+    activation_timeout: float
+    break_lock: bool
+
+
+def _number(name: str, host: str, value: Any, minimum: float) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"host {host}: {name}={value!r} is not a number; fix it in host or group data") from None
+    if number < minimum:
+        raise UserError(f"host {host}: {name}={value!r} must be at least {minimum:g}")
+    return number
+
+
+def check_host_name(name: str) -> str:
+    if not _HOST_NAME_RE.match(name):
+        raise UserError(f"host {name!r}: the name may hold only letters, digits and . _ - @ /; "
+                        "rename it in the inventory (set ssh_hostname for the address)")
+    return name
+
+
+def from_host_data(name: str, data: Any) -> DeploySettings:
+    """Validate `data` (pyinfra HostData or a dict) and return the settings; raise UserError."""
+    check_host_name(name)
+    get = data.get
+    flake = get("flake")
+    if not flake:
+        raise UserError(f"host {name}: no flake set; set host data flake=PATH (a directory with flake.nix)")
+    flake_path = os.path.abspath(str(flake))
+    if not os.path.isfile(os.path.join(flake_path, "flake.nix")):
+        raise UserError(f"host {name}: flake {flake!r} has no flake.nix (looked in {flake_path}); "
+                        "fix host data flake=PATH")
+    config = str(get("nixos_config") or name)
+    if not _CONFIG_NAME_RE.match(config):
+        raise UserError(f"host {name}: nixos_config {config!r} is not a plain attribute name; "
+                        "set host data nixos_config to the flake's nixosConfigurations name")
+    mode_text = str(get("mode") or Action.SWITCH.value)
+    try:
+        mode = Action(mode_text)
+    except ValueError:
+        raise UserError(f"host {name}: unknown mode {mode_text!r}; use one of "
+                        f"{', '.join(a.value for a in Action)}") from None
+    profile = str(get("nix_profile") or SYSTEM_PROFILE)
+    if not _PATH_RE.match(profile):
+        raise UserError(f"host {name}: nix_profile {profile!r} must be an absolute path of plain characters")
+    return DeploySettings(
+        flake=flake_path,
+        nixos_config=config,
+        mode=mode,
+        profile=profile,
+        min_free_mb=int(_number("min_free_mb", name, get("min_free_mb", 1024), 0)),
+        keep_flakes=int(_number("keep_flakes", name, get("keep_flakes", 5), 1)),
+        command_timeout=_number("command_timeout", name, get("command_timeout", 60), 1),
+        build_timeout=_number("build_timeout", name, get("build_timeout", 3600), 1),
+        activation_timeout=_number("activation_timeout", name, get("activation_timeout", 600), 1),
+        break_lock=bool(get("break_lock", False)),
+    )

@@ -1,0 +1,293 @@
+"""One host's deploy as a transaction (DESIGN.md, "One host's deploy is a transaction").
+
+Each step is a function `(tx, host)` run at execution time through `python.call`. `run_step`
+wraps them: a step that fails rolls the host back to the generation recorded at the start
+(once the system was switched), writes the host result on both sides, releases the lock,
+and fails the host in pyinfra so the run's exit code is not 0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from pyinfra import logger
+
+from .domain import NO_GENERATION, Action, Generation, HostResult, Status
+from .flakepush import flake_hash, flake_tarball
+from .nix import commands as nixcmd
+from .remote import HostUnreachable, RemoteResult, StepTimeout, put_bytes, run
+from .results import current_run_id, read_host_result, write_host_result
+from .settings import DeploySettings, from_host_data
+
+
+class StepFailed(Exception):
+    """A step found the host unfit to continue; the message says why."""
+
+
+class LockRefused(StepFailed):
+    """Another run holds the host's lock."""
+
+
+@dataclass
+class HostTransaction:
+    """The running record of one host's deploy (mutable: it accumulates as steps run)."""
+
+    host: str
+    run_id: str
+    settings: DeploySettings
+    previous: Generation = NO_GENERATION
+    target: Generation = NO_GENERATION
+    flake_hash: str | None = None
+    switched: bool = False
+    unchanged: bool = False
+    reboot_required: bool = False
+    locked: bool = False
+    finished: bool = False
+    health: dict[str, Any] | None = None
+    bench: dict[str, Any] | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+
+    def result(self, status: Status, final: Generation, error: str | None) -> HostResult:
+        return HostResult(
+            host=self.host, run_id=self.run_id, status=status, previous=self.previous,
+            target=self.target, final=final, health=self.health, bench=self.bench,
+            timings={**self.timings, "total": round(time.monotonic() - self.started, 3)},
+            error=error, reboot_required=self.reboot_required, flake_hash=self.flake_hash,
+        )
+
+
+_TRANSACTIONS: dict[str, HostTransaction] = {}
+Step = Callable[[HostTransaction, Any], None]
+
+
+def transaction_for(host: Any) -> HostTransaction:
+    tx = _TRANSACTIONS.get(host.name)
+    if tx is None:
+        tx = HostTransaction(host.name, current_run_id(), from_host_data(host.name, host.data))
+        _TRANSACTIONS[host.name] = tx
+    return tx
+
+
+def validate_inventory(inventory: Any) -> None:
+    """Check every active host's data once, before any operation runs (raises UserError)."""
+    for host in inventory.iter_activated_hosts():
+        from_host_data(host.name, host.data)
+
+
+def sh(tx: HostTransaction, host: Any, command: str, timeout: float | None = None) -> RemoteResult:
+    return run(host, command, timeout=timeout or tx.settings.command_timeout)
+
+
+def run_step(state: Any, host: Any, step: Step, name: str) -> bool:
+    """Run one step for one host; on failure, undo and record. Returns False to fail the host."""
+    tx = transaction_for(host)
+    if tx.finished:
+        return True
+    started = time.monotonic()
+    try:
+        step(tx, host)
+    except HostUnreachable as exc:
+        _finish(tx, host, Status.UNREACHABLE, NO_GENERATION, f"{name}: {exc}")
+        return False
+    except LockRefused as exc:
+        _finish(tx, host, Status.SKIPPED, tx.previous, str(exc))
+        return False
+    except (StepFailed, StepTimeout) as exc:
+        _fail(tx, host, f"{name}: {exc}")
+        return False
+    except Exception as exc:  # a bug or an unexpected answer must still leave the host safe
+        _fail(tx, host, f"{name}: {type(exc).__name__}: {exc}")
+        return False
+    finally:
+        tx.timings[step.__name__] = round(time.monotonic() - started, 3)
+    return True
+
+
+def _fail(tx: HostTransaction, host: Any, error: str) -> None:
+    host.log(f"failed: {error}", logger.error)
+    if not tx.switched:
+        _finish(tx, host, Status.FAILED, tx.previous, error)
+        return
+    started = time.monotonic()
+    try:
+        final = rollback_to(tx, host, tx.previous)
+    except HostUnreachable as exc:
+        _finish(tx, host, Status.UNREACHABLE, NO_GENERATION, f"{error}; rollback: {exc}")
+        return
+    except (StepFailed, StepTimeout) as exc:
+        _finish(tx, host, Status.FAILED, NO_GENERATION, f"{error}; rollback FAILED: {exc}")
+        return
+    tx.timings["rollback"] = round(time.monotonic() - started, 3)
+    host.log(f"rolled back to generation {final.number} ({final.path})", logger.warning)
+    _finish(tx, host, Status.ROLLED_BACK, final, error)
+
+
+def _finish(tx: HostTransaction, host: Any, status: Status, final: Generation, error: str | None) -> None:
+    """Record the result on the host (when it answers) and on the controller; release the lock."""
+    tx.finished = True
+    result = tx.result(status, final, error)
+    if status != Status.UNREACHABLE:
+        try:
+            sh(tx, host, nixcmd.append_deploy_record(result.to_json()))
+            if tx.locked:
+                sh(tx, host, nixcmd.release_lock(tx.run_id))
+        except (HostUnreachable, StepTimeout) as exc:
+            result = tx.result(Status.UNREACHABLE, NO_GENERATION, f"{error or status.value}; recording: {exc}")
+    write_host_result(result)
+    line = f"{result.status.value}: generation {result.final.number}"
+    if result.error:
+        line += f" ({result.error})"
+    host.log(line, logger.info if result.status.succeeded else logger.error)
+
+
+# -- steps 1 to 5, and 9 --------------------------------------------------------------------
+
+
+def preflight(tx: HostTransaction, host: Any) -> None:
+    """Step 1: NixOS (or Nix present), enough free space on /nix, then the lock."""
+    facts = nixcmd.parse_key_values(list(sh(tx, host, nixcmd.preflight()).stdout_lines))
+    if facts.get("os_id") != "nixos" and not facts.get("nix"):
+        raise StepFailed(f"not NixOS (ID={facts.get('os_id')}) and no nix on PATH")
+    free_mb = int(facts.get("free_kb") or 0) // 1024
+    if free_mb < tx.settings.min_free_mb:
+        raise StepFailed(f"only {free_mb} MiB free on /nix, {tx.settings.min_free_mb} MiB needed "
+                         "(host data min_free_mb); collect garbage with deploys/maintenance.py")
+    take_lock(tx, host)
+
+
+def take_lock(tx: HostTransaction, host: Any) -> None:
+    owner = {"run_id": tx.run_id, "controller": socket.gethostname(), "pid": os.getpid(),
+             "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    got = sh(tx, host, nixcmd.acquire_lock(owner))
+    if got.ok:
+        tx.locked = True
+        return
+    if got.returncode != 75:
+        raise StepFailed(f"could not take the lock: {got.last_error}")
+    try:
+        holder = json.loads(got.stdout_lines[-1])
+    except (ValueError, IndexError):
+        holder = {}
+    holder_run = holder.get("run_id")
+    # Ours (a resumed run), a run whose result for this host is recorded here, or forced: take it.
+    if holder_run == tx.run_id or tx.settings.break_lock or (
+        holder_run and read_host_result(holder_run, host.name) is not None
+    ):
+        sh(tx, host, nixcmd.force_lock(owner))
+        tx.locked = True
+        return
+    raise LockRefused(
+        f"locked by run {holder_run or '?'} (controller {holder.get('controller', '?')}, since "
+        f"{holder.get('since', '?')}): another deploy holds {nixcmd.LOCK_FILE}; wait for it, or, "
+        "if that run is dead, rerun with --data break_lock=true"
+    )
+
+
+def record_previous(tx: HostTransaction, host: Any) -> None:
+    """Step 2: the generation to return to on failure."""
+    state = nixcmd.parse_profile_state(list(sh(tx, host, nixcmd.profile_state(tx.settings.profile)).stdout_lines))
+    tx.previous = state.current_generation
+    if tx.previous.number is None:
+        raise StepFailed(f"{tx.settings.profile} has no generation: is this an installed NixOS host?")
+
+
+def push_flake(tx: HostTransaction, host: Any) -> None:
+    """Step 3a: push the flake by content hash, unless the host has it already."""
+    digest = flake_hash(tx.settings.flake)
+    tx.flake_hash = digest
+    present = sh(tx, host, f"mkdir -p {nixcmd.FLAKE_ROOT} && {nixcmd.flake_present(digest)}")
+    if not present.ok:
+        upload = f"{nixcmd.FLAKE_ROOT}/.upload-{digest}-{tx.run_id}.tar.gz"
+        put_bytes(host, flake_tarball(tx.settings.flake), upload, timeout=tx.settings.command_timeout)
+        unpacked = sh(tx, host, nixcmd.unpack_flake(upload, digest))
+        if not unpacked.ok:
+            raise StepFailed(f"unpacking the flake failed: {unpacked.last_error}")
+    sh(tx, host, nixcmd.prune_flakes(tx.settings.keep_flakes, digest))
+
+
+def build(tx: HostTransaction, host: Any) -> None:
+    """Step 3b and 4: build the toplevel on the target; equal to the current one means unchanged."""
+    ref = f"path:{nixcmd.FLAKE_ROOT}/{tx.flake_hash}"
+    built = sh(tx, host, nixcmd.build_toplevel(ref, tx.settings.nixos_config), tx.settings.build_timeout)
+    if not built.ok:
+        raise StepFailed(f"nix build failed: {built.last_error}")
+    path = nixcmd.parse_build_output(built.stdout)
+    tx.target = Generation(None, path)
+    running = sh(tx, host, nixcmd.running_system()).stdout.strip()
+    if path == tx.previous.path and (running == path or not tx.settings.mode.activates):
+        tx.unchanged = True
+        tx.target = tx.previous
+        host.log(f"unchanged: already on generation {tx.previous.number}")
+
+
+def switch(tx: HostTransaction, host: Any) -> None:
+    """Step 5: set the profile, activate detached, and check the host is on the new system."""
+    if tx.unchanged:
+        return
+    mode, profile, path = tx.settings.mode, tx.settings.profile, tx.target.path
+    assert path is not None
+    if mode == Action.DRY_ACTIVATE:
+        dry = sh(tx, host, nixcmd.activate(path, mode), tx.settings.activation_timeout)
+        if not dry.ok:
+            raise StepFailed(f"dry-activate exited {dry.returncode}: {dry.last_error}")
+        for line in dry.stdout_lines:
+            host.log(line)
+        tx.unchanged = True
+        return
+    tx.switched = True  # from here on, a failure rolls back
+    if mode.sets_profile:
+        set_ = sh(tx, host, nixcmd.set_profile(profile, path))
+        if not set_.ok:
+            raise StepFailed(f"setting {profile} failed: {set_.last_error}")
+        state = nixcmd.parse_profile_state(list(sh(tx, host, nixcmd.profile_state(profile)).stdout_lines))
+        tx.target = state.current_generation
+    activated = sh(tx, host, nixcmd.activate(path, mode), tx.settings.activation_timeout)
+    if activated.returncode == 100:
+        tx.reboot_required = True
+        host.log("switch-to-configuration: reboot required", logger.warning)
+    elif not activated.ok:
+        raise StepFailed(f"switch-to-configuration {mode.value} exited {activated.returncode}: "
+                         f"{activated.last_error}")
+    if mode.activates:
+        running = sh(tx, host, nixcmd.running_system()).stdout.strip()
+        if running != path:
+            raise StepFailed(f"after activation /run/current-system is {running or 'missing'}, not {path}")
+
+
+def rollback_to(tx: HostTransaction, host: Any, gen: Generation) -> Generation:
+    """Return the host to `gen` (its number and path), then check it on the host itself."""
+    profile, mode = tx.settings.profile, tx.settings.mode
+    assert gen.path is not None and gen.number is not None
+    state = nixcmd.parse_profile_state(list(sh(tx, host, nixcmd.profile_state(profile)).stdout_lines))
+    existing = state.by_number(gen.number)
+    if existing is not None and existing.path == gen.path:
+        moved = sh(tx, host, nixcmd.switch_generation(profile, gen.number))
+    else:  # the generation was deleted meanwhile: its store path still makes it whole again
+        moved = sh(tx, host, nixcmd.set_profile(profile, gen.path))
+    if not moved.ok:
+        raise StepFailed(f"could not set {profile} back: {moved.last_error}")
+    action = Action.BOOT if mode == Action.BOOT else Action.SWITCH
+    activated = sh(tx, host, nixcmd.activate(gen.path, action), tx.settings.activation_timeout)
+    state = nixcmd.parse_profile_state(list(sh(tx, host, nixcmd.profile_state(profile)).stdout_lines))
+    running = sh(tx, host, nixcmd.running_system()).stdout.strip()
+    current = state.current_generation
+    if current.path != gen.path or (action.activates and running != gen.path):
+        raise StepFailed(f"host is on {current.path} (running {running}), not {gen.path}")
+    if not activated.ok and activated.returncode != 100:
+        host.log(f"the old generation's activation exited {activated.returncode}: {activated.last_error}",
+                 logger.warning)
+    return current
+
+
+def record(tx: HostTransaction, host: Any) -> None:
+    """Step 9: the host deployed; record it and release the lock."""
+    status = Status.UNCHANGED if tx.unchanged else Status.OK
+    final = tx.target if tx.target.number is not None else tx.previous
+    _finish(tx, host, status, final, None)
