@@ -23,6 +23,7 @@ from .flakepush import flake_hash, flake_tarball
 from .nix import commands as nixcmd
 from .remote import HostUnreachable, RemoteResult, StepTimeout, put_bytes, run
 from .results import current_run_id, read_host_result, write_host_result
+from .errors import UserError
 from .settings import DeploySettings, from_host_data
 
 
@@ -79,6 +80,7 @@ def validate_inventory(inventory: Any) -> None:
     """Check every active host's data once, before any operation runs (raises UserError)."""
     for host in inventory.iter_activated_hosts():
         from_host_data(host.name, host.data)
+        requested_generation(host.data, host.name)
 
 
 def sh(tx: HostTransaction, host: Any, command: str, timeout: float | None = None) -> RemoteResult:
@@ -291,3 +293,61 @@ def record(tx: HostTransaction, host: Any) -> None:
     status = Status.UNCHANGED if tx.unchanged else Status.OK
     final = tx.target if tx.target.number is not None else tx.previous
     _finish(tx, host, status, final, None)
+
+
+# -- deploys/rollback.py ------------------------------------------------------------------
+
+
+def requested_generation(data: Any, host_name: str) -> int | None:
+    """`--data generation=N` for deploys/rollback.py, checked before any host is touched."""
+    value = data.get("generation")
+    if value in (None, ""):
+        return None
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = 0
+    if number < 1:
+        raise UserError(f"host {host_name}: generation={value!r} is not a generation number; "
+                        "give --data generation=N with N from `nix-env --list-generations`")
+    return number
+
+
+def rollback_requested(tx: HostTransaction, host: Any) -> None:
+    """Return to --data generation=N, or to the generation before the last deploy that changed it."""
+    profile = tx.settings.profile
+    state = nixcmd.parse_profile_state(list(sh(tx, host, nixcmd.profile_state(profile)).stdout_lines))
+    tx.previous = state.current_generation
+    wanted = requested_generation(host.data, host.name)
+    if wanted is not None:
+        goal = state.by_number(wanted)
+        if goal is None:
+            have = ", ".join(str(g.number) for g in state.generations)
+            raise StepFailed(f"{profile} has no generation {wanted} (it has {have})")
+    else:
+        goal = _before_last_deploy(tx, host, state)
+    tx.target = goal
+    running = sh(tx, host, nixcmd.running_system()).stdout.strip()
+    if goal.number == state.current and running == goal.path:
+        tx.unchanged = True
+        host.log(f"already on generation {goal.number}")
+        return
+    tx.switched = True
+    tx.target = rollback_to(tx, host, goal)
+    host.log(f"now on generation {tx.target.number}")
+
+
+def _before_last_deploy(tx: HostTransaction, host: Any, state: Any) -> Generation:
+    lines = sh(tx, host, nixcmd.last_deploy_records(200)).stdout_lines
+    for line in reversed(lines):
+        try:
+            record = HostResult.from_json(json.loads(line))
+        except (ValueError, KeyError):
+            continue
+        if record.status == Status.OK and record.final.path == tx.previous.path and record.previous.number:
+            goal = state.by_number(record.previous.number)
+            if goal is not None and goal.path == record.previous.path:
+                return goal
+            raise StepFailed(f"generation {record.previous.number} of the previous deploy is gone; "
+                             "give --data generation=N")
+    raise StepFailed("no deploy record leads to the current generation; give --data generation=N")

@@ -1,0 +1,121 @@
+"""Fixtures: real labs (namespaced hosts, real sshd, real Nix) on loopback, one /24 each."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from ipex_fleet.domain import HostResult
+from ipex_fleet.lab import Lab
+from ipex_fleet.lab.layout import LabSpec
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+_nets = itertools.count(20)
+
+
+def lab_available() -> str | None:
+    if os.geteuid() != 0:
+        return "the lab needs root"
+    return None
+
+
+@dataclass
+class Fleet:
+    """A running lab plus the controller state one test uses."""
+
+    lab: Lab
+    state: Path
+
+    @property
+    def spec(self) -> LabSpec:
+        return self.lab.spec
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(IPEX_FLEET_LAB_ROOT=str(self.lab.layout.root), IPEX_FLEET_STATE=str(self.state),
+                   PATH=f"{BIN}:{env.get('PATH', '')}")
+        env.update(extra)
+        return env
+
+    def pyinfra_argv(self, deploy: str, *args: str, inventory: str = "inventories/lab.py") -> list[str]:
+        return [str(BIN / "pyinfra"), inventory, deploy, "-y", *args]
+
+    def deploy(self, *args: str, deploy: str = "deploys/prod.py", inventory: str = "inventories/lab.py",
+               timeout: float = 240) -> tuple[subprocess.CompletedProcess, str]:
+        run_id = "t-" + uuid.uuid4().hex[:8]
+        proc = subprocess.run(self.pyinfra_argv(deploy, *args, inventory=inventory), cwd=REPO,
+                              env=self.env(IPEX_FLEET_RUN_ID=run_id), capture_output=True, text=True,
+                              timeout=timeout)
+        return proc, run_id
+
+    def result(self, run_id: str, host: str) -> HostResult:
+        path = self.state / "runs" / run_id / "hosts" / f"{host}.json"
+        return HostResult.from_json(json.loads(path.read_text()))
+
+    def sh(self, host: str, command: str, timeout: float = 60) -> str:
+        return self.lab.ssh(host, command, timeout=timeout).stdout.strip()
+
+    def system(self, host: str) -> tuple[int, str, str]:
+        """(profile generation number, profile store path, running system), read on the host."""
+        out = self.sh(host, "readlink /nix/var/nix/profiles/system; readlink -f /nix/var/nix/profiles/system; "
+                            "readlink -f /run/current-system").splitlines()
+        return int(out[0].split("-")[1]), out[1], out[2]
+
+    def configure(self, host: str, *assignments: str) -> None:
+        self.lab.config(host, list(assignments))
+
+    def reset(self) -> None:
+        """Back to healthy settings (a fresh version each time, so the next deploy changes hosts)."""
+        for h in self.spec.hosts:
+            settings_path = self.lab.layout.host_settings(h.name)
+            data = json.loads(settings_path.read_text())
+            settings_path.write_text(json.dumps({"address": data["address"], "version": data["version"]}))
+            self.lab.heal(h.name)
+
+
+@pytest.fixture(scope="session")
+def lab_roots():
+    roots: list[Lab] = []
+    yield roots
+    for lab in roots:
+        lab.destroy()
+
+
+def make_fleet(lab_roots: list, count: int, tmp_path_factory) -> Fleet:
+    reason = lab_available()
+    if reason:
+        pytest.skip(reason)
+    net = f"127.0.{next(_nets)}"
+    root = f"/srv/ipex-fleet-test-{os.getpid()}-{net.rsplit('.', 1)[1]}"
+    lab = Lab(root)
+    lab.destroy()
+    lab_roots.append(lab)
+    lab.up(count, net)
+    return Fleet(lab, tmp_path_factory.mktemp("state"))
+
+
+@pytest.fixture(scope="module")
+def fleet3(lab_roots, tmp_path_factory) -> Fleet:
+    fleet = make_fleet(lab_roots, 3, tmp_path_factory)
+    yield fleet
+    fleet.lab.destroy()
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.01) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False

@@ -1,0 +1,150 @@
+"""Unit tests: parsing, validation, hashing, command quoting. No hosts needed."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+
+from ipex_fleet.domain import Action, Generation, HostResult, Status
+from ipex_fleet.errors import UserError
+from ipex_fleet.flakepush import flake_hash, flake_tarball
+from ipex_fleet.lab import knobs
+from ipex_fleet.lab.inventory import split_waves
+from ipex_fleet.lab.layout import check_net, check_root
+from ipex_fleet.nix import commands
+from ipex_fleet.settings import from_host_data
+
+
+def test_profile_state_parses_generations_and_current():
+    lines = [
+        "system-1-link 1700000000 /nix/store/aaa-nixos-system-h-1",
+        "system-12-link 1700000100 /nix/store/bbb-nixos-system-h-2",
+        "system-2-link 1700000050 /nix/store/ccc-nixos-system-h-3",
+        "current system-12-link",
+    ]
+    state = commands.parse_profile_state(lines)
+    assert [g.number for g in state.generations] == [1, 2, 12]
+    assert state.current == 12
+    assert state.current_generation == Generation(12, "/nix/store/bbb-nixos-system-h-2", 1700000100)
+    assert state.by_path("/nix/store/ccc-nixos-system-h-3").number == 2
+
+
+def test_profile_state_without_generations_has_no_current():
+    state = commands.parse_profile_state(["current "])
+    assert state.generations == () and state.current is None
+    assert state.current_generation.number is None
+
+
+def test_build_output_gives_out_path():
+    out = json.dumps([{"drvPath": "/nix/store/x.drv", "outputs": {"out": "/nix/store/y-sys"}}])
+    assert commands.parse_build_output(out) == "/nix/store/y-sys"
+
+
+def test_commands_quote_their_arguments():
+    evil = "/nix/var/nix/profiles/sys tem; rm -rf /"
+    cmd = commands.set_profile(evil, "/nix/store/a b")
+    assert shlex.split(cmd) == ["nix-env", "-p", evil, "--set", "/nix/store/a b"]
+    assert "'" + evil + "'" in commands.profile_state(evil)
+
+
+def test_lock_command_embeds_owner_as_one_quoted_word():
+    cmd = commands.acquire_lock({"run_id": "r'1; reboot"})
+    assert "reboot\"}'" not in cmd.split("printf")[0]
+    assert "exit 75" in cmd
+
+
+@pytest.fixture
+def flake_dir(tmp_path: Path) -> Path:
+    (tmp_path / "flake.nix").write_text("{ outputs = { self }: { }; }\n")
+    (tmp_path / "hosts").mkdir()
+    (tmp_path / "hosts" / "a.json").write_text("{}")
+    return tmp_path
+
+
+def test_settings_defaults(flake_dir: Path):
+    s = from_host_data("web1", {"flake": str(flake_dir)})
+    assert s.mode is Action.SWITCH and s.nixos_config == "web1"
+    assert s.profile == "/nix/var/nix/profiles/system"
+
+
+@pytest.mark.parametrize("name,data,message", [
+    ("web1", {"mode": "swtch"}, "unknown mode 'swtch'"),
+    ("web1", {"flake": "/nonexistent/flake"}, "has no flake.nix"),
+    ("web1;reboot", {}, "the name may hold only"),
+    ("web1", {"nixos_config": "a.b"}, "not a plain attribute name"),
+    ("web1", {"command_timeout": "soon"}, "command_timeout='soon' is not a number"),
+    ("web1", {"nix_profile": "relative/path"}, "must be an absolute path"),
+])
+def test_settings_refuse_bad_input_in_one_line(flake_dir: Path, name, data, message):
+    with pytest.raises(UserError) as err:
+        from_host_data(name, {"flake": str(flake_dir), **data})
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_flake_missing_is_refused(tmp_path: Path):
+    with pytest.raises(UserError, match="no flake set"):
+        from_host_data("web1", {})
+
+
+def test_flake_hash_follows_content_only(flake_dir: Path, tmp_path_factory):
+    first = flake_hash(str(flake_dir))
+    copy = tmp_path_factory.mktemp("copy")
+    for p in flake_dir.rglob("*"):
+        target = copy / p.relative_to(flake_dir)
+        if p.is_dir():
+            target.mkdir(exist_ok=True)
+        else:
+            target.write_bytes(p.read_bytes())
+    assert flake_hash(str(copy)) == first
+    assert flake_tarball(str(copy)) == flake_tarball(str(flake_dir))
+    (copy / "hosts" / "a.json").write_text('{"version": "2"}')
+    flake_hash.cache_clear()
+    assert flake_hash(str(copy)) != first
+
+
+def test_knobs_parse_and_refuse():
+    assert knobs.parse_assignment("version=2.1") == ("version", "2.1")
+    assert knobs.parse_assignment("fail_activation=true") == ("fail_activation", True)
+    assert knobs.parse_assignment("fail_activation=false") == ("fail_activation", None)
+    assert knobs.parse_assignment("fail_service=ollama") == ("fail_service", "ollama")
+    for bad, message in (("colour=red", "unknown lab setting"), ("version=a b", "must be"),
+                         ("fail_service=sshd", "the lab's services"), ("lock_ssh=maybe", "true or false"),
+                         ("version", "not KEY=VALUE")):
+        with pytest.raises(UserError, match=message):
+            knobs.parse_assignment(bad)
+    settings = knobs.apply({"version": "3", "fail_activation": True}, [("fail_activation", None), ("version", None)])
+    assert settings == {"version": "1"}
+
+
+def test_lab_addresses_stay_on_loopback():
+    assert check_net("127.0.10") == "127.0.10"
+    for bad in ("10.0.0", "192.168.1", "127.0", "127.0.300", "127.0.10.1"):
+        with pytest.raises(UserError):
+            check_net(bad)
+    with pytest.raises(UserError, match="replaces"):
+        check_root("/tmp/lab")
+    with pytest.raises(UserError, match="replaces"):
+        check_root("/var/lib/lab")
+
+
+def test_split_waves_keeps_order_and_covers_every_host():
+    hosts = [f"h{i}" for i in range(1, 7)]
+    canary, wave1, wave2 = split_waves(hosts)
+    assert (canary, wave1, wave2) == (["h1"], ["h2", "h3"], ["h4", "h5", "h6"])
+    assert split_waves(["a"]) == (["a"], [], [])
+    assert split_waves(["a", "b", "c"]) == (["a"], ["b"], ["c"])
+
+
+def test_host_result_round_trips():
+    result = HostResult(host="h", run_id="r", status=Status.ROLLED_BACK, previous=Generation(1, "/nix/store/a"),
+                        target=Generation(2, "/nix/store/b"), final=Generation(1, "/nix/store/a"), error="boom")
+    data = result.to_json()
+    assert data["status"] == "rolled_back"
+    assert data["previous"] == {"generation": 1, "path": "/nix/store/a"}
+    assert set(data) >= {"host", "run_id", "status", "previous", "target", "final", "health", "bench",
+                         "timings", "error"}
+    assert HostResult.from_json(json.loads(json.dumps(data))) == result
