@@ -55,7 +55,8 @@ class Fleet:
                timeout: float = 240) -> tuple[subprocess.CompletedProcess, str]:
         run_id = "t-" + uuid.uuid4().hex[:8]
         proc = subprocess.run(self.pyinfra_argv(deploy, *args, inventory=inventory), cwd=REPO,
-                              env=self.env(IPEX_FLEET_RUN_ID=run_id), capture_output=True, text=True,
+                              env=self.env(IPEX_FLEET_RUN_ID=run_id), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True,
                               timeout=timeout)
         return proc, run_id
 
