@@ -226,7 +226,6 @@ def build(tx: HostTransaction, host: Any) -> None:
     if path == tx.previous.path and (running == path or not tx.settings.mode.activates):
         tx.unchanged = True
         tx.target = tx.previous
-        host.log(f"unchanged: already on generation {tx.previous.number}")
 
 
 def switch(tx: HostTransaction, host: Any) -> None:

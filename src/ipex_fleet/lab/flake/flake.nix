@@ -15,14 +15,30 @@
       mkToplevel = name:
         let
           settings = builtins.fromJSON (builtins.readFile (./hosts + "/${name}.json"));
+          # The same schema as flake/modules/fleet.nix writes (ipex_fleet.fleetconfig reads it).
           fleetConfig = {
+            schema = 1;
             host = name;
-            generation_version = settings.version;
             accelerator = settings.accelerator or "cpu";
+            min_devices = 1;
+            render_group = "render";
             services = {
-              ollama = { url = "http://${settings.address}:11434"; models = "/var/lib/ollama/models"; };
-              comfyui = { url = "http://${settings.address}:8188"; models = "/var/lib/comfyui/models"; };
+              ollama = {
+                url = "http://${settings.address}:11434";
+                models = "/var/lib/ollama/models";
+                unit = "ollama.service";
+                accelerator = "cpu";
+                smoke_model = settings.smoke_model or null;
+              };
+              comfyui = {
+                url = "http://${settings.address}:8188";
+                models = "/var/lib/comfyui/models";
+                unit = "comfyui.service";
+                accelerator = "cpu";
+                smoke_model = null;
+              };
             };
+            health = { levels = [ 1 2 ]; bench_tolerance = 0.15; memory_fraction = 0.5; required_checks = [ ]; };
           };
         in
         derivation {

@@ -1,0 +1,5 @@
+# NVIDIA H100 SXM.
+{ ... }:
+{
+  imports = [ ../profiles/nvidia.nix ];
+}

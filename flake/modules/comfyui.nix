@@ -1,0 +1,165 @@
+# ComfyUI as a hardened systemd service, on nixpkgs' comfyui package, with XPU (upstream
+# torch.xpu), CUDA or CPU torch, and the seeds' options: acceleration, optimisation level,
+# precision, models path and custom nodes. Listens on 127.0.0.1 unless told otherwise.
+{ config, lib, pkgs, ... }:
+
+let
+  cfg = config.services.ipex-comfyui;
+  defaults = (builtins.fromJSON (builtins.readFile ../lib/defaults.json)).comfyui;
+  inherit (lib) mkEnableOption mkIf mkOption mkPackageOption types;
+
+  effective = if cfg.acceleration == "auto"
+    then (if config.services.ipex.enable then "xpu" else "cpu")
+    else cfg.acceleration;
+
+  # ComfyUI's own flags for each setting. IPEX optimisation only applies where IPEX is present
+  # (services.ipex.legacyIpex); O0 turns it off explicitly.
+  optimisationFlags = {
+    O0 = [ "--disable-ipex-optimize" "--disable-smart-memory" ];
+    O1 = [ ];
+    O2 = [ "--use-pytorch-cross-attention" ];
+    O3 = [ "--use-pytorch-cross-attention" "--highvram" ];
+  }.${cfg.optimisation.level};
+  precisionFlags = {
+    fp32 = [ "--force-fp32" ];
+    fp16 = [ "--force-fp16" ];
+    bf16 = [ "--bf16-unet" "--bf16-vae" ];
+    int8 = [ ];
+  }.${cfg.optimisation.precision};
+  deviceFlags =
+    if effective == "cpu" then [ "--cpu" ]
+    else if effective == "xpu" && config.services.ipex.deviceSelector != null
+    then [ "--oneapi-device-selector" config.services.ipex.deviceSelector ]
+    else [ ];
+
+  customNodesDir = pkgs.linkFarm "comfyui-custom-nodes"
+    (map (p: { name = p.pname or p.name; path = p; }) cfg.customNodes);
+in
+{
+  options.services.ipex-comfyui = {
+    enable = mkEnableOption "ComfyUI on an Intel GPU (or CUDA, or CPU) host";
+
+    package = mkPackageOption pkgs "comfyui" { };
+
+    acceleration = mkOption {
+      type = types.enum [ "auto" "cpu" "xpu" "cuda" ];
+      default = "auto";
+      description = "auto: xpu when services.ipex is enabled, else cpu.";
+    };
+
+    optimisation = {
+      level = mkOption {
+        type = types.enum [ "O0" "O1" "O2" "O3" ];
+        default = "O1";
+        description = "O0 no IPEX optimisation; O1 ComfyUI defaults; O2 PyTorch SDPA attention; O3 also keeps models in VRAM.";
+      };
+      precision = mkOption {
+        type = types.enum [ "fp32" "fp16" "bf16" "int8" ];
+        default = "fp16";
+        description = "Compute precision of the diffusion model and VAE.";
+      };
+    };
+
+    host = mkOption {
+      type = types.str;
+      default = defaults.host;
+      description = "Address ComfyUI listens on. Keep 127.0.0.1 and put a reverse proxy in front.";
+    };
+
+    port = mkOption {
+      type = types.port;
+      default = defaults.port;
+      description = "Port ComfyUI listens on.";
+    };
+
+    dataDir = mkOption {
+      type = types.path;
+      default = builtins.dirOf defaults.models;
+      description = "ComfyUI's base directory; models live in its models/ folder.";
+    };
+
+    customNodes = mkOption {
+      type = types.listOf types.package;
+      default = [ ];
+      description = "Custom node packages, linked into custom_nodes/.";
+    };
+
+    extraArgs = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      description = "More ComfyUI command-line arguments.";
+    };
+
+    memoryMax = mkOption {
+      type = types.str;
+      default = "80%";
+      description = "systemd MemoryMax for the service.";
+    };
+  };
+
+  config = mkIf cfg.enable {
+    assertions = [
+      {
+        assertion = effective != "xpu" || config.services.ipex.enable;
+        message = "services.ipex-comfyui.acceleration = xpu needs services.ipex.enable = true";
+      }
+      {
+        assertion = cfg.optimisation.precision != "int8";
+        message = "services.ipex-comfyui.optimisation.precision = int8 is not supported by upstream ComfyUI; use fp16 or bf16";
+      }
+      {
+        assertion = cfg.optimisation.level != "O0" || effective == "xpu";
+        message = "services.ipex-comfyui.optimisation.level = O0 only concerns IPEX on xpu hosts";
+      }
+    ];
+
+    systemd.tmpfiles.rules = [ "L+ ${cfg.dataDir}/custom_nodes - - - - ${customNodesDir}" ];
+
+    systemd.services.comfyui = {
+      description = "ComfyUI (${effective})";
+      wantedBy = [ "multi-user.target" ];
+      after = [ "network-online.target" ];
+      wants = [ "network-online.target" ];
+      environment = lib.optionalAttrs (effective == "xpu") config.services.ipex.environment // {
+        HOME = cfg.dataDir;
+      };
+      serviceConfig = {
+        ExecStart = lib.escapeShellArgs ([
+          (lib.getExe cfg.package)
+          "--listen" cfg.host
+          "--port" (toString cfg.port)
+          "--base-directory" cfg.dataDir
+        ] ++ deviceFlags ++ optimisationFlags ++ precisionFlags ++ cfg.extraArgs);
+        DynamicUser = true;
+        StateDirectory = "comfyui";
+        WorkingDirectory = cfg.dataDir;
+        SupplementaryGroups = lib.optionals (effective == "xpu") [ "render" "video" ];
+        ProtectSystem = "strict";
+        ProtectHome = true;
+        PrivateTmp = true;
+        NoNewPrivileges = true;
+        ProtectKernelTunables = true;
+        ProtectKernelModules = true;
+        ProtectControlGroups = true;
+        RestrictSUIDSGID = true;
+        LockPersonality = true;
+        DevicePolicy = "closed";
+        DeviceAllow =
+          lib.optionals (effective == "xpu") [ "char-drm rw" ]
+          ++ lib.optionals (effective == "cuda") [ "char-nvidiactl rw" "char-nvidia-frontend rw" "char-nvidia-uvm rw" ];
+        MemoryMax = cfg.memoryMax;
+        TasksMax = 4096;
+        LimitNOFILE = 65536;
+        Restart = "on-failure";
+        RestartSec = 5;
+      };
+    };
+
+    services.ipex-fleet.services.comfyui = {
+      url = "http://${cfg.host}:${toString cfg.port}";
+      models = "${cfg.dataDir}/models";
+      unit = defaults.unit;
+      accelerator = effective;
+    };
+  };
+}

@@ -1,0 +1,175 @@
+# Fleet plumbing: the probe and bench on PATH, /etc/ipex-fleet/config.json (what the probe
+# reads: one source of truth for ports, model paths and health policy), binary-cache trust,
+# node-exporter textfile metrics, boot-entry retention, and the host-side state directory.
+{ config, lib, pkgs, ... }:
+
+let
+  cfg = config.services.ipex-fleet;
+  defaults = builtins.fromJSON (builtins.readFile ../lib/defaults.json);
+  inherit (lib) mkEnableOption mkIf mkOption types;
+
+  serviceType = types.submodule {
+    options = {
+      url = mkOption { type = types.str; description = "Base URL of the service's HTTP API."; };
+      models = mkOption { type = types.str; description = "Where the service's models live."; };
+      unit = mkOption { type = types.str; description = "The systemd unit."; };
+      accelerator = mkOption { type = types.str; default = "cpu"; description = "What the service runs on."; };
+      smokeModel = mkOption { type = types.nullOr types.str; default = null; description = "Model for the smoke generation."; };
+    };
+  };
+
+  fleetConfig = {
+    inherit (defaults) schema;
+    host = config.networking.hostName;
+    accelerator = cfg.accelerator;
+    min_devices = cfg.minDevices;
+    render_group = defaults.render_group;
+    services = lib.mapAttrs (_: s: {
+      inherit (s) url models unit accelerator;
+      smoke_model = s.smokeModel;
+    }) cfg.services;
+    health = {
+      levels = cfg.health.levels;
+      bench_tolerance = cfg.health.benchTolerance;
+      memory_fraction = cfg.health.memoryFraction;
+      required_checks = cfg.health.requiredChecks;
+    };
+  };
+in
+{
+  options.services.ipex-fleet = {
+    enable = mkEnableOption "ipex-fleet's host side: probe, bench, metrics and deploy plumbing";
+
+    package = mkOption {
+      type = types.package;
+      description = "The ipex-fleet package (probe and bench), built with the host's torch.";
+    };
+
+    accelerator = mkOption {
+      type = types.enum [ "xpu" "cuda" "cpu" "any" ];
+      default = if config.services.ipex.enable then "xpu" else "any";
+      description = "The accelerator the health checks require.";
+    };
+
+    minDevices = mkOption {
+      type = types.ints.unsigned;
+      default = 1;
+      description = "How many devices of that accelerator must be visible.";
+    };
+
+    services = mkOption {
+      type = types.attrsOf serviceType;
+      default = { };
+      internal = true;
+      description = "Filled by the ollama and comfyui modules; written to config.json for the probe.";
+    };
+
+    health = {
+      levels = mkOption {
+        type = types.listOf (types.enum [ 1 2 3 ]);
+        default = defaults.health.levels;
+        description = "Health levels run after each deploy (1 software, 2 functional, 3 performance).";
+      };
+      benchTolerance = mkOption {
+        type = types.float;
+        default = defaults.health.bench_tolerance;
+        description = "A benchmark slower than the baseline by more than this fraction fails the gate.";
+      };
+      memoryFraction = mkOption {
+        type = types.float;
+        default = defaults.health.memory_fraction;
+        description = "Fraction of free device memory the level-2 allocation check takes.";
+      };
+      requiredChecks = mkOption {
+        type = types.listOf types.str;
+        default = defaults.health.required_checks;
+        description = "Checks whose `warn` or `skip` also fails the gate.";
+      };
+    };
+
+    cache = {
+      substituters = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        example = [ "https://cache.example.internal" ];
+        description = "Binary caches the fleet's closures come from (build once, substitute everywhere).";
+      };
+      trustedPublicKeys = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        description = "Keys that sign the fleet's cache; unsigned or foreign paths are refused.";
+      };
+    };
+
+    metrics = {
+      enable = mkOption {
+        type = types.bool;
+        default = config.services.prometheus.exporters.node.enable;
+        defaultText = lib.literalExpression "config.services.prometheus.exporters.node.enable";
+        description = "Write the probe's results as node-exporter textfile metrics.";
+      };
+      directory = mkOption {
+        type = types.path;
+        default = "/var/lib/prometheus-node-exporter-text";
+        description = "The node exporter's textfile collector directory.";
+      };
+      interval = mkOption {
+        type = types.str;
+        default = "5min";
+        description = "How often the level-1 probe runs for metrics.";
+      };
+    };
+
+    bootEntriesKept = mkOption {
+      type = types.ints.positive;
+      default = 10;
+      description = "Boot entries kept, so older generations stay bootable for rollback.";
+    };
+  };
+
+  config = mkIf cfg.enable {
+    assertions = [
+      {
+        assertion = cfg.accelerator != "xpu" || config.services.ipex.enable;
+        message = "services.ipex-fleet.accelerator = xpu needs services.ipex.enable = true";
+      }
+      {
+        assertion = cfg.cache.substituters == [ ] || cfg.cache.trustedPublicKeys != [ ];
+        message = "services.ipex-fleet.cache.substituters needs trustedPublicKeys: the fleet only substitutes signed paths";
+      }
+    ];
+
+    environment.systemPackages = [ cfg.package ];
+    environment.etc."ipex-fleet/config.json".text = builtins.toJSON fleetConfig;
+
+    nix.settings = {
+      extra-substituters = cfg.cache.substituters;
+      extra-trusted-public-keys = cfg.cache.trustedPublicKeys;
+      experimental-features = [ "nix-command" "flakes" ];
+    };
+
+    boot.loader.systemd-boot.configurationLimit = lib.mkDefault cfg.bootEntriesKept;
+    boot.loader.grub.configurationLimit = lib.mkDefault cfg.bootEntriesKept;
+
+    # Deploy state (pushed flakes, deploys.jsonl, bench baselines, the lock). The magic-rollback
+    # watchdog is armed per deploy as a transient systemd timer, so it needs no unit here.
+    systemd.tmpfiles.rules = [
+      "d /var/lib/ipex-fleet 0750 root root -"
+      "d /var/lib/ipex-fleet/bench 0750 root root -"
+    ] ++ lib.optional cfg.metrics.enable "d ${cfg.metrics.directory} 0755 root root -";
+
+    systemd.services.ipex-fleet-metrics = mkIf cfg.metrics.enable {
+      description = "ipex-fleet health probe as node-exporter textfile metrics";
+      serviceConfig = {
+        Type = "oneshot";
+        ExecStart = "${lib.getExe cfg.package} probe --level 1 --textfile ${cfg.metrics.directory}/ipex_fleet.prom";
+        TimeoutStartSec = 120;
+        SupplementaryGroups = [ "render" "video" ];
+      };
+    };
+    systemd.timers.ipex-fleet-metrics = mkIf cfg.metrics.enable {
+      wantedBy = [ "timers.target" ];
+      timerConfig = { OnBootSec = "2min"; OnUnitActiveSec = cfg.metrics.interval; };
+    };
+  };
+}

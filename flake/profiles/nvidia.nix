@@ -1,0 +1,12 @@
+# NVIDIA hosts: CUDA torch and Ollama's CUDA build.
+{ ... }:
+{
+  imports = [ ./common.nix ];
+  hardware.nvidia.open = true;
+  services.xserver.videoDrivers = [ "nvidia" ];
+  hardware.graphics.enable = true;
+  nixpkgs.config.allowUnfree = true;
+  services.ipex-fleet.accelerator = "cuda";
+  services.ipex-ollama = { enable = true; acceleration = "cuda"; smokeModel = "llama3.2:1b"; };
+  services.ipex-comfyui = { enable = true; acceleration = "cuda"; optimisation.precision = "bf16"; };
+}
