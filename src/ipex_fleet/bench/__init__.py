@@ -1,0 +1,62 @@
+"""`python -m ipex_fleet.bench [--quick] --json`: device-generic benchmarks (the seeds' categories).
+
+Warm up, synchronise, time with device events, report the median of N runs and its cv, with a
+fixed seed. `--gate` holds the results against the host's baseline (bench/gate.py).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ..device import Device, current_device, device_properties, time_runs
+from . import cases as case_lib
+from .peaks import efficiency
+
+SCHEMA = 1
+
+
+def cv_bound(device: Device) -> float:
+    """Above this spread a measurement is noisy: CPUs share their cores, GPUs should not."""
+    return 0.10 if device.type == "cpu" else 0.03
+
+
+def measure(torch: Any, device: Device, case: case_lib.Case, runs: int, device_name: str) -> dict[str, Any]:
+    torch.manual_seed(0)
+    fn, work = case.setup(torch, device)
+    times = time_runs(torch, device, fn, runs)
+    median, cv = case_lib.stats(times)
+    if cv > cv_bound(device):  # noisy: measure once more and keep the steadier run
+        again = time_runs(torch, device, fn, runs)
+        median2, cv2 = case_lib.stats(again)
+        if cv2 < cv:
+            median, cv = median2, cv2
+    value = work / median
+    result = {"name": case.name, "dtype": case.dtype, "shape": case.shape, "metric": case.metric,
+              "value": round(value, 6), "unit": case.unit, "runs": runs, "median": median, "cv": round(cv, 4)}
+    eff = efficiency(device_name, case.metric, case.dtype, value)
+    if eff is not None:
+        result["efficiency"] = eff
+    return result
+
+
+def run(quick: bool, only: list[str] | None = None) -> dict[str, Any]:
+    import torch
+
+    started = time.monotonic()
+    device = current_device(torch)
+    props = device_properties(torch, device)
+    name = props[0]["name"] if props else device.type
+    runs = 7 if quick else 15
+    results = []
+    for case in case_lib.plan(device, quick):
+        if only and not any(case.name.startswith(o) for o in only):
+            continue
+        results.append(measure(torch, device, case, runs, name))
+    return {
+        "schema": SCHEMA,
+        "device": {"type": device.type, "name": name, "count": len(props), "torch": torch.__version__},
+        "quick": quick,
+        "duration_s": round(time.monotonic() - started, 3),
+        "results": results,
+    }

@@ -1,0 +1,110 @@
+"""Device-generic torch helpers: one code path for xpu, cuda and cpu (torch.accelerator)."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+ENVIRONMENT_FILE = "/etc/ipex-fleet/environment"
+
+
+def load_generation_environment(path: str = ENVIRONMENT_FILE) -> dict[str, str]:
+    """Apply the generation's environment (KEY=VALUE lines), as systemd's EnvironmentFile would.
+
+    Must run before torch is imported: device visibility variables are read at import.
+    """
+    applied: dict[str, str] = {}
+    try:
+        lines = open(path).read().splitlines()
+    except FileNotFoundError:
+        return applied
+    for line in lines:
+        key, sep, value = line.strip().partition("=")
+        if sep and key and not key.startswith("#"):
+            os.environ[key] = value
+            applied[key] = value
+    return applied
+
+
+@dataclass(frozen=True)
+class Device:
+    type: str  # xpu | cuda | cpu
+    index: int | None
+
+    @property
+    def torch_device(self) -> str:
+        return self.type if self.index is None else f"{self.type}:{self.index}"
+
+
+def current_device(torch: Any) -> Device:
+    acc = getattr(torch, "accelerator", None)
+    dev = acc.current_accelerator() if acc is not None and acc.is_available() else None
+    if dev is None:
+        return Device("cpu", None)
+    return Device(dev.type, 0)
+
+
+def device_count(torch: Any, device: Device) -> int:
+    if device.type == "cpu":
+        return 1
+    return int(torch.accelerator.device_count())
+
+
+def synchronize(torch: Any, device: Device) -> None:
+    if device.type != "cpu":
+        torch.accelerator.synchronize()
+
+
+def device_properties(torch: Any, device: Device) -> list[dict[str, Any]]:
+    if device.type == "cpu":
+        model = "cpu"
+        try:
+            for line in open("/proc/cpuinfo"):
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+        except OSError:
+            pass
+        return [{"index": None, "name": model, "cores": len(os.sched_getaffinity(0)),
+                 "threads": torch.get_num_threads()}]
+    module = getattr(torch, device.type)
+    out = []
+    for i in range(device_count(torch, device)):
+        p = module.get_device_properties(i)
+        props = {"index": i, "name": p.name, "total_memory": int(p.total_memory)}
+        for attr in ("driver_version", "has_fp64", "major", "minor", "multi_processor_count",
+                     "max_compute_units", "gpu_eu_count", "platform_name"):
+            if hasattr(p, attr):
+                value = getattr(p, attr)
+                props[attr] = value if isinstance(value, (int, float, bool, str)) else str(value)
+        out.append(props)
+    return out
+
+
+def time_runs(torch: Any, device: Device, fn: Callable[[], Any], runs: int, warmup: int = 2) -> list[float]:
+    """Seconds per call: warm up, synchronise, time with device events (wall clock on cpu).
+
+    The first timed run is discarded, as good practice says.
+    """
+    for _ in range(warmup):
+        fn()
+    synchronize(torch, device)
+    times: list[float] = []
+    use_events = device.type != "cpu" and hasattr(torch, "Event")
+    for _ in range(runs + 1):
+        if use_events:
+            start = torch.Event(enable_timing=True)
+            end = torch.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1000.0)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            synchronize(torch, device)
+            times.append(time.perf_counter() - t0)
+    return times[1:]

@@ -1,0 +1,89 @@
+"""python -m ipex_fleet.probe --level 1|2|3 [--json] [--accelerator xpu|cuda|cpu|any] ..."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from .. import fleetconfig
+from ..device import load_generation_environment
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ipex-fleet probe", description=__doc__)
+    p.add_argument("--level", type=int, choices=(1, 2, 3), default=1)
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.add_argument("--accelerator", choices=fleetconfig.ACCELERATORS,
+                   help="what must be present (default: the fleet config's, else any)")
+    p.add_argument("--min-devices", type=int, help="how many devices of it (default: the fleet config's, else 1)")
+    p.add_argument("--expect-system", help="the store path that should be /run/current-system")
+    p.add_argument("--smoke-model", help="Ollama model for the level-2 generation")
+    p.add_argument("--config", default=fleetconfig.CONFIG_FILE, help="the fleet config written by the flake")
+    p.add_argument("--memory-fraction", type=float, help="fraction of free device memory to allocate (level 2)")
+    p.add_argument("--min-free-mb", type=int, default=1024, help="free space needed on model paths")
+    p.add_argument("--bench-dir", default="/var/lib/ipex-fleet/bench", help="baseline for level 3")
+    p.add_argument("--textfile", help="also write node-exporter textfile metrics to this file")
+    return p
+
+
+def textfile_metrics(document: dict[str, Any]) -> str:
+    lines = ["# HELP ipex_fleet_check Probe check result (1 pass, 0.5 warn, 0 fail, -1 skip).",
+             "# TYPE ipex_fleet_check gauge"]
+    score = {"pass": 1, "warn": 0.5, "fail": 0, "skip": -1}
+    for c in document["checks"]:
+        lines.append(f'ipex_fleet_check{{name="{c["name"]}",level="{c["level"]}"}} {score[c["result"]]}')
+    lines += ["# TYPE ipex_fleet_probe_ok gauge", f"ipex_fleet_probe_ok {1 if document['result'] != 'fail' else 0}",
+              "# TYPE ipex_fleet_probe_duration_seconds gauge",
+              f"ipex_fleet_probe_duration_seconds {document['duration_s']}"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = fleetconfig.load(args.config)
+    except fleetconfig.FleetConfigError as exc:
+        print(f"ipex-fleet probe: error: {args.config}: {exc}", file=sys.stderr)
+        return 2
+    load_generation_environment()  # before torch is imported, as the services see it
+    from . import run
+    from .checks import Expectations
+
+    fraction = args.memory_fraction if args.memory_fraction is not None else (
+        config.health.memory_fraction if config else 0.5)
+    if not 0 < fraction <= 0.95:
+        print("ipex-fleet probe: error: --memory-fraction must lie in (0, 0.95]", file=sys.stderr)
+        return 2
+    exp = Expectations(
+        accelerator=args.accelerator or (config.accelerator if config else "any"),
+        min_devices=args.min_devices or (config.min_devices if config else 1),
+        config=config, expect_system=args.expect_system, smoke_model=args.smoke_model,
+        memory_fraction=fraction, min_free_mb=args.min_free_mb,
+    )
+    extra = []
+    if args.level >= 3:
+        from .performance import performance_check
+
+        extra.append(("performance", 3, performance_check(args.bench_dir, config), 900))
+    document = run(args.level, exp, extra)
+    if args.textfile:
+        tmp = args.textfile + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(textfile_metrics(document))
+        os.replace(tmp, args.textfile)
+    if args.json:
+        print(json.dumps(document))
+    else:
+        for c in document["checks"]:
+            print(f"{c['result'].upper():<5} L{c['level']} {c['name']:<16} {c['message']}")
+        print(f"result: {document['result']}")
+    sys.stdout.flush()
+    # A check left hanging in a driver call must not keep the process alive.
+    os._exit(1 if document["result"] == "fail" else 0)
+
+
+if __name__ == "__main__":
+    main()
