@@ -3,10 +3,11 @@
     pyinfra inventories/prod.py deploys/prod.py -y
 
 Each host: preflight and lock, record its generation, push and build the flake, switch,
-then record. A failure after the switch rolls that host back to the recorded generation,
+then health checks and the benchmark gate, then record. A failure after the switch rolls that host back to the recorded generation,
 and the run exits non-zero. Run it from the repository root.
 """
 
+from roles.health import health
 from roles.preflight import preflight
 from roles.record import record
 from roles.system import system
@@ -15,5 +16,6 @@ from roles.transaction import validate_once
 validate_once()
 preflight()
 system()
-# Steps 6 to 8 (models, health checks, benchmark) join here, between switch and record.
+# Step 6 (models) joins here, between switch and health.
+health()
 record()

@@ -119,14 +119,28 @@ def _lab_config(args: argparse.Namespace) -> int:
     return 0
 
 
+# Host-side tools keep their own parsers; `ipex-fleet probe|bench ...` hands them the rest.
+PASSTHROUGH = {
+    "probe": ("ipex_fleet.probe.__main__", "GPU and service health checks on this host (levels 1-3)"),
+    "bench": ("ipex_fleet.bench.__main__", "device-generic benchmarks on this host, with a baseline gate"),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ipex-fleet", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _lab_parser(sub)
+    for name, (_module, helptext) in PASSTHROUGH.items():
+        sub.add_parser(name, help=helptext, add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in PASSTHROUGH:
+        import importlib
+
+        return importlib.import_module(PASSTHROUGH[argv[0]][0]).main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

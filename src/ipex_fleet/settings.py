@@ -9,10 +9,12 @@ from typing import Any
 
 from .domain import SYSTEM_PROFILE, Action
 from .errors import UserError
+from .fleetconfig import ACCELERATORS
 
 _HOST_NAME_RE = re.compile(r"^[A-Za-z0-9@][A-Za-z0-9._@/-]{0,252}$")
 _CONFIG_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,62}$")
 _PATH_RE = re.compile(r"^/[A-Za-z0-9._/+-]+$")
+_MODEL_RE = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+){0,2}(:[A-Za-z0-9_.-]+)?$")
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,17 @@ class DeploySettings:
     build_timeout: float
     activation_timeout: float
     break_lock: bool
+    # Health and benchmark gate (transaction steps 7 and 8).
+    ipex_fleet_command: str
+    accelerator: str
+    min_devices: int
+    smoke_model: str | None
+    health_levels: tuple[int, ...]
+    health_timeout: float
+    bench: bool
+    bench_tolerance: float
+    bench_timeout: float
+    bench_lock: str | None
 
 
 def _number(name: str, host: str, value: Any, minimum: float) -> float:
@@ -83,4 +96,41 @@ def from_host_data(name: str, data: Any) -> DeploySettings:
         build_timeout=_number("build_timeout", name, get("build_timeout", 3600), 1),
         activation_timeout=_number("activation_timeout", name, get("activation_timeout", 600), 1),
         break_lock=bool(get("break_lock", False)),
+        **_health_settings(name, get),
     )
+
+
+def _health_settings(name: str, get: Any) -> dict[str, Any]:
+    accelerator = str(get("accelerator", "any"))
+    if accelerator not in ACCELERATORS:
+        raise UserError(f"host {name}: accelerator {accelerator!r} is not one of {', '.join(ACCELERATORS)}")
+    levels = get("health_levels", [1, 2])
+    if isinstance(levels, (int, str)):
+        levels = [levels]
+    try:
+        parsed = tuple(sorted({int(l) for l in levels}))
+    except (TypeError, ValueError):
+        parsed = (0,)
+    if any(l not in (1, 2, 3) for l in parsed):
+        raise UserError(f"host {name}: health_levels={levels!r}: use levels 1, 2 and 3 (or [] for none)")
+    tolerance = _number("bench_tolerance", name, get("bench_tolerance", 0.15), 0.01)
+    if tolerance >= 1:
+        raise UserError(f"host {name}: bench_tolerance={tolerance:g} must be below 1 (0.15 means 15% slower)")
+    smoke = get("smoke_model")
+    if smoke is not None and not _MODEL_RE.match(str(smoke)):
+        raise UserError(f"host {name}: smoke_model {smoke!r} is not an Ollama model name")
+    lock = get("bench_lock")
+    if lock is not None and not _PATH_RE.match(str(lock)):
+        raise UserError(f"host {name}: bench_lock {lock!r} must be an absolute path of plain characters")
+    return {
+        "ipex_fleet_command": str(get("ipex_fleet_command", "ipex-fleet")),
+        "accelerator": accelerator,
+        "min_devices": int(_number("min_devices", name, get("min_devices", 1), 1)),
+        "smoke_model": str(smoke) if smoke is not None else None,
+        "health_levels": parsed,
+        "health_timeout": _number("health_timeout", name, get("health_timeout", 300), 1),
+        "bench": bool(get("bench", True)),
+        "bench_tolerance": tolerance,
+        "bench_timeout": _number("bench_timeout", name, get("bench_timeout", 300), 1),
+        "bench_lock": str(lock) if lock is not None else None,
+    }

@@ -95,21 +95,21 @@ def run_step(state: Any, host: Any, step: Step, name: str) -> bool:
     started = time.monotonic()
     try:
         step(tx, host)
-    except HostUnreachable as exc:
-        _finish(tx, host, Status.UNREACHABLE, NO_GENERATION, f"{name}: {exc}")
-        return False
-    except LockRefused as exc:
-        _finish(tx, host, Status.SKIPPED, tx.previous, str(exc))
-        return False
-    except (StepFailed, StepTimeout) as exc:
-        _fail(tx, host, f"{name}: {exc}")
-        return False
-    except Exception as exc:  # a bug or an unexpected answer must still leave the host safe
-        _fail(tx, host, f"{name}: {type(exc).__name__}: {exc}")
-        return False
-    finally:
-        tx.timings[step.__name__] = round(time.monotonic() - started, 3)
-    return True
+        error: BaseException | None = None
+    except Exception as exc:
+        error = exc
+    tx.timings[step.__name__] = round(time.monotonic() - started, 3)
+    if error is None:
+        return True
+    if isinstance(error, HostUnreachable):
+        _finish(tx, host, Status.UNREACHABLE, NO_GENERATION, f"{name}: {error}")
+    elif isinstance(error, LockRefused):
+        _finish(tx, host, Status.SKIPPED, tx.previous, str(error))
+    elif isinstance(error, (StepFailed, StepTimeout)):
+        _fail(tx, host, f"{name}: {error}")
+    else:  # a bug or an unexpected answer must still leave the host safe
+        _fail(tx, host, f"{name}: {type(error).__name__}: {error}")
+    return False
 
 
 def _fail(tx: HostTransaction, host: Any, error: str) -> None:
@@ -128,6 +128,10 @@ def _fail(tx: HostTransaction, host: Any, error: str) -> None:
         return
     tx.timings["rollback"] = round(time.monotonic() - started, 3)
     host.log(f"rolled back to generation {final.number} ({final.path})", logger.warning)
+    from .gatesteps import recheck_after_rollback  # steps 7-8 live there; it imports this module
+
+    recheck_after_rollback(tx, host)
+    tx.timings["recheck"] = round(time.monotonic() - started, 3)
     _finish(tx, host, Status.ROLLED_BACK, final, error)
 
 
@@ -253,6 +257,9 @@ def switch(tx: HostTransaction, host: Any) -> None:
     if activated.returncode == 100:
         tx.reboot_required = True
         host.log("switch-to-configuration: reboot required", logger.warning)
+    elif activated.returncode == 4 and tx.settings.health_levels:
+        # Units failed to start: the health checks that follow name which service and why.
+        host.log(f"switch-to-configuration: {activated.last_error}", logger.warning)
     elif not activated.ok:
         raise StepFailed(f"switch-to-configuration {mode.value} exited {activated.returncode}: "
                          f"{activated.last_error}")

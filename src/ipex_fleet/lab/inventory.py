@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from .fleet import Lab
@@ -22,6 +23,11 @@ def lab_hosts(root: str | None = None) -> list[tuple[str, dict[str, Any]]]:
             "ssh_config_file": str(layout.ssh_config),
             "flake": str(layout.flake_dir),
             "lab_root": str(layout.root),
+            # Lab hosts share /usr and this virtual environment, so they run this very package.
+            "ipex_fleet_command": f"{sys.executable} -m ipex_fleet",
+            "accelerator": "cpu",
+            # Lab hosts share two cores: their benchmarks take turns.
+            "bench_lock": str(layout.root / "bench.lock"),
         })
         for host in spec.hosts
     ]

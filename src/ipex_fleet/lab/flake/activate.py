@@ -35,11 +35,30 @@ def load_settings():
 
 def service_argv(name, settings):
     script = os.path.join(TOPLEVEL, "share", "services", f"{name}.py")
+    if name == "cpu-hog":
+        return ["/usr/bin/python3", script, "--seconds", "300"]
     argv = ["/usr/bin/python3", script, "--host", settings["address"],
             "--port", str(SERVICE_PORTS[name]), "--state", f"/var/lib/{name}"]
     if settings.get("fail_service") == name:
         argv.append("--fail-start")
     return argv
+
+
+def services_of(settings):
+    return [*SERVICE_PORTS, *(["cpu-hog"] if settings.get("cpu_hog") else [])]
+
+
+def generation_environment():
+    env = dict(os.environ)
+    try:
+        with open(os.path.join(TOPLEVEL, "etc", "ipex-fleet", "environment")) as f:
+            for line in f:
+                key, sep, value = line.strip().partition("=")
+                if sep:
+                    env[key] = value
+    except FileNotFoundError:
+        pass
+    return env
 
 
 def stop_services():
@@ -58,19 +77,20 @@ def stop_services():
 
 
 def stop_pid(pid):
+    """Stop a service's whole process group (each service leads its own session)."""
     try:
-        os.kill(pid, signal.SIGTERM)
+        os.killpg(pid, signal.SIGTERM)
     except ProcessLookupError:
         return
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         try:
-            os.kill(pid, 0)
+            os.killpg(pid, 0)
         except ProcessLookupError:
             return
         time.sleep(0.05)
     try:
-        os.kill(pid, signal.SIGKILL)
+        os.killpg(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
 
@@ -79,12 +99,10 @@ def start_services(settings):
     """Start every service, then wait for each to listen; return the names that failed."""
     os.makedirs(SERVICES_RUN, exist_ok=True)
     started = {}
-    for name in SERVICE_PORTS:
+    env = generation_environment()
+    for name in services_of(settings):
         os.makedirs(f"/var/lib/{name}", exist_ok=True)
         log = open(f"/var/lib/{name}/service.log", "ab")
-        env = dict(os.environ)
-        if settings.get("hide_accelerator"):
-            env["IPEX_FLEET_LAB_HIDE_ACCELERATOR"] = "1"
         proc = subprocess.Popen(service_argv(name, settings), stdin=subprocess.DEVNULL,
                                 stdout=log, stderr=log, start_new_session=True, env=env)
         with open(os.path.join(SERVICES_RUN, f"{name}.pid"), "w") as f:
@@ -93,7 +111,7 @@ def start_services(settings):
         print(f"starting the following units: {name}.service")
     failed = []
     for name, proc in started.items():
-        if not wait_listening(proc, settings["address"], SERVICE_PORTS[name], timeout=10):
+        if name in SERVICE_PORTS and not wait_listening(proc, settings["address"], SERVICE_PORTS[name], timeout=10):
             failed.append(f"{name}.service")
     return failed
 

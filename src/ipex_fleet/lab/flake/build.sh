@@ -5,6 +5,7 @@ mkdir -p "$out/bin" "$out/etc/ipex-fleet" "$out/share"
 printf '%s\n' "$settingsJson" > "$out/settings.json"
 printf '%s\n' "$nixosVersion" > "$out/nixos-version"
 printf '%s\n' "$fleetConfigJson" > "$out/etc/ipex-fleet/config.json"
+printf '%b' "$environmentText" > "$out/etc/ipex-fleet/environment"
 printf 'NAME=NixOS\nID=nixos\nVERSION_ID="%s"\nPRETTY_NAME="NixOS %s (ipex-fleet lab)"\n' \
   "$nixosVersion" "$nixosVersion" > "$out/etc/os-release"
 cp "$activate" "$out/bin/switch-to-configuration"

@@ -51,6 +51,11 @@
           nixosVersion = "26.05.lab-${settings.version}";
           settingsJson = builtins.toJSON settings;
           fleetConfigJson = builtins.toJSON fleetConfig;
+          # The generation's environment (as services.ipex.environment writes it on NixOS).
+          environmentText =
+            if settings.hide_accelerator or false
+            then "CUDA_VISIBLE_DEVICES=-1\nZE_AFFINITY_MASK=\nONEAPI_DEVICE_SELECTOR=level_zero:none\nIPEX_FLEET_LAB_HIDE_ACCELERATOR=1\n"
+            else "SYCL_CACHE_PERSISTENT=1\n";
           activate = ./activate.py;
           services = ./services;
         };

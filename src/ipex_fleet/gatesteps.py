@@ -1,0 +1,98 @@
+"""Transaction steps 7 and 8: the health probe and the benchmark gate, run on the host.
+
+Both run the host's own ipex-fleet (host data `ipex_fleet_command`) and read its one JSON
+document; a failing check or a slower benchmark fails the step, so the host rolls back.
+"""
+
+from __future__ import annotations
+
+import json
+from shlex import quote
+from typing import Any
+
+from .remote import RemoteResult
+from .transaction import HostTransaction, StepFailed, sh
+
+
+def _document(result: RemoteResult, what: str) -> dict[str, Any]:
+    for line in reversed(result.stdout_lines):
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except ValueError:
+                break
+    raise StepFailed(f"{what} gave no JSON document (exit {result.returncode}): {result.last_error}")
+
+
+def probe_command(tx: HostTransaction, level: int, expect_system: str | None) -> str:
+    s = tx.settings
+    parts = [s.ipex_fleet_command, "probe", "--level", str(level), "--json",
+             "--accelerator", quote(s.accelerator), "--min-devices", str(s.min_devices)]
+    if expect_system:
+        parts += ["--expect-system", quote(expect_system)]
+    if s.smoke_model:
+        parts += ["--smoke-model", quote(s.smoke_model)]
+    return " ".join(parts)
+
+
+def summarise(document: dict[str, Any]) -> dict[str, Any]:
+    checks = document.get("checks", [])
+    return {
+        "result": document.get("result"),
+        "level": document.get("level"),
+        "duration_s": document.get("duration_s"),
+        "failing": [f"{c['name']}: {c['message']}" for c in checks if c["result"] == "fail"],
+        "checks": {c["name"]: c["result"] for c in checks},
+    }
+
+
+def run_probe(tx: HostTransaction, host: Any, level: int, expect_system: str | None) -> dict[str, Any]:
+    out = sh(tx, host, probe_command(tx, level, expect_system), tx.settings.health_timeout)
+    return _document(out, "the probe")
+
+
+def health(tx: HostTransaction, host: Any) -> None:
+    """Step 7: health levels from host data (default 1 and 2) on the new generation."""
+    if not tx.settings.health_levels:
+        return
+    level = max(tx.settings.health_levels)
+    document = run_probe(tx, host, level, tx.target.path)
+    tx.health = summarise(document)
+    if document.get("result") == "fail":
+        raise StepFailed("health checks failed: " + "; ".join(tx.health["failing"]))
+
+
+def bench_gate(tx: HostTransaction, host: Any) -> None:
+    """Step 8: the quick benchmark against the host's baseline (recorded at its first run)."""
+    s = tx.settings
+    if not s.bench:
+        return
+    parts = [s.ipex_fleet_command, "bench", "--quick", "--json", "--gate", "--tolerance", f"{s.bench_tolerance:g}"]
+    if s.bench_lock:
+        parts += ["--lock", quote(s.bench_lock)]
+    document = _document(sh(tx, host, " ".join(parts), s.bench_timeout), "the benchmark")
+    gate = document.get("gate", {})
+    tx.bench = {
+        "result": gate.get("result"),
+        "baseline_recorded": gate.get("baseline_recorded"),
+        "device": document.get("device", {}).get("name"),
+        "duration_s": document.get("duration_s"),
+        "results": {r["name"]: {"value": r["value"], "unit": r["unit"], "cv": r["cv"]} for r in document["results"]},
+        "comparisons": [c for c in gate.get("comparisons", []) if c["verdict"] != "pass"],
+    }
+    if gate.get("result") == "fail":
+        slow = [f"{c['name']}: {c['message']}" for c in tx.bench["comparisons"] if c["verdict"] == "fail"]
+        raise StepFailed("benchmark gate failed: " + "; ".join(slow))
+
+
+def recheck_after_rollback(tx: HostTransaction, host: Any) -> None:
+    """Probe the generation the host went back to, and keep the answer in the result."""
+    if not tx.settings.health_levels:
+        return
+    try:
+        document = run_probe(tx, host, 1, tx.previous.path)
+    except Exception as exc:  # the result must still be written
+        after = {"result": "unknown", "error": str(exc)}
+    else:
+        after = summarise(document)
+    tx.health = {**(tx.health or {}), "after_rollback": after}

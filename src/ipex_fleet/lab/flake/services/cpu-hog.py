@@ -1,0 +1,29 @@
+#!/usr/bin/python3
+"""Lab fault `cpu_hog`: a generation whose service keeps every core busy, for a bounded time.
+
+The starved benchmark is a real regression, measured, not faked. It stops by itself.
+"""
+
+import argparse
+import multiprocessing
+import os
+import time
+
+
+def spin(deadline):
+    x = 0
+    while time.monotonic() < deadline:
+        x = (x * 1103515245 + 12345) & 0x7FFFFFFF
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=300)
+    args = parser.parse_args()
+    deadline = time.monotonic() + args.seconds
+    workers = [multiprocessing.Process(target=spin, args=(deadline,), daemon=True)
+               for _ in range(len(os.sched_getaffinity(0)))]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
