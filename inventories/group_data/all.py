@@ -19,3 +19,15 @@ build_timeout = 3600
 activation_timeout = 600
 # Host-key checking stays on.
 ssh_strict_host_key_checking = "yes"
+# Health checks after the switch (levels 1 software, 2 functional, 3 performance; [] for none).
+health_levels = [1, 2]
+# What must be present: xpu | cuda | cpu | any, and how many devices.
+accelerator = "any"
+min_devices = 1
+# The quick benchmark gate: a result slower than the baseline by more than this fails.
+bench = True
+bench_tolerance = 0.15
+health_timeout = 300
+bench_timeout = 300
+# How hosts run ipex-fleet (the flake's fleet module puts it on PATH).
+ipex_fleet_command = "ipex-fleet"

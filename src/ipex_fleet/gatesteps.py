@@ -70,6 +70,8 @@ def bench_gate(tx: HostTransaction, host: Any) -> None:
     parts = [s.ipex_fleet_command, "bench", "--quick", "--json", "--gate", "--tolerance", f"{s.bench_tolerance:g}"]
     if s.bench_lock:
         parts += ["--lock", quote(s.bench_lock)]
+    if s.bench_threads:
+        parts += ["--threads", str(s.bench_threads)]
     document = _document(sh(tx, host, " ".join(parts), s.bench_timeout), "the benchmark")
     gate = document.get("gate", {})
     tx.bench = {

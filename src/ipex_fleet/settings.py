@@ -42,6 +42,7 @@ class DeploySettings:
     bench_tolerance: float
     bench_timeout: float
     bench_lock: str | None
+    bench_threads: int | None
 
 
 def _number(name: str, host: str, value: Any, minimum: float) -> float:
@@ -133,4 +134,6 @@ def _health_settings(name: str, get: Any) -> dict[str, Any]:
         "bench_tolerance": tolerance,
         "bench_timeout": _number("bench_timeout", name, get("bench_timeout", 300), 1),
         "bench_lock": str(lock) if lock is not None else None,
+        "bench_threads": int(_number("bench_threads", name, get("bench_threads"), 1))
+        if get("bench_threads") is not None else None,
     }

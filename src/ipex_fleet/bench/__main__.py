@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dir", default=gate.BENCH_DIR, help="baseline.json and history.jsonl live here")
     p.add_argument("--rebaseline", action="store_true", help="make this run the new baseline")
     p.add_argument("--lock", help="flock this file while measuring (hosts sharing one machine)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's own choice)")
     return p
 
 
@@ -32,6 +33,13 @@ def main(argv: list[str] | None = None) -> int:
         print("ipex-fleet bench: error: --tolerance must lie between 0 and 1, e.g. 0.15", file=sys.stderr)
         return 2
     load_generation_environment()
+    if args.threads is not None:
+        if args.threads < 1:
+            print("ipex-fleet bench: error: --threads must be at least 1", file=sys.stderr)
+            return 2
+        import torch
+
+        torch.set_num_threads(args.threads)
     from . import cv_bound, run
     from ..device import Device
 
@@ -43,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.gate or args.rebaseline:
         baseline = None if args.rebaseline else gate.read_baseline(args.dir)
         bound = cv_bound(Device(document["device"]["type"], None))
-        if baseline is None or baseline.get("device", {}).get("name") != document["device"]["name"]:
+        if baseline is None or baseline.get("device") != document["device"]:
+            # No baseline, or one taken on other hardware, torch or thread count: start anew.
             gate.write_json_atomic(Path(args.dir) / "baseline.json",
                                    {"device": document["device"], "quick": document["quick"],
                                     "results": {r["name"]: r["value"] for r in document["results"]}})

@@ -11,6 +11,9 @@ import time
 
 
 def spin(deadline):
+    # A session (so a scheduler autogroup) of its own, as each systemd unit has its own cgroup:
+    # the hog then takes its share per worker, not one share for the whole service.
+    os.setsid()
     x = 0
     while time.monotonic() < deadline:
         x = (x * 1103515245 + 12345) & 0x7FFFFFFF
@@ -22,7 +25,7 @@ if __name__ == "__main__":
     args = parser.parse_args()
     deadline = time.monotonic() + args.seconds
     workers = [multiprocessing.Process(target=spin, args=(deadline,), daemon=True)
-               for _ in range(len(os.sched_getaffinity(0)))]
+               for _ in range(2 * len(os.sched_getaffinity(0)))]
     for w in workers:
         w.start()
     for w in workers:

@@ -1,0 +1,147 @@
+"""The probe and bench on this machine's CPU, through the same device-generic code as on GPUs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ipex_fleet.bench import gate
+from ipex_fleet.probe import run as probe_run
+from ipex_fleet.probe.checks import Expectations
+from ipex_fleet.probe.model import passed
+
+from .conftest import REPO
+
+PY = sys.executable
+
+
+def probe(*args: str, env: dict | None = None) -> tuple[int, dict]:
+    proc = subprocess.run([PY, "-m", "ipex_fleet.probe", "--json", "--config", "/nonexistent", *args],
+                          capture_output=True, text=True, timeout=300, env=env)
+    return proc.returncode, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_probe_json_follows_the_contract():
+    rc, doc = probe("--level", "2", "--accelerator", "cpu")
+    assert rc == 0, doc
+    assert {"schema", "level", "host", "duration_s", "accelerator", "checks", "result"} <= set(doc)
+    assert doc["level"] == 2 and doc["result"] in ("pass", "warn")
+    assert {"type", "count", "devices", "torch", "ipex"} <= set(doc["accelerator"])
+    assert doc["accelerator"]["type"] == "cpu" and doc["accelerator"]["torch"].startswith("2.")
+    names = {c["name"] for c in doc["checks"]}
+    assert {"torch", "accelerator", "matmul", "memory"} <= names
+    for c in doc["checks"]:
+        assert set(c) >= {"name", "level", "result", "message", "data"}
+        assert c["result"] in ("pass", "warn", "fail", "skip") and c["message"]
+    skips = {c["name"]: c["message"] for c in doc["checks"] if c["result"] == "skip"}
+    assert "not an Intel GPU host" in skips["render_nodes"], "a check that cannot run says why"
+
+
+def test_probe_fails_when_the_expected_accelerator_is_missing():
+    rc, doc = probe("--level", "1", "--accelerator", "cuda")
+    assert rc == 1 and doc["result"] == "fail"
+    acc = next(c for c in doc["checks"] if c["name"] == "accelerator")
+    assert acc["result"] == "fail" and "expected a cuda device, torch sees cpu" in acc["message"]
+
+
+def test_probe_check_that_hangs_fails_within_its_limit():
+    def hangs(exp, scratch):
+        time.sleep(30)
+        return passed("never")
+
+    started = time.monotonic()
+    doc = probe_run(1, Expectations(), extra=[("hangs", 1, hangs, 0.3)])
+    hung = next(c for c in doc["checks"] if c["name"] == "hangs")
+    assert hung["result"] == "fail" and "did not finish within 0.3s" in hung["message"]
+    assert doc["result"] == "fail"
+    assert time.monotonic() - started < 25
+
+
+def test_probe_writes_textfile_metrics(tmp_path):
+    out = tmp_path / "ipex_fleet.prom"
+    rc, doc = probe("--level", "1", "--textfile", str(out))
+    text = out.read_text()
+    assert 'ipex_fleet_check{name="torch",level="1"} 1' in text
+    assert f"ipex_fleet_probe_ok {1 if doc['result'] != 'fail' else 0}" in text
+
+
+def bench(*args: str) -> tuple[int, dict]:
+    proc = subprocess.run([PY, "-m", "ipex_fleet.bench", "--json", *args], capture_output=True, text=True,
+                          timeout=300)
+    return proc.returncode, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_bench_json_follows_the_contract():
+    rc, doc = bench("--quick")
+    assert rc == 0
+    assert {"schema", "device", "quick", "results"} <= set(doc) and doc["quick"] is True
+    names = {r["name"].split("_")[0] for r in doc["results"]}
+    assert {"matmul", "conv3x3", "sd", "mem"} <= names
+    dtypes = {r["dtype"] for r in doc["results"] if r["name"].startswith("matmul")}
+    assert dtypes == {"fp32", "fp16", "bf16"}
+    for r in doc["results"]:
+        assert {"name", "dtype", "shape", "metric", "value", "unit", "runs", "median", "cv"} <= set(r)
+        assert r["value"] > 0 and r["median"] > 0 and r["cv"] >= 0 and r["runs"] >= 5
+
+
+def test_gate_compares_with_tolerance_and_never_fails_on_noise():
+    base = {"results": {"a": 100.0, "b": 100.0, "c": 100.0}}
+    results = [
+        {"name": "a", "value": 90.0, "unit": "x", "cv": 0.01},   # 10% slower: within 15%
+        {"name": "b", "value": 70.0, "unit": "x", "cv": 0.01},   # 30% slower, steady: fail
+        {"name": "c", "value": 70.0, "unit": "x", "cv": 0.20},   # 30% slower, noisy: warn
+        {"name": "d", "value": 5.0, "unit": "x", "cv": 0.01},    # no baseline yet
+    ]
+    verdicts = {c["name"]: c["verdict"] for c in gate.compare(results, base, 0.15, 0.10)}
+    assert verdicts == {"a": "pass", "b": "fail", "c": "warn", "d": "pass"}
+    assert gate.verdict_of(gate.compare(results[:1], base, 0.15, 0.10)) == "pass"
+
+
+def test_bench_gate_records_a_baseline_then_fails_a_real_slowdown(tmp_path):
+    rc, doc = bench("--quick", "--only", "matmul_fp32", "--gate", "--dir", str(tmp_path))
+    assert rc == 0 and doc["gate"]["baseline_recorded"] is True
+    baseline = json.loads((tmp_path / "baseline.json").read_text())
+    measured = baseline["results"]["matmul_fp32_1024"]
+    # A baseline 3x faster than this machine can reach: the gate must fail, after re-measuring.
+    baseline["results"]["matmul_fp32_1024"] = measured * 3
+    (tmp_path / "baseline.json").write_text(json.dumps(baseline))
+    rc, doc = bench("--quick", "--only", "matmul_fp32", "--gate", "--dir", str(tmp_path))
+    assert rc == 1 and doc["gate"]["result"] == "fail"
+    # And one it easily beats passes.
+    baseline["results"]["matmul_fp32_1024"] = measured / 3
+    (tmp_path / "baseline.json").write_text(json.dumps(baseline))
+    rc, doc = bench("--quick", "--only", "matmul_fp32", "--gate", "--dir", str(tmp_path))
+    assert rc == 0 and doc["gate"]["result"] == "pass"
+    history = (tmp_path / "history.jsonl").read_text().splitlines()
+    assert [json.loads(l)["verdict"] for l in history] == ["pass", "fail", "pass"]
+
+
+IPEX_WHEEL = "intel-extension-for-pytorch==2.8.0"
+
+
+@pytest.fixture(scope="session")
+def ipex_beside_torch() -> Path:
+    """IPEX 2.8 installed next to this venv's torch 2.13, in a directory of its own."""
+    target = REPO / ".cache" / "ipex-2.8.0"
+    if not (target / "intel_extension_for_pytorch").is_dir():
+        proc = subprocess.run([PY, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), IPEX_WHEEL],
+                              capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            pytest.fail(f"could not install {IPEX_WHEEL}: {proc.stderr[-500:]}")
+    return target
+
+
+def test_ipex_mismatch_is_a_clear_fail_not_a_crash(ipex_beside_torch):
+    env = {**os.environ, "PYTHONPATH": str(ipex_beside_torch)}
+    rc, doc = probe("--level", "1", env=env)
+    ipex = next(c for c in doc["checks"] if c["name"] == "ipex")
+    assert rc == 1 and doc["result"] == "fail"
+    assert ipex["result"] == "fail"
+    assert "IPEX 2.8.0" in ipex["message"] and "torch is 2.13.0" in ipex["message"]
+    assert doc["accelerator"]["ipex"] == "2.8.0"
