@@ -1,10 +1,23 @@
 """ipex-fleet: roll a NixOS flake out to a fleet of GPU hosts with pyinfra.
 
-The public surface is small; the details live in the submodules.
+The public surface is small; the details live in the submodules. Names are loaded lazily so
+that the host-side tools (probe, bench) import without pyinfra.
 """
 
-from .domain import Action, Generation, HostResult, ProfileState, Status
-from .errors import UserError
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["Action", "Generation", "HostResult", "ProfileState", "Status", "UserError", "__version__"]
+_EXPORTS = {
+    "Action": "domain", "Generation": "domain", "HostResult": "domain", "ProfileState": "domain",
+    "Status": "domain", "UserError": "errors",
+}
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(name)

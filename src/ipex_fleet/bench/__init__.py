@@ -10,7 +10,7 @@ import math
 import time
 from typing import Any
 
-from ..device import Device, current_device, device_properties, time_runs
+from ..device import Device, current_device, device_properties, synchronize, time_runs
 from . import cases as case_lib
 from .peaks import efficiency
 
@@ -24,7 +24,7 @@ def cv_bound(device: Device) -> float:
 
 def sample_seconds(device: Device) -> float:
     """Each timed sample lasts at least this long: short samples turn scheduler slices into noise."""
-    return 0.05 if device.type == "cpu" else 0.01
+    return 0.05
 
 
 def measure(torch: Any, device: Device, case: case_lib.Case, runs: int, device_name: str) -> dict[str, Any]:
@@ -49,10 +49,22 @@ def measure(torch: Any, device: Device, case: case_lib.Case, runs: int, device_n
     result = {"name": case.name, "dtype": case.dtype, "shape": case.shape, "metric": case.metric,
               "value": round(value, 6), "unit": case.unit, "runs": runs, "median": median / repeat,
               "cv": round(cv, 4), "repeat": repeat}
-    eff = efficiency(device_name, case.metric, case.dtype, value)
+    eff = efficiency(device_name, case.peak, value)
     if eff is not None:
         result["efficiency"] = eff
     return result
+
+
+def warm_up(torch: Any, device: Device, seconds: float) -> None:
+    """Busy the device for a moment first, so clocks have ramped before the first case."""
+    if device.type == "cpu":
+        return
+    a = torch.randn(4096, 4096, device=device.torch_device, dtype=torch.bfloat16)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for _ in range(20):
+            torch.mm(a, a)
+        synchronize(torch, device)
 
 
 def run(quick: bool, only: list[str] | None = None) -> dict[str, Any]:
@@ -63,6 +75,7 @@ def run(quick: bool, only: list[str] | None = None) -> dict[str, Any]:
     props = device_properties(torch, device)
     name = props[0]["name"] if props else device.type
     runs = 7 if quick else 15
+    warm_up(torch, device, seconds=0.5 if quick else 2.0)
     results = []
     for case in case_lib.plan(device, quick):
         if only and not any(case.name.startswith(o) for o in only):

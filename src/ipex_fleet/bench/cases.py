@@ -20,6 +20,7 @@ class Case:
     metric: str  # tflops | gbps | its
     unit: str
     setup: Callable[[Any, Device], tuple[Callable[[], Any], float]]  # -> (fn, units of work per call)
+    peak: str | None = None  # the key of bench.peaks.PEAKS this result is measured against
 
 
 def _dtype(torch: Any, name: str) -> Any:
@@ -32,7 +33,7 @@ def matmul(n: int, dtype: str) -> Case:
         b = torch.randn(n, n, device=dev.torch_device, dtype=_dtype(torch, dtype))
         return (lambda: torch.mm(a, b)), 2.0 * n * n * n / 1e12
 
-    return Case(f"matmul_{dtype}_{n}", dtype, f"{n}x{n}x{n}", "tflops", "TFLOP/s", setup)
+    return Case(f"matmul_{dtype}_{n}", dtype, f"{n}x{n}x{n}", "tflops", "TFLOP/s", setup, f"tflops_{dtype}")
 
 
 def conv(batch: int, channels: int, size: int, dtype: str) -> Case:
@@ -47,7 +48,8 @@ def conv(batch: int, channels: int, size: int, dtype: str) -> Case:
 
         return fn, flops
 
-    return Case(f"conv3x3_{dtype}_b{batch}", dtype, f"{batch}x{channels}x{size}x{size}", "tflops", "TFLOP/s", setup)
+    return Case(f"conv3x3_{dtype}_b{batch}", dtype, f"{batch}x{channels}x{size}x{size}", "tflops", "TFLOP/s", setup,
+                f"tflops_{dtype}")
 
 
 def unet_step(batch: int, channels: int, latent: int, dtype: str) -> Case:
@@ -97,7 +99,7 @@ def memory_copy(mib: int) -> Case:
         y = torch.empty_like(x)
         return (lambda: y.copy_(x)), 2.0 * n * 4 / 1e9
 
-    return Case(f"mem_copy_{mib}MiB", "fp32", f"{mib}MiB", "gbps", "GB/s", setup)
+    return Case(f"mem_copy_{mib}MiB", "fp32", f"{mib}MiB", "gbps", "GB/s", setup, "mem_gbps")
 
 
 def transfer(mib: int, direction: str) -> Case:

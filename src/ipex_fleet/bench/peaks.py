@@ -22,7 +22,6 @@ def peak_for(device_name: str, key: str) -> float | None:
     return None
 
 
-def efficiency(device_name: str, metric: str, dtype: str, value: float) -> float | None:
-    key = {"tflops": f"tflops_{dtype}", "gbps": "mem_gbps"}.get(metric)
+def efficiency(device_name: str, key: str | None, value: float) -> float | None:
     peak = peak_for(device_name, key) if key else None
     return round(value / peak, 4) if peak else None
