@@ -130,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ipex-fleet", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _lab_parser(sub)
+    from .fleetcli import add_parsers
+
+    add_parsers(sub)
     for name, (_module, helptext) in PASSTHROUGH.items():
         sub.add_parser(name, help=helptext, add_help=False)
     return parser

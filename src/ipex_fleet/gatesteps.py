@@ -98,3 +98,31 @@ def recheck_after_rollback(tx: HostTransaction, host: Any) -> None:
     else:
         after = summarise(document)
     tx.health = {**(tx.health or {}), "after_rollback": after}
+
+
+def verify_promoted(tx: HostTransaction, host: Any) -> None:
+    """Soak check: still on the generation the rollout left it on, and healthy (probe level 1)."""
+    from .transaction import read_plan
+
+    tx.phase, tx.record_on_host = "check", False
+    expected = read_plan(host.data, "expect_plan", host.name) or {}
+    observe(tx, host)
+    if expected.get("path") and tx.previous.path != expected["path"]:
+        raise StepFailed(f"on generation {tx.previous.number} ({tx.previous.path}), not the rolled-out "
+                         f"{expected.get('generation')}")
+    document = run_probe(tx, host, 1, expected.get("path"))
+    tx.health = summarise(document)
+    if document.get("result") == "fail":
+        raise StepFailed("health checks failed: " + "; ".join(tx.health["failing"]))
+
+
+def observe(tx: HostTransaction, host: Any) -> None:
+    """Read the host's current generation into the result (for status and checks)."""
+    from .nix import commands as nixcmd
+
+    if tx.phase == "deploy":
+        tx.phase = "status"
+    tx.record_on_host = False
+    state = nixcmd.parse_profile_state(list(sh(tx, host, nixcmd.profile_state(tx.settings.profile)).stdout_lines))
+    tx.previous = tx.target = state.current_generation
+    tx.unchanged = True

@@ -50,6 +50,8 @@ class HostTransaction:
     reboot_required: bool = False
     locked: bool = False
     finished: bool = False
+    phase: str = "deploy"  # deploy | rollback | check | status: how the ledger files it
+    record_on_host: bool = True  # checks and status reads leave no line in deploys.jsonl
     health: dict[str, Any] | None = None
     bench: dict[str, Any] | None = None
     timings: dict[str, float] = field(default_factory=dict)
@@ -81,6 +83,8 @@ def validate_inventory(inventory: Any) -> None:
     for host in inventory.iter_activated_hosts():
         from_host_data(host.name, host.data)
         requested_generation(host.data, host.name)
+        planned_generation(host.data, host.name)
+        read_plan(host.data, "expect_plan", host.name)
 
 
 def sh(tx: HostTransaction, host: Any, command: str, timeout: float | None = None) -> RemoteResult:
@@ -141,16 +145,26 @@ def _finish(tx: HostTransaction, host: Any, status: Status, final: Generation, e
     result = tx.result(status, final, error)
     if status != Status.UNREACHABLE:
         try:
-            sh(tx, host, nixcmd.append_deploy_record(result.to_json()))
+            if tx.record_on_host:
+                sh(tx, host, nixcmd.append_deploy_record(result.to_json()))
             if tx.locked:
                 sh(tx, host, nixcmd.release_lock(tx.run_id))
         except (HostUnreachable, StepTimeout) as exc:
             result = tx.result(Status.UNREACHABLE, NO_GENERATION, f"{error or status.value}; recording: {exc}")
     write_host_result(result)
+    _ledger_record(result, tx.phase)
     line = f"{result.status.value}: generation {result.final.number}"
     if result.error:
         line += f" ({result.error})"
     host.log(line, logger.info if result.status.succeeded else logger.error)
+
+
+def _ledger_record(result: HostResult, phase: str) -> None:
+    from .rollout.ledger import Ledger
+
+    ledger = Ledger()
+    ledger.start_run(result.run_id, phase, None, None, {}, status="pyinfra")  # a rollout's own row wins
+    ledger.record(result, phase)
 
 
 # -- steps 1 to 5, and 9 --------------------------------------------------------------------
@@ -319,13 +333,37 @@ def requested_generation(data: Any, host_name: str) -> int | None:
     return number
 
 
+def read_plan(data: Any, key: str, host_name: str) -> dict[str, Any] | None:
+    """A per-host plan file (`--data KEY=FILE`, written by the rollout engine): this host's entry."""
+    path = data.get(key)
+    if not path:
+        return None
+    try:
+        plan = json.loads(open(str(path)).read())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{key} {path}: cannot be read ({exc}); it is written by `ipex-fleet rollout`") from None
+    entry = plan.get(host_name)
+    if entry is None:
+        raise UserError(f"{key} {path} has no entry for host {host_name}; limit the run to the hosts it lists")
+    return entry
+
+
+def planned_generation(data: Any, host_name: str) -> Generation | None:
+    entry = read_plan(data, "rollback_plan", host_name)
+    return Generation(int(entry["generation"]), str(entry["path"])) if entry else None
+
+
 def rollback_requested(tx: HostTransaction, host: Any) -> None:
     """Return to --data generation=N, or to the generation before the last deploy that changed it."""
     profile = tx.settings.profile
     state = nixcmd.parse_profile_state(list(sh(tx, host, nixcmd.profile_state(profile)).stdout_lines))
     tx.previous = state.current_generation
+    tx.phase = "rollback"
+    planned = planned_generation(host.data, host.name)
     wanted = requested_generation(host.data, host.name)
-    if wanted is not None:
+    if planned is not None:
+        goal = planned
+    elif wanted is not None:
         goal = state.by_number(wanted)
         if goal is None:
             have = ", ".join(str(g.number) for g in state.generations)

@@ -1,0 +1,166 @@
+"""`ipex-fleet rollout | history | status | rollback`: the fleet commands on top of pyinfra runs."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+from pathlib import Path
+
+from .errors import UserError
+from .results import current_run_id, read_host_result, run_dir
+from .rollout import pyinfra_run
+from .rollout.engine import ROLLBACK_DEPLOY, Rollout, RolloutOptions, new_run_id, write_plan
+from .rollout.inventory import load
+from .rollout.ledger import Ledger
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    ro = sub.add_parser("rollout", help="deploy in waves with failure budgets, soak, revert and resume",
+                        description="Each wave is its own pyinfra run of DEPLOY, limited to that wave's hosts.")
+    ro.add_argument("inventory", nargs="?")
+    ro.add_argument("deploy", nargs="?")
+    ro.add_argument("--waves", help="groups (canary,wave1,...) or a spec like 1,10%%,100%% (default: the "
+                                    "inventory's canary, wave1, wave2, ... groups)")
+    ro.add_argument("--max-fail", default="0", help="failures a wave may have, N or P%%; spent when exceeded (default 0)")
+    ro.add_argument("--canary-max-fail", default="0", help="the first wave's budget (default 0)")
+    ro.add_argument("--soak", type=float, default=0, help="seconds to wait after each wave before re-probing promoted hosts")
+    ro.add_argument("--rollback-scope", default="wave", choices=("wave", "all"),
+                    help="on a spent budget, roll back the failed wave's changed hosts, or every wave's")
+    ro.add_argument("--parallel", type=int, help="hosts deployed at once within a wave (pyinfra --parallel)")
+    ro.add_argument("--resume", metavar="RUN_ID", help="continue a rollout whose controller died")
+    ro.add_argument("--dry-run", action="store_true", help="print the waves and the pyinfra runs, run nothing")
+    ro.set_defaults(func=_rollout)
+
+    hi = sub.add_parser("history", help="runs in the ledger, or one run's hosts")
+    hi.add_argument("run", nargs="?")
+    hi.add_argument("--json", action="store_true")
+    hi.set_defaults(func=_history)
+
+    st = sub.add_parser("status", help="each host's generation now, against its last good deploy")
+    st.add_argument("inventory")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=_status)
+
+    rb = sub.add_parser("rollback", help="return every host to the generation it had after run RUN_ID")
+    rb.add_argument("inventory")
+    rb.add_argument("--to", required=True, metavar="RUN_ID")
+    rb.set_defaults(func=_rollback)
+
+
+def _rollout(args: argparse.Namespace) -> int:
+    ledger = Ledger()
+    if args.resume:
+        rollout, waves = Rollout.resume(args.resume, ledger)
+    else:
+        if not args.inventory or not args.deploy:
+            raise UserError("rollout INVENTORY DEPLOY: give both, e.g. inventories/prod.py deploys/prod.py")
+        options = RolloutOptions(args.inventory, args.deploy, args.waves, args.max_fail, args.canary_max_fail,
+                                 args.soak, args.rollback_scope, args.parallel)
+        rollout, waves = Rollout.prepare(options, ledger)
+    if args.dry_run:
+        rollout.describe(waves)
+        return 0
+    return rollout.execute(waves)
+
+
+def _when(ts: float | None) -> str:
+    return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
+
+
+def _history(args: argparse.Namespace) -> int:
+    ledger = Ledger()
+    if not args.run:
+        runs = ledger.runs(30)
+        if args.json:
+            print(json.dumps([r.__dict__ for r in runs], indent=2))
+            return 0
+        print(f"{'RUN':<40} {'KIND':<9} {'STATUS':<20} {'STARTED':<20} HOSTS")
+        for r in runs:
+            rows = ledger.results(r.run_id)
+            counts: dict[str, int] = {}
+            for row in rows:
+                counts[row["status"]] = counts.get(row["status"], 0) + 1
+            print(f"{r.run_id:<40} {r.kind:<9} {r.status:<20} {_when(r.started):<20} "
+                  + " ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+        return 0
+    run = ledger.run(args.run)
+    if run is None:
+        raise UserError(f"no run {args.run} in {ledger.path}; `ipex-fleet history` lists them")
+    rows = ledger.results(args.run)
+    if args.json:
+        print(json.dumps({"run": run.__dict__, "waves": [dict(w) for w in ledger.waves(args.run)],
+                          "hosts": [dict(r) for r in rows]}, indent=2))
+        return 0
+    print(f"run {run.run_id} ({run.kind}): {run.status}, started {_when(run.started)}, finished {_when(run.finished)}"
+          + (f": {run.message}" if run.message else ""))
+    for w in ledger.waves(args.run):
+        print(f"  wave {w['idx'] + 1} {w['name']}: {w['status']} ({', '.join(json.loads(w['hosts']))})")
+    print(f"{'HOST':<14} {'PHASE':<10} {'STATUS':<12} {'PREVIOUS':>8} {'TARGET':>6} {'FINAL':>6}  ERROR")
+    for r in rows:
+        print(f"{r['host']:<14} {r['phase']:<10} {r['status']:<12} {_g(r['previous_generation']):>8} "
+              f"{_g(r['target_generation']):>6} {_g(r['final_generation']):>6}  {(r['error'] or '')[:70]}")
+    return 0
+
+
+def _g(n: int | None) -> str:
+    return "-" if n is None else str(n)
+
+
+def _status(args: argparse.Namespace) -> int:
+    view = load(args.inventory)
+    ledger = Ledger()
+    run_id = new_run_id("status")
+    log = run_dir(run_id) / "status.log"
+    pyinfra_run.run(pyinfra_run.argv(args.inventory, "deploys/status.py", view.hosts, None),
+                    {"IPEX_FLEET_RUN_ID": run_id}, log, lambda line: None, timeout=600)
+    rows = []
+    for host in view.hosts:
+        now = read_host_result(run_id, host)
+        good = ledger.last_good(host)
+        last = ledger.last(host)
+        health = json.loads(last["health"]).get("result") if last and last["health"] else None
+        generation = now.final.number if now and now.status.succeeded else None
+        matches = None if good is None or generation is None else (now.final.path == good["final_path"])
+        rows.append({"host": host, "reachable": bool(now and now.status.succeeded), "generation": generation,
+                     "path": now.final.path if now else None, "last_good_run": good["run_id"] if good else None,
+                     "last_good_generation": good["final_generation"] if good else None,
+                     "matches_last_good": matches, "last_health": health,
+                     "last_status": last["status"] if last else None})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(f"{'HOST':<14} {'GEN':>4}  {'AS LAST GOOD':<13} {'LAST GOOD RUN':<36} {'LAST':<12} HEALTH")
+        for r in rows:
+            gen = _g(r["generation"]) if r["reachable"] else "unreachable"
+            same = {True: "yes", False: f"no (was {r['last_good_generation']})", None: "-"}[r["matches_last_good"]]
+            print(f"{r['host']:<14} {gen:>4}  {same:<13} {r['last_good_run'] or '-':<36} "
+                  f"{r['last_status'] or '-':<12} {r['last_health'] or '-'}")
+    return 0 if all(r["reachable"] for r in rows) else 1
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    view = load(args.inventory)
+    ledger = Ledger()
+    if ledger.run(args.to) is None:
+        raise UserError(f"no run {args.to} in {ledger.path}; `ipex-fleet history` lists them")
+    plan = {host: {"generation": gen, "path": path} for host, gen, path in ledger.iter_final_generations(args.to)
+            if host in view.hosts}
+    if not plan:
+        raise UserError(f"run {args.to} left no host of {args.inventory} on a known generation")
+    run_id = new_run_id("rollback")
+    ledger.start_run(run_id, "rollback", args.inventory, ROLLBACK_DEPLOY, {"to": args.to})
+    plan_file = write_plan(run_id, "rollback-plan", plan)
+    print(f"rollback {run_id}: {len(plan)} host(s) back to their state after {args.to}")
+    rc = pyinfra_run.run(pyinfra_run.argv(args.inventory, ROLLBACK_DEPLOY, tuple(plan), None,
+                                          {"rollback_plan": str(plan_file)}),
+                         {"IPEX_FLEET_RUN_ID": run_id}, run_dir(run_id) / "rollback.log",
+                         lambda line: print(f"  {line}"), timeout=6 * 3600)
+    results = {h: read_host_result(run_id, h) for h in plan}
+    ok = all(r is not None and r.status.succeeded for r in results.values())
+    ledger.finish_run(run_id, "done" if ok and rc == 0 else "failed")
+    for host, r in results.items():
+        print(f"  {host:<14} {r.status.value if r else 'no result':<12} generation {_g(r.final.number if r else None)}"
+              f" (wanted {plan[host]['generation']})")
+    return 0 if ok and rc == 0 else 1

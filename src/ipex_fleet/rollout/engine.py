@@ -1,0 +1,233 @@
+"""The rollout engine: each wave is its own pyinfra run, limited to that wave's hosts.
+
+A wave whose failures exceed its budget halts the rollout: the hosts that changed (in that wave,
+or in every wave with rollback scope `all`) go back to their recorded generations, are checked
+there, and the rollout exits non-zero. The journal is the ledger, so `--resume` skips what is done.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..domain import NO_GENERATION, HostResult, Status
+from ..errors import UserError
+from ..results import read_host_result, run_dir, write_host_result
+from . import pyinfra_run
+from .inventory import load
+from .ledger import Ledger
+from .waves import Budget, Wave, plan
+
+ROLLBACK_DEPLOY = "deploys/rollback.py"
+CHECK_DEPLOY = "deploys/check.py"
+WAVE_TIMEOUT = 6 * 3600
+
+
+@dataclass(frozen=True)
+class RolloutOptions:
+    inventory: str
+    deploy: str
+    waves: str | None = None
+    max_fail: str = "0"
+    canary_max_fail: str = "0"
+    soak: float = 0.0
+    rollback_scope: str = "wave"
+    parallel: int | None = None
+
+
+def new_run_id(kind: str = "rollout") -> str:
+    return f"{kind}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{secrets.token_hex(3)}"
+
+
+def write_plan(run_id: str, name: str, plan_: dict[str, dict]) -> Path:
+    path = run_dir(run_id) / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(plan_, indent=2, sort_keys=True))
+    return path
+
+
+class Rollout:
+    def __init__(self, options: RolloutOptions, run_id: str, ledger: Ledger,
+                 say: Callable[[str], None] = print) -> None:
+        self.options = options
+        self.run_id = run_id
+        self.ledger = ledger
+        self.say = say
+
+    # -- the plan ---------------------------------------------------------------------------
+
+    @classmethod
+    def prepare(cls, options: RolloutOptions, ledger: Ledger, say: Callable[[str], None] = print
+                ) -> tuple["Rollout", list[Wave]]:
+        if options.rollback_scope not in ("wave", "all"):
+            raise UserError(f"--rollback-scope {options.rollback_scope!r}: use wave or all")
+        if options.soak < 0:
+            raise UserError("--soak must be zero or more seconds")
+        if not Path(options.deploy).is_file():
+            raise UserError(f"deploy file {options.deploy} does not exist; give one such as deploys/prod.py")
+        view = load(options.inventory)
+        waves = plan(view, options.waves, options.max_fail, options.canary_max_fail)
+        return cls(options, new_run_id(), ledger, say), waves
+
+    @classmethod
+    def resume(cls, run_id: str, ledger: Ledger, say: Callable[[str], None] = print) -> tuple["Rollout", list[Wave]]:
+        row = ledger.run(run_id)
+        if row is None or row.kind != "rollout":
+            raise UserError(f"no rollout {run_id} in {ledger.path}; see `ipex-fleet history`")
+        if row.status != "running":
+            raise UserError(f"rollout {run_id} already ended ({row.status}); nothing to resume")
+        options = RolloutOptions(**row.options)
+        waves = [Wave(w["idx"], w["name"], tuple(json.loads(w["hosts"])), w["max_fail"]) for w in ledger.waves(run_id)]
+        return cls(options, run_id, ledger, say), waves
+
+    def describe(self, waves: list[Wave]) -> None:
+        for wave in waves:
+            self.say(f"wave {wave.index + 1} {wave.name}: {len(wave.hosts)} host(s), budget {wave.max_fail} "
+                     f"failed: {', '.join(wave.hosts)}")
+            self.say("  " + " ".join(pyinfra_run.argv(self.options.inventory, self.options.deploy, wave.hosts,
+                                                       self.options.parallel)))
+        if self.options.soak:
+            self.say(f"after each wave: wait {self.options.soak:g}s, then probe every promoted host again")
+        self.say(f"on a spent budget: roll back the changed hosts of the {self.options.rollback_scope}")
+
+    # -- running ----------------------------------------------------------------------------
+
+    def execute(self, waves: list[Wave]) -> int:
+        self.ledger.start_run(self.run_id, "rollout", self.options.inventory, self.options.deploy,
+                              asdict(self.options))
+        for wave in waves:
+            self.ledger.set_wave(self.run_id, wave.index, wave.name, wave.hosts, wave.max_fail, "planned")
+        self.say(f"rollout {self.run_id}: {len(waves)} wave(s)")
+        states = {w["idx"]: w["status"] for w in self.ledger.waves(self.run_id)}
+        for wave in waves:
+            if states.get(wave.index) == "done":
+                self.say(f"== wave {wave.index + 1} {wave.name}: done before, skipped")
+                continue
+            halted = self._run_wave(wave, waves)
+            if halted:
+                self.summary(waves)
+                return 1
+        failures = [r for r in self._deploy_results(waves).values() if not r.status.succeeded]
+        self.ledger.finish_run(self.run_id, "done" if not failures else "done_with_failures")
+        self.summary(waves)
+        return 1 if failures else 0
+
+    def _env(self, run_id: str) -> dict[str, str]:
+        return {"IPEX_FLEET_RUN_ID": run_id}
+
+    def _pyinfra(self, deploy: str, hosts: tuple[str, ...], run_id: str, label: str,
+                 data: dict[str, str] | None = None) -> int:
+        args = pyinfra_run.argv(self.options.inventory, deploy, hosts, self.options.parallel, data)
+        log = run_dir(self.run_id) / f"{label}.log"
+        return pyinfra_run.run(args, self._env(run_id), log, lambda line: self.say(f"  {line}"), WAVE_TIMEOUT)
+
+    def _results(self, run_id: str, hosts: tuple[str, ...], phase: str, wave: int | None) -> dict[str, HostResult]:
+        out = {}
+        for host in hosts:
+            result = read_host_result(run_id, host)
+            if result is None:  # never connected, so no step of ours ran for it
+                result = HostResult(host=host, run_id=run_id, status=Status.UNREACHABLE,
+                                    error="no result: the host did not connect (see the wave's log)")
+                write_host_result(result)
+            self.ledger.record(result, phase, wave, run_id=self.run_id)
+            out[host] = result
+        return out
+
+    def _run_wave(self, wave: Wave, waves: list[Wave]) -> bool:
+        """Deploy one wave; return True when the rollout halts."""
+        self.ledger.set_wave(self.run_id, wave.index, wave.name, wave.hosts, wave.max_fail, "running")
+        done = {h for h in wave.hosts if (r := read_host_result(self.run_id, h)) and r.status.succeeded}
+        pending = tuple(h for h in wave.hosts if h not in done)
+        self.say(f"== wave {wave.index + 1} {wave.name}: {', '.join(pending) or 'nothing left'}"
+                 + (f" ({len(done)} done before the resume)" if done else ""))
+        if pending:
+            self._pyinfra(self.options.deploy, pending, self.run_id, f"wave{wave.index + 1}")
+        results = self._results(self.run_id, wave.hosts, "deploy", wave.index)
+        failed = [h for h, r in results.items() if not r.status.succeeded]
+        budget = Budget(wave.max_fail)
+        soak_failed: list[str] = []
+        if self.options.soak and not budget.exceeded(len(failed), len(wave.hosts)):
+            soak_failed = self._soak(wave, waves)
+            failed += [h for h in soak_failed if h not in failed]
+        if budget.exceeded(len(failed), len(wave.hosts)):
+            self.say(f"== wave {wave.index + 1} {wave.name}: {len(failed)} of {len(wave.hosts)} failed "
+                     f"({', '.join(failed)}), budget {wave.max_fail}: halting")
+            self.ledger.set_wave(self.run_id, wave.index, wave.name, wave.hosts, wave.max_fail, "halted")
+            self._revert(wave, waves, extra=soak_failed)
+            self.ledger.finish_run(self.run_id, "halted", f"wave {wave.name} spent its failure budget")
+            return True
+        self.ledger.set_wave(self.run_id, wave.index, wave.name, wave.hosts, wave.max_fail, "done")
+        return False
+
+    def _deploy_results(self, waves: list[Wave], upto: int | None = None) -> dict[str, HostResult]:
+        out = {}
+        for wave in waves:
+            if upto is not None and wave.index > upto:
+                break
+            for host in wave.hosts:
+                result = read_host_result(self.run_id, host)
+                if result is not None:
+                    out[host] = result
+        return out
+
+    def _soak(self, wave: Wave, waves: list[Wave]) -> list[str]:
+        promoted = {h: r for h, r in self._deploy_results(waves, wave.index).items() if r.status.succeeded}
+        if not promoted:
+            return []
+        self.say(f"== soak {self.options.soak:g}s, then re-probe {len(promoted)} promoted host(s)")
+        time.sleep(self.options.soak)
+        run_id = f"{self.run_id}.soak{wave.index + 1}"
+        expected = {h: {"generation": r.final.number, "path": r.final.path} for h, r in promoted.items()}
+        plan_file = write_plan(self.run_id, f"soak{wave.index + 1}-plan", expected)
+        self._pyinfra(CHECK_DEPLOY, tuple(promoted), run_id, f"soak{wave.index + 1}", {"expect_plan": str(plan_file)})
+        results = self._results(run_id, tuple(promoted), f"soak{wave.index + 1}", wave.index)
+        bad = [h for h, r in results.items() if not r.status.succeeded]
+        if bad:
+            self.say(f"  soak found {len(bad)} unhealthy: {', '.join(bad)}")
+        return bad
+
+    def _revert(self, wave: Wave, waves: list[Wave], extra: list[str]) -> None:
+        scope = waves[: wave.index + 1] if self.options.rollback_scope == "all" else [wave]
+        plan_: dict[str, dict] = {}
+        for w in scope:
+            for host in w.hosts:
+                r = read_host_result(self.run_id, host)
+                changed = r is not None and r.status is Status.OK and r.previous.path != r.final.path
+                if r is not None and r.previous.number is not None and (changed or host in extra):
+                    plan_[host] = {"generation": r.previous.number, "path": r.previous.path}
+        if not plan_:
+            self.say("== nothing to roll back: no host of the scope changed")
+            return
+        self.say(f"== rolling back {len(plan_)} host(s) to their recorded generations: {', '.join(plan_)}")
+        plan_file = write_plan(self.run_id, "rollback-plan", plan_)
+        run_id = f"{self.run_id}.rollback"
+        self._pyinfra(ROLLBACK_DEPLOY, tuple(plan_), run_id, "rollback", {"rollback_plan": str(plan_file)})
+        self._results(run_id, tuple(plan_), "rollback", wave.index)
+
+    # -- the end ----------------------------------------------------------------------------
+
+    def summary(self, waves: list[Wave]) -> None:
+        rows = {r["host"]: r for r in self.ledger.results(self.run_id)}  # latest phase per host wins
+        self.say("")
+        self.say(f"{'WAVE':<10} {'HOST':<14} {'STATUS':<12} {'PREVIOUS':>8} {'FINAL':>6}  ERROR")
+        for wave in waves:
+            for host in wave.hosts:
+                r = rows.get(host)
+                if r is None:
+                    self.say(f"{wave.name:<10} {host:<14} {'not run':<12}")
+                    continue
+                status = r["status"] if r["phase"] == "deploy" else f"{r['phase']}:{r['status']}"
+                error = (r["error"] or "")[:80]
+                self.say(f"{wave.name:<10} {host:<14} {status:<12} {_gen(r['previous_generation']):>8} "
+                         f"{_gen(r['final_generation']):>6}  {error}")
+        run = self.ledger.run(self.run_id)
+        self.say(f"rollout {self.run_id}: {run.status if run else '?'}")
+
+
+def _gen(number: int | None) -> str:
+    return "-" if number is None else str(number)

@@ -1,0 +1,135 @@
+"""The fleet ledger: SQLite at .ipex-fleet/ledger.sqlite3, written as a run goes.
+
+Runs, their waves, each host's result (previous, target and final generation, flake hash,
+timings, health). Each write commits at once, so a killed controller loses nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..domain import HostResult
+from ..results import state_dir
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY, kind TEXT NOT NULL, inventory TEXT, deploy TEXT, options TEXT,
+    status TEXT NOT NULL, started REAL NOT NULL, finished REAL, message TEXT);
+CREATE TABLE IF NOT EXISTS waves (
+    run_id TEXT NOT NULL, idx INTEGER NOT NULL, name TEXT NOT NULL, hosts TEXT NOT NULL,
+    max_fail TEXT NOT NULL, status TEXT NOT NULL, started REAL, finished REAL,
+    PRIMARY KEY (run_id, idx));
+CREATE TABLE IF NOT EXISTS host_results (
+    run_id TEXT NOT NULL, host TEXT NOT NULL, phase TEXT NOT NULL, wave INTEGER, status TEXT NOT NULL,
+    previous_generation INTEGER, previous_path TEXT, target_generation INTEGER, target_path TEXT,
+    final_generation INTEGER, final_path TEXT, flake_hash TEXT, health TEXT, timings TEXT, error TEXT,
+    recorded REAL NOT NULL, PRIMARY KEY (run_id, host, phase));
+"""
+
+
+@dataclass(frozen=True)
+class RunRow:
+    run_id: str
+    kind: str
+    inventory: str | None
+    deploy: str | None
+    options: dict[str, Any]
+    status: str
+    started: float
+    finished: float | None
+    message: str | None
+
+
+class Ledger:
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path or state_dir() / "ledger.sqlite3"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._db() as db:
+            db.executescript(SCHEMA)
+
+    def _db(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)  # autocommit: each write lands
+        db.row_factory = sqlite3.Row
+        return closing(db)  # type: ignore[return-value]
+
+    def _execute(self, sql: str, args: tuple = ()) -> None:
+        with self._db() as db:
+            db.execute(sql, args)
+
+    def _rows(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
+        with self._db() as db:
+            return db.execute(sql, args).fetchall()
+
+    def start_run(self, run_id: str, kind: str, inventory: str | None, deploy: str | None,
+                  options: dict[str, Any], status: str = "running") -> None:
+        self._execute("INSERT OR IGNORE INTO runs VALUES (?,?,?,?,?,?,?,?,?)",
+                      (run_id, kind, inventory, deploy, json.dumps(options), status, time.time(), None, None))
+
+    def finish_run(self, run_id: str, status: str, message: str | None = None) -> None:
+        self._execute("UPDATE runs SET status=?, finished=?, message=? WHERE run_id=?",
+                      (status, time.time(), message, run_id))
+
+    def set_wave(self, run_id: str, idx: int, name: str, hosts: tuple[str, ...], max_fail: str, status: str) -> None:
+        now = time.time()
+        self._execute(
+            "INSERT INTO waves VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(run_id, idx) DO UPDATE SET status=excluded.status,"
+            " started=COALESCE(waves.started, excluded.started),"
+            " finished=CASE WHEN excluded.status IN ('done','halted') THEN excluded.finished ELSE NULL END",
+            (run_id, idx, name, json.dumps(list(hosts)), max_fail, status, now, now))
+
+    def record(self, result: HostResult, phase: str = "deploy", wave: int | None = None,
+               run_id: str | None = None) -> None:
+        self._execute(
+            "INSERT OR REPLACE INTO host_results VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (run_id or result.run_id, result.host, phase, wave, result.status.value,
+             result.previous.number, result.previous.path, result.target.number, result.target.path,
+             result.final.number, result.final.path, result.flake_hash,
+             json.dumps(result.health) if result.health is not None else None,
+             json.dumps(result.timings), result.error, time.time()))
+
+    def run(self, run_id: str) -> RunRow | None:
+        rows = self._rows("SELECT * FROM runs WHERE run_id=?", (run_id,))
+        return _run_row(rows[0]) if rows else None
+
+    def runs(self, limit: int = 20) -> list[RunRow]:
+        return [_run_row(r) for r in self._rows("SELECT * FROM runs ORDER BY started DESC LIMIT ?", (limit,))]
+
+    def waves(self, run_id: str) -> list[sqlite3.Row]:
+        return self._rows("SELECT * FROM waves WHERE run_id=? ORDER BY idx", (run_id,))
+
+    def results(self, run_id: str, phase: str | None = None) -> list[sqlite3.Row]:
+        if phase:
+            return self._rows("SELECT * FROM host_results WHERE run_id=? AND phase=? ORDER BY wave, host",
+                              (run_id, phase))
+        return self._rows("SELECT * FROM host_results WHERE run_id=? ORDER BY recorded", (run_id,))
+
+    def last_good(self, host: str) -> sqlite3.Row | None:
+        """The host's newest deploy that ended ok or unchanged."""
+        rows = self._rows("SELECT * FROM host_results WHERE host=? AND phase='deploy' AND status IN ('ok','unchanged')"
+                          " ORDER BY recorded DESC LIMIT 1", (host,))
+        return rows[0] if rows else None
+
+    def last(self, host: str) -> sqlite3.Row | None:
+        rows = self._rows("SELECT * FROM host_results WHERE host=? AND phase IN ('deploy','soak','rollback')"
+                          " ORDER BY recorded DESC LIMIT 1", (host,))
+        return rows[0] if rows else None
+
+    def iter_final_generations(self, run_id: str) -> Iterator[tuple[str, int, str]]:
+        """(host, generation, path) each host was left on by a run: its last phase's final generation."""
+        latest: dict[str, sqlite3.Row] = {}
+        for row in self.results(run_id):
+            if row["final_generation"] is not None:
+                latest[row["host"]] = row
+        for host, row in latest.items():
+            yield host, row["final_generation"], row["final_path"]
+
+
+def _run_row(row: sqlite3.Row) -> RunRow:
+    return RunRow(row["run_id"], row["kind"], row["inventory"], row["deploy"], json.loads(row["options"] or "{}"),
+                  row["status"], row["started"], row["finished"], row["message"])

@@ -1,0 +1,60 @@
+"""One pyinfra run as a child process: `pyinfra INVENTORY DEPLOY -y --limit ...`, never --no-wait.
+
+The child dies with the controller (PR_SET_PDEATHSIG): a killed rollout leaves no orphan run
+behind, and `--resume` finds each host either done or safe to deploy again.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+_RESULT_LINE = re.compile(r"\] (ok|unchanged|rolled_back|failed|unreachable|skipped|rolled back to|failed:)")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def pyinfra_executable() -> list[str]:
+    script = Path(sys.executable).parent / "pyinfra"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "pyinfra"]
+
+
+def argv(inventory: str, deploy: str, hosts: tuple[str, ...] | list[str], parallel: int | None,
+         data: dict[str, str] | None = None) -> list[str]:
+    args = [*pyinfra_executable(), inventory, deploy, "-y"]
+    for host in hosts:
+        args += ["--limit", host]
+    if parallel:
+        args += ["--parallel", str(parallel)]
+    for key, value in (data or {}).items():
+        args += ["--data", f"{key}={value}"]
+    return args
+
+
+def _die_with_parent() -> None:
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def run(args: list[str], env: dict[str, str], log_path: Path, on_result: Callable[[str], None],
+        timeout: float) -> int:
+    """Run pyinfra, keep its whole output in log_path, and hand host result lines to on_result."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a") as log:
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env={**os.environ, **env}, preexec_fn=_die_with_parent, stdin=subprocess.DEVNULL)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log.write(line)
+            clean = _ANSI.sub("", line.rstrip())
+            if _RESULT_LINE.search(clean):
+                on_result(clean.strip())
+        try:
+            return proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return 124
