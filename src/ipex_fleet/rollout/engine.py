@@ -101,7 +101,7 @@ class Rollout:
         self.ledger.start_run(self.run_id, "rollout", self.options.inventory, self.options.deploy,
                               asdict(self.options))
         for wave in waves:
-            self.ledger.set_wave(self.run_id, wave.index, wave.name, wave.hosts, wave.max_fail, "planned")
+            self.ledger.plan_wave(self.run_id, wave.index, wave.name, wave.hosts, wave.max_fail)
         self.say(f"rollout {self.run_id}: {len(waves)} wave(s)")
         states = {w["idx"]: w["status"] for w in self.ledger.waves(self.run_id)}
         for wave in waves:

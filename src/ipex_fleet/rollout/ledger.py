@@ -75,6 +75,11 @@ class Ledger:
         self._execute("UPDATE runs SET status=?, finished=?, message=? WHERE run_id=?",
                       (status, time.time(), message, run_id))
 
+    def plan_wave(self, run_id: str, idx: int, name: str, hosts: tuple[str, ...], max_fail: str) -> None:
+        """Journal a wave once; a resumed rollout keeps the states already reached."""
+        self._execute("INSERT OR IGNORE INTO waves VALUES (?,?,?,?,?,?,?,?)",
+                      (run_id, idx, name, json.dumps(list(hosts)), max_fail, "planned", None, None))
+
     def set_wave(self, run_id: str, idx: int, name: str, hosts: tuple[str, ...], max_fail: str, status: str) -> None:
         now = time.time()
         self._execute(
