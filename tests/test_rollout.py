@@ -206,3 +206,28 @@ def test_bad_rollout_input_is_one_line(fleet, inventory):
         assert len(proc.stdout.strip().splitlines()) == 1
     proc = rollout(fleet, "--resume", "no-such-run")
     assert proc.returncode == 2 and "no rollout no-such-run" in proc.stdout
+
+
+def test_generation_that_locks_ssh_out_reverts_by_itself(fleet, inventory):
+    rollout(fleet, str(inventory), "deploys/prod.py")
+    before = {h: fleet.system(h) for h in HOSTS}
+    bump_all(fleet)
+    fleet.configure("host1", "lock_ssh=true")
+    text = inventory.read_text().replace("'activation_timeout': 60", "'activation_timeout': 10, 'confirm_timeout': 5")
+    inventory.write_text(text)
+    started = time.monotonic()
+    proc = rollout(fleet, str(inventory), "deploys/prod.py")
+    elapsed = time.monotonic() - started
+    assert proc.returncode != 0
+    assert "the host's watchdog restored generation" in proc.stdout
+    assert fleet.system("host1") == before["host1"], "the host reverted to its recorded generation"
+    for h in HOSTS[1:]:
+        assert fleet.system(h) == before[h], "the canary halted the rollout"
+    run_id = run_id_of(proc)
+    row = ledger(fleet).execute("SELECT * FROM host_results WHERE run_id=? AND host='host1' AND phase='deploy'",
+                                (run_id,)).fetchone()
+    assert row["status"] == "rolled_back" and row["final_generation"] == before["host1"][0]
+    timings = json.loads(row["timings"])
+    # Reverted within confirm_timeout plus the activation time (plus the controller's polling).
+    assert timings["magic_rollback"] < 10 + 5 + 15, timings
+    assert elapsed < 120

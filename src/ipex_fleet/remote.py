@@ -66,19 +66,26 @@ def answers_ssh(host: Any, timeout: float = 3.0) -> bool:
 
 def run(host: Any, command: str, *, timeout: float) -> RemoteResult:
     """Run a shell command on `host`; its exit code is kept (pyinfra keeps only success)."""
-    wrapped = f"( {command}\n); printf '\\n{_RC_MARK}%d\\n' \"$?\""
     try:
         with gevent.Timeout(timeout + 5):
-            _ok, output = host.run_shell_command(wrapped, _timeout=timeout)
+            _ok, output = host.run_shell_command(_wrap(command), _timeout=timeout)
     except _CONNECTION_ERRORS as exc:
         _raise_for(host, timeout, exc)
-    stdout = list(output.stdout_lines)
+    return _result(list(output.stdout_lines), list(output.stderr_lines))
+
+
+def _wrap(command: str) -> str:
+    """Keep the exit code: pyinfra reports only success or failure."""
+    return f"( {command}\n); printf '\\n{_RC_MARK}%d\\n' \"$?\""
+
+
+def _result(stdout: list[str], stderr: list[str]) -> RemoteResult:
     rc = 255
     if stdout and stdout[-1].startswith(_RC_MARK):
         rc = int(stdout.pop()[len(_RC_MARK):])
         if stdout and stdout[-1] == "":
             stdout.pop()
-    return RemoteResult(rc, tuple(stdout), tuple(output.stderr_lines))
+    return RemoteResult(rc, tuple(stdout), tuple(stderr))
 
 
 def put_bytes(host: Any, data: bytes, remote_path: str, *, timeout: float) -> None:
@@ -95,3 +102,30 @@ def _raise_for(host: Any, timeout: float, exc: BaseException) -> None:
         raise StepTimeout(f"command did not finish within {timeout:g}s") from None
     raise HostUnreachable(f"no answer from {address(host)[0]} (after {type(exc).__name__}); "
                           f"the host is down or cut off") from None
+
+
+def run_fresh(host: Any, command: str, *, timeout: float) -> RemoteResult:
+    """Run a command over a new SSH connection, not the run's own (magic rollback confirms this way:
+    a generation that breaks new logins must not be confirmed through an old session).
+
+    It is pyinfra's own SSH client, configured from the same host data (keys, known_hosts).
+    """
+    from pyinfra.connectors.sshuserclient import SSHClient
+
+    kwargs = host.connector.make_paramiko_kwargs()
+    hostname = kwargs.pop("hostname")
+    kwargs["timeout"] = min(float(kwargs.get("timeout") or timeout), timeout)
+    kwargs["banner_timeout"] = timeout
+    kwargs["auth_timeout"] = timeout
+    client = SSHClient()
+    try:
+        with gevent.Timeout(timeout + 5):
+            client.connect(hostname, **kwargs)
+            _stdin, stdout, stderr = client.exec_command(_wrap(command), timeout=timeout)
+            out = stdout.read().decode(errors="replace").splitlines()
+            err = stderr.read().decode(errors="replace").splitlines()
+    except _CONNECTION_ERRORS as exc:
+        raise HostUnreachable(f"no new SSH connection to {address(host)[0]} ({type(exc).__name__}: {exc})") from None
+    finally:
+        client.close()
+    return _result(out, err)

@@ -31,6 +31,8 @@ class DeploySettings:
     build_timeout: float
     activation_timeout: float
     break_lock: bool
+    magic_rollback: bool
+    confirm_timeout: float
     # Health and benchmark gate (transaction steps 7 and 8).
     ipex_fleet_command: str
     accelerator: str
@@ -97,6 +99,8 @@ def from_host_data(name: str, data: Any) -> DeploySettings:
         build_timeout=_number("build_timeout", name, get("build_timeout", 3600), 1),
         activation_timeout=_number("activation_timeout", name, get("activation_timeout", 600), 1),
         break_lock=bool(get("break_lock", False)),
+        magic_rollback=bool(get("magic_rollback", True)),
+        confirm_timeout=_number("confirm_timeout", name, get("confirm_timeout", 30), 1),
         **_health_settings(name, get),
     )
 

@@ -21,7 +21,7 @@ from pyinfra import logger
 from .domain import NO_GENERATION, Action, Generation, HostResult, Status
 from .flakepush import flake_hash, flake_tarball
 from .nix import commands as nixcmd
-from .remote import HostUnreachable, RemoteResult, StepTimeout, put_bytes, run
+from .remote import HostUnreachable, RemoteResult, StepTimeout, put_bytes, run, run_fresh
 from .results import current_run_id, read_host_result, write_host_result
 from .errors import UserError
 from .settings import DeploySettings, from_host_data
@@ -33,6 +33,14 @@ class StepFailed(Exception):
 
 class LockRefused(StepFailed):
     """Another run holds the host's lock."""
+
+
+class WatchdogReverted(StepFailed):
+    """The new generation cut the controller off, and the host's watchdog restored the old one."""
+
+    def __init__(self, message: str, final: Generation) -> None:
+        super().__init__(message)
+        self.final = final
 
 
 @dataclass
@@ -52,6 +60,8 @@ class HostTransaction:
     finished: bool = False
     phase: str = "deploy"  # deploy | rollback | check | status: how the ledger files it
     record_on_host: bool = True  # checks and status reads leave no line in deploys.jsonl
+    watchdog: str | None = None  # the armed watchdog's token, until confirmed
+    fresh_connections: bool = False  # the run's SSH session is gone: use new connections
     health: dict[str, Any] | None = None
     bench: dict[str, Any] | None = None
     timings: dict[str, float] = field(default_factory=dict)
@@ -88,7 +98,8 @@ def validate_inventory(inventory: Any) -> None:
 
 
 def sh(tx: HostTransaction, host: Any, command: str, timeout: float | None = None) -> RemoteResult:
-    return run(host, command, timeout=timeout or tx.settings.command_timeout)
+    runner = run_fresh if tx.fresh_connections else run
+    return runner(host, command, timeout=timeout or tx.settings.command_timeout)
 
 
 def run_step(state: Any, host: Any, step: Step, name: str) -> bool:
@@ -109,6 +120,9 @@ def run_step(state: Any, host: Any, step: Step, name: str) -> bool:
         _finish(tx, host, Status.UNREACHABLE, NO_GENERATION, f"{name}: {error}")
     elif isinstance(error, LockRefused):
         _finish(tx, host, Status.SKIPPED, tx.previous, str(error))
+    elif isinstance(error, WatchdogReverted):
+        host.log(f"magic rollback: {error}", logger.warning)
+        _finish(tx, host, Status.ROLLED_BACK, error.final, f"{name}: {error}")
     elif isinstance(error, (StepFailed, StepTimeout)):
         _fail(tx, host, f"{name}: {error}")
     else:  # a bug or an unexpected answer must still leave the host safe
@@ -123,6 +137,8 @@ def _fail(tx: HostTransaction, host: Any, error: str) -> None:
         return
     started = time.monotonic()
     try:
+        if tx.watchdog:  # our own rollback follows: the watchdog must not race it
+            sh(tx, host, nixcmd.confirm_watchdog(tx.watchdog))
         final = rollback_to(tx, host, tx.previous)
     except HostUnreachable as exc:
         _finish(tx, host, Status.UNREACHABLE, NO_GENERATION, f"{error}; rollback: {exc}")
@@ -267,7 +283,28 @@ def switch(tx: HostTransaction, host: Any) -> None:
             raise StepFailed(f"setting {profile} failed: {set_.last_error}")
         state = nixcmd.parse_profile_state(list(sh(tx, host, nixcmd.profile_state(profile)).stdout_lines))
         tx.target = state.current_generation
-    activated = sh(tx, host, nixcmd.activate(path, mode), tx.settings.activation_timeout)
+    marker = None
+    if tx.settings.magic_rollback and mode.activates:
+        tx.watchdog = f"{tx.run_id}-{tx.target.number}"
+        marker = nixcmd.watchdog_paths(tx.watchdog)["activated"]
+        armed = sh(tx, host, nixcmd.arm_watchdog(tx.watchdog, profile, tx.previous, tx.settings.activation_timeout,
+                                                 tx.settings.confirm_timeout))
+        if not armed.ok:
+            raise StepFailed(f"could not arm the rollback watchdog: {armed.last_error}")
+    started = time.monotonic()
+    try:
+        activated = sh(tx, host, nixcmd.activate(path, mode, marker), tx.settings.activation_timeout)
+        check_activation(tx, host, activated, started)
+    except (HostUnreachable, StepTimeout) as exc:
+        if not tx.watchdog:
+            raise
+        await_watchdog(tx, host, f"the SSH session died during activation ({exc})", started)
+    if tx.watchdog:
+        confirm(tx, host, started)
+
+
+def check_activation(tx: HostTransaction, host: Any, activated: RemoteResult, started: float) -> None:
+    mode, path = tx.settings.mode, tx.target.path
     if activated.returncode == 100:
         tx.reboot_required = True
         host.log("switch-to-configuration: reboot required", logger.warning)
@@ -279,8 +316,51 @@ def switch(tx: HostTransaction, host: Any) -> None:
                          f"{activated.last_error}")
     if mode.activates:
         running = sh(tx, host, nixcmd.running_system()).stdout.strip()
+        if running != path and tx.watchdog and \
+                sh(tx, host, nixcmd.watchdog_reverted(tx.watchdog)).stdout.strip() == "reverted":
+            # The session stalled while the generation locked SSH out, and lived on once it reverted.
+            await_watchdog(tx, host, "the new generation cut SSH off", started)
         if running != path:
             raise StepFailed(f"after activation /run/current-system is {running or 'missing'}, not {path}")
+
+
+def confirm(tx: HostTransaction, host: Any, started: float) -> None:
+    """Confirm the new generation over a new SSH connection; if none can be made, let the watchdog act."""
+    assert tx.watchdog is not None
+    try:
+        confirmed = run_fresh(host, nixcmd.confirm_watchdog(tx.watchdog), timeout=tx.settings.command_timeout)
+    except HostUnreachable as exc:
+        await_watchdog(tx, host, f"no new SSH connection after activation ({exc})", started)
+    if not confirmed.ok:
+        raise StepFailed(f"could not confirm the new generation: {confirmed.last_error}")
+    tx.watchdog = None
+
+
+def await_watchdog(tx: HostTransaction, host: Any, why: str, started: float) -> None:
+    """The controller is cut off: wait for the host's watchdog to restore the recorded generation,
+    then check it over new connections. Raises WatchdogReverted, or HostUnreachable."""
+    assert tx.watchdog is not None
+    host.log(f"{why}; waiting for the host's watchdog", logger.warning)
+    tx.fresh_connections = True
+    deadline = time.monotonic() + tx.settings.activation_timeout + tx.settings.confirm_timeout + 30
+    while time.monotonic() < deadline:
+        try:
+            if sh(tx, host, nixcmd.watchdog_reverted(tx.watchdog)).stdout.strip() == "reverted":
+                break
+        except (HostUnreachable, StepTimeout):
+            pass
+        time.sleep(1)
+    else:
+        raise HostUnreachable(f"{why}; the host did not come back within the watchdog's time")
+    state = nixcmd.parse_profile_state(list(sh(tx, host, nixcmd.profile_state(tx.settings.profile)).stdout_lines))
+    running = sh(tx, host, nixcmd.running_system()).stdout.strip()
+    tx.watchdog = None
+    tx.switched = False  # the host is back: nothing left for us to undo
+    tx.timings["magic_rollback"] = round(time.monotonic() - started, 3)
+    if state.current_generation.path != tx.previous.path or running != tx.previous.path:
+        raise StepFailed(f"{why}; the watchdog ran but the host is on {running}, not {tx.previous.path}")
+    final = state.current_generation
+    raise WatchdogReverted(f"{why}; the host's watchdog restored generation {final.number} by itself", final)
 
 
 def rollback_to(tx: HostTransaction, host: Any, gen: Generation) -> Generation:

@@ -31,8 +31,14 @@ def ensure_table(spec: LabSpec) -> None:
 
 
 def delete_table(spec: LabSpec) -> None:
+    """Delete the lab's table, and any SSH lock a lab generation left (lab knob lock_ssh)."""
     if _table_exists(spec):
         run(["nft", "delete", "table", "inet", spec.nft_table], timeout=10)
+    listing = run(["nft", "list", "tables"], timeout=10, check=False).stdout.split()
+    prefix = "ipexfleet_lock_" + spec.net.replace(".", "_") + "_"
+    for name in listing:
+        if name.startswith(prefix):
+            run(["nft", "delete", "table", "inet", name], timeout=10, check=False)
 
 
 def cut_addresses(spec: LabSpec) -> dict[str, str]:

@@ -112,7 +112,7 @@ def switch_generation(profile: str, number: int) -> str:
     return f"nix-env -p {quote(profile)} --switch-generation {int(number)}"
 
 
-def activate(path: str, action: Action) -> str:
+def activate(path: str, action: Action, done_marker: str | None = None) -> str:
     """Run switch-to-configuration detached from the SSH session, then report its output.
 
     systemd-run where systemd is PID 1 (as nixos-rebuild-ng does), otherwise a new session
@@ -127,8 +127,11 @@ def activate(path: str, action: Action) -> str:
         f"mkdir -p {quote(STATE_DIR)}; "
         'if [ "$(cat /proc/1/comm 2>/dev/null)" = systemd ] && command -v systemd-run >/dev/null; then '
         "systemd-run --collect --no-ask-password --pipe --quiet --service-type=exec "
-        f"--unit=ipex-fleet-switch-to-configuration {stc} {act}; "
-        f"else setsid -w sh -c 'exec \"$0\" \"$1\" >\"$2\" 2>&1' {stc} {act} {log} </dev/null; "
+        f"--unit=ipex-fleet-switch-to-configuration {stc} {act}; rc=$?; "
+        + (f"touch {quote(done_marker)}; " if done_marker else "")
+        + "exit $rc; "
+        f"else setsid -w sh -c '\"$0\" \"$1\" >\"$2\" 2>&1; rc=$?; [ -n \"$3\" ] && touch \"$3\"; exit $rc' "
+        f"{stc} {act} {log} {quote(done_marker or '')} </dev/null; "
         f"rc=$?; cat {log}; exit $rc; fi"
     )
 
@@ -166,3 +169,50 @@ def append_deploy_record(record: dict[str, object]) -> str:
 
 def last_deploy_records(count: int) -> str:
     return f"tail -n {int(count)} {quote(DEPLOY_LOG)} 2>/dev/null || true"
+
+
+WATCHDOG_DIR = f"{STATE_DIR}/watchdog"
+
+
+def watchdog_paths(token: str) -> dict[str, str]:
+    base = f"{WATCHDOG_DIR}/{token}"
+    return {k: f"{base}.{k}" for k in ("activated", "confirmed", "reverted", "log")}
+
+
+def arm_watchdog(token: str, profile: str, previous: Generation, activation_timeout: float,
+                 confirm_timeout: float) -> str:
+    """Arm the magic-rollback watchdog, detached from this SSH session.
+
+    It waits for the activation to finish (at most activation_timeout), then for a confirmation
+    (at most confirm_timeout). Without one it restores `previous` by itself: a new generation that
+    locks the controller out reverts on its own.
+    """
+    p = watchdog_paths(token)
+    restore = (
+        f"{switch_generation(profile, int(previous.number or 0))} || {set_profile(profile, str(previous.path))}; "
+        f"{quote(str(previous.path) + '/bin/switch-to-configuration')} switch"
+    )
+    script = (
+        f"end=$(( $(date +%s) + {int(activation_timeout)} )); "
+        f"while [ ! -e {quote(p['activated'])} ] && [ $(date +%s) -lt $end ]; do sleep 0.5; done; "
+        f"end=$(( $(date +%s) + {int(confirm_timeout)} )); "
+        f"while [ $(date +%s) -lt $end ]; do [ -e {quote(p['confirmed'])} ] && exit 0; sleep 0.5; done; "
+        f"[ -e {quote(p['confirmed'])} ] && exit 0; "
+        f"echo \"$(date -Is) no confirmation: restoring generation {previous.number}\"; "
+        f"{restore}; touch {quote(p['reverted'])}"
+    )
+    return (
+        f"mkdir -p {quote(WATCHDOG_DIR)} && rm -f {quote(p['activated'])} {quote(p['confirmed'])} "
+        f"{quote(p['reverted'])}; "
+        'if [ "$(cat /proc/1/comm 2>/dev/null)" = systemd ] && command -v systemd-run >/dev/null; then '
+        f"systemd-run --collect --quiet --unit=ipex-fleet-watchdog-{quote(token)} sh -c {quote(script)}; "
+        f"else setsid sh -c {quote(script)} </dev/null >>{quote(p['log'])} 2>&1 & fi"
+    )
+
+
+def confirm_watchdog(token: str) -> str:
+    return f"touch {quote(watchdog_paths(token)['confirmed'])}"
+
+
+def watchdog_reverted(token: str) -> str:
+    return f"test -e {quote(watchdog_paths(token)['reverted'])} && echo reverted || echo waiting"

@@ -129,6 +129,18 @@ def wait_listening(proc, address, port, timeout):
     return False
 
 
+def set_ssh_lock(address, locked):
+    """Lab fault lock_ssh: this generation's "network config" drops SSH to the host, as a broken
+    firewall or sshd configuration would. Any other generation's activation lifts it."""
+    table = "ipexfleet_lock_" + address.replace(".", "_")
+    subprocess.run(["nft", "delete", "table", "inet", table], capture_output=True)
+    if locked:
+        rules = (f"table inet {table} {{\n  chain input {{\n    type filter hook input priority -1; policy accept;\n"
+                 f"    ip daddr {address} tcp dport 22 drop\n  }}\n}}\n")
+        subprocess.run(["nft", "-f", "-"], input=rules, text=True, check=True)
+        print("applying the firewall configuration")
+
+
 def install_etc():
     """Link the generation's etc/ tree into /etc through /etc/static, as NixOS does."""
     etc_src = os.path.join(TOPLEVEL, "etc")
@@ -166,6 +178,7 @@ def main(argv):
     install_etc()
     atomic_symlink(TOPLEVEL, "/run/current-system")
     failed = start_services(settings)
+    set_ssh_lock(settings["address"], bool(settings.get("lock_ssh")))
     if failed:
         print("warning: the following units failed: " + ", ".join(failed), file=sys.stderr)
         return 4
