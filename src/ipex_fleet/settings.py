@@ -32,6 +32,13 @@ class DeploySettings:
     activation_timeout: float
     break_lock: bool
     magic_rollback: bool
+    # Where toplevels are built: on each target, or once on the controller and pushed to a cache.
+    build: str
+    cache: str | None
+    cache_public_key: str | None
+    cache_secret_key: str | None
+    cache_push: str | None
+    controller_nix_conf_dir: str | None
     confirm_timeout: float
     # Health and benchmark gate (transaction steps 7 and 8).
     ipex_fleet_command: str
@@ -100,6 +107,7 @@ def from_host_data(name: str, data: Any) -> DeploySettings:
         activation_timeout=_number("activation_timeout", name, get("activation_timeout", 600), 1),
         break_lock=bool(get("break_lock", False)),
         magic_rollback=bool(get("magic_rollback", True)),
+        **_build_settings(name, get),
         confirm_timeout=_number("confirm_timeout", name, get("confirm_timeout", 30), 1),
         **_health_settings(name, get),
     )
@@ -141,3 +149,21 @@ def _health_settings(name: str, get: Any) -> dict[str, Any]:
         "bench_threads": int(_number("bench_threads", name, get("bench_threads"), 1))
         if get("bench_threads") is not None else None,
     }
+
+
+def _build_settings(name: str, get: Any) -> dict[str, Any]:
+    build = str(get("build", "target"))
+    if build not in ("target", "controller"):
+        raise UserError(f"host {name}: build={build!r}: use target (build on the host) or controller (build once, "
+                        "push to the binary cache)")
+    values = {k: (str(get(k)) if get(k) is not None else None)
+              for k in ("cache", "cache_public_key", "cache_secret_key", "cache_push", "controller_nix_conf_dir")}
+    if build == "controller":
+        missing = [k for k in ("cache", "cache_public_key", "cache_secret_key", "cache_push") if not values[k]]
+        if missing:
+            raise UserError(f"host {name}: build=controller needs host data {', '.join(missing)} "
+                            "(the cache hosts read, its signing keys, and where the controller pushes)")
+        if not os.path.isfile(values["cache_secret_key"] or ""):
+            raise UserError(f"host {name}: cache_secret_key {values['cache_secret_key']} does not exist; "
+                            "make one with nix-store --generate-binary-cache-key")
+    return {"build": build, **values}

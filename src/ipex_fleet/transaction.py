@@ -238,6 +238,8 @@ def push_flake(tx: HostTransaction, host: Any) -> None:
     """Step 3a: push the flake by content hash, unless the host has it already."""
     digest = flake_hash(tx.settings.flake)
     tx.flake_hash = digest
+    if tx.settings.build == "controller":
+        return  # the host substitutes the built closure from the cache: it needs no flake
     present = sh(tx, host, f"mkdir -p {nixcmd.FLAKE_ROOT} && {nixcmd.flake_present(digest)}")
     if not present.ok:
         upload = f"{nixcmd.FLAKE_ROOT}/.upload-{digest}-{tx.run_id}.tar.gz"
@@ -250,16 +252,35 @@ def push_flake(tx: HostTransaction, host: Any) -> None:
 
 def build(tx: HostTransaction, host: Any) -> None:
     """Step 3b and 4: build the toplevel on the target; equal to the current one means unchanged."""
-    ref = f"path:{nixcmd.FLAKE_ROOT}/{tx.flake_hash}"
-    built = sh(tx, host, nixcmd.build_toplevel(ref, tx.settings.nixos_config), tx.settings.build_timeout)
-    if not built.ok:
-        raise StepFailed(f"nix build failed: {built.last_error}")
-    path = nixcmd.parse_build_output(built.stdout)
+    if tx.settings.build == "controller":
+        path = _substitute_from_cache(tx, host)
+    else:
+        ref = f"path:{nixcmd.FLAKE_ROOT}/{tx.flake_hash}"
+        built = sh(tx, host, nixcmd.build_toplevel(ref, tx.settings.nixos_config), tx.settings.build_timeout)
+        if not built.ok:
+            raise StepFailed(f"nix build failed: {built.last_error}")
+        path = nixcmd.parse_build_output(built.stdout)
     tx.target = Generation(None, path)
     running = sh(tx, host, nixcmd.running_system()).stdout.strip()
     if path == tx.previous.path and (running == path or not tx.settings.mode.activates):
         tx.unchanged = True
         tx.target = tx.previous
+
+
+def _substitute_from_cache(tx: HostTransaction, host: Any) -> str:
+    """Build once on the controller (shared by every host of the run), then substitute on the host."""
+    from pyinfra import state
+
+    from .cache import CacheError, substitute, toplevel_for
+
+    try:
+        path = toplevel_for(host, tx.settings, state.inventory)
+    except CacheError as exc:
+        raise StepFailed(f"building on the controller failed: {exc}") from None
+    fetched = sh(tx, host, substitute(path, tx.settings), tx.settings.build_timeout)
+    if not fetched.ok:
+        raise StepFailed(f"substituting {path} from {tx.settings.cache} failed: {fetched.last_error}")
+    return path
 
 
 def switch(tx: HostTransaction, host: Any) -> None:

@@ -7,6 +7,7 @@ import shlex
 import shutil
 import signal
 import socket
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -89,8 +90,8 @@ class Lab:
 
     def up(self, count: int, net: str | None = None) -> list[str]:
         """Start hosts 1..count (those already running are left alone) and bootstrap them."""
-        if not 1 <= count <= 254:
-            raise UserError(f"lab up {count}: the lab holds 1 to 254 hosts")
+        if not 1 <= count <= 253:
+            raise UserError(f"lab up {count}: the lab holds 1 to 253 hosts (.254 serves its binary cache)")
         existing = read_spec(self.layout)
         net = check_net(net or (existing.net if existing else DEFAULT_NET))
         if existing and existing.net != net:
@@ -115,6 +116,7 @@ class Lab:
             self._wait_listening(host, timeout=15)
         with ThreadPoolExecutor(max_workers=8) as pool:
             list(pool.map(self._bootstrap, wanted))
+        self._start_cache(spec)
         return [h.name for h in started]
 
     def down(self) -> None:
@@ -123,6 +125,10 @@ class Lab:
         if spec is None:
             return
         pids = [p for h in spec.hosts if (p := namespaces.signal_stop(self.layout, h)) is not None]
+        cache = self._cache_pid()
+        if cache is not None:
+            os.kill(cache, signal.SIGTERM)
+            pids.append(cache)
         namespaces.wait_gone(pids, timeout=10)
         faults.delete_table(spec)
 
@@ -213,6 +219,40 @@ class Lab:
             if settings.get("address") != host.address:
                 settings["address"] = host.address
                 knobs.write_settings(path, settings)
+
+    def _cache_pid(self) -> int | None:
+        pid_file = self.layout.root / "cache.pid"
+        try:
+            pid = int(pid_file.read_text())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return None
+        return pid if b"http.server" in cmdline else None
+
+    def _start_cache(self, spec: LabSpec) -> None:
+        """A real HTTP server on loopback serving the lab's binary cache, and its signing key."""
+        from ..cache import generate_key
+
+        secret, public = self.layout.cache_keys
+        secret.parent.mkdir(parents=True, exist_ok=True)
+        generate_key(f"ipex-fleet-lab-{spec.net}", str(secret), str(public))
+        self.layout.cache_dir.mkdir(parents=True, exist_ok=True)
+        if self._cache_pid() is not None:
+            return
+        address, port = spec.cache_address
+        log = open(self.layout.root / "cache.log", "ab")
+        proc = subprocess.Popen(["/usr/bin/python3", "-m", "http.server", "--bind", address, "--directory",
+                                 str(self.layout.cache_dir), str(port)], stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=log, start_new_session=True)
+        (self.layout.root / "cache.pid").write_text(f"{proc.pid}\n")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection((address, port), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise UserError(f"the lab's cache server did not start on {address}:{port}; see {self.layout.root}/cache.log")
 
     def _prepare_host_dirs(self, host: LabHost) -> None:
         h = self.layout.host_dir(host.name)

@@ -12,6 +12,16 @@ def lab_hosts(root: str | None = None) -> list[tuple[str, dict[str, Any]]]:
     """(name, data) for every lab host, with SSH pinned to the lab's key and known_hosts."""
     lab = Lab(root)
     layout, spec = lab.layout, lab.spec
+    secret, public = layout.cache_keys
+    cache_host, cache_port = spec.cache_address
+    # For `--data build=controller`: the lab's cache, served over HTTP on loopback, and its keys.
+    cache = {
+        "cache": f"http://{cache_host}:{cache_port}",
+        "cache_public_key": public.read_text().strip() if public.exists() else None,
+        "cache_secret_key": str(secret),
+        "cache_push": f"file://{layout.cache_dir}?compression=zstd",
+        "controller_nix_conf_dir": str(layout.nix_conf_dir),
+    }
     return [
         (host.name, {
             "ssh_hostname": host.address,
@@ -28,6 +38,7 @@ def lab_hosts(root: str | None = None) -> list[tuple[str, dict[str, Any]]]:
             "accelerator": "cpu",
             # Lab hosts share two cores: their benchmarks take turns.
             "bench_lock": str(layout.root / "bench.lock"),
+            **cache,
         })
         for host in spec.hosts
     ]

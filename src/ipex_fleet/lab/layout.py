@@ -75,6 +75,15 @@ class LabLayout:
         """NIX_CONF_DIR for controller-side Nix: the machine's own nix.conf stays untouched."""
         return self.root / "nix-conf"
 
+    @property
+    def cache_dir(self) -> Path:
+        """The lab's binary cache, served over HTTP on loopback."""
+        return self.root / "cache"
+
+    @property
+    def cache_keys(self) -> tuple[Path, Path]:
+        return self.root / "cache-keys" / "secret", self.root / "cache-keys" / "public"
+
     def host_dir(self, name: str) -> Path:
         return self.root / "hosts" / name
 
@@ -97,12 +106,17 @@ class LabSpec:
     def hosts(self) -> tuple[LabHost, ...]:
         return tuple(LabHost(f"host{i}", f"{self.net}.{i}") for i in range(1, self.count + 1))
 
-    def host(self, name: str) -> LabHost:
+    def host(self, name: str) -> LabHost:  # noqa: D102
         for h in self.hosts:
             if h.name == name:
                 return h
         known = ", ".join(h.name for h in self.hosts) or "none"
         raise UserError(f"no lab host named {name!r} (the lab has: {known})")
+
+    @property
+    def cache_address(self) -> tuple[str, int]:
+        """The cache server's address: .254 of the lab's /24, which no host takes."""
+        return f"{self.net}.254", 5000
 
     @property
     def nft_table(self) -> str:
