@@ -3,11 +3,12 @@
     pyinfra inventories/prod.py deploys/prod.py -y
 
 Each host: preflight and lock, record its generation, push and build the flake, switch,
-then health checks and the benchmark gate, then record. A failure after the switch rolls that host back to the recorded generation,
+then the declared models, health checks and the benchmark gate, then record. A failure after the switch rolls that host back to the recorded generation,
 and the run exits non-zero. Run it from the repository root.
 """
 
 from roles.health import health
+from roles.models import models
 from roles.preflight import preflight
 from roles.record import record
 from roles.system import system
@@ -16,6 +17,6 @@ from roles.transaction import validate_once
 validate_once()
 preflight()
 system()
-# Step 6 (models) joins here, between switch and health.
+models()
 health()
 record()

@@ -57,7 +57,7 @@ def health(tx: HostTransaction, host: Any) -> None:
         return
     level = max(tx.settings.health_levels)
     document = run_probe(tx, host, level, tx.target.path)
-    tx.health = summarise(document)
+    tx.health = {**(tx.health or {}), **summarise(document)}  # keeps the models report
     if document.get("result") == "fail":
         raise StepFailed("health checks failed: " + "; ".join(tx.health["failing"]))
 

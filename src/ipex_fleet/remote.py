@@ -64,11 +64,14 @@ def answers_ssh(host: Any, timeout: float = 3.0) -> bool:
         return False
 
 
-def run(host: Any, command: str, *, timeout: float) -> RemoteResult:
-    """Run a shell command on `host`; its exit code is kept (pyinfra keeps only success)."""
+def run(host: Any, command: str, *, timeout: float, stream: bool = False) -> RemoteResult:
+    """Run a shell command on `host`; its exit code is kept (pyinfra keeps only success).
+
+    `stream` prints the output live with the host's prefix (progress of long steps).
+    """
     try:
         with gevent.Timeout(timeout + 5):
-            _ok, output = host.run_shell_command(_wrap(command), _timeout=timeout)
+            _ok, output = host.run_shell_command(_wrap(command), print_output=stream, _timeout=timeout)
     except _CONNECTION_ERRORS as exc:
         _raise_for(host, timeout, exc)
     return _result(list(output.stdout_lines), list(output.stderr_lines))

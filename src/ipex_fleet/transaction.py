@@ -95,6 +95,9 @@ def validate_inventory(inventory: Any) -> None:
         requested_generation(host.data, host.name)
         planned_generation(host.data, host.name)
         read_plan(host.data, "expect_plan", host.name)
+    from .modelsteps import validate as validate_models  # it imports this module
+
+    validate_models(inventory)
 
 
 def sh(tx: HostTransaction, host: Any, command: str, timeout: float | None = None) -> RemoteResult:

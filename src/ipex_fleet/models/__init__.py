@@ -1,0 +1,1 @@
+"""Declared models: a manifest checked before any host is touched, installed whole and verified."""

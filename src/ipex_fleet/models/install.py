@@ -1,0 +1,278 @@
+"""Install a model plan on this host (stdlib only: it runs on hosts).
+
+File models: download into a hidden `.NAME.part` beside the target (same filesystem, and not a
+model extension, so ComfyUI never lists it), hash while downloading, resume with Range, retry with
+backoff, check size and sha256, then rename into place. A verified marker (sha256, size, mtime)
+spares the next run from re-hashing. Ollama models go through the host's Ollama API.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .manifest import FileModel, ModelPlan
+
+CHUNK = 1 << 20
+MARKER_DIR = ".ipex-fleet"
+
+
+class InstallError(Exception):
+    pass
+
+
+@dataclass
+class Report:
+    installed: list[str] = field(default_factory=list)
+    present: list[str] = field(default_factory=list)
+    pruned: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    bytes_downloaded: int = 0
+    bytes_hashed: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class Progress:
+    """Percent and rate, at most every 10% or every 10 seconds: long downloads show without flooding."""
+
+    def __init__(self, label: str, total: int | None, say: Callable[[str], None]) -> None:
+        self.label, self.total, self.say = label, total, say
+        self.started = time.monotonic()
+        self.last_time = self.started
+        self.last_pct = -10
+
+    def update(self, done: int, start: int = 0) -> None:
+        now = time.monotonic()
+        pct = int(done * 100 / self.total) if self.total else 0
+        if pct >= self.last_pct + 10 or now - self.last_time >= 10:
+            rate = (done - start) / max(now - self.started, 1e-6) / (1 << 20)
+            self.say(f"{self.label}: {pct}% of {_mib(self.total)} at {rate:.1f} MiB/s")
+            self.last_pct, self.last_time = pct, now
+
+
+def _mib(n: int | None) -> str:
+    return "?" if n is None else f"{n / (1 << 20):.1f} MiB"
+
+
+def marker_path(root: Path, model: FileModel) -> Path:
+    return root / MARKER_DIR / model.kind / f"{model.name}.json"
+
+
+def read_marker(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _hash_file(path: Path, report: Report, limit: int | None = None) -> tuple[Any, int]:
+    digest, done = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while limit is None or done < limit:
+            block = f.read(CHUNK if limit is None else min(CHUNK, limit - done))
+            if not block:
+                break
+            digest.update(block)
+            done += len(block)
+    report.bytes_hashed += done
+    return digest, done
+
+
+def is_current(root: Path, model: FileModel, verify: bool, report: Report) -> bool:
+    """True when the file in place is the declared one (by marker, or by a full re-hash with verify)."""
+    target = root / model.kind / model.name
+    marker = read_marker(marker_path(root, model))
+    try:
+        st = target.stat()
+    except FileNotFoundError:
+        return False
+    if not verify:
+        return bool(marker) and marker.get("sha256") == model.sha256 and marker.get("size") == st.st_size \
+            and marker.get("mtime_ns") == st.st_mtime_ns
+    digest, _ = _hash_file(target, report)
+    return digest.hexdigest() == model.sha256
+
+
+def _content_length(url: str, timeout: float) -> int | None:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout) as resp:
+            value = resp.headers.get("Content-Length")
+            return int(value) if value else None
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+def _download(model: FileModel, part: Path, report: Report, say: Callable[[str], None], timeout: float,
+              retries: int) -> Any:
+    """Fetch into `part`, resuming what is there; return the sha256 state of the whole file."""
+    attempt = 0
+    while True:
+        have = part.stat().st_size if part.exists() else 0
+        digest, have = _hash_file(part, report) if have else (hashlib.sha256(), 0)
+        request = urllib.request.Request(model.url, headers={"Range": f"bytes={have}-"} if have else {})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as resp:
+                if have and resp.status != 206:  # the server ignored Range: start over
+                    digest, have = hashlib.sha256(), 0
+                    part.unlink()
+                total = model.size or (int(resp.headers["Content-Length"]) + have
+                                       if resp.headers.get("Content-Length") else None)
+                progress = Progress(f"{model.kind}/{model.name}", total, say)
+                if have:
+                    say(f"{model.kind}/{model.name}: resuming at {_mib(have)}")
+                with open(part, "ab") as f:
+                    while True:
+                        block = resp.read(CHUNK)
+                        if not block:
+                            break
+                        f.write(block)
+                        digest.update(block)
+                        have += len(block)
+                        report.bytes_downloaded += len(block)
+                        progress.update(have)
+                    f.flush()
+                    os.fsync(f.fileno())
+            if model.size is not None and have < model.size:
+                raise InstallError(f"the download ended at {have} of {model.size} bytes")
+            return digest
+        except (urllib.error.URLError, OSError, InstallError) as exc:
+            if isinstance(exc, urllib.error.HTTPError) and exc.code in (403, 404, 410):
+                raise InstallError(f"{model.url}: HTTP {exc.code}") from None
+            attempt += 1
+            if attempt > retries:
+                raise InstallError(f"{model.url}: {exc} (gave up after {retries} retries)") from None
+            delay = min(2 ** (attempt - 1), 30)
+            say(f"{model.kind}/{model.name}: {exc}; retrying in {delay}s")
+            time.sleep(delay)
+
+
+def install_file(root: Path, model: FileModel, report: Report, say: Callable[[str], None], verify: bool = False,
+                 timeout: float = 60, retries: int = 5) -> None:
+    label = f"{model.kind}/{model.name}"
+    if is_current(root, model, verify, report):
+        report.present.append(label)
+        return
+    folder = root / model.kind
+    folder.mkdir(parents=True, exist_ok=True)
+    part = folder / f".{model.name}.part"
+    needed = model.size if model.size is not None else _content_length(model.url, timeout)
+    if needed is not None:
+        have = part.stat().st_size if part.exists() else 0
+        free = shutil.disk_usage(folder).free
+        if needed - have > free:
+            raise InstallError(f"{label}: needs {_mib(needed - have)} but {folder} has {_mib(free)} free; "
+                               "free space or move the models path")
+    pushed = part.with_suffix(".pushed")
+    if pushed.exists():  # models_source: controller put the bytes here over SFTP
+        os.replace(pushed, part)
+        digest, _ = _hash_file(part, report)
+    else:
+        digest = _download(model, part, report, say, timeout, retries)
+    size = part.stat().st_size
+    if digest.hexdigest() != model.sha256 or (model.size is not None and size != model.size):
+        part.unlink()
+        raise InstallError(f"{label}: sha256 {digest.hexdigest()[:16]}... ({size} bytes) does not match the "
+                           f"declared {model.sha256[:16]}...; the file in place (if any) is untouched")
+    target = folder / model.name
+    os.replace(part, target)
+    st = target.stat()
+    marker = marker_path(root, model)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    tmp = marker.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"sha256": model.sha256, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                               "url": model.url, "installed_by": "ipex-fleet"}))
+    os.replace(tmp, marker)
+    report.installed.append(label)
+    say(f"{label}: installed ({_mib(st.st_size)})")
+
+
+def prune(root: Path, plan: ModelPlan, report: Report, say: Callable[[str], None]) -> None:
+    declared = {(m.kind, m.name) for m in plan.files}
+    for kind in plan.prune:
+        folder = root / kind
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.iterdir()):
+            if not path.is_file() or path.name.startswith(".") or (kind, path.name) in declared:
+                continue
+            marker = root / MARKER_DIR / kind / f"{path.name}.json"
+            ours = bool(read_marker(marker))
+            if not ours and not plan.prune_foreign:
+                continue  # not installed by ipex-fleet: left alone unless told otherwise
+            path.unlink()
+            marker.unlink(missing_ok=True)
+            report.pruned.append(f"{kind}/{path.name}")
+            say(f"{kind}/{path.name}: pruned (no longer declared)")
+
+
+def _ollama(url: str, path: str, body: dict[str, Any] | None, timeout: float):
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(f"{url}{path}", data=data, headers={"Content-Type": "application/json"})
+    return urllib.request.urlopen(request, timeout=timeout)
+
+
+def install_ollama(url: str, names: list[str], report: Report, say: Callable[[str], None], timeout: float) -> None:
+    try:
+        with _ollama(url, "/api/tags", None, timeout) as resp:
+            tags = {m["name"]: m.get("digest") for m in json.load(resp).get("models", [])}
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise InstallError(f"Ollama at {url} does not answer: {exc}") from None
+    for name in names:
+        full = name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
+        if tags.get(full):
+            report.present.append(f"ollama/{full}")
+            continue
+        progress: Progress | None = None
+        try:
+            with _ollama(url, "/api/pull", {"model": full, "stream": True}, timeout) as resp:
+                for raw in resp:
+                    line = json.loads(raw)
+                    if "error" in line:
+                        raise InstallError(f"ollama pull {full}: {line['error']}")
+                    if line.get("total"):
+                        progress = progress or Progress(f"ollama/{full}", line["total"], say)
+                        progress.update(line.get("completed") or 0)
+                    last = line.get("status")
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            raise InstallError(f"ollama pull {full}: {exc}") from None
+        if last != "success":
+            raise InstallError(f"ollama pull {full}: the stream ended with {last!r}, not success")
+        with _ollama(url, "/api/tags", None, timeout) as resp:
+            after = {m["name"]: m.get("digest") for m in json.load(resp).get("models", [])}
+        if not after.get(full):
+            raise InstallError(f"ollama pull {full} said success, but /api/tags has no digest for it")
+        report.installed.append(f"ollama/{full}")
+        say(f"ollama/{full}: pulled, digest {after[full][:12]}")
+
+
+def install(plan: ModelPlan, root: Path, ollama_url: str | None, say: Callable[[str], None],
+            verify: bool = False, timeout: float = 60) -> Report:
+    report = Report()
+    for model in plan.files:
+        try:
+            install_file(root, model, report, say, verify, timeout)
+        except InstallError as exc:
+            report.failed.append(str(exc))
+            say(f"FAILED {exc}")
+    if plan.ollama:
+        if not ollama_url:
+            report.failed.append("Ollama models are declared, but this host has no Ollama service configured")
+        else:
+            try:
+                install_ollama(ollama_url, [m.name for m in plan.ollama], report, say, timeout)
+            except InstallError as exc:
+                report.failed.append(str(exc))
+                say(f"FAILED {exc}")
+    if not report.failed:
+        prune(root, plan, report, say)  # only once everything declared is in place
+    return report
