@@ -39,10 +39,10 @@ def _lab_parser(sub: argparse._SubParsersAction) -> None:
         if name == "cut":
             p.add_argument("--reject", action="store_true", help="refuse connections at once instead of dropping")
         p.set_defaults(func=func)
-    ex = lab_sub.add_parser("exec", help="run a command on HOST over SSH: lab exec HOST -- CMD...")
+    ex = lab_sub.add_parser("exec", help="run a command on HOST over SSH: lab exec [--timeout S] HOST -- CMD...")
+    ex.add_argument("--timeout", type=float, default=600, help="seconds (give it before HOST)")
     ex.add_argument("host")
     ex.add_argument("argv", nargs=argparse.REMAINDER)
-    ex.add_argument("--timeout", type=float, default=600)
     ex.set_defaults(func=_lab_exec)
     cfg = lab_sub.add_parser("config", help="set HOST's lab knobs (take effect at the next deploy)",
                              description="Knobs: " + "; ".join(f"{k}: {v}" for k, v in _knobs().items()))
