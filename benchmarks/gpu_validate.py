@@ -16,13 +16,14 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 
 
-def reference_mm(n: int = 8192, inner: int = 20, samples: int = 15) -> tuple[float, float]:
+def reference_mm(n: int = 8192, inner: int = 60, samples: int = 15) -> tuple[float, float]:
     """(TFLOP/s median, cv) of a plain torch.mm loop, timed with CUDA/XPU events."""
     import torch
 
@@ -30,9 +31,11 @@ def reference_mm(n: int = 8192, inner: int = 20, samples: int = 15) -> tuple[flo
     torch.manual_seed(0)
     a = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
     b = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
-    for _ in range(300):  # about half a second: clocks ramp before timing starts
-        torch.mm(a, b)
-    torch.accelerator.synchronize()
+    deadline = time.monotonic() + 2.0  # clocks and power settle before timing starts
+    while time.monotonic() < deadline:
+        for _ in range(50):
+            torch.mm(a, b)
+        torch.accelerator.synchronize()
     rates = []
     for _ in range(samples + 1):
         start, end = torch.Event(enable_timing=True), torch.Event(enable_timing=True)

@@ -201,7 +201,7 @@ class Rollout:
                 if r is not None and r.previous.number is not None and (changed or host in extra):
                     plan_[host] = {"generation": r.previous.number, "path": r.previous.path}
         if not plan_:
-            self.say("== nothing to roll back: no host of the scope changed")
+            self.say("== nothing left to roll back: the failed hosts already went back by themselves")
             return
         self.say(f"== rolling back {len(plan_)} host(s) to their recorded generations: {', '.join(plan_)}")
         plan_file = write_plan(self.run_id, "rollback-plan", plan_)
