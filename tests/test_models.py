@@ -264,3 +264,27 @@ def test_path_traversal_is_refused_before_any_host_is_touched(fleet3, tmp_path):
     assert "must be a plain file name" in run.stdout and "Traceback" not in run.stdout
     assert "Starting operation" not in run.stdout
     assert fleet3.sh("host1", "wc -l < /var/lib/ipex-fleet/deploys.jsonl 2>/dev/null || echo 0") == lines
+
+
+def test_air_gapped_hosts_get_files_pushed_from_the_controller(fleet3, tmp_path, mirror_dir):
+    sha, size = make_blob(mirror_dir, "up.safetensors", 3)
+    proc, url = start_mirror(mirror_dir)
+    try:
+        entry = {"kind": "upscale_models", "name": "up.safetensors", "url": f"{url}/up.safetensors", "sha256": sha,
+                 "size": size}
+        inventory = tmp_path / "airgap.py"
+        inventory.write_text(
+            "from ipex_fleet.lab.inventory import lab_hosts\n"
+            f"hosts = [(n, {{**d, 'models': [{entry!r}], 'models_source': 'controller',"
+            " 'trusted_mirrors': ['http://127.0.0.1:'], 'bench': False, 'health_levels': [1], 'min_free_mb': 64})"
+            f" for n, d in lab_hosts({str(fleet3.lab.layout.root)!r}) if n in ('host2', 'host3')]\n")
+        run, run_id = fleet3.deploy(inventory=str(inventory))
+        assert run.returncode == 0, run.stdout
+        for h in ("host2", "host3"):
+            placed = "/var/lib/comfyui/models/upscale_models/up.safetensors"
+            assert fleet3.sh(h, f"sha256sum {placed}").split()[0] == sha
+            models = fleet3.result(run_id, h).health["models"]
+            assert models["installed"] == ["upscale_models/up.safetensors"] and models["bytes_downloaded"] == 0
+        assert stats(url)["bytes"] == size, "the controller fetched the file once, for both hosts"
+    finally:
+        proc.kill()

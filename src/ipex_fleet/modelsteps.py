@@ -8,6 +8,7 @@ host fails with the reason, which rolls its generation back like any failure aft
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from shlex import quote
 from typing import Any
 
@@ -29,6 +30,8 @@ def install_models(tx: HostTransaction, host: Any) -> None:
     path = f"{PLAN_DIR}/plan-{tx.run_id}.json"
     sh(tx, host, f"mkdir -p {quote(PLAN_DIR)}")
     put_bytes(host, json.dumps(plan.to_json()).encode(), path, timeout=tx.settings.command_timeout)
+    if plan.source == "controller" and plan.files:
+        push_from_controller(tx, host, plan, path)
     verify = " --verify" if host.data.get("models_verify") else ""
     command = f"{tx.settings.ipex_fleet_command} models install --plan {quote(path)} --json{verify}"
     timeout = float(host.data.get("models_timeout", 3600))
@@ -52,11 +55,31 @@ def _run_streaming(tx: HostTransaction, host: Any, command: str, timeout: float)
 
 
 def validate(inventory: Any) -> None:
-    """Every host's manifest, before any host is touched."""
+    """Every host's manifest, before any host is touched (raises UserError on a bad one)."""
     for host in inventory.iter_activated_hosts():
-        plan = plan_for(host)  # raises UserError on a bad manifest
-        if plan is not None and plan.source == "controller":
-            from .errors import UserError
+        plan_for(host)
 
-            raise UserError(f"host {host.name}: models_source controller is not available yet; "
-                            "use mirror (the host downloads from the manifest's URLs)")
+
+def push_from_controller(tx: HostTransaction, host: Any, plan: manifest.ModelPlan, plan_path: str) -> None:
+    """models_source: controller: fetch each file once into the controller's cache, push what the host lacks."""
+    from .models.cache import fetch
+    from .models.install import InstallError
+
+    out = sh(tx, host, f"{tx.settings.ipex_fleet_command} models needs --plan {quote(plan_path)}")
+    if not out.ok:
+        raise StepFailed(f"models: cannot list what the host lacks: {out.last_error}")
+    needed = json.loads(out.stdout_lines[-1])
+    by_label = {(m.kind, m.name): m for m in plan.files}
+    total = sum(by_label[(m["kind"], m["name"])].size or 0 for m in needed["missing"])
+    if total > needed["free"]:
+        raise StepFailed(f"models: pushing {total >> 20} MiB, but {needed['root']} has {needed['free'] >> 20} MiB free")
+    timeout = float(host.data.get("models_timeout", 3600))
+    for entry in needed["missing"]:
+        model = by_label[(entry["kind"], entry["name"])]
+        try:
+            local = fetch(model, lambda line: host.log(line))
+        except InstallError as exc:
+            raise StepFailed(f"models: the controller could not fetch {model.kind}/{model.name}: {exc}") from None
+        sh(tx, host, f"mkdir -p {quote(str(Path(entry['push_to']).parent))}")
+        put_bytes(host, str(local), entry["push_to"], timeout=timeout)
+        host.log(f"{model.kind}/{model.name}: pushed from the controller")

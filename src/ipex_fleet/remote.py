@@ -91,10 +91,11 @@ def _result(stdout: list[str], stderr: list[str]) -> RemoteResult:
     return RemoteResult(rc, tuple(stdout), tuple(stderr))
 
 
-def put_bytes(host: Any, data: bytes, remote_path: str, *, timeout: float) -> None:
+def put_bytes(host: Any, data: bytes | str, remote_path: str, *, timeout: float) -> None:
+    """Upload bytes, or a local file given by its path, over pyinfra's SFTP."""
     try:
         with gevent.Timeout(timeout):
-            if not host.put_file(BytesIO(data), remote_path):
+            if not host.put_file(BytesIO(data) if isinstance(data, bytes) else data, remote_path):
                 raise HostUnreachable(f"upload of {remote_path} failed")
     except _CONNECTION_ERRORS as exc:
         _raise_for(host, timeout, exc)

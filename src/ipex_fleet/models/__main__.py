@@ -8,13 +8,14 @@ import sys
 from pathlib import Path
 
 from .. import fleetconfig
-from .install import install
+from .install import install, needs
 from .manifest import ModelPlan
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="ipex-fleet models", description=__doc__)
-    p.add_argument("action", choices=("install",))
+    p.add_argument("action", choices=("install", "needs"),
+                   help="install the plan, or list (JSON) the files it lacks, for a controller push")
     p.add_argument("--plan", required=True, help="the plan JSON the controller uploaded")
     p.add_argument("--root", help="ComfyUI's models/ folder (default: from /etc/ipex-fleet/config.json)")
     p.add_argument("--ollama", help="Ollama's URL (default: from /etc/ipex-fleet/config.json)")
@@ -30,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     if plan.files and not root:
         print("ipex-fleet models: error: no models path: give --root or install the fleet module", file=sys.stderr)
         return 2
+    if args.action == "needs":
+        print(json.dumps(needs(plan, Path(root or "."))), flush=True)
+        return 0
     report = install(plan, Path(root or "."), ollama, lambda line: print(line, flush=True), args.verify, args.timeout)
     if args.json:
         print(json.dumps(report.to_json()), flush=True)

@@ -112,7 +112,7 @@ def _content_length(url: str, timeout: float) -> int | None:
         return None
 
 
-def _download(model: FileModel, part: Path, report: Report, say: Callable[[str], None], timeout: float,
+def download(model: FileModel, part: Path, report: Report, say: Callable[[str], None], timeout: float,
               retries: int) -> Any:
     """Fetch into `part`, resuming what is there; return the sha256 state of the whole file."""
     attempt = 0
@@ -165,19 +165,20 @@ def install_file(root: Path, model: FileModel, report: Report, say: Callable[[st
     folder = root / model.kind
     folder.mkdir(parents=True, exist_ok=True)
     part = folder / f".{model.name}.part"
-    needed = model.size if model.size is not None else _content_length(model.url, timeout)
+    pushed = pushed_path(root, model)
+    needed = None if pushed.exists() else (model.size if model.size is not None
+                                           else _content_length(model.url, timeout))
     if needed is not None:
         have = part.stat().st_size if part.exists() else 0
         free = shutil.disk_usage(folder).free
         if needed - have > free:
             raise InstallError(f"{label}: needs {_mib(needed - have)} but {folder} has {_mib(free)} free; "
                                "free space or move the models path")
-    pushed = part.with_suffix(".pushed")
     if pushed.exists():  # models_source: controller put the bytes here over SFTP
         os.replace(pushed, part)
         digest, _ = _hash_file(part, report)
     else:
-        digest = _download(model, part, report, say, timeout, retries)
+        digest = download(model, part, report, say, timeout, retries)
     size = part.stat().st_size
     if digest.hexdigest() != model.sha256 or (model.size is not None and size != model.size):
         part.unlink()
@@ -276,3 +277,17 @@ def install(plan: ModelPlan, root: Path, ollama_url: str | None, say: Callable[[
     if not report.failed:
         prune(root, plan, report, say)  # only once everything declared is in place
     return report
+
+
+def pushed_path(root: Path, model: FileModel) -> Path:
+    """Where a controller push lands: hidden, beside the target, picked up by install_file."""
+    return root / model.kind / f".{model.name}.pushed"
+
+
+def needs(plan: ModelPlan, root: Path) -> dict[str, Any]:
+    """The files of the plan that are not in place (by marker, no hashing), and the free space."""
+    missing = [m for m in plan.files if not is_current(root, m, False, Report())]
+    folder = root if root.exists() else root.parent
+    return {"root": str(root), "free": shutil.disk_usage(folder).free,
+            "missing": [{"kind": m.kind, "name": m.name, "size": m.size, "push_to": str(pushed_path(root, m))}
+                        for m in missing]}
