@@ -21,11 +21,11 @@ sys.path.insert(0, str(REPO / "src"))
 from ipex_fleet.lab import Lab  # noqa: E402
 
 
-def timed_deploy(lab: Lab, state: Path, hosts: list[str]) -> float:
+def timed_deploy(lab: Lab, state: Path, hosts: list[str], data: list[str]) -> float:
     env = {**os.environ, "IPEX_FLEET_LAB_ROOT": str(lab.layout.root), "IPEX_FLEET_STATE": str(state)}
     started = time.monotonic()
     proc = subprocess.run([str(Path(sys.executable).parent / "pyinfra"), "inventories/lab.py", "deploys/prod.py",
-                           "-y", *[a for h in hosts for a in ("--limit", h)]], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+                           "-y", *[a for h in hosts for a in ("--limit", h)], *[a for d in data for a in ("--data", d)]], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     elapsed = time.monotonic() - started
     if proc.returncode != 0:
         raise SystemExit(f"deploy failed:\n{proc.stderr[-2000:]}")
@@ -41,6 +41,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--root", default="/srv/ipex-fleet-bench")
     parser.add_argument("--net", default="127.0.40")
+    parser.add_argument("--data", action="append", default=[], help="KEY=VALUE passed to pyinfra --data")
     args = parser.parse_args()
     lab = Lab(args.root)
     lab.destroy()
@@ -54,8 +55,8 @@ def main() -> int:
             for run in range(args.runs):
                 for h in hosts:
                     lab.config(h, [f"version=b{count}-{run}-{time.time_ns()}"])
-                change.append(timed_deploy(lab, state, hosts))
-                same.append(timed_deploy(lab, state, hosts))
+                change.append(timed_deploy(lab, state, hosts, args.data))
+                same.append(timed_deploy(lab, state, hosts, args.data))
             rows[count] = (statistics.median(change), statistics.median(same), change, same)
             print(f"{count:>2} hosts: change {rows[count][0]:.2f}s  no-change {rows[count][1]:.2f}s  "
                   f"(runs: {', '.join(f'{t:.2f}' for t in change)} / {', '.join(f'{t:.2f}' for t in same)})",
