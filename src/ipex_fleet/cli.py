@@ -128,7 +128,10 @@ PASSTHROUGH = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ipex-fleet", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="ipex-fleet",
+        description="Roll a NixOS flake out to GPU hosts with pyinfra: staged, health-checked, self-reverting. "
+                    "Run it from the repository root.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _lab_parser(sub)
     from .fleetcli import add_parsers

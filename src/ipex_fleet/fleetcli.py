@@ -49,6 +49,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     rb.set_defaults(func=_rollback)
 
 
+def _deploy_file(path: str) -> str:
+    """The repository's own deploy files are run by relative path, as pyinfra needs."""
+    if not Path(path).is_file():
+        raise UserError(f"{path} not found: run ipex-fleet from the repository root (where deploys/ is)")
+    return path
+
+
 def _rollout(args: argparse.Namespace) -> int:
     ledger = Ledger()
     if args.resume:
@@ -58,6 +65,8 @@ def _rollout(args: argparse.Namespace) -> int:
             raise UserError("rollout INVENTORY DEPLOY: give both, e.g. inventories/prod.py deploys/prod.py")
         options = RolloutOptions(args.inventory, args.deploy, args.waves, args.max_fail, args.canary_max_fail,
                                  args.soak, args.rollback_scope, args.parallel)
+        for needed in (ROLLBACK_DEPLOY, "deploys/check.py"):
+            _deploy_file(needed)
         rollout, waves = Rollout.prepare(options, ledger)
     if args.dry_run:
         rollout.describe(waves)
@@ -110,10 +119,11 @@ def _g(n: int | None) -> str:
 
 def _status(args: argparse.Namespace) -> int:
     view = load(args.inventory)
+    status_deploy = _deploy_file("deploys/status.py")
     ledger = Ledger()
     run_id = new_run_id("status")
     log = run_dir(run_id) / "status.log"
-    pyinfra_run.run(pyinfra_run.argv(args.inventory, "deploys/status.py", view.hosts, None),
+    pyinfra_run.run(pyinfra_run.argv(args.inventory, status_deploy, view.hosts, None),
                     {"IPEX_FLEET_RUN_ID": run_id}, log, lambda line: None, timeout=600)
     rows = []
     for host in view.hosts:
@@ -142,6 +152,7 @@ def _status(args: argparse.Namespace) -> int:
 
 def _rollback(args: argparse.Namespace) -> int:
     view = load(args.inventory)
+    _deploy_file(ROLLBACK_DEPLOY)
     ledger = Ledger()
     if ledger.run(args.to) is None:
         raise UserError(f"no run {args.to} in {ledger.path}; `ipex-fleet history` lists them")
