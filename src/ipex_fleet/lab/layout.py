@@ -106,7 +106,7 @@ class LabSpec:
     def hosts(self) -> tuple[LabHost, ...]:
         return tuple(LabHost(f"host{i}", f"{self.net}.{i}") for i in range(1, self.count + 1))
 
-    def host(self, name: str) -> LabHost:  # noqa: D102
+    def host(self, name: str) -> LabHost:
         for h in self.hosts:
             if h.name == name:
                 return h
