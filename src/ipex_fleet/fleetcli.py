@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import sys
 from pathlib import Path
 
 from .errors import UserError
-from .results import current_run_id, read_host_result, run_dir
+from .results import read_host_result, run_dir
 from .rollout import pyinfra_run
 from .rollout.engine import ROLLBACK_DEPLOY, Rollout, RolloutOptions, new_run_id, write_plan
 from .rollout.inventory import load

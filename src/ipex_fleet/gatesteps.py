@@ -10,6 +10,7 @@ import json
 from shlex import quote
 from typing import Any
 
+from .probe import failing
 from .remote import RemoteResult
 from .transaction import HostTransaction, StepFailed, sh
 
@@ -41,7 +42,7 @@ def summarise(document: dict[str, Any]) -> dict[str, Any]:
         "result": document.get("result"),
         "level": document.get("level"),
         "duration_s": document.get("duration_s"),
-        "failing": [f"{c['name']}: {c['message']}" for c in checks if c["result"] == "fail"],
+        "failing": failing(document),
         "checks": {c["name"]: c["result"] for c in checks},
     }
 

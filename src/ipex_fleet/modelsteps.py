@@ -35,7 +35,7 @@ def install_models(tx: HostTransaction, host: Any) -> None:
     verify = " --verify" if host.data.get("models_verify") else ""
     command = f"{tx.settings.ipex_fleet_command} models install --plan {quote(path)} --json{verify}"
     timeout = float(host.data.get("models_timeout", 3600))
-    out = _run_streaming(tx, host, command, timeout)
+    out = run(host, command, timeout=timeout, stream=True)  # progress shows live, with the host's prefix
     report = None
     for line in reversed(out.stdout_lines):
         if line.startswith("{"):
@@ -47,11 +47,6 @@ def install_models(tx: HostTransaction, host: Any) -> None:
                                                                        "bytes_downloaded", "bytes_hashed")}}
     if report["failed"]:
         raise StepFailed("models: " + "; ".join(report["failed"]))
-
-
-def _run_streaming(tx: HostTransaction, host: Any, command: str, timeout: float):
-    """Progress lines show live in the pyinfra output, with the host's prefix."""
-    return run(host, command, timeout=timeout, stream=True)
 
 
 def validate(inventory: Any) -> None:

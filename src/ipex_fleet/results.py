@@ -44,9 +44,3 @@ def read_host_result(run_id: str, host: str) -> HostResult | None:
     except FileNotFoundError:
         return None
 
-
-def read_run(run_id: str) -> list[HostResult]:
-    folder = run_dir(run_id) / "hosts"
-    if not folder.is_dir():
-        return []
-    return [HostResult.from_json(json.loads(p.read_text())) for p in sorted(folder.glob("*.json"))]

@@ -20,7 +20,7 @@ def sshd_config(layout: LabLayout, host: LabHost) -> str:
     return "\n".join([
         f"ListenAddress {host.address}:22",
         f"HostKey {h}/ssh/ssh_host_ed25519_key",
-        f"PidFile /run/sshd.pid",
+        "PidFile /run/sshd.pid",
         f"AuthorizedKeysFile {layout.authorized_keys}",
         "PermitRootLogin prohibit-password",
         "PasswordAuthentication no",

@@ -136,10 +136,6 @@ def activate(path: str, action: Action, done_marker: str | None = None) -> str:
     )
 
 
-def readlink(path: str) -> str:
-    return f"readlink -f {quote(path)} 2>/dev/null || true"
-
-
 def acquire_lock(owner: dict[str, object]) -> str:
     """Create the lock atomically (noclobber); on refusal print the holder and exit 75."""
     lock = quote(LOCK_FILE)

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..device import Device, current_device, device_count, device_properties, synchronize
+from ..device import current_device, device_count, device_properties, synchronize
 from ..fleetconfig import FleetConfig
 from .httpjson import HTTPProblem, request
 from .model import Outcome, failed, passed, skipped, warned

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import secrets
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..domain import NO_GENERATION, HostResult, Status
+from ..domain import HostResult, Status
 from ..errors import UserError
 from ..results import read_host_result, run_dir, write_host_result
 from . import pyinfra_run

@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -47,14 +48,17 @@ def run(args: list[str], env: dict[str, str], log_path: Path, on_result: Callabl
     with open(log_path, "a") as log:
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 env={**os.environ, **env}, preexec_fn=_die_with_parent, stdin=subprocess.DEVNULL)
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            log.write(line)
-            clean = _ANSI.sub("", line.rstrip())
-            if _RESULT_LINE.search(clean):
-                on_result(clean.strip())
+        # The whole run is bounded, silent stretches included: reading output alone could wait forever.
+        deadline = threading.Timer(timeout, proc.kill)
+        deadline.start()
         try:
-            return proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            return 124
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                log.write(line)
+                clean = _ANSI.sub("", line.rstrip())
+                if _RESULT_LINE.search(clean):
+                    on_result(clean.strip())
+            rc = proc.wait()
+        finally:
+            deadline.cancel()
+        return 124 if rc == -9 else rc

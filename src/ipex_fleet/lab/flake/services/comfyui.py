@@ -6,7 +6,6 @@ the generation hides the accelerator.
 """
 
 import os
-import platform
 import sys
 import threading
 import uuid
