@@ -14,41 +14,58 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def _lab_parser(sub: argparse._SubParsersAction) -> None:
-    lab = sub.add_parser("lab", help="run a local fleet of NixOS-like hosts (real sshd, real Nix)",
-                         description="The lab: NixOS-like hosts on loopback, one set of namespaces each.")
-    lab.add_argument("--root", help="lab directory (default $IPEX_FLEET_LAB_ROOT or /srv/ipex-fleet-lab)")
+    # --root works before or after the lab command (`lab --root D up 3` and `lab up 3 --root D`).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--root", default=argparse.SUPPRESS,
+                        help="lab directory (default $IPEX_FLEET_LAB_ROOT or /srv/ipex-fleet-lab)")
+    lab = sub.add_parser("lab", help="run a local fleet of NixOS-like hosts (systemd, sshd, Nix)",
+                         parents=[common],
+                         description="The lab: NixOS-like hosts on loopback, each a systemd-nspawn container "
+                                     "with systemd as PID 1, its own sshd, Nix store and journal.")
     lab_sub = lab.add_subparsers(dest="lab_command", required=True, metavar="COMMAND")
 
-    up = lab_sub.add_parser("up", help="start hosts host1..hostN and give each its first generation")
+    up = lab_sub.add_parser("up", parents=[common], help="boot hosts host1..hostN, each with a first generation")
     up.add_argument("count", type=int, metavar="N")
     up.add_argument("--net", help="loopback /24 for the hosts (default 127.0.10)")
+    up.add_argument("--deploy-user", metavar="NAME",
+                    help="add a user that logs in with the lab's key and deploys through sudo")
     up.set_defaults(func=_lab_up)
-    lab_sub.add_parser("down", help="stop every host; their disks stay").set_defaults(func=_lab_down)
-    lab_sub.add_parser("destroy", help="stop every host and remove the lab entirely").set_defaults(func=_lab_destroy)
-    st = lab_sub.add_parser("status", help="show each host's state, faults and generation")
+    lab_sub.add_parser("down", parents=[common], help="power every host off; their disks stay").set_defaults(
+        func=_lab_down)
+    lab_sub.add_parser("destroy", parents=[common],
+                       help="stop every host and remove the lab entirely").set_defaults(func=_lab_destroy)
+    st = lab_sub.add_parser("status", parents=[common],
+                            help="each host's state, faults and generation; the off-machine packet counter")
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=_lab_status)
     for name, helptext, func in (
         ("cut", "drop SSH traffic to HOST silently (nftables)", _lab_cut),
         ("heal", "undo `cut`", _lab_heal),
-        ("freeze", "SIGSTOP every process of HOST", _lab_freeze),
+        ("freeze", "freeze every process of HOST (its cgroup)", _lab_freeze),
         ("thaw", "undo `freeze`", _lab_thaw),
+        ("reboot", "reboot HOST cleanly and wait for its new boot", _lab_reboot),
+        ("crash", "kill HOST hard (every process at once); it boots again", _lab_crash),
     ):
-        p = lab_sub.add_parser(name, help=helptext)
+        p = lab_sub.add_parser(name, parents=[common], help=helptext)
         p.add_argument("host")
         if name == "cut":
             p.add_argument("--reject", action="store_true", help="refuse connections at once instead of dropping")
         p.set_defaults(func=func)
-    ex = lab_sub.add_parser("exec", help="run a command on HOST over SSH: lab exec [--timeout S] HOST -- CMD...")
+    ex = lab_sub.add_parser("exec", parents=[common],
+                            help="run a command on HOST over SSH: lab exec [--timeout S] HOST -- CMD...")
     ex.add_argument("--timeout", type=float, default=600, help="seconds (give it before HOST)")
     ex.add_argument("host")
     ex.add_argument("argv", nargs=argparse.REMAINDER)
     ex.set_defaults(func=_lab_exec)
-    cfg = lab_sub.add_parser("config", help="set HOST's lab knobs (take effect at the next deploy)",
+    cfg = lab_sub.add_parser("config", parents=[common], help="set HOST's lab knobs (take effect at the next deploy)",
                              description="Knobs: " + "; ".join(f"{k}: {v}" for k, v in _knobs().items()))
     cfg.add_argument("host")
     cfg.add_argument("assignments", nargs="*", metavar="KEY=VALUE")
     cfg.set_defaults(func=_lab_config)
+
+
+def _lab(args: argparse.Namespace) -> Lab:
+    return Lab(getattr(args, "root", None))
 
 
 def _knobs() -> dict[str, str]:
@@ -58,8 +75,8 @@ def _knobs() -> dict[str, str]:
 
 
 def _lab_up(args: argparse.Namespace) -> int:
-    lab = Lab(args.root)
-    started = lab.up(args.count, args.net)
+    lab = _lab(args)
+    started = lab.up(args.count, args.net, args.deploy_user)
     print(f"lab at {lab.layout.root}: {args.count} host(s) up"
           + (f", started {', '.join(started)}" if started else ", all already running"))
     print(f"inventory: IPEX_FLEET_LAB_ROOT={lab.layout.root} pyinfra inventories/lab.py deploys/prod.py -y")
@@ -67,54 +84,66 @@ def _lab_up(args: argparse.Namespace) -> int:
 
 
 def _lab_down(args: argparse.Namespace) -> int:
-    Lab(args.root).down()
+    _lab(args).down()
     return 0
 
 
 def _lab_destroy(args: argparse.Namespace) -> int:
-    Lab(args.root).destroy()
+    _lab(args).destroy()
     return 0
 
 
 def _lab_status(args: argparse.Namespace) -> int:
-    rows = Lab(args.root).status()
+    lab = _lab(args)
+    rows, leaks = lab.status(), lab.leaks()
     if args.json:
-        print(json.dumps([r.__dict__ for r in rows], indent=2))
+        print(json.dumps({"hosts": [r.__dict__ for r in rows], "packets_off_loopback": leaks["leaks"]}, indent=2))
         return 0
     print(f"{'HOST':<8} {'ADDRESS':<15} {'STATE':<8} {'CUT':<7} {'GEN':>4}  SETTINGS")
     for r in rows:
         knobs = " ".join(f"{k}={v}" for k, v in sorted(r.settings.items()) if k != "address")
         print(f"{r.name:<8} {r.address:<15} {r.state:<8} {r.cut or '-':<7} {r.generation if r.generation is not None else '-':>4}  {knobs}")
+    print(f"packets from the lab's hosts to addresses off loopback (dropped): {leaks['leaks']}")
     return 0
 
 
 def _lab_cut(args: argparse.Namespace) -> int:
-    Lab(args.root).cut(args.host, "reject" if args.reject else "drop")
+    _lab(args).cut(args.host, "reject" if args.reject else "drop")
     return 0
 
 
 def _lab_heal(args: argparse.Namespace) -> int:
-    Lab(args.root).heal(args.host)
+    _lab(args).heal(args.host)
     return 0
 
 
 def _lab_freeze(args: argparse.Namespace) -> int:
-    Lab(args.root).freeze(args.host)
+    _lab(args).freeze(args.host)
     return 0
 
 
 def _lab_thaw(args: argparse.Namespace) -> int:
-    Lab(args.root).thaw(args.host)
+    _lab(args).thaw(args.host)
+    return 0
+
+
+def _lab_reboot(args: argparse.Namespace) -> int:
+    _lab(args).reboot(args.host)
+    return 0
+
+
+def _lab_crash(args: argparse.Namespace) -> int:
+    _lab(args).crash(args.host)
     return 0
 
 
 def _lab_exec(args: argparse.Namespace) -> int:
     argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
-    return Lab(args.root).exec(args.host, argv, timeout=args.timeout)
+    return _lab(args).exec(args.host, argv, timeout=args.timeout)
 
 
 def _lab_config(args: argparse.Namespace) -> int:
-    settings = Lab(args.root).config(args.host, args.assignments)
+    settings = _lab(args).config(args.host, args.assignments)
     print(" ".join(f"{k}={v}" for k, v in sorted(settings.items())))
     return 0
 

@@ -4,41 +4,68 @@ from __future__ import annotations
 
 import json
 
+from ..errors import UserError
 from ..runner import run
 from .layout import LabSpec
+
+# A loopback address and port no lab service uses: hosts send here to prove the guard sees them.
+GUARD_PROBE = ("127.255.255.254", 9)
 
 
 def _table_exists(spec: LabSpec) -> bool:
     return run(["nft", "list", "table", "inet", spec.nft_table], timeout=10, check=False).ok
 
 
-def ensure_table(spec: LabSpec) -> None:
+def ensure_table(spec: LabSpec, lab_cgroup: str) -> None:
+    """The lab's table: SSH cuts on input, and the guard on output.
+
+    The guard drops and counts every packet that a process of the lab's hosts (its cgroup, which
+    nftables names relative to /sys/fs/cgroup) sends to an address off loopback: nothing a host does
+    can leave the machine, and `leaks` proves it. `guard_probe` counts what hosts send to a reserved
+    loopback port, so a test can show the cgroup match sees the hosts' packets without any leaving.
+    """
     if _table_exists(spec):
         return
     t = spec.nft_table
+    match = f'socket cgroupv2 level 2 "{lab_cgroup}"'
     script = (
         f"table inet {t} {{\n"
         "  set cut_drop { type ipv4_addr; }\n"
         "  set cut_reject { type ipv4_addr; }\n"
+        "  counter leaks { }\n"
+        "  counter guard_probe { }\n"
         "  chain input {\n"
         "    type filter hook input priority 0; policy accept;\n"
         "    ip daddr @cut_drop tcp dport 22 drop\n"
         "    ip daddr @cut_reject tcp dport 22 reject with tcp reset\n"
+        "  }\n"
+        "  chain output {\n"
+        "    type filter hook output priority 0; policy accept;\n"
+        f"    {match} ip daddr {GUARD_PROBE[0]} udp dport {GUARD_PROBE[1]} counter name guard_probe drop\n"
+        f"    {match} ip daddr != 127.0.0.0/8 counter name leaks drop\n"
+        f"    {match} ip6 daddr != ::1 counter name leaks drop\n"
         "  }\n"
         "}\n"
     )
     run(["nft", "-f", "-"], timeout=10, input=script)
 
 
+def leak_counter(spec: LabSpec) -> dict[str, int]:
+    """{"leaks": packets, "guard_probe": packets}; both 0 when the table is gone."""
+    if not _table_exists(spec):
+        return {"leaks": 0, "guard_probe": 0}
+    out = run(["nft", "-j", "list", "counters", "table", "inet", spec.nft_table], timeout=10).stdout
+    counts = {"leaks": 0, "guard_probe": 0}
+    for item in json.loads(out).get("nftables", []):
+        c = item.get("counter")
+        if c and c.get("name") in counts:
+            counts[c["name"]] = int(c.get("packets", 0))
+    return counts
+
+
 def delete_table(spec: LabSpec) -> None:
-    """Delete the lab's table, and any SSH lock a lab generation left (lab knob lock_ssh)."""
     if _table_exists(spec):
         run(["nft", "delete", "table", "inet", spec.nft_table], timeout=10)
-    listing = run(["nft", "list", "tables"], timeout=10, check=False).stdout.split()
-    prefix = "ipexfleet_lock_" + spec.net.replace(".", "_") + "_"
-    for name in listing:
-        if name.startswith(prefix):
-            run(["nft", "delete", "table", "inet", name], timeout=10, check=False)
 
 
 def cut_addresses(spec: LabSpec) -> dict[str, str]:
@@ -56,7 +83,8 @@ def cut_addresses(spec: LabSpec) -> dict[str, str]:
 
 
 def cut(spec: LabSpec, address: str, how: str = "drop") -> None:
-    ensure_table(spec)
+    if not _table_exists(spec):
+        raise UserError(f"the lab's nftables table {spec.nft_table} is missing; run `ipex-fleet lab up` first")
     heal(spec, address)
     run(["nft", "add", "element", "inet", spec.nft_table, f"cut_{how}", f"{{ {address} }}"], timeout=10)
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,16 +20,14 @@ from ..domain import SYSTEM_PROFILE, Action
 from ..errors import CommandFailed, UserError
 from ..nix import commands as nixcmd
 from ..runner import Completed, run, run_attached
-from . import faults, knobs, namespaces, sshmaterial
+from . import container, faults, knobs, sshmaterial, template
 from .layout import DEFAULT_NET, LabHost, LabLayout, LabSpec, check_net, read_spec, write_spec
 
 FLAKE_SOURCE = Path(__file__).parent / "flake"
-NIX_CONF = (
-    "experimental-features = nix-command flakes\n"
-    "sandbox = false\n"
-    "substituters =\n"
-    "build-users-group =\n"
-)
+GUEST_SOURCE = Path(__file__).parent / "guest"
+NIX_CONF = template.NIX_CONF
+INSTALL_FLAKE = "/var/lib/ipex-fleet-lab/install-flake"
+_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,30}$")
 # tool -> Debian package that provides it
 REQUIRED_TOOLS = {
     "nix": "nix-bin",
@@ -36,7 +37,8 @@ REQUIRED_TOOLS = {
     "ssh-keygen": "openssh-client",
     "nft": "nftables",
     "unshare": "util-linux",
-    "setsid": "util-linux",
+    "systemd-nspawn": "systemd-container",
+    "debootstrap": "debootstrap",
 }
 
 
@@ -48,6 +50,7 @@ class HostStatus:
     cut: str | None
     generation: int | None
     settings: dict
+    booted: str | None = None  # /run/booted-system's generation store path, read on the host
 
 
 def _missing_tools() -> dict[str, str]:
@@ -57,7 +60,7 @@ def _missing_tools() -> dict[str, str]:
 def ensure_requirements() -> None:
     """Install nix-bin, openssh-server and nftables when missing, or say in one line what to do."""
     if os.geteuid() != 0:
-        raise UserError("the lab needs root (namespaces, mounts, nftables); run it as root")
+        raise UserError("the lab needs root (systemd-nspawn, mounts, cgroups, nftables); run it as root")
     missing = _missing_tools()
     if not missing:
         return
@@ -88,52 +91,71 @@ class Lab:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    def up(self, count: int, net: str | None = None) -> list[str]:
-        """Start hosts 1..count (those already running are left alone) and bootstrap them."""
+    def up(self, count: int, net: str | None = None, deploy_user: str | None = None) -> list[str]:
+        """Boot hosts 1..count (those already running are left alone) and give each its first generation."""
         if not 1 <= count <= 253:
             raise UserError(f"lab up {count}: the lab holds 1 to 253 hosts (.254 serves its binary cache)")
+        if deploy_user is not None and (not _USER_RE.match(deploy_user) or deploy_user == "root"):
+            raise UserError(f"--deploy-user {deploy_user!r} is not a plain user name (like deploy); root is the default")
         existing = read_spec(self.layout)
         net = check_net(net or (existing.net if existing else DEFAULT_NET))
         if existing and existing.net != net:
             raise UserError(f"the lab at {self.layout.root} uses {existing.net}; "
                             f"run `ipex-fleet lab destroy` first to change --net")
         ensure_requirements()
-        spec = LabSpec(net=net, count=max(count, existing.count if existing else 0))
+        rootfs = template.ensure_template()
+        spec = LabSpec(net=net, count=max(count, existing.count if existing else 0),
+                       deploy_user=deploy_user or (existing.deploy_user if existing else None))
         write_spec(self.layout, spec)
         self._install_flake(spec)
         self.layout.nix_conf_dir.mkdir(parents=True, exist_ok=True)
         (self.layout.nix_conf_dir / "nix.conf").write_text(NIX_CONF)
-        wanted = spec.hosts[:count]
-        for host in wanted:
-            self._prepare_host_dirs(host)
+        self.layout.shared_dir.mkdir(parents=True, exist_ok=True)
+        container.ensure_lab_cgroup(spec)
+        faults.ensure_table(spec, container.nft_cgroup_path(spec))
         sshmaterial.write_client_side(self.layout, spec)
+        wanted = spec.hosts[:count]
         started = []
         for host in wanted:
-            if namespaces.unshare_pid(self.layout, host) is None:
-                namespaces.start(self.layout, host)
+            if container.supervisor_pid(self.layout, host) is None:
+                self._prepare_host(spec, host)
+                container.start(self.layout, spec, host, rootfs, *self._binds())
                 started.append(host)
+        sshmaterial.write_client_side(self.layout, spec)
         for host in wanted:
-            self._wait_listening(host, timeout=15)
+            self._wait_booted(spec, host, timeout=60)
         with ThreadPoolExecutor(max_workers=8) as pool:
             list(pool.map(self._bootstrap, wanted))
         self._start_cache(spec)
         return [h.name for h in started]
 
     def down(self) -> None:
-        """Stop every host; their disks (stores, profiles) stay for the next `up`."""
+        """Power every host off cleanly; their disks (stores, profiles, journals) stay for the next `up`."""
         spec = read_spec(self.layout)
         if spec is None:
             return
-        pids = [p for h in spec.hosts if (p := namespaces.signal_stop(self.layout, h)) is not None]
+        pids = [p for h in spec.hosts if (p := container.stop(self.layout, spec, h)) is not None]
         cache = self._cache_pid()
         if cache is not None:
             os.kill(cache, signal.SIGTERM)
             pids.append(cache)
-        namespaces.wait_gone(pids, timeout=10)
+        if container.wait_gone(pids, timeout=20):
+            for host in spec.hosts:  # a host that would not power off is killed
+                container.kill_all(spec, host)
+            container.wait_gone(pids, timeout=10)
+        container.remove_cgroups(spec, spec.hosts)
+        for host in spec.hosts:  # nspawn leaves these behind (LAB.md)
+            propagate = Path("/run/systemd/nspawn/propagate") / container.machine_name(spec, host)
+            try:
+                propagate.rmdir()
+            except OSError:
+                pass
         faults.delete_table(spec)
 
     def destroy(self) -> None:
-        """Stop every host and remove the lab: processes, nftables table, directories."""
+        """Stop every host and remove the lab: processes, mounts, cgroups, nftables table, directories.
+
+        The cached root filesystem (shared by every lab on the machine) stays."""
         spec = read_spec(self.layout)
         if spec is not None:
             self.down()
@@ -145,12 +167,16 @@ class Lab:
         cut = faults.cut_addresses(spec)
         out = []
         for host in spec.hosts:
-            init = namespaces.init_pid(self.layout, host)
-            state = "stopped" if init is None else ("frozen" if _is_stopped(init) else "running")
+            init = container.init_pid(spec, host)
+            state = "stopped" if init is None else ("frozen" if container.is_frozen(spec, host) else "running")
             out.append(HostStatus(host.name, host.address, state, cut.get(host.address),
                                   self._generation_number(host),
                                   knobs.read_settings(self.layout.host_settings(host.name))))
         return out
+
+    def leaks(self) -> dict[str, int]:
+        """Packets from the lab's hosts to any address off loopback, dropped and counted (must stay 0)."""
+        return faults.leak_counter(self.spec)
 
     # -- faults ----------------------------------------------------------------------------
 
@@ -163,21 +189,48 @@ class Lab:
         faults.heal(spec, spec.host(name).address)
 
     def freeze(self, name: str) -> None:
-        self._signal_all(name, signal.SIGSTOP)
+        self._running(name)
+        container.set_frozen(self.spec, self.spec.host(name), True)
 
     def thaw(self, name: str) -> None:
-        self._signal_all(name, signal.SIGCONT)
+        self._running(name)
+        container.set_frozen(self.spec, self.spec.host(name), False)
 
-    def _signal_all(self, name: str, sig: int) -> None:
+    def reboot(self, name: str, wait: bool = True, timeout: float = 60) -> None:
+        """A clean reboot (systemd's reboot.target); with `wait`, until sshd answers with a new boot id."""
+        spec, host = self.spec, self._running(name)
+        before = self.boot_id(name)
+        container.reboot(spec, host)
+        if wait:
+            self._wait_new_boot(name, before, timeout)
+
+    def crash(self, name: str, wait: bool = True, timeout: float = 60) -> None:
+        """A hard kill of everything in the host, then a fresh boot (a machine's reset button)."""
+        spec, host = self.spec, self._running(name)
+        before = self.boot_id(name)
+        container.crash(self.layout, spec, host)
+        if wait:
+            self._wait_new_boot(name, before, timeout)
+
+    def boot_id(self, name: str) -> str | None:
+        got = self.ssh(name, "cat /proc/sys/kernel/random/boot_id", timeout=10, check=False)
+        return got.stdout.strip() if got.ok else None
+
+    def _wait_new_boot(self, name: str, before: str | None, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            now = self.boot_id(name)
+            if now and now != before:
+                return
+            time.sleep(0.1)
+        raise UserError(f"{name} did not come back with a new boot within {timeout:g}s; "
+                        f"see {self.layout.host_dir(name) / 'host.log'}")
+
+    def _running(self, name: str) -> LabHost:
         host = self.spec.host(name)
-        pids = namespaces.namespace_pids(self.layout, host)
-        if not pids:
+        if container.init_pid(self.spec, host) is None:
             raise UserError(f"{name} is not running; start it with: ipex-fleet lab up")
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
+        return host
 
     # -- commands on hosts -----------------------------------------------------------------
 
@@ -202,6 +255,17 @@ class Lab:
         return settings
 
     # -- internals -------------------------------------------------------------------------
+
+    def _binds(self) -> tuple[list[str], list[str]]:
+        """What hosts see of the controller: this package's environment, read-only, where the
+        generation names it (as a NixOS host sees its store); and the lab's shared directory."""
+        import ipex_fleet
+
+        ro = {os.path.realpath(sys.prefix)}
+        source = Path(ipex_fleet.__file__).resolve().parent.parent
+        if not str(source).startswith(tuple(ro)):
+            ro.add(str(source))
+        return sorted(ro), [str(self.layout.shared_dir)]
 
     def _install_flake(self, spec: LabSpec) -> None:
         dest = self.layout.flake_dir
@@ -254,36 +318,77 @@ class Lab:
                 time.sleep(0.05)
         raise UserError(f"the lab's cache server did not start on {address}:{port}; see {self.layout.root}/cache.log")
 
-    def _prepare_host_dirs(self, host: LabHost) -> None:
-        h = self.layout.host_dir(host.name)
-        for sub in namespaces.HOST_DIRS:
-            (h / sub).mkdir(parents=True, exist_ok=True)
-        upper = h / "etc-upper"
-        if namespaces.unshare_pid(self.layout, host) is None:
-            # Only while the host is stopped: a running host's /etc is written through the host.
-            (upper / "nix").mkdir(exist_ok=True)
-            (upper / "nix" / "nix.conf").write_text(NIX_CONF)
-            (upper / "hostname").write_text(host.name + "\n")
-            if not (upper / "os-release").exists():
-                (upper / "os-release").write_text('NAME=NixOS\nID=nixos\nPRETTY_NAME="NixOS (ipex-fleet lab)"\n')
-            (upper / "ipex-fleet").mkdir(exist_ok=True)
+    def _prepare_host(self, spec: LabSpec, host: LabHost) -> None:
+        """Write the host's own files into its overlay while it is stopped: identity, sshd, stage 2."""
+        upper = self.layout.host_dir(host.name) / "upper"
+        etc = upper / "etc"
+        (etc / "ipex-fleet").mkdir(parents=True, exist_ok=True)
+        (etc / "hostname").write_text(host.name + "\n")
+        machine_id = etc / "machine-id"
+        if not machine_id.exists() or not machine_id.read_text().strip():
+            machine_id.write_text(uuid.uuid4().hex + "\n")
+        if not (etc / "os-release").exists():
+            (etc / "os-release").write_text('NAME=NixOS\nID=nixos\nPRETTY_NAME="NixOS (ipex-fleet lab)"\n')
         sshmaterial.write_host_side(self.layout, host)
+        lib = upper / "usr" / "local" / "lib" / "ipex-fleet-lab"
+        lib.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(GUEST_SOURCE / "lab-boot.py", lib / "lab-boot.py")
+        units = etc / "systemd" / "system"
+        for unit, wanted_by in (("lab-stage2.service", "multi-user.target.wants"),
+                                ("lab-bless-boot.service", "multi-user.target.wants"),
+                                ("lab-boot-check.service", "boot-complete.target.requires")):
+            (units / wanted_by).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(GUEST_SOURCE / unit, units / unit)
+            link = units / wanted_by / unit
+            if not link.is_symlink():
+                link.symlink_to(f"/etc/systemd/system/{unit}")
+        if spec.deploy_user:
+            self._add_deploy_user(upper, spec.deploy_user)
+        if self._generation_number(host) is None:
+            # The installer's copy of the flake (as `nixos-install --flake` has one) for the first generation.
+            shutil.rmtree(upper / INSTALL_FLAKE.lstrip("/"), ignore_errors=True)
+            shutil.copytree(self.layout.flake_dir, upper / INSTALL_FLAKE.lstrip("/"))
 
-    def _wait_listening(self, host: LabHost, timeout: float) -> None:
+    def _add_deploy_user(self, upper: Path, user: str) -> None:
+        """A non-root user that logs in with the lab's key and uses sudo, as many real fleets do.
+
+        Written as the files useradd would write, into the stopped host's overlay."""
+        etc = upper / "etc"
+        lower = template.template_dir() / "etc"
+        for name, line in (("passwd", f"{user}:x:1500:1500:ipex-fleet deploy user:/home/{user}:/bin/bash\n"),
+                           ("group", f"{user}:x:1500:\n"), ("shadow", f"{user}:!:19000:0:99999:7:::\n")):
+            path = etc / name
+            text = path.read_text() if path.exists() else (lower / name).read_text()
+            if not any(l.split(":")[0] == user for l in text.splitlines()):
+                path.write_text(text + line)
+                os.chmod(path, 0o640 if name == "shadow" else 0o644)
+        (etc / "sudoers.d").mkdir(parents=True, exist_ok=True)
+        sudoers = etc / "sudoers.d" / "ipex-fleet-deploy"
+        sudoers.write_text(f"{user} ALL=(ALL) NOPASSWD: ALL\n")
+        os.chmod(sudoers, 0o440)
+        ssh_dir = upper / "home" / user / ".ssh"
+        ssh_dir.mkdir(parents=True, exist_ok=True)
+        (ssh_dir / "authorized_keys").write_text(self.layout.authorized_keys.read_text())
+        for path in (ssh_dir.parent, ssh_dir, ssh_dir / "authorized_keys"):
+            os.chown(path, 1500, 1500)
+        os.chmod(ssh_dir, 0o700)
+
+    def _wait_booted(self, spec: LabSpec, host: LabHost, timeout: float) -> None:
+        """Until sshd answers a real login (the host's own key, checked against known_hosts)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            try:
-                with socket.create_connection((host.address, 22), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.05)
+            if self.ssh(host.name, "true", timeout=10, check=False).ok:
+                return
+            if container.supervisor_pid(self.layout, host) is None:
+                break
+            time.sleep(0.1)
         log = self.layout.host_dir(host.name) / "host.log"
-        tail = log.read_text().strip().splitlines()[-1:] if log.exists() else []
-        raise UserError(f"{host.name}: sshd did not start on {host.address}:22 "
+        tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
+        raise UserError(f"{host.name}: did not boot to sshd on {host.address}:22 "
                         f"({tail[0] if tail else 'no log'}); see {log}")
 
     def _generation_number(self, host: LabHost) -> int | None:
-        link = self.layout.host_dir(host.name) / "nix" / SYSTEM_PROFILE.removeprefix("/nix/")
+        link = self.layout.host_dir(host.name) / "upper" / SYSTEM_PROFILE.lstrip("/")
         try:
             target = os.readlink(link)
         except OSError:
@@ -292,19 +397,24 @@ class Lab:
         return parsed.current
 
     def _bootstrap(self, host: LabHost) -> None:
-        """Give a new host its first generation, as an installed NixOS has one."""
+        """Give a new host its first generation as an installer does: build it, make it the boot
+        entry, and boot it (stage 2 then activates it and /run/booted-system names it)."""
         if self._generation_number(host) is not None:
             return
-        flake = f"path:{self.layout.flake_dir}"
+        flake = f"path:{INSTALL_FLAKE}"
         built = self.ssh(host.name, nixcmd.build_toplevel(flake, host.name), timeout=300)
         path = nixcmd.parse_build_output(built.stdout)
         self.ssh(host.name, f"{nixcmd.set_profile(SYSTEM_PROFILE, path)} && "
-                            f"{nixcmd.activate(path, Action.SWITCH)}", timeout=120)
+                            f"{nixcmd.activate(path, Action.BOOT)} && rm -rf {INSTALL_FLAKE}", timeout=120)
+        self.reboot(host.name)
+        self._wait_active(host, ("ollama.service", "comfyui.service"), timeout=30)
 
-
-def _is_stopped(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "T"
-    except (FileNotFoundError, IndexError):
-        return False
+    def _wait_active(self, host: LabHost, units: tuple[str, ...], timeout: float) -> None:
+        check = " && ".join(f"systemctl is-active --quiet {u}" for u in units)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.ssh(host.name, check, timeout=10, check=False).ok:
+                return
+            time.sleep(0.1)
+        raise UserError(f"{host.name}: {', '.join(units)} did not start after its first boot; "
+                        f"see `ipex-fleet lab exec {host.name} -- journalctl -b`")

@@ -25,7 +25,9 @@ def lab_hosts(root: str | None = None) -> list[tuple[str, dict[str, Any]]]:
     return [
         (host.name, {
             "ssh_hostname": host.address,
-            "ssh_user": "root",
+            "ssh_user": spec.deploy_user or "root",
+            # A deploy user gets root through sudo, as pyinfra's own `_sudo` does it.
+            **({"_sudo": True} if spec.deploy_user else {}),
             "ssh_key": str(layout.client_key),
             "ssh_known_hosts_file": str(layout.known_hosts),
             "ssh_strict_host_key_checking": "yes",
@@ -33,11 +35,11 @@ def lab_hosts(root: str | None = None) -> list[tuple[str, dict[str, Any]]]:
             "ssh_config_file": str(layout.ssh_config),
             "flake": str(layout.flake_dir),
             "lab_root": str(layout.root),
-            # Lab hosts share /usr and this virtual environment, so they run this very package.
+            # Lab hosts see this virtual environment read-only at the same path, so they run this package.
             "ipex_fleet_command": f"{sys.executable} -m ipex_fleet",
             "accelerator": "cpu",
             # Lab hosts share two cores: their benchmarks take turns.
-            "bench_lock": str(layout.root / "bench.lock"),
+            "bench_lock": str(layout.shared_dir / "bench.lock"),
             **cache,
         })
         for host in spec.hosts

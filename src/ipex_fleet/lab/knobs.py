@@ -21,6 +21,7 @@ BOOLEAN_KNOBS = {
     "cpu_hog": "the generation runs a CPU hog beside the services, starving benchmarks",
     "lock_ssh": "activation cuts SSH off, as a broken network or sshd config would",
     "reboot_required": "switch-to-configuration exits 100 (reboot required)",
+    "fail_boot": "the generation's boot never completes: each boot uses a try, then the previous entry boots",
 }
 KNOBS = {
     "version": "a label; a different version makes a different generation",

@@ -12,8 +12,8 @@ from ..errors import UserError
 
 DEFAULT_ROOT = "/srv/ipex-fleet-lab"
 DEFAULT_NET = "127.0.10"
-# Paths that each lab host replaces with its own: a lab root under them would vanish inside hosts.
-REPLACED_PATHS = ("/tmp", "/root", "/etc", "/var/lib", "/run", "/nix")
+# Paths a lab host's own root filesystem hides: the controller's files there are not the host's.
+REPLACED_PATHS = ("/tmp", "/root", "/etc", "/var/lib", "/run", "/nix", "/proc", "/sys", "/dev")
 _NET_RE = re.compile(r"^127\.(\d{1,3})\.(\d{1,3})$")
 
 
@@ -71,6 +71,11 @@ class LabLayout:
         return self.root / "flake"
 
     @property
+    def shared_dir(self) -> Path:
+        """Mounted into every host at the same path (the lab's bench lock: its hosts share two cores)."""
+        return self.root / "shared"
+
+    @property
     def nix_conf_dir(self) -> Path:
         """NIX_CONF_DIR for controller-side Nix: the machine's own nix.conf stays untouched."""
         return self.root / "nix-conf"
@@ -101,6 +106,7 @@ class LabHost:
 class LabSpec:
     net: str
     count: int
+    deploy_user: str | None = None  # a non-root user with sudo that deploys (`lab up --deploy-user`)
 
     @property
     def hosts(self) -> tuple[LabHost, ...]:
@@ -128,11 +134,12 @@ def read_spec(layout: LabLayout) -> LabSpec | None:
         data = json.loads(layout.spec_file.read_text())
     except FileNotFoundError:
         return None
-    return LabSpec(net=data["net"], count=int(data["count"]))
+    return LabSpec(net=data["net"], count=int(data["count"]), deploy_user=data.get("deploy_user"))
 
 
 def write_spec(layout: LabLayout, spec: LabSpec) -> None:
     layout.root.mkdir(parents=True, exist_ok=True)
     tmp = layout.spec_file.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"net": spec.net, "count": spec.count}, indent=2) + "\n")
+    tmp.write_text(json.dumps({"net": spec.net, "count": spec.count, "deploy_user": spec.deploy_user},
+                              indent=2) + "\n")
     os.replace(tmp, layout.spec_file)

@@ -15,23 +15,23 @@ def ensure_key(path: Path, comment: str) -> None:
         run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)], timeout=30)
 
 
-def sshd_config(layout: LabLayout, host: LabHost) -> str:
-    h = layout.host_dir(host.name)
+def host_key_pub(layout: LabLayout, host: LabHost) -> Path:
+    return layout.host_dir(host.name) / "upper" / "etc" / "ssh" / "ssh_host_ed25519_key.pub"
+
+
+def sshd_config(host: LabHost) -> str:
+    """A drop-in for the host's own sshd (Debian's sshd_config includes sshd_config.d first)."""
     return "\n".join([
-        f"ListenAddress {host.address}:22",
-        f"HostKey {h}/ssh/ssh_host_ed25519_key",
-        "PidFile /run/sshd.pid",
-        f"AuthorizedKeysFile {layout.authorized_keys}",
+        f"ListenAddress {host.address}:22",  # never 0.0.0.0: the hosts share the machine's network
+        "HostKey /etc/ssh/ssh_host_ed25519_key",
         "PermitRootLogin prohibit-password",
         "PasswordAuthentication no",
         "KbdInteractiveAuthentication no",
-        "UsePAM no",
         "UseDNS no",
         "MaxStartups 200:30:400",
         "MaxSessions 100",
         "ClientAliveInterval 5",
         "ClientAliveCountMax 3",
-        "Subsystem sftp /usr/lib/openssh/sftp-server",
         "",
     ])
 
@@ -71,7 +71,7 @@ def write_client_side(layout: LabLayout, spec: LabSpec) -> None:
     write_file(layout.ssh_config, client_config(layout, spec), 0o600)
     lines = []
     for host in spec.hosts:
-        pub = layout.host_dir(host.name) / "ssh" / "ssh_host_ed25519_key.pub"
+        pub = host_key_pub(layout, host)
         if pub.exists():
             keytype, key = pub.read_text().split()[:2]
             lines.append(f"{host.address} {keytype} {key}")
@@ -79,6 +79,8 @@ def write_client_side(layout: LabLayout, spec: LabSpec) -> None:
 
 
 def write_host_side(layout: LabLayout, host: LabHost) -> None:
-    ssh = layout.host_dir(host.name) / "ssh"
-    ensure_key(ssh / "ssh_host_ed25519_key", f"{host.name}-hostkey")
-    write_file(ssh / "sshd_config", sshd_config(layout, host))
+    """The host's identity, written into its overlay while it is stopped: host key, sshd, root's key."""
+    upper = layout.host_dir(host.name) / "upper"
+    ensure_key(upper / "etc" / "ssh" / "ssh_host_ed25519_key", f"{host.name}-hostkey")
+    write_file(upper / "etc" / "ssh" / "sshd_config.d" / "10-lab.conf", sshd_config(host))
+    write_file(upper / "root" / ".ssh" / "authorized_keys", layout.authorized_keys.read_text(), 0o600)

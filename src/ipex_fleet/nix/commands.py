@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from shlex import quote
 
 from ..domain import STATE_DIR, Action, Generation, ProfileState
@@ -15,7 +16,7 @@ from ..domain import STATE_DIR, Action, Generation, ProfileState
 LOCK_FILE = f"{STATE_DIR}/lock"
 DEPLOY_LOG = f"{STATE_DIR}/deploys.jsonl"
 FLAKE_ROOT = f"{STATE_DIR}/flake"
-ACTIVATION_LOG = f"{STATE_DIR}/activation.log"
+ACTIVATION_DIR = f"{STATE_DIR}/activation"
 _LINK_RE = re.compile(r"-(\d+)-link$")
 
 
@@ -112,27 +113,37 @@ def switch_generation(profile: str, number: int) -> str:
     return f"nix-env -p {quote(profile)} --switch-generation {int(number)}"
 
 
-def activate(path: str, action: Action, done_marker: str | None = None) -> str:
-    """Run switch-to-configuration detached from the SSH session, then report its output.
+# The activation unit's own shell keeps the exit code and touches the done-marker, so both survive a
+# dropped SSH session. No braces and no "$$" in it: systemd expands those in a unit's command line.
+_ACTIVATION_WRAPPER = '"$0" "$1"; r=$?; echo $r > "$2"; if [ -n "$3" ]; then touch "$3"; fi; exit $r'
 
-    systemd-run where systemd is PID 1 (as nixos-rebuild-ng does), otherwise a new session
-    with output in a file: a dropped connection can then neither kill it nor SIGPIPE it.
+
+def activation_unit(action: Action, call_id: str) -> str:
+    return f"ipex-fleet-{action.value}-{call_id}"
+
+
+def activate(path: str, action: Action, done_marker: str | None = None, call_id: str | None = None) -> str:
+    """Run switch-to-configuration detached from the SSH session, wait for it, then report its output.
+
+    Where systemd is PID 1, a transient unit with a name of its own per call (a fixed name collides
+    with an activation still running) and no --pipe (it panicked nixos-rebuild-ng when an SSH drop
+    closed stderr: REFERENCE.md). Elsewhere a new session. Either way a dropped connection neither
+    kills the activation nor loses its exit code.
     """
+    unit = activation_unit(action, call_id or uuid.uuid4().hex[:12])
     stc = quote(f"{path}/bin/switch-to-configuration")
     act = quote(action.value)
-    log = quote(ACTIVATION_LOG)
+    log, rc = quote(f"{ACTIVATION_DIR}/{unit}.log"), quote(f"{ACTIVATION_DIR}/{unit}.rc")
+    args = f"{quote(_ACTIVATION_WRAPPER)} {stc} {act} {rc} {quote(done_marker or '')}"
     return (
         f"test -f {quote(path + '/nixos-version')} || "
         f"{{ echo {quote(path + ' is not a NixOS system: it has no nixos-version')} >&2; exit 97; }}; "
-        f"mkdir -p {quote(STATE_DIR)}; "
+        f"mkdir -p {quote(ACTIVATION_DIR)}; "
         'if [ "$(cat /proc/1/comm 2>/dev/null)" = systemd ] && command -v systemd-run >/dev/null; then '
-        "systemd-run --collect --no-ask-password --pipe --quiet --service-type=exec "
-        f"--unit=ipex-fleet-switch-to-configuration {stc} {act}; rc=$?; "
-        + (f"touch {quote(done_marker)}; " if done_marker else "")
-        + "exit $rc; "
-        f"else setsid -w sh -c '\"$0\" \"$1\" >\"$2\" 2>&1; rc=$?; [ -n \"$3\" ] && touch \"$3\"; exit $rc' "
-        f"{stc} {act} {log} {quote(done_marker or '')} </dev/null; "
-        f"rc=$?; cat {log}; exit $rc; fi"
+        f"systemd-run --unit={quote(unit)} --collect --no-ask-password --quiet --wait --service-type=exec "
+        f"--property=StandardOutput=append:{log} --property=StandardError=append:{log} /bin/sh -c {args}; "
+        f"else setsid -w sh -c {args} </dev/null >>{log} 2>&1; fi; "
+        f"r=$?; cat {log} 2>/dev/null; if [ -s {rc} ]; then r=$(cat {rc}); fi; exit $r"
     )
 
 

@@ -1,25 +1,43 @@
 #!/usr/bin/python3 -u
-"""switch-to-configuration for ipex-fleet lab generations: NixOS activation, emulated.
+"""switch-to-configuration (and `activate`) of an ipex-fleet lab generation: NixOS's, through systemd.
 
-What it does, as NixOS's does: stop the old generation's services, run the activation
-(link the generation's /etc files), point /run/current-system at the generation, start
-the new generation's services. Exit codes follow NixOS: 1 usage, 2 activation script
-failed, 4 units failed, 100 reboot required.
+As NixOS does:
+- `switch` and `boot` install the boot loader entries: one per generation of the system profile,
+  new ones with boot-counting tries, the profile's current one the default;
+- activation stops the units the new generation drops, links the generation's /etc (through
+  /etc/static), points /run/current-system at it, reloads systemd, then restarts changed units
+  and starts new ones;
+- exit codes: 1 usage, 2 an activation script snippet failed, 4 units failed, 100 reboot required.
+
+Run as `activate` (by the host's stage 2 at boot), it activates without stopping anything.
 """
 
+import filecmp
 import json
 import os
-import signal
+import re
 import socket
 import subprocess
 import sys
 import time
 
-TOPLEVEL = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+_SELF = os.path.realpath(__file__)
+# bin/switch-to-configuration, or `activate` at the generation's top.
+TOPLEVEL = os.path.dirname(_SELF) if os.path.basename(_SELF) == "activate" else os.path.dirname(os.path.dirname(_SELF))
 ACTIONS = ("switch", "boot", "test", "dry-activate")
-SERVICES_RUN = "/run/lab-services"
-BOOT_ENTRY = "/var/lib/lab-boot/default"
-SERVICE_PORTS = {"ollama": 11434, "comfyui": 8188}
+PROFILE = "/nix/var/nix/profiles/system"
+ENTRIES = "/boot/loader/entries"
+LOADER_CONF = "/boot/loader/loader.conf"
+BOOT_TRIES = 3
+UNIT_DIR = "etc/systemd/system"
+SSH_LOCK = "etc/ssh/sshd_config.d/00-lab-lock.conf"
+SERVICE_PORTS = {"ollama.service": 11434, "comfyui.service": 8188}
+_ENTRY = re.compile(r"^nixos-generation-(\d+)(\+\d+(-\d+)?)?\.conf$")
+_LINK = re.compile(r"^system-(\d+)-link$")
+
+
+def systemctl(*args, check=False):
+    return subprocess.run(["systemctl", *args], capture_output=True, text=True, timeout=120, check=check)
 
 
 def atomic_symlink(target, link):
@@ -33,159 +51,188 @@ def load_settings():
         return json.load(f)
 
 
-def service_argv(name, settings):
-    script = os.path.join(TOPLEVEL, "share", "services", f"{name}.py")
-    if name == "cpu-hog":
-        return ["/usr/bin/python3", script, "--seconds", "300"]
-    argv = ["/usr/bin/python3", script, "--host", settings["address"],
-            "--port", str(SERVICE_PORTS[name]), "--state", f"/var/lib/{name}"]
-    if settings.get("fail_service") == name:
-        argv.append("--fail-start")
-    return argv
+def units_of(toplevel):
+    d = os.path.join(toplevel, UNIT_DIR) if toplevel else None
+    return sorted(os.listdir(d)) if d and os.path.isdir(d) else []
 
 
-def services_of(settings):
-    return [*SERVICE_PORTS, *(["cpu-hog"] if settings.get("cpu_hog") else [])]
+# -- the boot loader (systemd-boot-builder's part) ------------------------------------------------
 
 
-def generation_environment():
-    env = dict(os.environ)
-    try:
-        with open(os.path.join(TOPLEVEL, "etc", "ipex-fleet", "environment")) as f:
-            for line in f:
-                key, sep, value = line.strip().partition("=")
-                if sep:
-                    env[key] = value
-    except FileNotFoundError:
-        pass
-    return env
-
-
-def stop_services():
-    if not os.path.isdir(SERVICES_RUN):
-        return
-    for entry in sorted(os.listdir(SERVICES_RUN)):
-        if not entry.endswith(".pid"):
+def install_bootloader():
+    """One entry per generation; new entries count tries; the profile's current one is the default."""
+    os.makedirs(ENTRIES, exist_ok=True)
+    generations = {}
+    profiles = os.path.dirname(PROFILE)
+    for name in os.listdir(profiles):
+        m = _LINK.match(name)
+        if m:
+            generations[int(m.group(1))] = os.path.realpath(os.path.join(profiles, name))
+    existing = {}
+    for name in os.listdir(ENTRIES):
+        m = _ENTRY.match(name)
+        if m:
+            existing[int(m.group(1))] = name
+    for gen, name in list(existing.items()):
+        if gen not in generations or toplevel_in(name) != generations[gen]:
+            os.unlink(os.path.join(ENTRIES, name))
+            del existing[gen]
+    for gen, toplevel in generations.items():
+        if gen in existing:
             continue
-        path = os.path.join(SERVICES_RUN, entry)
-        with open(path) as f:
-            pid = int(f.read().strip() or 0)
-        if pid:
-            stop_pid(pid)
-        os.unlink(path)
-        print(f"stopping the following units: {entry[:-4]}.service")
+        with open(os.path.join(toplevel, "nixos-version")) as f:
+            version = f.read().strip()
+        tmp = os.path.join(ENTRIES, f".gen-{gen}.tmp")
+        with open(tmp, "w") as f:
+            f.write(f"title NixOS (ipex-fleet lab)\nversion Generation {gen} {version}\nsort-key nixos\n"
+                    f"options init={toplevel}/init\n")
+        os.replace(tmp, os.path.join(ENTRIES, f"nixos-generation-{gen}+{BOOT_TRIES}.conf"))
+    current = os.readlink(PROFILE)
+    m = _LINK.match(current)
+    with open(LOADER_CONF + ".tmp", "w") as f:
+        f.write(f"timeout 0\ndefault nixos-generation-{m.group(1) if m else '0'}.conf\n")
+    os.replace(LOADER_CONF + ".tmp", LOADER_CONF)
+    print("updating the boot loader entries")
 
 
-def stop_pid(pid):
-    """Stop a service's whole process group (each service leads its own session)."""
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.05)
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+def toplevel_in(entry):
+    with open(os.path.join(ENTRIES, entry)) as f:
+        for line in f:
+            if line.startswith("options "):
+                for option in line.split()[1:]:
+                    if option.startswith("init="):
+                        return os.path.dirname(option[5:])
+    return None
 
 
-def start_services(settings):
-    """Start every service, then wait for each to listen; return the names that failed."""
-    os.makedirs(SERVICES_RUN, exist_ok=True)
-    started = {}
-    env = generation_environment()
-    for name in services_of(settings):
-        os.makedirs(f"/var/lib/{name}", exist_ok=True)
-        log = open(f"/var/lib/{name}/service.log", "ab")
-        proc = subprocess.Popen(service_argv(name, settings), stdin=subprocess.DEVNULL,
-                                stdout=log, stderr=log, start_new_session=True, env=env)
-        with open(os.path.join(SERVICES_RUN, f"{name}.pid"), "w") as f:
-            f.write(str(proc.pid))
-        started[name] = proc
-        print(f"starting the following units: {name}.service")
-    failed = []
-    for name, proc in started.items():
-        if name in SERVICE_PORTS and not wait_listening(proc, settings["address"], SERVICE_PORTS[name], timeout=10):
-            failed.append(f"{name}.service")
-    return failed
-
-
-def wait_listening(proc, address, port, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return False
-        try:
-            with socket.create_connection((address, port), timeout=0.5):
-                return True
-        except OSError:
-            time.sleep(0.05)
-    return False
-
-
-def set_ssh_lock(address, locked):
-    """Lab fault lock_ssh: this generation's "network config" drops SSH to the host, as a broken
-    firewall or sshd configuration would. Any other generation's activation lifts it."""
-    table = "ipexfleet_lock_" + address.replace(".", "_")
-    subprocess.run(["nft", "delete", "table", "inet", table], capture_output=True)
-    if locked:
-        rules = (f"table inet {table} {{\n  chain input {{\n    type filter hook input priority -1; policy accept;\n"
-                 f"    ip daddr {address} tcp dport 22 drop\n  }}\n}}\n")
-        subprocess.run(["nft", "-f", "-"], input=rules, text=True, check=True)
-        print("applying the firewall configuration")
+# -- activation --------------------------------------------------------------------------------
 
 
 def install_etc():
-    """Link the generation's etc/ tree into /etc through /etc/static, as NixOS does."""
+    """Link the generation's etc/ into /etc through /etc/static, and drop the old generation's links."""
     etc_src = os.path.join(TOPLEVEL, "etc")
     atomic_symlink(etc_src, "/etc/static")
+    wanted = set()
     for dirpath, _dirs, files in os.walk(etc_src):
         rel_dir = os.path.relpath(dirpath, etc_src)
         for name in files:
             rel = os.path.normpath(os.path.join(rel_dir, name))
+            wanted.add(rel)
             target = os.path.join("/etc", rel)
             os.makedirs(os.path.dirname(target), exist_ok=True)
             atomic_symlink(os.path.join("/etc/static", rel), target)
+    clean = "/etc/.clean"
+    try:
+        with open(clean) as f:
+            before = {line.strip() for line in f if line.strip()}
+    except FileNotFoundError:
+        before = set()
+    for rel in sorted(before - wanted):
+        path = os.path.join("/etc", rel)
+        if os.path.islink(path) and os.readlink(path).startswith("/etc/static/"):
+            os.unlink(path)
+    with open(clean + ".tmp", "w") as f:
+        f.write("".join(f"{rel}\n" for rel in sorted(wanted)))
+    os.replace(clean + ".tmp", clean)
+
+
+def wait_ready(units, address, timeout=10):
+    """Wait until each service answers on its port, or has failed (Type=exec starts return at once)."""
+    deadline = time.monotonic() + timeout
+    pending = [u for u in units if u in SERVICE_PORTS]
+    while pending and time.monotonic() < deadline:
+        for unit in list(pending):
+            if systemctl("is-failed", "--quiet", unit).returncode == 0:
+                pending.remove(unit)
+                continue
+            try:
+                with socket.create_connection((address, SERVICE_PORTS[unit]), timeout=0.5):
+                    pending.remove(unit)
+            except OSError:
+                pass
+        time.sleep(0.05)
+
+
+def failed_units(units):
+    return [u for u in units if systemctl("is-failed", "--quiet", u).returncode == 0]
+
+
+def activate(settings, old_toplevel, stop_old):
+    """The activation proper; returns NixOS's exit code."""
+    old_units, new_units = units_of(old_toplevel), units_of(TOPLEVEL)
+    changed = [u for u in new_units if u in old_units and not filecmp.cmp(
+        os.path.join(old_toplevel, UNIT_DIR, u), os.path.join(TOPLEVEL, UNIT_DIR, u), shallow=False)]
+    if stop_old:
+        to_stop = [u for u in old_units if u not in new_units]
+        if to_stop:
+            print("stopping the following units: " + ", ".join(to_stop))
+            systemctl("stop", *to_stop)
+    print("activating the configuration...")
+    status = 0
+    ssh_lock_before = os.path.exists("/etc/ssh/sshd_config.d/00-lab-lock.conf")
+    if settings.get("fail_activation"):
+        print("Activation script snippet 'lab-fail-activation' failed (1)", file=sys.stderr)
+        status = 2
+    install_etc()
+    atomic_symlink(TOPLEVEL, "/run/current-system")
+    systemctl("daemon-reload", check=True)
+    if os.path.exists(os.path.join(TOPLEVEL, SSH_LOCK)) != ssh_lock_before:
+        # Lab fault lock_ssh: this generation's sshd configuration refuses every login, as a broken
+        # one would; sessions already open live on, new ones are refused. Any other generation lifts it.
+        print("reloading the following units: ssh.service")
+        systemctl("reload", "ssh.service")
+    if stop_old and changed:
+        print("restarting the following units: " + ", ".join(changed))
+        systemctl("reset-failed", *changed)
+        systemctl("restart", *changed)
+    to_start = [u for u in new_units if u not in changed or not stop_old]
+    if to_start:
+        print("starting the following units: " + ", ".join(to_start))
+        systemctl("reset-failed", *to_start)
+        systemctl("start", *to_start)
+    wait_ready(new_units, settings["address"])
+    failed = failed_units(new_units)
+    if failed:
+        print("warning: the following units failed: " + ", ".join(failed), file=sys.stderr)
+        for unit in failed:
+            log = subprocess.run(["journalctl", "-b", "-u", unit, "-n", "3", "--no-pager", "-o", "cat"],
+                                 capture_output=True, text=True, timeout=30).stdout.strip().splitlines()
+            if log:
+                print(f"{unit}: {log[-1]}", file=sys.stderr)
+        return status or 4
+    if status == 0 and settings.get("reboot_required"):
+        print("a reboot is required to activate the new kernel")
+        return 100
+    return status
+
+
+def dry_activate(old_toplevel):
+    old_units, new_units = units_of(old_toplevel), units_of(TOPLEVEL)
+    print(f"would activate the configuration {TOPLEVEL}")
+    stop = [u for u in old_units if u not in new_units]
+    restart = [u for u in new_units if u in old_units]
+    start = [u for u in new_units if u not in old_units]
+    for verb, units in (("stop", stop), ("restart", restart), ("start", start)):
+        if units:
+            print(f"would {verb} the following units: " + ", ".join(units))
+    return 0
 
 
 def main(argv):
+    old = os.path.realpath("/run/current-system") if os.path.exists("/run/current-system") else None
+    if os.path.basename(argv[0]) == "activate":  # stage 2, at boot
+        return activate(load_settings(), None, stop_old=False)
     if len(argv) != 2 or argv[1] not in ACTIONS:
         print(f"Usage: {argv[0]} [{'|'.join(ACTIONS)}]", file=sys.stderr)
         return 1
     action = argv[1]
-    settings = load_settings()
     if action == "dry-activate":
-        print(f"would activate the configuration {TOPLEVEL}")
-        print("would restart the following units: " + ", ".join(f"{n}.service" for n in SERVICE_PORTS))
-        return 0
+        return dry_activate(old)
     if action in ("switch", "boot"):
-        os.makedirs(os.path.dirname(BOOT_ENTRY), exist_ok=True)
-        atomic_symlink(TOPLEVEL, BOOT_ENTRY)
-        print("updating the boot loader entry")
+        install_bootloader()
     if action == "boot":
         return 0
-    stop_services()
-    print("activating the configuration...")
-    if settings.get("fail_activation"):
-        print("Activation script snippet 'lab-fail-activation' failed (1)", file=sys.stderr)
-        return 2
-    install_etc()
-    atomic_symlink(TOPLEVEL, "/run/current-system")
-    failed = start_services(settings)
-    set_ssh_lock(settings["address"], bool(settings.get("lock_ssh")))
-    if failed:
-        print("warning: the following units failed: " + ", ".join(failed), file=sys.stderr)
-        return 4
-    if settings.get("reboot_required"):
-        print("a reboot is required to activate the new kernel")
-        return 100
-    return 0
+    return activate(load_settings(), old, stop_old=True)
 
 
 if __name__ == "__main__":

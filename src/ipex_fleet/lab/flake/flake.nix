@@ -40,6 +40,31 @@
             };
             health = { levels = [ 1 2 ]; bench_tolerance = 0.15; memory_fraction = 0.5; required_checks = [ ]; };
           };
+          out = builtins.placeholder "out";
+          # The generation's services as systemd units, as NixOS declares them.
+          service = name: port: ''
+            [Unit]
+            Description=${name} (ipex-fleet lab stand-in)
+            After=network.target
+
+            [Service]
+            Type=exec
+            ExecStart=/usr/bin/python3 -u ${out}/share/services/${name}.py --host ${settings.address} --port ${toString port} --state /var/lib/${name}${if (settings.fail_service or null) == name then " --fail-start" else ""}
+            EnvironmentFile=${out}/etc/ipex-fleet/environment
+            StateDirectory=${name}
+
+            [Install]
+            WantedBy=multi-user.target
+          '';
+          cpuHog = ''
+            [Unit]
+            Description=A CPU hog beside the services (lab fault cpu_hog)
+
+            [Service]
+            Type=exec
+            ExecStart=/usr/bin/python3 ${out}/share/services/cpu-hog.py --seconds 300
+            RuntimeMaxSec=330
+          '';
         in
         derivation {
           name = "nixos-system-${name}-lab-${settings.version}";
@@ -57,6 +82,14 @@
             then "CUDA_VISIBLE_DEVICES=-1\nZE_AFFINITY_MASK=\nONEAPI_DEVICE_SELECTOR=level_zero:none\nIPEX_FLEET_LAB_HIDE_ACCELERATOR=1\n"
             else "SYCL_CACHE_PERSISTENT=1\n";
           activate = ./activate.py;
+          ollamaUnit = service "ollama" 11434;
+          comfyuiUnit = service "comfyui" 8188;
+          cpuHogUnit = if settings.cpu_hog or false then cpuHog else "";
+          # Lab fault lock_ssh: an sshd configuration that refuses every login.
+          sshLock = if settings.lock_ssh or false then "DenyUsers *\n" else "";
+          # Lab fault fail_boot: the boot check before boot-complete.target fails, so the boot never
+          # completes and its boot entry loses a try each time (boot counting).
+          failBoot = if settings.fail_boot or false then "1" else "";
           services = ./services;
         };
     in

@@ -1,0 +1,103 @@
+#!/usr/bin/python3
+"""What a NixOS machine's firmware side does at boot, for an ipex-fleet lab host.
+
+stage2: as systemd-boot picks an entry (the default, unless its tries are spent: then the newest
+        entry that still has tries or is blessed) and counts a try down by renaming it
+        (name+LEFT-DONE.conf); then, as NixOS stage 2 does, points /run/booted-system at the
+        entry's generation and runs that generation's `activate`.
+bless:  as systemd-bless-boot does once boot-complete.target is reached: the booted entry loses
+        its counter (name.conf), and boots as a good entry from then on.
+"""
+
+import os
+import re
+import subprocess
+import sys
+
+ENTRIES = "/boot/loader/entries"
+LOADER_CONF = "/boot/loader/loader.conf"
+BOOTED_ENTRY = "/run/lab-boot/entry"
+_NAME = re.compile(r"^(?P<id>nixos-generation-(?P<gen>\d+))(?:\+(?P<left>\d+)(?:-(?P<done>\d+))?)?\.conf$")
+
+
+def entries():
+    out = []
+    for name in os.listdir(ENTRIES) if os.path.isdir(ENTRIES) else []:
+        m = _NAME.match(name)
+        if m:
+            left = int(m["left"]) if m["left"] is not None else None
+            out.append({"file": name, "id": m["id"] + ".conf", "gen": int(m["gen"]), "left": left,
+                        "done": int(m["done"] or 0)})
+    return out
+
+
+def default_id():
+    try:
+        for line in open(LOADER_CONF):
+            key, _, value = line.strip().partition(" ")
+            if key == "default":
+                return value.strip()
+    except FileNotFoundError:
+        pass
+    return None
+
+
+def choose(found):
+    """The default entry, unless it is out of tries: bad entries sort last (systemd-boot)."""
+    ordered = sorted(found, key=lambda e: (e["left"] == 0, -e["gen"]))
+    default = next((e for e in found if e["id"] == default_id()), None)
+    if default is not None and default["left"] != 0:
+        return default
+    return ordered[0] if ordered else None
+
+
+def toplevel_of(entry_file):
+    for line in open(os.path.join(ENTRIES, entry_file)):
+        key, _, value = line.strip().partition(" ")
+        if key == "options":
+            for option in value.split():
+                if option.startswith("init="):
+                    return os.path.dirname(option[len("init="):])
+    return None
+
+
+def atomic_symlink(target, link):
+    tmp = f"{link}.tmp-{os.getpid()}"
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
+
+
+def stage2():
+    entry = choose(entries())
+    if entry is None:
+        print("lab-boot: no boot entry yet (a host before its first generation)")
+        return 0
+    name = entry["file"]
+    if entry["left"] is not None and entry["left"] > 0:  # count this try down, before booting it
+        name = f"{entry['id'][:-5]}+{entry['left'] - 1}-{entry['done'] + 1}.conf"
+        os.rename(os.path.join(ENTRIES, entry["file"]), os.path.join(ENTRIES, name))
+    os.makedirs(os.path.dirname(BOOTED_ENTRY), exist_ok=True)
+    with open(BOOTED_ENTRY, "w") as f:
+        f.write(name + "\n")
+    toplevel = toplevel_of(name)
+    print(f"lab-boot: booting {name} ({toplevel})")
+    atomic_symlink(toplevel, "/run/booted-system")
+    return subprocess.run([os.path.join(toplevel, "activate")]).returncode
+
+
+def bless():
+    try:
+        name = open(BOOTED_ENTRY).read().strip()
+    except FileNotFoundError:
+        return 0
+    m = _NAME.match(name)
+    if m and m["left"] is not None and os.path.exists(os.path.join(ENTRIES, name)):
+        os.rename(os.path.join(ENTRIES, name), os.path.join(ENTRIES, m["id"] + ".conf"))
+        print(f"lab-boot: {m['id']}.conf is good")
+        with open(BOOTED_ENTRY, "w") as f:
+            f.write(m["id"] + ".conf\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit({"stage2": stage2, "bless": bless}[sys.argv[1]]())
