@@ -1,4 +1,4 @@
-"""Fixtures: real labs (namespaced hosts, real sshd, real Nix) on loopback, one /24 each."""
+"""Fixtures: real labs (systemd-nspawn hosts with systemd, sshd and Nix) on loopback, one /24 each."""
 
 from __future__ import annotations
 
@@ -84,15 +84,22 @@ class Fleet:
             self.lab.heal(h.name)
 
 
+def destroy_checked(lab: Lab) -> None:
+    """Destroy a lab, failing the test run if any of its hosts sent a packet off loopback."""
+    leaks = lab.leaks()["leaks"] if lab.layout.spec_file.exists() else 0
+    lab.destroy()
+    assert leaks == 0, f"the lab at {lab.layout.root} dropped {leaks} packet(s) to addresses off loopback"
+
+
 @pytest.fixture(scope="session")
 def lab_roots():
     roots: list[Lab] = []
     yield roots
     for lab in roots:
-        lab.destroy()
+        destroy_checked(lab)
 
 
-def make_fleet(lab_roots: list, count: int, tmp_path_factory) -> Fleet:
+def make_fleet(lab_roots: list, count: int, tmp_path_factory, deploy_user: str | None = None) -> Fleet:
     reason = lab_available()
     if reason:
         pytest.skip(reason)
@@ -101,7 +108,7 @@ def make_fleet(lab_roots: list, count: int, tmp_path_factory) -> Fleet:
     lab = Lab(root)
     lab.destroy()
     lab_roots.append(lab)
-    lab.up(count, net)
+    lab.up(count, net, deploy_user)
     return Fleet(lab, tmp_path_factory.mktemp("state"))
 
 
@@ -109,7 +116,7 @@ def make_fleet(lab_roots: list, count: int, tmp_path_factory) -> Fleet:
 def fleet3(lab_roots, tmp_path_factory) -> Fleet:
     fleet = make_fleet(lab_roots, 3, tmp_path_factory)
     yield fleet
-    fleet.lab.destroy()
+    destroy_checked(fleet.lab)
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.01) -> bool:

@@ -10,14 +10,14 @@ import pytest
 
 from ipex_fleet.domain import Status
 
-from .conftest import make_fleet
+from .conftest import destroy_checked, make_fleet
 
 
 @pytest.fixture(scope="module")
 def fleet(lab_roots, tmp_path_factory):
     fleet = make_fleet(lab_roots, 3, tmp_path_factory)
     yield fleet
-    fleet.lab.destroy()
+    destroy_checked(fleet.lab)
 
 
 def bump_all(fleet) -> str:

@@ -8,7 +8,7 @@ import pytest
 
 from ipex_fleet.domain import Status
 
-from .conftest import make_fleet
+from .conftest import destroy_checked, make_fleet
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +17,7 @@ def fleet(lab_roots, tmp_path_factory):
     proc, _ = fleet.deploy()  # first deploy: records each host's benchmark baseline
     assert proc.returncode == 0, proc.stdout
     yield fleet
-    fleet.lab.destroy()
+    destroy_checked(fleet.lab)
 
 
 @pytest.fixture(autouse=True)

@@ -6,7 +6,7 @@ import time
 
 from ipex_fleet.flakepush import flake_hash
 
-from .conftest import make_fleet
+from .conftest import destroy_checked, make_fleet
 
 
 def test_operations_push_lock_rollback_unlock_and_are_idempotent(lab_roots, tmp_path_factory):
@@ -30,4 +30,4 @@ def test_operations_push_lock_rollback_unlock_and_are_idempotent(lab_roots, tmp_
         assert f"flake {digest} is already on the host" in again.stdout
         assert f"generation {first[0]} is already current and running" in again.stdout
     finally:
-        fleet.lab.destroy()
+        destroy_checked(fleet.lab)

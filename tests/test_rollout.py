@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import BIN, REPO, make_fleet, wait_for
+from .conftest import BIN, REPO, destroy_checked, make_fleet, wait_for
 
 HOSTS = [f"host{i}" for i in range(1, 7)]
 
@@ -21,7 +21,7 @@ HOSTS = [f"host{i}" for i in range(1, 7)]
 def fleet(lab_roots, tmp_path_factory):
     fleet = make_fleet(lab_roots, 6, tmp_path_factory)
     yield fleet
-    fleet.lab.destroy()
+    destroy_checked(fleet.lab)
 
 
 @pytest.fixture

@@ -64,6 +64,21 @@ def answers_ssh(host: Any, timeout: float = 3.0) -> bool:
         return False
 
 
+# pyinfra's arguments that decide who runs a command and how (`--sudo`, host data `_sudo`, `_env`, ...).
+PRIVILEGE_KEYS = ("_sudo", "_sudo_user", "_use_sudo_login", "_sudo_password", "_preserve_sudo_env", "_su_user",
+                  "_use_su_login", "_preserve_su_env", "_su_shell", "_su_password", "_doas", "_doas_user", "_dzdo",
+                  "_dzdo_user", "_shell_executable", "_env")
+
+
+def privilege_args(host: Any) -> dict[str, Any]:
+    """The host's privilege arguments as pyinfra resolves them for an operation (CLI, host data, config):
+    a command run by hand through the connector gets none of them unless they are passed."""
+    from pyinfra.api.arguments import pop_global_arguments
+
+    arguments, _found = pop_global_arguments(host.state, host, {})
+    return {k: arguments[k] for k in PRIVILEGE_KEYS if arguments.get(k)}  # type: ignore[literal-required]
+
+
 def run(host: Any, command: str, *, timeout: float, stream: bool = False) -> RemoteResult:
     """Run a shell command on `host`; its exit code is kept (pyinfra keeps only success).
 
@@ -71,7 +86,8 @@ def run(host: Any, command: str, *, timeout: float, stream: bool = False) -> Rem
     """
     try:
         with gevent.Timeout(timeout + 5):
-            _ok, output = host.run_shell_command(_wrap(command), print_output=stream, _timeout=timeout)
+            _ok, output = host.run_shell_command(_wrap(command), print_output=stream, _timeout=timeout,
+                                                 **privilege_args(host))
     except _CONNECTION_ERRORS as exc:
         _raise_for(host, timeout, exc)
     return _result(list(output.stdout_lines), list(output.stderr_lines))
@@ -95,7 +111,8 @@ def put_bytes(host: Any, data: bytes | str, remote_path: str, *, timeout: float)
     """Upload bytes, or a local file given by its path, over pyinfra's SFTP."""
     try:
         with gevent.Timeout(timeout):
-            if not host.put_file(BytesIO(data) if isinstance(data, bytes) else data, remote_path):
+            if not host.put_file(BytesIO(data) if isinstance(data, bytes) else data, remote_path,
+                                 **privilege_args(host)):
                 raise HostUnreachable(f"upload of {remote_path} failed")
     except _CONNECTION_ERRORS as exc:
         _raise_for(host, timeout, exc)
@@ -114,8 +131,11 @@ def run_fresh(host: Any, command: str, *, timeout: float) -> RemoteResult:
 
     It is pyinfra's own SSH client, configured from the same host data (keys, known_hosts).
     """
+    from pyinfra.api.command import StringCommand
     from pyinfra.connectors.sshuserclient import SSHClient
+    from pyinfra.connectors.util import make_unix_command_for_host
 
+    full = make_unix_command_for_host(host.state, host, StringCommand(_wrap(command)), **privilege_args(host))
     kwargs = host.connector.make_paramiko_kwargs()
     hostname = kwargs.pop("hostname")
     kwargs["timeout"] = min(float(kwargs.get("timeout") or timeout), timeout)
@@ -125,7 +145,7 @@ def run_fresh(host: Any, command: str, *, timeout: float) -> RemoteResult:
     try:
         with gevent.Timeout(timeout + 5):
             client.connect(hostname, **kwargs)
-            _stdin, stdout, stderr = client.exec_command(_wrap(command), timeout=timeout)
+            _stdin, stdout, stderr = client.exec_command(full.get_raw_value(), timeout=timeout)
             out = stdout.read().decode(errors="replace").splitlines()
             err = stderr.read().decode(errors="replace").splitlines()
     except _CONNECTION_ERRORS as exc:

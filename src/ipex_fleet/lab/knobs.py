@@ -25,6 +25,7 @@ BOOLEAN_KNOBS = {
 }
 KNOBS = {
     "version": "a label; a different version makes a different generation",
+    "slow_activation": "seconds the activation script takes (0-600), as a slow one does",
     "fail_service": f"a service ({'|'.join(SERVICES)}) that fails to start",
     **BOOLEAN_KNOBS,
 }
@@ -44,6 +45,10 @@ def parse_assignment(text: str) -> tuple[str, Any]:
         if not _VERSION_RE.match(value):
             raise UserError(f"version {value!r} must be 1-64 of [A-Za-z0-9._+-], starting alphanumeric")
         return key, value
+    if key == "slow_activation":
+        if not value.isdigit() or int(value) > 600:
+            raise UserError(f"slow_activation={value!r}: give whole seconds from 0 to 600")
+        return key, int(value) or None
     if key == "fail_service":
         if value not in SERVICES:
             raise UserError(f"fail_service={value!r}: the lab's services are {', '.join(SERVICES)}")

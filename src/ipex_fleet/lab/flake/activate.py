@@ -168,6 +168,7 @@ def activate(settings, old_toplevel, stop_old):
             print("stopping the following units: " + ", ".join(to_stop))
             systemctl("stop", *to_stop)
     print("activating the configuration...")
+    time.sleep(settings.get("slow_activation") or 0)  # lab knob: a slow activation script
     status = 0
     ssh_lock_before = os.path.exists("/etc/ssh/sshd_config.d/00-lab-lock.conf")
     if settings.get("fail_activation"):
