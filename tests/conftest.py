@@ -72,6 +72,10 @@ class Fleet:
                             "readlink -f /run/current-system").splitlines()
         return int(out[0].split("-")[1]), out[1], out[2]
 
+    def host_path(self, host: str, path: str) -> Path:
+        """Where a file the host writes at `path` lies on the controller: its overlay's upper layer."""
+        return self.lab.layout.host_dir(host) / "upper" / path.lstrip("/")
+
     def configure(self, host: str, *assignments: str) -> None:
         self.lab.config(host, list(assignments))
 

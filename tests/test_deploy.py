@@ -100,7 +100,7 @@ def test_host_cut_mid_run_fails_fast_as_unreachable(fleet3):
     fleet3.deploy()
     for h in ("host1", "host2", "host3"):
         bump(fleet3, h)
-    lock = fleet3.lab.layout.host_dir("host3") / "var-lib" / "ipex-fleet" / "lock"
+    lock = fleet3.host_path("host3", "/var/lib/ipex-fleet/lock")
     argv = fleet3.pyinfra_argv("deploys/prod.py", "--data", "command_timeout=4", "--data",
                                "activation_timeout=4", "--data", "build_timeout=4")
     env = fleet3.env(IPEX_FLEET_RUN_ID="t-cut")

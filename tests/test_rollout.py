@@ -144,7 +144,7 @@ def test_killed_controller_resumes_without_redeploying_done_hosts(fleet, invento
     proc = subprocess.Popen(argv, cwd=REPO, env=fleet.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     # Kill it (SIGKILL) once wave 2 is under way: host2 holds the deploy lock.
-    lock = fleet.lab.layout.host_dir("host2") / "var-lib" / "ipex-fleet" / "lock"
+    lock = fleet.host_path("host2", "/var/lib/ipex-fleet/lock")
     try:
         assert wait_for(lock.exists, timeout=120)
     finally:

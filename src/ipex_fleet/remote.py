@@ -27,6 +27,10 @@ class StepTimeout(Exception):
     """The host answers SSH, but the command outran its timeout."""
 
 
+class SessionLost(StepTimeout):
+    """The SSH session ended before the command reported its exit code: its outcome is unknown."""
+
+
 @dataclass(frozen=True)
 class RemoteResult:
     returncode: int
@@ -90,7 +94,10 @@ def run(host: Any, command: str, *, timeout: float, stream: bool = False) -> Rem
                                                  **privilege_args(host))
     except _CONNECTION_ERRORS as exc:
         _raise_for(host, timeout, exc)
-    return _result(list(output.stdout_lines), list(output.stderr_lines))
+    stdout = list(output.stdout_lines)
+    if not (stdout and stdout[-1].startswith(_RC_MARK)):
+        raise SessionLost("the SSH session ended before the command reported its exit code")
+    return _result(stdout, list(output.stderr_lines))
 
 
 def _wrap(command: str) -> str:

@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
@@ -21,7 +22,7 @@ from pyinfra import logger
 from .domain import NO_GENERATION, Action, Generation, HostResult, Status
 from .flakepush import flake_hash, flake_tarball
 from .nix import commands as nixcmd
-from .remote import HostUnreachable, RemoteResult, StepTimeout, put_bytes, run, run_fresh
+from .remote import HostUnreachable, RemoteResult, SessionLost, StepTimeout, put_bytes, run, run_fresh
 from .results import current_run_id, read_host_result, write_host_result
 from .errors import UserError
 from .settings import DeploySettings, from_host_data
@@ -119,6 +120,8 @@ def run_step(state: Any, host: Any, step: Step, name: str) -> bool:
     tx.timings[step.__name__] = round(time.monotonic() - started, 3)
     if error is None:
         return True
+    if isinstance(error, (HostUnreachable, StepTimeout)):
+        tx.fresh_connections = True  # the run's own session may be dead: undo over new connections
     if isinstance(error, HostUnreachable):
         _finish(tx, host, Status.UNREACHABLE, NO_GENERATION, f"{name}: {error}")
     elif isinstance(error, LockRefused):
@@ -316,8 +319,12 @@ def switch(tx: HostTransaction, host: Any) -> None:
         if not armed.ok:
             raise StepFailed(f"could not arm the rollback watchdog: {armed.last_error}")
     started = time.monotonic()
+    call_id = uuid.uuid4().hex[:12]
     try:
-        activated = sh(tx, host, nixcmd.activate(path, mode, marker), tx.settings.activation_timeout)
+        try:
+            activated = sh(tx, host, nixcmd.activate(path, mode, marker, call_id), tx.settings.activation_timeout)
+        except SessionLost as exc:
+            activated = reattach_activation(tx, host, call_id, started, exc)
         check_activation(tx, host, activated, started)
     except (HostUnreachable, StepTimeout) as exc:
         if not tx.watchdog:
@@ -327,6 +334,25 @@ def switch(tx: HostTransaction, host: Any) -> None:
         confirm(tx, host, started)
 
 
+def reattach_activation(tx: HostTransaction, host: Any, call_id: str, started: float,
+                        lost: SessionLost) -> RemoteResult:
+    """The session died mid-activation, but the activation runs on in its own unit: wait for it over
+    new connections and take its own recorded exit code, never act while it still runs."""
+    host.log(f"{lost}; waiting for the activation over a new connection", logger.warning)
+    tx.fresh_connections = True
+    deadline = started + tx.settings.activation_timeout
+    while time.monotonic() < deadline:
+        try:
+            outcome = sh(tx, host, nixcmd.activation_outcome(tx.settings.mode, call_id))
+            if outcome.returncode != 75:
+                return outcome
+        except (HostUnreachable, StepTimeout):
+            pass
+        time.sleep(0.5)
+    raise StepTimeout(f"the activation did not finish within {tx.settings.activation_timeout:g}s after "
+                      "the SSH session was lost")
+
+
 def check_activation(tx: HostTransaction, host: Any, activated: RemoteResult, started: float) -> None:
     mode, path = tx.settings.mode, tx.target.path
     if activated.returncode == 100:
@@ -334,10 +360,10 @@ def check_activation(tx: HostTransaction, host: Any, activated: RemoteResult, st
         host.log("switch-to-configuration: reboot required", logger.warning)
     elif activated.returncode == 4 and tx.settings.health_levels:
         # Units failed to start: the health checks that follow name which service and why.
-        host.log(f"switch-to-configuration: {activated.last_error}", logger.warning)
+        host.log(f"switch-to-configuration: {_activation_error(activated)}", logger.warning)
     elif not activated.ok:
         raise StepFailed(f"switch-to-configuration {mode.value} exited {activated.returncode}: "
-                         f"{activated.last_error}")
+                         f"{_activation_error(activated)}")
     if mode.activates:
         running = sh(tx, host, nixcmd.running_system()).stdout.strip()
         if running != path and tx.watchdog and \
@@ -346,6 +372,10 @@ def check_activation(tx: HostTransaction, host: Any, activated: RemoteResult, st
             await_watchdog(tx, host, "the new generation cut SSH off", started)
         if running != path:
             raise StepFailed(f"after activation /run/current-system is {running or 'missing'}, not {path}")
+
+
+def _activation_error(activated: RemoteResult) -> str:
+    return nixcmd.activation_error(activated.stdout_lines + activated.stderr_lines) or activated.last_error
 
 
 def confirm(tx: HostTransaction, host: Any, started: float) -> None:

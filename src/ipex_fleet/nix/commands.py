@@ -147,6 +147,22 @@ def activate(path: str, action: Action, done_marker: str | None = None, call_id:
     )
 
 
+def activation_outcome(action: Action, call_id: str) -> str:
+    """An activation's output and exit code once its unit has finished; exit 75 while it still runs."""
+    unit = activation_unit(action, call_id)
+    log, rc = quote(f"{ACTIVATION_DIR}/{unit}.log"), quote(f"{ACTIVATION_DIR}/{unit}.rc")
+    return f"if [ -s {rc} ]; then cat {log} 2>/dev/null; exit $(cat {rc}); fi; exit 75"
+
+
+def activation_error(lines: tuple[str, ...] | list[str]) -> str | None:
+    """The line that says why an activation failed: NixOS prints "... snippet 'X' failed (1)" and
+    "warning: the following units failed: ...", and carries on activating after either."""
+    for line in reversed(lines):
+        if "failed" in line.lower():
+            return line.strip()
+    return None
+
+
 def acquire_lock(owner: dict[str, object]) -> str:
     """Create the lock atomically (noclobber); on refusal print the holder and exit 75."""
     lock = quote(LOCK_FILE)
