@@ -14,6 +14,7 @@ from typing import Any
 
 from .models import manifest
 from .remote import put_bytes, run
+from .settings import flag
 from .transaction import HostTransaction, StepFailed, sh
 
 PLAN_DIR = "/var/lib/ipex-fleet/models"
@@ -32,9 +33,9 @@ def install_models(tx: HostTransaction, host: Any) -> None:
     put_bytes(host, json.dumps(plan.to_json()).encode(), path, timeout=tx.settings.command_timeout)
     if plan.source == "controller" and plan.files:
         push_from_controller(tx, host, plan, path)
-    verify = " --verify" if host.data.get("models_verify") else ""
+    verify = " --verify" if flag("models_verify", host.name, host.data.get("models_verify", False)) else ""
     command = f"{tx.settings.ipex_fleet_command} models install --plan {quote(path)} --json{verify}"
-    timeout = float(host.data.get("models_timeout", 3600))
+    timeout = tx.settings.models_timeout
     out = run(host, command, timeout=timeout, stream=True)  # progress shows live, with the host's prefix
     report = None
     for line in reversed(out.stdout_lines):
@@ -68,7 +69,7 @@ def push_from_controller(tx: HostTransaction, host: Any, plan: manifest.ModelPla
     total = sum(by_label[(m["kind"], m["name"])].size or 0 for m in needed["missing"])
     if total > needed["free"]:
         raise StepFailed(f"models: pushing {total >> 20} MiB, but {needed['root']} has {needed['free'] >> 20} MiB free")
-    timeout = float(host.data.get("models_timeout", 3600))
+    timeout = tx.settings.models_timeout
     for entry in needed["missing"]:
         model = by_label[(entry["kind"], entry["name"])]
         try:

@@ -40,6 +40,13 @@ class DeploySettings:
     cache_push: str | None
     controller_nix_conf_dir: str | None
     confirm_timeout: float
+    # The watchdog's lease is each step's own bound plus this margin: a dead controller's host
+    # returns by itself within (the step's timeout + lease_grace).
+    lease_grace: float
+    models_timeout: float
+    # Mode boot: reboot into the new generation, then run the gates (within reboot_timeout).
+    reboot: bool
+    reboot_timeout: float
     # Health and benchmark gate (transaction steps 7 and 8).
     ipex_fleet_command: str
     accelerator: str
@@ -62,6 +69,21 @@ def _number(name: str, host: str, value: Any, minimum: float) -> float:
     if number < minimum:
         raise UserError(f"host {host}: {name}={value!r} must be at least {minimum:g}")
     return number
+
+
+_TRUE = ("true", "yes", "on", "1")
+_FALSE = ("false", "no", "off", "0")
+
+
+def flag(name: str, host: str, value: Any) -> bool:
+    """A yes/no host data value: booleans, 0/1, and the words true/false, yes/no, on/off."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+        return value.strip().lower() in _TRUE
+    raise UserError(f"host {host}: {name}={value!r} is not yes or no; use true/false, yes/no or on/off")
 
 
 def check_host_name(name: str) -> str:
@@ -92,6 +114,8 @@ def from_host_data(name: str, data: Any) -> DeploySettings:
     except ValueError:
         raise UserError(f"host {name}: unknown mode {mode_text!r}; use one of "
                         f"{', '.join(a.value for a in Action)}") from None
+    if flag("reboot", name, get("reboot", False)) and mode != Action.BOOT:
+        raise UserError(f"host {name}: reboot=true goes with mode=boot (switch and test activate without one)")
     profile = str(get("nix_profile") or SYSTEM_PROFILE)
     if not _PATH_RE.match(profile):
         raise UserError(f"host {name}: nix_profile {profile!r} must be an absolute path of plain characters")
@@ -105,10 +129,14 @@ def from_host_data(name: str, data: Any) -> DeploySettings:
         command_timeout=_number("command_timeout", name, get("command_timeout", 60), 1),
         build_timeout=_number("build_timeout", name, get("build_timeout", 3600), 1),
         activation_timeout=_number("activation_timeout", name, get("activation_timeout", 600), 1),
-        break_lock=bool(get("break_lock", False)),
-        magic_rollback=bool(get("magic_rollback", True)),
+        break_lock=flag("break_lock", name, get("break_lock", False)),
+        magic_rollback=flag("magic_rollback", name, get("magic_rollback", True)),
         **_build_settings(name, get),
         confirm_timeout=_number("confirm_timeout", name, get("confirm_timeout", 30), 1),
+        lease_grace=_number("lease_grace", name, get("lease_grace", 30), 2),
+        models_timeout=_number("models_timeout", name, get("models_timeout", 3600), 1),
+        reboot=flag("reboot", name, get("reboot", False)),
+        reboot_timeout=_number("reboot_timeout", name, get("reboot_timeout", 600), 5),
         **_health_settings(name, get),
     )
 
@@ -142,7 +170,7 @@ def _health_settings(name: str, get: Any) -> dict[str, Any]:
         "smoke_model": str(smoke) if smoke is not None else None,
         "health_levels": parsed,
         "health_timeout": _number("health_timeout", name, get("health_timeout", 300), 1),
-        "bench": bool(get("bench", True)),
+        "bench": flag("bench", name, get("bench", True)),
         "bench_tolerance": tolerance,
         "bench_timeout": _number("bench_timeout", name, get("bench_timeout", 300), 1),
         "bench_lock": str(lock) if lock is not None else None,

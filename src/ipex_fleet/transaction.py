@@ -22,10 +22,11 @@ from pyinfra import logger
 from .domain import NO_GENERATION, Action, Generation, HostResult, Status
 from .flakepush import flake_hash, flake_tarball
 from .nix import commands as nixcmd
+from .nix import journal
 from .remote import HostUnreachable, RemoteResult, SessionLost, StepTimeout, put_bytes, run, run_fresh
 from .results import current_run_id, read_host_result, write_host_result
 from .errors import UserError
-from .settings import DeploySettings, from_host_data
+from .settings import DeploySettings, from_host_data  # noqa: F401 (DeploySettings: STEP_LEASES)
 
 
 class StepFailed(Exception):
@@ -37,11 +38,16 @@ class LockRefused(StepFailed):
 
 
 class WatchdogReverted(StepFailed):
-    """The new generation cut the controller off, and the host's watchdog restored the old one."""
+    """The host's watchdog decided (the lease ran out) and restored the recorded generation."""
 
     def __init__(self, message: str, final: Generation) -> None:
         super().__init__(message)
         self.final = final
+
+    @classmethod
+    def after(cls, tx: "HostTransaction", host: Any, why: str) -> "WatchdogReverted":
+        final = await_revert(tx, host, why)
+        return cls(f"{why}; the host's watchdog restored generation {final.number} by itself", final)
 
 
 @dataclass
@@ -54,14 +60,15 @@ class HostTransaction:
     previous: Generation = NO_GENERATION
     target: Generation = NO_GENERATION
     flake_hash: str | None = None
-    switched: bool = False
+    dry_run: bool = False  # mode dry-activate: a report, nothing else runs
     unchanged: bool = False
     reboot_required: bool = False
     locked: bool = False
     finished: bool = False
     phase: str = "deploy"  # deploy | rollback | check | status: how the ledger files it
     record_on_host: bool = True  # checks and status reads leave no line in deploys.jsonl
-    watchdog: str | None = None  # the armed watchdog's token, until confirmed
+    intent_open: bool = False  # an intent is journaled on the host: only a claim ends it
+    final_status: Status | None = None  # set when the host's result is written
     fresh_connections: bool = False  # the run's SSH session is gone: use new connections
     health: dict[str, Any] | None = None
     bench: dict[str, Any] | None = None
@@ -109,10 +116,14 @@ def sh(tx: HostTransaction, host: Any, command: str, timeout: float | None = Non
 def run_step(state: Any, host: Any, step: Step, name: str) -> bool:
     """Run one step for one host; on failure, undo and record. Returns False to fail the host."""
     tx = transaction_for(host)
-    if tx.finished:
+    if tx.finished:  # pyinfra's --retry runs a failed step again: the host's result stands
+        return tx.final_status is not None and tx.final_status.succeeded
+    if (tx.dry_run and step.__name__ != "record") or (tx.unchanged and step.__name__ in GATES):
         return True
     started = time.monotonic()
     try:
+        if tx.intent_open and step.__name__ in STEP_LEASES:
+            renew_lease(tx, host, step.__name__, STEP_LEASES[step.__name__](tx.settings, host.data))
         step(tx, host)
         error: BaseException | None = None
     except Exception as exc:
@@ -138,16 +149,19 @@ def run_step(state: Any, host: Any, step: Step, name: str) -> bool:
 
 def _fail(tx: HostTransaction, host: Any, error: str) -> None:
     host.log(f"failed: {error}", logger.error)
-    if not tx.switched:
+    if not tx.intent_open:
         _finish(tx, host, Status.FAILED, tx.previous, error)
         return
     started = time.monotonic()
     try:
-        if tx.watchdog:  # our own rollback follows: the watchdog must not race it
-            sh(tx, host, nixcmd.confirm_watchdog(tx.watchdog))
+        if not claim(tx, host, "reverting-controller"):
+            final = await_revert(tx, host, "the host's watchdog decided first")
+            _finish(tx, host, Status.ROLLED_BACK, final, f"{error}; the host's watchdog restored the generation")
+            return
         final = rollback_to(tx, host, tx.previous)
     except HostUnreachable as exc:
-        _finish(tx, host, Status.UNREACHABLE, NO_GENERATION, f"{error}; rollback: {exc}")
+        _finish(tx, host, Status.UNREACHABLE, NO_GENERATION, f"{error}; rollback: {exc} (the host's watchdog "
+                f"restores generation {tx.previous.number} by itself when its lease runs out)")
         return
     except (StepFailed, StepTimeout) as exc:
         _finish(tx, host, Status.FAILED, NO_GENERATION, f"{error}; rollback FAILED: {exc}")
@@ -164,6 +178,7 @@ def _fail(tx: HostTransaction, host: Any, error: str) -> None:
 def _finish(tx: HostTransaction, host: Any, status: Status, final: Generation, error: str | None) -> None:
     """Record the result on the host (when it answers) and on the controller; release the lock."""
     tx.finished = True
+    tx.final_status = status
     result = tx.result(status, final, error)
     if status != Status.UNREACHABLE:
         try:
@@ -193,7 +208,8 @@ def _ledger_record(result: HostResult, phase: str) -> None:
 
 
 def preflight(tx: HostTransaction, host: Any) -> None:
-    """Step 1: NixOS (or Nix present), enough free space on /nix, then the lock."""
+    """Step 1: NixOS (or Nix present), enough free space on /nix, an earlier run's open intent
+    resolved, then the lock."""
     facts = nixcmd.parse_key_values(list(sh(tx, host, nixcmd.preflight()).stdout_lines))
     if facts.get("os_id") != "nixos" and not facts.get("nix"):
         raise StepFailed(f"not NixOS (ID={facts.get('os_id')}) and no nix on PATH")
@@ -201,12 +217,36 @@ def preflight(tx: HostTransaction, host: Any) -> None:
     if free_mb < tx.settings.min_free_mb:
         raise StepFailed(f"only {free_mb} MiB free on /nix, {tx.settings.min_free_mb} MiB needed "
                          "(host data min_free_mb); collect garbage with deploys/maintenance.py")
+    recover_open_intent(tx, host)
     take_lock(tx, host)
 
 
+def recover_open_intent(tx: HostTransaction, host: Any) -> str | None:
+    """An intent left open by a run whose lease ran out (a dead controller, and a watchdog that did not
+    act: a reboot ends it) is reverted here, verified, and recorded, before anything else."""
+    found = nixcmd.parse_key_values(list(sh(tx, host, journal.read_open()).stdout_lines))
+    run_id = found.get("run_id")
+    if not run_id:
+        return None
+    lease, now = int(found.get("lease") or 0), int(found.get("now") or 0)
+    if lease >= now and run_id != tx.run_id:
+        raise LockRefused(f"run {run_id} is deploying this host (its lease runs {lease - now}s more); "
+                          "if its controller died, the host reverts by itself when the lease runs out")
+    host.log(f"run {run_id} left an open intent: reverting to its recorded generation", logger.warning)
+    reverted = sh(tx, host, f"sh {journal.INTENT}/revert.sh recovery", tx.settings.activation_timeout)
+    outcome = sh(tx, host, journal.outcome(run_id, "recovery")).stdout.strip()
+    if not outcome.startswith("reverted"):
+        raise StepFailed(f"recovering run {run_id}'s open intent failed ({outcome or reverted.last_error}); "
+                         f"see {journal.RESOLVED}/{run_id}.recovery/revert.log on the host")
+    host.log(f"run {run_id}'s intent reverted and verified")
+    return run_id
+
+
 def take_lock(tx: HostTransaction, host: Any) -> None:
+    lease = tx.settings.command_timeout * 4 + tx.settings.build_timeout + tx.settings.activation_timeout
     owner = {"run_id": tx.run_id, "controller": socket.gethostname(), "pid": os.getpid(),
-             "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+             "since": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+             "lease_until": _lease_until(tx, lease)}
     got = sh(tx, host, nixcmd.acquire_lock(owner))
     if got.ok:
         tx.locked = True
@@ -218,8 +258,10 @@ def take_lock(tx: HostTransaction, host: Any) -> None:
     except (ValueError, IndexError):
         holder = {}
     holder_run = holder.get("run_id")
-    # Ours (a resumed run), a run whose result for this host is recorded here, or forced: take it.
-    if holder_run == tx.run_id or tx.settings.break_lock or (
+    # Ours (a resumed run), a run whose result is recorded here, a holder whose lease ran out (no
+    # intent of it is open: that was resolved above), or forced: take it.
+    lease_spent = holder.get("lease_until") is not None and int(holder["lease_until"]) < time.time()
+    if holder_run == tx.run_id or tx.settings.break_lock or lease_spent or (
         holder_run and read_host_result(holder_run, host.name) is not None
     ):
         sh(tx, host, nixcmd.force_lock(owner))
@@ -290,7 +332,8 @@ def _substitute_from_cache(tx: HostTransaction, host: Any) -> str:
 
 
 def switch(tx: HostTransaction, host: Any) -> None:
-    """Step 5: set the profile, activate detached, and check the host is on the new system."""
+    """Step 5: journal the intent and arm the watchdog, set the profile (per mode), activate detached,
+    confirm over a new connection; in mode boot with host data reboot, boot into it and check."""
     if tx.unchanged:
         return
     mode, profile, path = tx.settings.mode, tx.settings.profile, tx.target.path
@@ -298,40 +341,119 @@ def switch(tx: HostTransaction, host: Any) -> None:
     if mode == Action.DRY_ACTIVATE:
         dry = sh(tx, host, nixcmd.activate(path, mode), tx.settings.activation_timeout)
         if not dry.ok:
-            raise StepFailed(f"dry-activate exited {dry.returncode}: {dry.last_error}")
+            raise StepFailed(f"dry-activate exited {dry.returncode}: {_activation_error(dry)}")
         for line in dry.stdout_lines:
             host.log(line)
-        tx.unchanged = True
+        tx.unchanged = tx.dry_run = True  # a report only: nothing else runs
         return
-    tx.switched = True  # from here on, a failure rolls back
+    open_intent(tx, host, lease=tx.settings.activation_timeout + tx.settings.confirm_timeout)
     if mode.sets_profile:
         set_ = sh(tx, host, nixcmd.set_profile(profile, path))
         if not set_.ok:
             raise StepFailed(f"setting {profile} failed: {set_.last_error}")
         state = nixcmd.parse_profile_state(list(sh(tx, host, nixcmd.profile_state(profile)).stdout_lines))
         tx.target = state.current_generation
-    marker = None
-    if tx.settings.magic_rollback and mode.activates:
-        tx.watchdog = f"{tx.run_id}-{tx.target.number}"
-        marker = nixcmd.watchdog_paths(tx.watchdog)["activated"]
-        armed = sh(tx, host, nixcmd.arm_watchdog(tx.watchdog, profile, tx.previous, tx.settings.activation_timeout,
-                                                 tx.settings.confirm_timeout))
-        if not armed.ok:
-            raise StepFailed(f"could not arm the rollback watchdog: {armed.last_error}")
+    else:  # test: the generation runs without entering the profile
+        tx.target = Generation(None, path)
     started = time.monotonic()
     call_id = uuid.uuid4().hex[:12]
     try:
         try:
-            activated = sh(tx, host, nixcmd.activate(path, mode, marker, call_id), tx.settings.activation_timeout)
+            activated = sh(tx, host, nixcmd.activate(path, mode, None, call_id), tx.settings.activation_timeout)
         except SessionLost as exc:
             activated = reattach_activation(tx, host, call_id, started, exc)
-        check_activation(tx, host, activated, started)
     except (HostUnreachable, StepTimeout) as exc:
-        if not tx.watchdog:
-            raise
-        await_watchdog(tx, host, f"the SSH session died during activation ({exc})", started)
-    if tx.watchdog:
-        confirm(tx, host, started)
+        raise WatchdogReverted.after(tx, host, f"the host stopped answering during activation ({exc})")
+    check_activation(tx, host, activated)
+    if mode.activates:
+        # From here on only a new login proves the generation: a short lease until one renews it.
+        renew_lease(tx, host, "activated", tx.settings.confirm_timeout)
+        if tx.settings.magic_rollback:
+            confirm(tx, host)
+    elif mode == Action.BOOT and tx.settings.reboot:
+        reboot_into_target(tx, host)
+
+
+def open_intent(tx: HostTransaction, host: Any, lease: float) -> None:
+    """Before anything changes: the intent, with its own way back, and the watchdog that enforces it."""
+    record = tx.result(Status.ROLLED_BACK, tx.previous, "reverted: __OUTCOME__").to_json()
+    record["phase"] = "revert"
+    script = journal.revert_script(tx.run_id, tx.settings.profile, tx.settings.mode, tx.previous, record)
+    intent = {"run_id": tx.run_id, "previous": tx.previous.to_json(), "target": {"path": tx.target.path},
+              "mode": tx.settings.mode.value, "profile": tx.settings.profile,
+              "opened": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    opened = sh(tx, host, journal.open_intent(tx.run_id, intent, script, _lease_until(tx, lease)))
+    if not opened.ok:
+        raise StepFailed(f"could not journal the intent on the host: {opened.last_error}")
+    tx.intent_open = True
+    armed = sh(tx, host, journal.arm_watchdog(tx.run_id))
+    if not armed.ok:
+        raise StepFailed(f"could not arm the rollback watchdog: {armed.last_error}")
+
+
+def _lease_until(tx: HostTransaction, seconds: float) -> int:
+    return int(time.time() + seconds + tx.settings.lease_grace)
+
+
+def renew_lease(tx: HostTransaction, host: Any, step: str, seconds: float, fresh: bool = False) -> None:
+    """Extend the watchdog's lease for the next step; a lease already spent means the watchdog decided."""
+    command = journal.renew(tx.run_id, _lease_until(tx, seconds), step)
+    renewed = run_fresh(host, command, timeout=tx.settings.command_timeout) if fresh else sh(tx, host, command)
+    if renewed.returncode == journal.LOST:
+        raise WatchdogReverted.after(tx, host, "the lease ran out before the controller renewed it")
+    if not renewed.ok:
+        raise StepFailed(f"could not renew the watchdog's lease: {renewed.last_error}")
+
+
+def confirm(tx: HostTransaction, host: Any) -> None:
+    """Confirm over a new SSH connection (a generation that breaks new logins must not be confirmed
+    through an old session): it renews the lease for the next step. Without one the watchdog reverts."""
+    try:
+        renew_lease(tx, host, "confirmed", tx.settings.command_timeout, fresh=True)
+    except HostUnreachable as exc:
+        raise WatchdogReverted.after(tx, host, f"no new SSH connection after activation ({exc})")
+
+
+def claim(tx: HostTransaction, host: Any, who: str) -> bool:
+    """Claim the decision for this run (commit or revert). False: another claimant decided first."""
+    got = sh(tx, host, journal.claim(tx.run_id, who))
+    if got.ok:
+        tx.intent_open = False
+        return True
+    if got.returncode == journal.LOST:
+        tx.intent_open = False
+        return False
+    raise StepFailed(f"could not claim the decision on the host: {got.last_error}")
+
+
+def await_revert(tx: HostTransaction, host: Any, why: str) -> Generation:
+    """Wait (over new connections) for the host's watchdog to finish restoring the recorded generation,
+    then check it there. Raises HostUnreachable when it does not come back in time."""
+    host.log(f"{why}; waiting for the host's watchdog", logger.warning)
+    tx.fresh_connections = True
+    started = time.monotonic()
+    deadline = started + tx.settings.activation_timeout + tx.settings.confirm_timeout + tx.settings.lease_grace + 30
+    outcome = ""
+    while time.monotonic() < deadline:
+        try:
+            got = sh(tx, host, journal.outcome(tx.run_id, "watchdog"))
+            if got.ok:
+                outcome = got.stdout.strip()
+                break
+        except (HostUnreachable, StepTimeout):
+            pass
+        time.sleep(1)
+    else:
+        raise HostUnreachable(f"{why}; the host did not report its watchdog's revert in time")
+    tx.intent_open = False
+    tx.timings["watchdog_revert"] = round(time.monotonic() - started, 3)
+    state = nixcmd.parse_profile_state(list(sh(tx, host, nixcmd.profile_state(tx.settings.profile)).stdout_lines))
+    running = sh(tx, host, nixcmd.running_system()).stdout.strip()
+    if not outcome.startswith("reverted") or state.current_generation.path != tx.previous.path or (
+            tx.settings.mode != Action.BOOT and running != tx.previous.path):
+        raise StepFailed(f"{why}; the watchdog's revert ended {outcome.split()[0] if outcome else '?'}, and the host "
+                         f"is on {running}, not {tx.previous.path}")
+    return state.current_generation
 
 
 def reattach_activation(tx: HostTransaction, host: Any, call_id: str, started: float,
@@ -353,7 +475,7 @@ def reattach_activation(tx: HostTransaction, host: Any, call_id: str, started: f
                       "the SSH session was lost")
 
 
-def check_activation(tx: HostTransaction, host: Any, activated: RemoteResult, started: float) -> None:
+def check_activation(tx: HostTransaction, host: Any, activated: RemoteResult) -> None:
     mode, path = tx.settings.mode, tx.target.path
     if activated.returncode == 100:
         tx.reboot_required = True
@@ -366,10 +488,6 @@ def check_activation(tx: HostTransaction, host: Any, activated: RemoteResult, st
                          f"{_activation_error(activated)}")
     if mode.activates:
         running = sh(tx, host, nixcmd.running_system()).stdout.strip()
-        if running != path and tx.watchdog and \
-                sh(tx, host, nixcmd.watchdog_reverted(tx.watchdog)).stdout.strip() == "reverted":
-            # The session stalled while the generation locked SSH out, and lived on once it reverted.
-            await_watchdog(tx, host, "the new generation cut SSH off", started)
         if running != path:
             raise StepFailed(f"after activation /run/current-system is {running or 'missing'}, not {path}")
 
@@ -378,43 +496,31 @@ def _activation_error(activated: RemoteResult) -> str:
     return nixcmd.activation_error(activated.stdout_lines + activated.stderr_lines) or activated.last_error
 
 
-def confirm(tx: HostTransaction, host: Any, started: float) -> None:
-    """Confirm the new generation over a new SSH connection; if none can be made, let the watchdog act."""
-    assert tx.watchdog is not None
-    try:
-        confirmed = run_fresh(host, nixcmd.confirm_watchdog(tx.watchdog), timeout=tx.settings.command_timeout)
-    except HostUnreachable as exc:
-        await_watchdog(tx, host, f"no new SSH connection after activation ({exc})", started)
-    if not confirmed.ok:
-        raise StepFailed(f"could not confirm the new generation: {confirmed.last_error}")
-    tx.watchdog = None
-
-
-def await_watchdog(tx: HostTransaction, host: Any, why: str, started: float) -> None:
-    """The controller is cut off: wait for the host's watchdog to restore the recorded generation,
-    then check it over new connections. Raises WatchdogReverted, or HostUnreachable."""
-    assert tx.watchdog is not None
-    host.log(f"{why}; waiting for the host's watchdog", logger.warning)
-    tx.fresh_connections = True
-    deadline = time.monotonic() + tx.settings.activation_timeout + tx.settings.confirm_timeout + 30
+def reboot_into_target(tx: HostTransaction, host: Any) -> None:
+    """Mode boot with host data reboot: reboot, wait for a new boot id within reboot_timeout, and check
+    that the target booted. A host that booted the previous generation fell back."""
+    renew_lease(tx, host, "rebooting", tx.settings.reboot_timeout)
+    before = sh(tx, host, nixcmd.boot_id()).stdout.strip()
+    sh(tx, host, nixcmd.schedule_reboot(tx.run_id))
+    tx.fresh_connections = True  # this session ends with the boot
+    deadline = time.monotonic() + tx.settings.reboot_timeout
+    booted = ""
     while time.monotonic() < deadline:
-        try:
-            if sh(tx, host, nixcmd.watchdog_reverted(tx.watchdog)).stdout.strip() == "reverted":
-                break
-        except (HostUnreachable, StepTimeout):
-            pass
         time.sleep(1)
+        try:
+            now = sh(tx, host, nixcmd.boot_id(), timeout=10).stdout.strip()
+        except (HostUnreachable, StepTimeout):
+            continue
+        if now and now != before:
+            booted = sh(tx, host, nixcmd.booted_system()).stdout.strip()
+            break
     else:
-        raise HostUnreachable(f"{why}; the host did not come back within the watchdog's time")
-    state = nixcmd.parse_profile_state(list(sh(tx, host, nixcmd.profile_state(tx.settings.profile)).stdout_lines))
-    running = sh(tx, host, nixcmd.running_system()).stdout.strip()
-    tx.watchdog = None
-    tx.switched = False  # the host is back: nothing left for us to undo
-    tx.timings["magic_rollback"] = round(time.monotonic() - started, 3)
-    if state.current_generation.path != tx.previous.path or running != tx.previous.path:
-        raise StepFailed(f"{why}; the watchdog ran but the host is on {running}, not {tx.previous.path}")
-    final = state.current_generation
-    raise WatchdogReverted(f"{why}; the host's watchdog restored generation {final.number} by itself", final)
+        raise StepFailed(f"no new boot within {tx.settings.reboot_timeout:g}s (host data reboot_timeout)")
+    host.log(f"rebooted into {booted}")
+    sh(tx, host, journal.arm_watchdog(tx.run_id))  # the old watchdog ended with the old boot
+    if booted != tx.target.path:
+        raise StepFailed(f"fell back: booted {booted or 'nothing'}, not the target {tx.target.path} "
+                         "(its boot did not complete, so the boot loader chose the previous entry)")
 
 
 def rollback_to(tx: HostTransaction, host: Any, gen: Generation) -> Generation:
@@ -429,12 +535,18 @@ def rollback_to(tx: HostTransaction, host: Any, gen: Generation) -> Generation:
         moved = sh(tx, host, nixcmd.set_profile(profile, gen.path))
     if not moved.ok:
         raise StepFailed(f"could not set {profile} back: {moved.last_error}")
-    action = Action.BOOT if mode == Action.BOOT else Action.SWITCH
+    running = sh(tx, host, nixcmd.running_system()).stdout.strip()
+    # Activate the old generation wherever the new one runs; a boot-mode deploy that never rebooted
+    # only needs its boot entry back.
+    if mode == Action.TEST:
+        action = Action.TEST
+    else:
+        action = Action.BOOT if mode == Action.BOOT and running == gen.path else Action.SWITCH
     activated = sh(tx, host, nixcmd.activate(gen.path, action), tx.settings.activation_timeout)
     state = nixcmd.parse_profile_state(list(sh(tx, host, nixcmd.profile_state(profile)).stdout_lines))
     running = sh(tx, host, nixcmd.running_system()).stdout.strip()
     current = state.current_generation
-    if current.path != gen.path or (action.activates and running != gen.path):
+    if current.path != gen.path or running != gen.path:
         raise StepFailed(f"host is on {current.path} (running {running}), not {gen.path}")
     if not activated.ok and activated.returncode != 100:
         host.log(f"the old generation's activation exited {activated.returncode}: {activated.last_error}",
@@ -443,10 +555,25 @@ def rollback_to(tx: HostTransaction, host: Any, gen: Generation) -> Generation:
 
 
 def record(tx: HostTransaction, host: Any) -> None:
-    """Step 9: the host deployed; record it and release the lock."""
+    """Step 9, the commit: claim the decision, which disarms the watchdog; record; release the lock."""
+    if tx.intent_open and not claim(tx, host, journal.COMMITTED):
+        final = await_revert(tx, host, "the lease ran out before the commit")
+        _finish(tx, host, Status.ROLLED_BACK, final, "the host's watchdog reverted before the commit "
+                "(its lease ran out: the controller was too slow or cut off)")
+        return
     status = Status.UNCHANGED if tx.unchanged else Status.OK
-    final = tx.target if tx.target.number is not None else tx.previous
+    final = tx.target if tx.target.path is not None else tx.previous
     _finish(tx, host, status, final, None)
+
+
+# What each step needs of the watchdog's lease: its own bound (the gates run on probation).
+STEP_LEASES: dict[str, Callable[[DeploySettings, Any], float]] = {
+    "install_models": lambda s, data: s.models_timeout,
+    "health": lambda s, data: s.health_timeout,
+    "bench_gate": lambda s, data: s.bench_timeout,
+}
+# Gates that have nothing to check where nothing changed (or in a dry run).
+GATES = ("health", "bench_gate")
 
 
 # -- deploys/rollback.py ------------------------------------------------------------------
@@ -510,7 +637,6 @@ def rollback_requested(tx: HostTransaction, host: Any) -> None:
         tx.unchanged = True
         host.log(f"already on generation {goal.number}")
         return
-    tx.switched = True
     tx.target = rollback_to(tx, host, goal)
     host.log(f"now on generation {tx.target.number}")
 

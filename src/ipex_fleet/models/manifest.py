@@ -122,14 +122,22 @@ def parse(entries: Any, origin: str, trusted: tuple[str, ...] = (), prune: Any =
 
 def from_host_data(host: str, data: Any, root: str = ".") -> ModelPlan | None:
     """The host's model plan from `models_manifest: PATH` or inline `models:`; None if it has none."""
-    trusted = tuple(data.get("trusted_mirrors") or ())
+    from ..settings import flag
+
+    trusted_value = data.get("trusted_mirrors") or ()
+    if not isinstance(trusted_value, (list, tuple)) or not all(isinstance(m, str) for m in trusted_value):
+        raise UserError(f"host {host}: trusted_mirrors={trusted_value!r} must be a list of URL prefixes, "
+                        "like [\"http://mirror.lan/\"]")
+    trusted = tuple(trusted_value)
     path = data.get("models_manifest")
     inline = data.get("models")
     if path and inline:
         raise UserError(f"host {host}: set models_manifest or models, not both")
     if not path and not inline:
         return None
-    prune, foreign = data.get("models_prune") or (), bool(data.get("models_prune_foreign"))
+    prune = data.get("models_prune") or ()
+    foreign = flag("models_prune_foreign", host, data.get("models_prune_foreign", False))
+    flag("models_verify", host, data.get("models_verify", False))
     source = str(data.get("models_source") or "mirror")
     if inline:
         return parse(inline, f"host {host} models", trusted, prune, foreign, source)

@@ -194,48 +194,15 @@ def last_deploy_records(count: int) -> str:
     return f"tail -n {int(count)} {quote(DEPLOY_LOG)} 2>/dev/null || true"
 
 
-WATCHDOG_DIR = f"{STATE_DIR}/watchdog"
+def boot_id() -> str:
+    return "cat /proc/sys/kernel/random/boot_id"
 
 
-def watchdog_paths(token: str) -> dict[str, str]:
-    base = f"{WATCHDOG_DIR}/{token}"
-    return {k: f"{base}.{k}" for k in ("activated", "confirmed", "reverted", "log")}
+def booted_system() -> str:
+    return "readlink -f /run/booted-system 2>/dev/null || true"
 
 
-def arm_watchdog(token: str, profile: str, previous: Generation, activation_timeout: float,
-                 confirm_timeout: float) -> str:
-    """Arm the magic-rollback watchdog, detached from this SSH session.
-
-    It waits for the activation to finish (at most activation_timeout), then for a confirmation
-    (at most confirm_timeout). Without one it restores `previous` by itself: a new generation that
-    locks the controller out reverts on its own.
-    """
-    p = watchdog_paths(token)
-    restore = (
-        f"{switch_generation(profile, int(previous.number or 0))} || {set_profile(profile, str(previous.path))}; "
-        f"{quote(str(previous.path) + '/bin/switch-to-configuration')} switch"
-    )
-    script = (
-        f"end=$(( $(date +%s) + {int(activation_timeout)} )); "
-        f"while [ ! -e {quote(p['activated'])} ] && [ $(date +%s) -lt $end ]; do sleep 0.5; done; "
-        f"end=$(( $(date +%s) + {int(confirm_timeout)} )); "
-        f"while [ $(date +%s) -lt $end ]; do [ -e {quote(p['confirmed'])} ] && exit 0; sleep 0.5; done; "
-        f"[ -e {quote(p['confirmed'])} ] && exit 0; "
-        f"echo \"$(date -Is) no confirmation: restoring generation {previous.number}\"; "
-        f"{restore}; touch {quote(p['reverted'])}"
-    )
-    return (
-        f"mkdir -p {quote(WATCHDOG_DIR)} && rm -f {quote(p['activated'])} {quote(p['confirmed'])} "
-        f"{quote(p['reverted'])}; "
-        'if [ "$(cat /proc/1/comm 2>/dev/null)" = systemd ] && command -v systemd-run >/dev/null; then '
-        f"systemd-run --collect --quiet --unit=ipex-fleet-watchdog-{quote(token)} sh -c {quote(script)}; "
-        f"else setsid sh -c {quote(script)} </dev/null >>{quote(p['log'])} 2>&1 & fi"
-    )
-
-
-def confirm_watchdog(token: str) -> str:
-    return f"touch {quote(watchdog_paths(token)['confirmed'])}"
-
-
-def watchdog_reverted(token: str) -> str:
-    return f"test -e {quote(watchdog_paths(token)['reverted'])} && echo reverted || echo waiting"
+def schedule_reboot(run_id: str) -> str:
+    """Reboot a second from now, from a unit of its own: this session can return before it ends."""
+    return (f"systemd-run --quiet --collect --on-active=1 --unit={quote('ipex-fleet-reboot-' + run_id)} "
+            "systemctl reboot")
