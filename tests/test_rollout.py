@@ -213,7 +213,8 @@ def test_generation_that_locks_ssh_out_reverts_by_itself(fleet, inventory):
     before = {h: fleet.system(h) for h in HOSTS}
     bump_all(fleet)
     fleet.configure("host1", "lock_ssh=true")
-    text = inventory.read_text().replace("'activation_timeout': 60", "'activation_timeout': 10, 'confirm_timeout': 5")
+    text = inventory.read_text().replace("'activation_timeout': 60",
+                                         "'activation_timeout': 10, 'confirm_timeout': 5, 'lease_grace': 3")
     inventory.write_text(text)
     started = time.monotonic()
     proc = rollout(fleet, str(inventory), "deploys/prod.py")
@@ -228,6 +229,6 @@ def test_generation_that_locks_ssh_out_reverts_by_itself(fleet, inventory):
                                 (run_id,)).fetchone()
     assert row["status"] == "rolled_back" and row["final_generation"] == before["host1"][0]
     timings = json.loads(row["timings"])
-    # Reverted within confirm_timeout plus the activation time (plus the controller's polling).
-    assert timings["magic_rollback"] < 10 + 5 + 15, timings
+    # Reverted once the lease ran out: confirm_timeout plus lease_grace (plus the revert and polling).
+    assert timings["watchdog_revert"] < 5 + 3 + 15, timings
     assert elapsed < 120

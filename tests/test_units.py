@@ -148,3 +148,14 @@ def test_host_result_round_trips():
     assert set(data) >= {"host", "run_id", "status", "previous", "target", "final", "health", "bench",
                          "timings", "error"}
     assert HostResult.from_json(json.loads(json.dumps(data))) == result
+
+
+def test_secrets_in_urls_are_redacted_where_they_point_stays_readable():
+    from ipex_fleet import redact
+
+    assert redact.url("https://user:pw@hf.co/x/m.safetensors?token=abc&x=1") == \
+        "https://REDACTED@hf.co/x/m.safetensors?token=REDACTED&x=REDACTED"
+    assert redact.url("https://mirror.lan/m.safetensors") == "https://mirror.lan/m.safetensors"
+    message = "models: https://h/m.st?sig=SECRET: HTTP 403; then http://a:b@c/d."
+    assert redact.text(message) == "models: https://h/m.st?sig=REDACTED: HTTP 403; then http://REDACTED@c/d."
+    assert "SECRET" not in redact.text(message) and ":b@" not in redact.text(message)

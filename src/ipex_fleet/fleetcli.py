@@ -42,6 +42,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=_status)
 
+    rc = sub.add_parser("recover", help="finish what dead runs left on hosts: open intents and stale locks",
+                        description="Runs deploys/recover.py on every host of INVENTORY (or --limit).")
+    rc.add_argument("inventory")
+    rc.add_argument("--limit", action="append", default=[], metavar="HOST_OR_GROUP")
+    rc.set_defaults(func=_recover)
+
     rb = sub.add_parser("rollback", help="return every host to the generation it had after run RUN_ID")
     rb.add_argument("inventory")
     rb.add_argument("--to", required=True, metavar="RUN_ID")
@@ -71,6 +77,15 @@ def _rollout(args: argparse.Namespace) -> int:
         rollout.describe(waves)
         return 0
     return rollout.execute(waves)
+
+
+def _recover(args: argparse.Namespace) -> int:
+    import subprocess
+
+    deploy = _deploy_file("deploys/recover.py")
+    if not Path(args.inventory).is_file():
+        raise UserError(f"inventory {args.inventory} not found")
+    return subprocess.run(pyinfra_run.argv(args.inventory, deploy, args.limit, None)).returncode
 
 
 def _when(ts: float | None) -> str:

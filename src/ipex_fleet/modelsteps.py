@@ -36,7 +36,10 @@ def install_models(tx: HostTransaction, host: Any) -> None:
     verify = " --verify" if flag("models_verify", host.name, host.data.get("models_verify", False)) else ""
     command = f"{tx.settings.ipex_fleet_command} models install --plan {quote(path)} --json{verify}"
     timeout = tx.settings.models_timeout
-    out = run(host, command, timeout=timeout, stream=True)  # progress shows live, with the host's prefix
+    try:
+        out = run(host, command, timeout=timeout, stream=True)  # progress shows live, with the host's prefix
+    finally:  # the plan holds the URLs as given, tokens included: it does not outlive the install
+        sh(tx, host, f"rm -f {quote(path)}")
     report = None
     for line in reversed(out.stdout_lines):
         if line.startswith("{"):

@@ -23,6 +23,7 @@ from .domain import NO_GENERATION, Action, Generation, HostResult, Status
 from .flakepush import flake_hash, flake_tarball
 from .nix import commands as nixcmd
 from .nix import journal
+from . import redact
 from .remote import HostUnreachable, RemoteResult, SessionLost, StepTimeout, put_bytes, run, run_fresh
 from .results import current_run_id, read_host_result, write_host_result
 from .errors import UserError
@@ -61,6 +62,7 @@ class HostTransaction:
     target: Generation = NO_GENERATION
     flake_hash: str | None = None
     dry_run: bool = False  # mode dry-activate: a report, nothing else runs
+    boot_pending: bool = False  # mode boot without a reboot: the gates wait for the next boot
     unchanged: bool = False
     reboot_required: bool = False
     locked: bool = False
@@ -118,7 +120,8 @@ def run_step(state: Any, host: Any, step: Step, name: str) -> bool:
     tx = transaction_for(host)
     if tx.finished:  # pyinfra's --retry runs a failed step again: the host's result stands
         return tx.final_status is not None and tx.final_status.succeeded
-    if (tx.dry_run and step.__name__ != "record") or (tx.unchanged and step.__name__ in GATES):
+    if (tx.dry_run and step.__name__ != "record") or (
+            (tx.unchanged or tx.boot_pending) and step.__name__ in GATES):
         return True
     started = time.monotonic()
     try:
@@ -179,6 +182,7 @@ def _finish(tx: HostTransaction, host: Any, status: Status, final: Generation, e
     """Record the result on the host (when it answers) and on the controller; release the lock."""
     tx.finished = True
     tx.final_status = status
+    error = redact.text(error) if error else error  # a token in a URL never reaches a record
     result = tx.result(status, final, error)
     if status != Status.UNREACHABLE:
         try:
@@ -240,6 +244,18 @@ def recover_open_intent(tx: HostTransaction, host: Any) -> str | None:
                          f"see {journal.RESOLVED}/{run_id}.recovery/revert.log on the host")
     host.log(f"run {run_id}'s intent reverted and verified")
     return run_id
+
+
+def recover(tx: HostTransaction, host: Any) -> None:
+    """deploys/recover.py: resolve a dead run's open intent and stale lock; change nothing else."""
+    tx.phase, tx.record_on_host = "recover", False
+    recovered = recover_open_intent(tx, host)
+    take_lock(tx, host)
+    state = nixcmd.parse_profile_state(list(sh(tx, host, nixcmd.profile_state(tx.settings.profile)).stdout_lines))
+    tx.previous = tx.target = state.current_generation
+    tx.unchanged = True
+    host.log(f"recovered run {recovered}: back on generation {tx.previous.number}" if recovered
+             else f"nothing to recover: on generation {tx.previous.number}, no open intent")
 
 
 def take_lock(tx: HostTransaction, host: Any) -> None:
@@ -372,6 +388,10 @@ def switch(tx: HostTransaction, host: Any) -> None:
             confirm(tx, host)
     elif mode == Action.BOOT and tx.settings.reboot:
         reboot_into_target(tx, host)
+    elif mode == Action.BOOT:
+        tx.boot_pending = tx.reboot_required = True
+        host.log("boot: the new generation runs after the next reboot; its gates run then "
+                 "(host data reboot=true reboots now)")
 
 
 def open_intent(tx: HostTransaction, host: Any, lease: float) -> None:
@@ -503,19 +523,25 @@ def reboot_into_target(tx: HostTransaction, host: Any) -> None:
     before = sh(tx, host, nixcmd.boot_id()).stdout.strip()
     sh(tx, host, nixcmd.schedule_reboot(tx.run_id))
     tx.fresh_connections = True  # this session ends with the boot
+    booted_id = None
     deadline = time.monotonic() + tx.settings.reboot_timeout
-    booted = ""
+    booted, settled = "", 0
     while time.monotonic() < deadline:
         time.sleep(1)
         try:
-            now = sh(tx, host, nixcmd.boot_id(), timeout=10).stdout.strip()
+            now = nixcmd.parse_key_values(list(sh(tx, host, nixcmd.boot_state(), timeout=10).stdout_lines))
         except (HostUnreachable, StepTimeout):
+            settled = 0
             continue
-        if now and now != before:
-            booted = sh(tx, host, nixcmd.booted_system()).stdout.strip()
+        # A boot counts once it finished (twice in a row): a boot whose check fails reboots again.
+        done = now.get("boot_id") not in ("", before) and now.get("state") in ("running", "degraded")
+        settled = settled + 1 if done and now.get("boot_id") == booted_id else int(done)
+        booted_id = now.get("boot_id")
+        if settled >= 2:
+            booted = now.get("booted", "")
             break
     else:
-        raise StepFailed(f"no new boot within {tx.settings.reboot_timeout:g}s (host data reboot_timeout)")
+        raise StepFailed(f"no completed boot within {tx.settings.reboot_timeout:g}s (host data reboot_timeout)")
     host.log(f"rebooted into {booted}")
     sh(tx, host, journal.arm_watchdog(tx.run_id))  # the old watchdog ended with the old boot
     if booted != tx.target.path:
@@ -562,7 +588,7 @@ def record(tx: HostTransaction, host: Any) -> None:
                 "(its lease ran out: the controller was too slow or cut off)")
         return
     status = Status.UNCHANGED if tx.unchanged else Status.OK
-    final = tx.target if tx.target.path is not None else tx.previous
+    final = tx.previous if tx.unchanged or tx.target.path is None else tx.target
     _finish(tx, host, status, final, None)
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from .. import redact
 from .manifest import FileModel, ModelPlan
 
 CHUNK = 1 << 20
@@ -147,10 +148,10 @@ def download(model: FileModel, part: Path, report: Report, say: Callable[[str], 
             return digest
         except (urllib.error.URLError, OSError, InstallError) as exc:
             if isinstance(exc, urllib.error.HTTPError) and exc.code in (403, 404, 410):
-                raise InstallError(f"{model.url}: HTTP {exc.code}") from None
+                raise InstallError(f"{redact.url(model.url)}: HTTP {exc.code}") from None
             attempt += 1
             if attempt > retries:
-                raise InstallError(f"{model.url}: {exc} (gave up after {retries} retries)") from None
+                raise InstallError(redact.text(f"{model.url}: {exc} (gave up after {retries} retries)")) from None
             delay = min(2 ** (attempt - 1), 30)
             say(f"{model.kind}/{model.name}: {exc}; retrying in {delay}s")
             time.sleep(delay)
@@ -191,7 +192,7 @@ def install_file(root: Path, model: FileModel, report: Report, say: Callable[[st
     marker.parent.mkdir(parents=True, exist_ok=True)
     tmp = marker.with_suffix(".tmp")
     tmp.write_text(json.dumps({"sha256": model.sha256, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-                               "url": model.url, "installed_by": "ipex-fleet"}))
+                               "url": redact.url(model.url), "installed_by": "ipex-fleet"}))
     os.replace(tmp, marker)
     report.installed.append(label)
     say(f"{label}: installed ({_mib(st.st_size)})")

@@ -10,6 +10,7 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from .. import redact
 from ..errors import UserError
 
 KINDS = ("checkpoints", "loras", "vae", "text_encoders", "diffusion_models", "controlnet", "upscale_models",
@@ -85,7 +86,8 @@ def _file_entry(entry: dict[str, Any], where: str, trusted: tuple[str, ...]) -> 
     if not isinstance(url, str) or not re.match(r"^https?://[^\s]+$", url):
         raise UserError(f"{where}: url {url!r} is not an http(s) URL")
     if not url.startswith("https://") and not any(url.startswith(t) for t in trusted):
-        raise UserError(f"{where}: {url} is not https; use https, or list its mirror in host data trusted_mirrors")
+        raise UserError(f"{where}: {redact.url(url)} is not https; use https, or list its mirror in host data "
+                        "trusted_mirrors")
     size = entry.get("size")
     if size is not None and (not isinstance(size, int) or size < 0):
         raise UserError(f"{where}: size {size!r} must be a byte count")

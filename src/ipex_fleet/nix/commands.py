@@ -198,8 +198,10 @@ def boot_id() -> str:
     return "cat /proc/sys/kernel/random/boot_id"
 
 
-def booted_system() -> str:
-    return "readlink -f /run/booted-system 2>/dev/null || true"
+def boot_state() -> str:
+    """key=value lines: the boot id, systemd's state, and the booted generation."""
+    return ('printf "boot_id=%s\\nstate=%s\\nbooted=%s\\n" "$(cat /proc/sys/kernel/random/boot_id)" '
+            '"$(systemctl is-system-running 2>/dev/null)" "$(readlink -f /run/booted-system 2>/dev/null)"')
 
 
 def schedule_reboot(run_id: str) -> str:

@@ -5,7 +5,7 @@ Layout under /var/lib/ipex-fleet/ (DESIGN.md, "Contracts"):
     intent/              the open intent (one at a time): intent.json, run_id, lease (unix time),
                          steps (one line per transition), revert.sh (how to go back, self-contained)
     resolved/RUN.WHO/    the same directory once decided: WHO is `committed`, `reverting-controller`,
-                         `reverting-watchdog` or `reverting-recovery`; a revert adds `outcome`
+                         `watchdog` or `recovery`; a revert by the last two adds `outcome`
 
 The decision is `mv -T intent resolved/RUN.WHO`: rename(2) succeeds for exactly one claimant, and
 every other one sees that it lost. The watchdog (a systemd unit, armed before the switch) claims a

@@ -1,0 +1,308 @@
+"""The one-host transaction over real SSH on the systemd lab: paths that used to leave a host
+half-done (issue 14) now end committed, or back on the recorded generation, verified.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from ipex_fleet.domain import Status
+
+from .conftest import REPO, destroy_checked, make_fleet, wait_for
+
+FAST = ("--data", "bench=false")
+
+
+@pytest.fixture(scope="module")
+def fleet(lab_roots, tmp_path_factory):
+    fleet = make_fleet(lab_roots, 2, tmp_path_factory)
+    yield fleet
+    destroy_checked(fleet.lab)
+
+
+@pytest.fixture(autouse=True)
+def healthy(fleet):
+    fleet.reset()
+    yield
+    fleet.reset()
+
+
+def bump(fleet, host: str) -> None:
+    fleet.configure(host, f"version=v{time.monotonic_ns()}")
+
+
+def resolved(fleet, host: str, run_id: str) -> list[str]:
+    """The decision directories of one run on the host (exactly one once it is decided)."""
+    out = fleet.sh(host, f"ls -1 /var/lib/ipex-fleet/resolved 2>/dev/null | grep -F '{run_id}.' || true")
+    return sorted(out.split())
+
+
+def test_retry_does_not_turn_a_rollback_into_success(fleet):
+    fleet.deploy("--limit", "host1", *FAST)
+    before = fleet.system("host1")
+    bump(fleet, "host1")
+    fleet.configure("host1", "fail_activation=true")
+    proc, run_id = fleet.deploy("--limit", "host1", "--retry", "1", *FAST)
+    assert proc.returncode != 0, proc.stdout
+    assert fleet.result(run_id, "host1").status is Status.ROLLED_BACK
+    assert fleet.system("host1") == before
+    assert resolved(fleet, "host1", run_id) == [f"{run_id}.reverting-controller"]
+
+
+def test_a_committed_deploy_leaves_no_open_intent_and_no_watchdog(fleet):
+    bump(fleet, "host2")
+    proc, run_id = fleet.deploy("--limit", "host2", *FAST)
+    assert proc.returncode == 0, proc.stdout
+    assert resolved(fleet, "host2", run_id) == [f"{run_id}.committed"]
+    assert fleet.sh("host2", "test -e /var/lib/ipex-fleet/intent && echo open || echo none") == "none"
+    assert wait_for(lambda: fleet.sh("host2", f"systemctl is-active ipex-fleet-watchdog-{run_id} || true")
+                    in ("inactive", "unknown"), 10, 0.2)
+    assert fleet.sh("host2", "test -e /var/lib/ipex-fleet/lock && echo held || echo free") == "free"
+
+
+def test_mode_test_records_what_runs_and_reverts_by_reactivating(fleet):
+    fleet.deploy("--limit", "host1", *FAST)
+    gen, path, _ = fleet.system("host1")
+    bump(fleet, "host1")
+    proc, run_id = fleet.deploy("--limit", "host1", "--data", "mode=test", *FAST)
+    assert proc.returncode == 0, proc.stdout
+    result = fleet.result(run_id, "host1")
+    now_gen, now_path, running = fleet.system("host1")
+    assert (now_gen, now_path) == (gen, path), "test does not touch the profile"
+    assert result.status is Status.OK and result.final.path == running != path and result.final.number is None
+
+    bump(fleet, "host1")
+    fleet.configure("host1", "fail_service=ollama")
+    proc, run_id = fleet.deploy("--limit", "host1", "--data", "mode=test", *FAST)
+    assert proc.returncode != 0
+    result = fleet.result(run_id, "host1")
+    assert result.status is Status.ROLLED_BACK and result.final.path == path
+    assert fleet.system("host1") == (gen, path, path), "the previous path is active again"
+
+
+def test_dry_activate_reports_and_nothing_else_runs(fleet):
+    fleet.deploy("--limit", "host2", *FAST)
+    before = fleet.system("host2")
+    records = fleet.sh("host2", "wc -l < /var/lib/ipex-fleet/deploys.jsonl")
+    bump(fleet, "host2")
+    proc, run_id = fleet.deploy("--limit", "host2", "--data", "mode=dry-activate")
+    assert proc.returncode == 0, proc.stdout
+    assert "would activate the configuration" in proc.stdout
+    result = fleet.result(run_id, "host2")
+    assert result.status is Status.UNCHANGED and result.health is None and result.bench is None
+    assert fleet.system("host2") == before
+    assert resolved(fleet, "host2", run_id) == [], "no intent: nothing was to change"
+    assert int(fleet.sh("host2", "wc -l < /var/lib/ipex-fleet/deploys.jsonl")) == int(records) + 1
+
+
+def test_mode_boot_without_reboot_sets_the_profile_and_runs_no_gates(fleet):
+    fleet.deploy("--limit", "host1", *FAST)
+    gen, path, running = fleet.system("host1")
+    bump(fleet, "host1")
+    proc, run_id = fleet.deploy("--limit", "host1", "--data", "mode=boot")
+    assert proc.returncode == 0, proc.stdout
+    new_gen, new_path, still = fleet.system("host1")
+    assert new_gen == gen + 1 and still == running
+    result = fleet.result(run_id, "host1")
+    assert result.status is Status.OK and result.final.number == new_gen
+    assert f"nixos-generation-{new_gen}+3.conf" in fleet.sh("host1", "ls /boot/loader/entries")
+    fleet.deploy("--limit", "host1", *FAST)  # back to a switched host for the tests that follow
+
+
+def test_mode_boot_with_reboot_runs_the_gates_on_the_new_boot(fleet):
+    fleet.deploy("--limit", "host2", *FAST)
+    gen, _path, _ = fleet.system("host2")
+    boot_before = fleet.sh("host2", "cat /proc/sys/kernel/random/boot_id")
+    bump(fleet, "host2")
+    proc, run_id = fleet.deploy("--limit", "host2", "--data", "mode=boot", "--data", "reboot=true", *FAST)
+    assert proc.returncode == 0, proc.stdout
+    result = fleet.result(run_id, "host2")
+    new_gen, new_path, running = fleet.system("host2")
+    assert result.status is Status.OK and new_gen == gen + 1 and running == new_path == result.final.path
+    assert fleet.sh("host2", "readlink -f /run/booted-system") == new_path
+    assert fleet.sh("host2", "cat /proc/sys/kernel/random/boot_id") != boot_before
+    assert result.health and result.health["checks"]["generation"] == "pass", "the gates ran on the new boot"
+
+
+def test_mode_boot_with_reboot_detects_a_fallback_and_reverts_the_profile(fleet):
+    fleet.deploy("--limit", "host1", *FAST)
+    before = fleet.system("host1")
+    bump(fleet, "host1")
+    fleet.configure("host1", "fail_boot=true")
+    proc, run_id = fleet.deploy("--limit", "host1", "--data", "mode=boot", "--data", "reboot=true",
+                                "--data", "reboot_timeout=120", *FAST, timeout=300)
+    assert proc.returncode != 0
+    result = fleet.result(run_id, "host1")
+    assert result.status is Status.ROLLED_BACK and "fell back" in result.error, result.error
+    # Back where it was: the previous generation runs and is the profile's (and boot loader's) default.
+    assert wait_for(lambda: fleet.lab.ssh("host1", "systemctl is-system-running --wait", timeout=60,
+                                          check=False).stdout.strip() == "running", 60)
+    assert fleet.system("host1") == before
+    default = fleet.sh("host1", "sed -n 's/^default //p' /boot/loader/loader.conf")
+    assert default == f"nixos-generation-{before[0]}.conf"
+
+
+def _kill_controller_during(fleet, host: str, pattern: str, *extra: str) -> tuple[str, float]:
+    """Start a deploy, SIGKILL the controller while `pattern` runs on the host; return (run id, kill time)."""
+    run_id = f"t-kill-{time.monotonic_ns()}"
+    proc = subprocess.Popen(fleet.pyinfra_argv("deploys/prod.py", "--limit", host, *extra), cwd=REPO,
+                            env=fleet.env(IPEX_FLEET_RUN_ID=run_id), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        seen = wait_for(lambda: fleet.lab.ssh(host, f"pgrep -f '{pattern}' >/dev/null", timeout=10,
+                                              check=False).ok, 120, 0.05)
+        assert seen, f"{pattern} never ran on {host}"
+        os.killpg(proc.pid, signal.SIGKILL)
+        return run_id, time.time()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.parametrize("step,pattern,extra", [
+    ("health", "ipex_fleet [p]robe", ("--data", "bench=false", "--data", "health_timeout=10")),
+    ("bench", "ipex_fleet [b]ench", ("--data", "bench_timeout=15")),
+])
+def test_controller_killed_in_a_gate_host_returns_by_itself(fleet, step, pattern, extra):
+    host = "host2"
+    fleet.deploy("--limit", host, *FAST)
+    before = fleet.system(host)
+    bump(fleet, host)
+    grace = 3
+    run_id, killed_at = _kill_controller_during(fleet, host, pattern, "--data", f"lease_grace={grace}", *extra)
+    timeout = 10 if step == "health" else 15
+    bound = timeout + grace + 2 + 10  # the step's lease, the watchdog's poll, and the revert itself
+    outcome = f"/var/lib/ipex-fleet/resolved/{run_id}.watchdog/outcome"
+    assert wait_for(lambda: fleet.lab.ssh(host, f"test -s {outcome}", timeout=10, check=False).ok, bound + 20, 0.5)
+    reverted, at, who = fleet.sh(host, f"cat {outcome}").split()
+    assert (reverted, who) == ("reverted", "watchdog")
+    took = int(at) - killed_at
+    print(f"\n{step}: the host was back on its recorded generation {took:.1f} s after the controller died "
+          f"(lease {timeout} s + grace {grace} s)")
+    assert took <= bound
+    assert fleet.system(host) == before
+    record = json.loads(fleet.sh(host, "grep '\"phase\": \"revert\"' /var/lib/ipex-fleet/deploys.jsonl | tail -1"))
+    assert record["run_id"] == run_id and "by watchdog" in record["error"]
+    # The next deploy proceeds, without break_lock.
+    bump(fleet, host)
+    proc, next_run = fleet.deploy("--limit", host, *FAST)
+    assert proc.returncode == 0, proc.stdout
+    assert fleet.result(next_run, host).status is Status.OK
+
+
+def test_a_dead_runs_intent_is_recovered_by_the_next_deploy(fleet):
+    """A host whose watchdog did not survive (it rebooted while the controller was dead) still has the
+    open intent on disk: the next deploy reverts it, verifies, records, and carries on."""
+    host = "host1"
+    fleet.deploy("--limit", host, *FAST)
+    before = fleet.system(host)
+    bump(fleet, host)
+    grace = 3
+    run_id, _ = _kill_controller_during(fleet, host, "ipex_fleet [p]robe", "--data", "bench=false",
+                                        "--data", f"lease_grace={grace}", "--data", "health_timeout=60")
+    fleet.sh(host, f"systemctl stop ipex-fleet-watchdog-{run_id}")  # as a reboot would end it
+    assert fleet.sh(host, "cat /var/lib/ipex-fleet/intent/run_id") == run_id
+    proc, refused = fleet.deploy("--limit", host, *FAST)
+    assert proc.returncode != 0 and fleet.result(refused, host).status is Status.SKIPPED, "its lease still runs"
+    fleet.sh(host, "echo 0 > /var/lib/ipex-fleet/intent/lease")  # the lease ran out
+    bump(fleet, host)
+    proc, next_run = fleet.deploy("--limit", host, *FAST)
+    assert proc.returncode == 0, proc.stdout
+    assert f"run {run_id} left an open intent" in proc.stdout
+    assert fleet.sh(host, f"cut -d' ' -f1,3 /var/lib/ipex-fleet/resolved/{run_id}.recovery/outcome") == \
+        "reverted recovery"
+    result = fleet.result(next_run, host)
+    assert result.status is Status.OK and result.previous.path == before[1]
+
+
+def test_commit_and_watchdog_race_has_exactly_one_winner(fleet):
+    """Both claimants started together, on the real host, again and again: one wins each time, and
+    the loser knows it lost."""
+    from ipex_fleet.domain import Action, Generation
+    from ipex_fleet.nix import journal
+
+    host = "host2"
+    gen, path, _ = fleet.system(host)
+    for i in range(6):
+        run_id = f"t-race-{i}-{time.monotonic_ns()}"
+        script = journal.revert_script(run_id, "/nix/var/nix/profiles/system", Action.SWITCH, Generation(gen, path),
+                                       {"run_id": run_id, "phase": "revert", "error": "__OUTCOME__"})
+        fleet.sh(host, journal.open_intent(run_id, {"run_id": run_id}, script, 0))
+        both = (f"( sh /var/lib/ipex-fleet/intent/revert.sh watchdog >/dev/null 2>&1 & "
+                f"{journal.claim(run_id, journal.COMMITTED)} ; wait ) 2>&1; true")
+        claimed = fleet.sh(host, both, timeout=60)
+        winners = resolved(fleet, host, run_id)
+        assert len(winners) == 1, winners
+        if claimed.startswith("won"):
+            assert winners == [f"{run_id}.committed"]
+        else:
+            assert claimed.startswith("lost") and winners == [f"{run_id}.watchdog"]
+            assert wait_for(lambda: fleet.lab.ssh(host, f"test -s /var/lib/ipex-fleet/resolved/{run_id}.watchdog/"
+                                                        "outcome", check=False).ok, 30, 0.2)
+    assert fleet.system(host) == (gen, path, path)
+
+
+def test_host_data_words_are_understood_or_refused_in_one_line(fleet):
+    bump(fleet, "host1")
+    before = fleet.system("host1")
+    for data, message in (
+        ("break_lock=maybe", "break_lock='maybe' is not yes or no"),
+        ("magic_rollback=sometimes", "magic_rollback='sometimes' is not yes or no"),
+        ("reboot=true", "reboot=true goes with mode=boot"),
+        ('trusted_mirrors="http://mirror.lan/"', "trusted_mirrors='http://mirror.lan/' must be a list"),
+    ):
+        proc, _ = fleet.deploy("--limit", "host1", "--data", data)
+        assert proc.returncode != 0
+        lines = [l for l in proc.stdout.splitlines() if "pyinfra error" in l]
+        assert len(lines) == 1 and message in lines[0], proc.stdout
+        assert "Traceback" not in proc.stdout
+    assert fleet.system("host1") == before, "nothing touched"
+    proc, run_id = fleet.deploy("--limit", "host1", "--data", "bench=no", "--data", "magic_rollback=off")
+    assert proc.returncode == 0, proc.stdout
+    result = fleet.result(run_id, "host1")
+    assert result.status is Status.OK and result.bench is None, "bench=no means no benchmark"
+
+
+def test_a_token_in_a_model_url_reaches_no_log_result_ledger_or_host_record(fleet, tmp_path):
+    from .test_models import make_blob, start_mirror
+
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    sha, size = make_blob(mirror, "sd.safetensors", 1)
+    server, url = start_mirror(mirror)
+    secret = "tok-SECRET-4711"
+    try:
+        def inventory(name: str) -> str:
+            models = [{"kind": "checkpoints", "name": "sd.safetensors", "url": f"{url}/{name}?token={secret}",
+                       "sha256": sha, "size": size}]
+            path = tmp_path / f"inv_{name.replace('.', '_')}.py"
+            path.write_text(
+                "from ipex_fleet.lab.inventory import lab_hosts\n"
+                f"hosts = [(n, {{**d, 'models': {models!r}, 'trusted_mirrors': ['http://127.0.0.1:'],"
+                f" 'bench': False, 'health_levels': [1], 'min_free_mb': 64}})"
+                f" for n, d in lab_hosts({str(fleet.lab.layout.root)!r}) if n == 'host2']\n")
+            return str(path)
+
+        bump(fleet, "host2")
+        good, good_run = fleet.deploy(inventory=inventory("sd.safetensors"))
+        assert good.returncode == 0, good.stdout
+        bump(fleet, "host2")
+        bad, bad_run = fleet.deploy(inventory=inventory("missing.safetensors"))
+        assert bad.returncode != 0
+        result = fleet.result(bad_run, "host2")
+        assert result.status is Status.ROLLED_BACK and "token=REDACTED" in result.error, result.error
+        host_files = fleet.sh("host2", "cat /var/lib/ipex-fleet/deploys.jsonl; "
+                                       "cat /var/lib/comfyui/models/checkpoints/.ipex-fleet/* 2>/dev/null")
+        controller_files = [p.read_bytes() for p in fleet.state.rglob("*") if p.is_file()]
+        for where, text in (("pyinfra output", good.stdout + bad.stdout), ("host records", host_files),
+                            ("controller state and ledger", b"".join(controller_files).decode(errors="replace"))):
+            assert secret not in text, f"the token reached the {where}"
+        assert "token=REDACTED" in host_files, "the marker keeps where the file came from, redacted"
+    finally:
+        server.kill()
