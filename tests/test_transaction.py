@@ -279,7 +279,7 @@ def test_a_token_in_a_model_url_reaches_no_log_result_ledger_or_host_record(flee
     secret = "tok-SECRET-4711"
     try:
         def inventory(name: str) -> str:
-            models = [{"kind": "checkpoints", "name": "sd.safetensors", "url": f"{url}/{name}?token={secret}",
+            models = [{"kind": "checkpoints", "name": name, "url": f"{url}/{name}?token={secret}",
                        "sha256": sha, "size": size}]
             path = tmp_path / f"inv_{name.replace('.', '_')}.py"
             path.write_text(

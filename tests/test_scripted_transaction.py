@@ -1,0 +1,154 @@
+"""The real transaction code against a scripted host, in seconds: for every step from the switch to
+the commit and every way it can end, the host ends committed, or on its recorded generation
+(verified), or with an open intent that the watchdog or recovery resolves. Never anywhere else.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+import pytest
+
+from ipex_fleet import gatesteps, modelsteps, results, transaction
+from ipex_fleet.domain import Status
+
+from .scripted_host import ControllerDied, Fault, ScriptedHost
+
+STEPS = (transaction.preflight, transaction.record_previous, transaction.push_flake, transaction.build,
+         transaction.switch, modelsteps.install_models, gatesteps.health, gatesteps.bench_gate, transaction.record)
+# Every command from the journaled intent to the commit, in the order the transaction sends them.
+POINTS = [("open_intent", 1), ("arm", 1), ("set_profile", 1), ("activate", 1), ("renew", 1), ("renew", 2),
+          ("renew", 3), ("models", 1), ("renew", 4), ("probe", 1), ("renew", 5), ("bench", 1), ("claim", 1)]
+HOWS = ("fail", "timeout", "drop", "die", "die_after")
+MODEL = {"kind": "checkpoints", "name": "a.safetensors", "url": "https://mirror.example/a.safetensors",
+         "sha256": "a" * 64}
+
+
+class FakeClock:
+    """The transaction's clock: waiting costs nothing, and deadlines still come."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return 1_700_000_000 + self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def controller(tmp_path, monkeypatch):
+    """A controller whose remote commands reach the scripted host (privileges and new connections too)."""
+    flake = tmp_path / "flake"
+    flake.mkdir()
+    (flake / "flake.nix").write_text("{ outputs = { self }: { }; }\n")
+    monkeypatch.setenv("IPEX_FLEET_STATE", str(tmp_path / "state"))
+    monkeypatch.setattr("ipex_fleet.remote.privilege_args", lambda host: {})
+    monkeypatch.setattr("ipex_fleet.transaction.run_fresh", lambda host, command, timeout: host.fresh(command))
+    monkeypatch.setattr(transaction, "time", FakeClock())
+    runs = itertools.count()
+
+    def deploy(host: ScriptedHost) -> tuple[str, bool]:
+        """Run every step as pyinfra would; returns (run id, whether the controller survived)."""
+        run_id = f"run-{next(runs)}"
+        monkeypatch.setenv("IPEX_FLEET_RUN_ID", run_id)
+        results.current_run_id.cache_clear()
+        transaction._TRANSACTIONS.clear()
+        try:
+            for step in STEPS:
+                if not transaction.run_step(None, host, step, step.__name__):
+                    break
+        except ControllerDied:
+            return run_id, False
+        return run_id, True
+
+    def host(**data) -> ScriptedHost:
+        return ScriptedHost("h1", {"flake": str(flake), "models": [MODEL], "command_timeout": 5,
+                                   "health_levels": [2], **data})
+
+    return deploy, host
+
+
+def check_invariant(host: ScriptedHost, run_id: str, previous: str) -> str:
+    """The host is committed on the target, or back on `previous` (profile and running system)."""
+    assert host.intent is None, f"an open intent was left: {host.intent}"
+    decided = [k for k in host.resolved if k.startswith(run_id + ".")]
+    if not decided:  # no intent was ever journaled: then nothing may have changed either
+        assert host.running == previous and host.profile_path == previous and len(host.generations) == 1
+        return "untouched"
+    assert len(decided) == 1, decided
+    if decided[0].endswith(".committed"):
+        assert host.running == host.profile_path == host.target_build
+        return "committed"
+    assert host.running == previous and host.profile_path == previous, (host.running, host.profile_path)
+    outcome = host.resolved[decided[0]]
+    assert outcome == "" or outcome.startswith("reverted"), outcome
+    assert host.lock is None or host.lock["run_id"] != run_id, "the dead run's lock is released"
+    return "reverted"
+
+
+def test_a_healthy_deploy_commits(controller):
+    deploy, make = controller
+    host = make()
+    run_id, alive = deploy(host)
+    assert alive and check_invariant(host, run_id, "-") == "committed"
+    result = results.read_host_result(run_id, "h1")
+    assert result.status is Status.OK and result.final.path == host.target_build and host.lock is None
+    assert host.watchdogs == {run_id} and not host.dropped
+
+
+@pytest.mark.parametrize("how", HOWS)
+@pytest.mark.parametrize("kind,nth", POINTS)
+def test_every_step_and_every_ending_leaves_the_host_safe(controller, kind, nth, how):
+    deploy, make = controller
+    host = make()
+    previous = host.profile_path
+    host.fault = Fault(kind, nth, how)
+    run_id, alive = deploy(host)
+    assert host.seen.get(kind, 0) >= nth, f"the fault at {kind} #{nth} never fired: {host.kinds}"
+    result = results.read_host_result(run_id, "h1")
+    if alive and result is not None and result.status is Status.OK:
+        assert check_invariant(host, run_id, previous) == "committed"
+        return
+    if alive and result is not None and result.status is Status.ROLLED_BACK:
+        assert result.final.path == previous and host.running == previous
+    # What the host does without its controller: the lease runs out and an armed watchdog reverts.
+    host.lease_runs_out()
+    if host.intent is not None:  # no watchdog ran (the controller died before arming it): recovery
+        recovered, survived = deploy(host)
+        assert survived
+        assert any(f"run {run_id} left an open intent" in line for line in host.logs)
+        assert results.read_host_result(recovered, "h1").status is Status.OK
+        host.running, host.current = previous, 1  # judge the dead run's outcome, not the new deploy's
+        assert [k for k in host.resolved if k.startswith(run_id)] == [f"{run_id}.recovery"]
+        return
+    assert check_invariant(host, run_id, previous) in ("committed", "reverted", "untouched")
+    if result is not None and result.status is not Status.OK:
+        assert not any(k.endswith(".committed") for k in host.resolved if k.startswith(run_id)), \
+            "a failed result never sits beside a committed host"
+
+
+def test_retrying_a_failed_step_keeps_the_host_failed(controller):
+    deploy, make = controller
+    host = make()
+    host.fault = Fault("probe", 1, "fail")
+    run_id, _ = deploy(host)
+    tx = transaction._TRANSACTIONS["h1"]
+    assert tx.final_status is Status.ROLLED_BACK
+    # pyinfra's --retry calls the failed step again: it must not report success.
+    assert transaction.run_step(None, host, gatesteps.health, "health") is False
+
+
+def test_the_scripted_layer_runs_in_seconds(controller):
+    deploy, make = controller
+    started = time.monotonic()
+    for kind, nth in POINTS:
+        host = make()
+        host.fault = Fault(kind, nth, "fail")
+        deploy(host)
+    assert time.monotonic() - started < 10
