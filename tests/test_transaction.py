@@ -298,7 +298,7 @@ def test_a_token_in_a_model_url_reaches_no_log_result_ledger_or_host_record(flee
         result = fleet.result(bad_run, "host2")
         assert result.status is Status.ROLLED_BACK and "token=REDACTED" in result.error, result.error
         host_files = fleet.sh("host2", "cat /var/lib/ipex-fleet/deploys.jsonl; "
-                                       "cat /var/lib/comfyui/models/checkpoints/.ipex-fleet/* 2>/dev/null")
+                                       "cat /var/lib/comfyui/models/.ipex-fleet/checkpoints/*")
         controller_files = [p.read_bytes() for p in fleet.state.rglob("*") if p.is_file()]
         for where, text in (("pyinfra output", good.stdout + bad.stdout), ("host records", host_files),
                             ("controller state and ledger", b"".join(controller_files).decode(errors="replace"))):
