@@ -40,8 +40,9 @@ def change_deploy(lab: Lab, tree: Path, state: Path, count: int) -> float:
                            "-y", "--data", "bench=false"], cwd=tree, env=env, capture_output=True, text=True,
                           timeout=900)
     took = time.monotonic() - started
-    if proc.returncode != 0 or proc.stdout.count(" ok: generation") != count:
-        raise SystemExit(f"deploy from {tree} failed:\n{proc.stdout[-3000:]}")
+    output = proc.stdout + proc.stderr  # pyinfra logs host lines to stderr
+    if proc.returncode != 0 or output.count(" ok: generation") != count:
+        raise SystemExit(f"deploy from {tree} failed:\n{output[-3000:]}")
     return took
 
 

@@ -119,8 +119,9 @@ class ScriptedHost:
     def profile_path(self) -> str:
         return self.generations[self.current]
 
-    def do_preflight(self, _c: str) -> tuple[int, list[str]]:
-        return 0, ["os_id=nixos", "nix=nix (Nix) 2.18", "free_kb=99999999"]
+    def do_preflight(self, command: str) -> tuple[int, list[str]]:
+        intent = self.do_read_intent(command)[1] if "run_id=%s" in command else []
+        return 0, ["os_id=nixos", "nix=nix (Nix) 2.18", "free_kb=99999999", *intent]
 
     def do_read_intent(self, _c: str) -> tuple[int, list[str]]:
         if not self.intent:
@@ -164,6 +165,8 @@ class ScriptedHost:
 
         intent = json.loads(written_to("/intent.json"))
         self.intent = {**intent, "run_id": written_to("/run_id"), "lease": int(written_to("/lease"))}
+        if "ipex-fleet-watchdog-" in command:  # the same round trip arms the watchdog
+            self.watchdogs.add(self.intent["run_id"])
         return 0, []
 
     def do_arm(self, _c: str) -> tuple[int, list[str]]:
@@ -275,8 +278,8 @@ def classify(command: str) -> str:
         ("/revert.sh recovery", "revert_script"),
         ("set -C", "lock"),
         ("exit 75", "outcome"),
-        ("run_id=%s", "read_intent"),
         ("os_id=", "preflight"),
+        ("run_id=%s", "read_intent"),
         ("/lock 2>/dev/null && rm -f", "release"),
         ("ipex-fleet/lock", "lock"),
         ("deploys.jsonl", "record"),

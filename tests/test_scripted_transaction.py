@@ -18,7 +18,7 @@ from .scripted_host import ControllerDied, Fault, ScriptedHost
 STEPS = (transaction.preflight, transaction.record_previous, transaction.push_flake, transaction.build,
          transaction.switch, modelsteps.install_models, gatesteps.health, gatesteps.bench_gate, transaction.record)
 # Every command from the journaled intent to the commit, in the order the transaction sends them.
-POINTS = [("open_intent", 1), ("arm", 1), ("set_profile", 1), ("activate", 1), ("renew", 1), ("renew", 2),
+POINTS = [("open_intent", 1), ("set_profile", 1), ("activate", 1), ("renew", 1), ("renew", 2),
           ("renew", 3), ("models", 1), ("renew", 4), ("probe", 1), ("renew", 5), ("bench", 1), ("claim", 1)]
 HOWS = ("fail", "timeout", "drop", "die", "die_after")
 MODEL = {"kind": "checkpoints", "name": "a.safetensors", "url": "https://mirror.example/a.safetensors",

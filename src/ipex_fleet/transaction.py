@@ -125,8 +125,9 @@ def run_step(state: Any, host: Any, step: Step, name: str) -> bool:
         return True
     started = time.monotonic()
     try:
-        if tx.intent_open and step.__name__ in STEP_LEASES:
-            renew_lease(tx, host, step.__name__, STEP_LEASES[step.__name__](tx.settings, host.data))
+        lease = STEP_LEASES.get(step.__name__)
+        if tx.intent_open and lease and lease.runs(tx.settings, host.data):
+            renew_lease(tx, host, step.__name__, lease.seconds(tx.settings))
         step(tx, host)
         error: BaseException | None = None
     except Exception as exc:
@@ -214,21 +215,23 @@ def _ledger_record(result: HostResult, phase: str) -> None:
 def preflight(tx: HostTransaction, host: Any) -> None:
     """Step 1: NixOS (or Nix present), enough free space on /nix, an earlier run's open intent
     resolved, then the lock."""
-    facts = nixcmd.parse_key_values(list(sh(tx, host, nixcmd.preflight()).stdout_lines))
+    # One round trip: the host's facts, and any open intent (journal.read_open's keys).
+    facts = nixcmd.parse_key_values(list(sh(tx, host, f"{nixcmd.preflight()}; ( {journal.read_open()} )").stdout_lines))
     if facts.get("os_id") != "nixos" and not facts.get("nix"):
         raise StepFailed(f"not NixOS (ID={facts.get('os_id')}) and no nix on PATH")
     free_mb = int(facts.get("free_kb") or 0) // 1024
     if free_mb < tx.settings.min_free_mb:
         raise StepFailed(f"only {free_mb} MiB free on /nix, {tx.settings.min_free_mb} MiB needed "
                          "(host data min_free_mb); collect garbage with deploys/maintenance.py")
-    recover_open_intent(tx, host)
+    recover_open_intent(tx, host, facts)
     take_lock(tx, host)
 
 
-def recover_open_intent(tx: HostTransaction, host: Any) -> str | None:
+def recover_open_intent(tx: HostTransaction, host: Any, found: dict[str, str] | None = None) -> str | None:
     """An intent left open by a run whose lease ran out (a dead controller, and a watchdog that did not
     act: a reboot ends it) is reverted here, verified, and recorded, before anything else."""
-    found = nixcmd.parse_key_values(list(sh(tx, host, journal.read_open()).stdout_lines))
+    if found is None:
+        found = nixcmd.parse_key_values(list(sh(tx, host, journal.read_open()).stdout_lines))
     run_id = found.get("run_id")
     if not run_id:
         return None
@@ -402,13 +405,14 @@ def open_intent(tx: HostTransaction, host: Any, lease: float) -> None:
     intent = {"run_id": tx.run_id, "previous": tx.previous.to_json(), "target": {"path": tx.target.path},
               "mode": tx.settings.mode.value, "profile": tx.settings.profile,
               "opened": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    opened = sh(tx, host, journal.open_intent(tx.run_id, intent, script, _lease_until(tx, lease)))
-    if not opened.ok:
+    # One round trip: the intent, then (only once it is written) its watchdog; exit 90 says which failed.
+    opened = sh(tx, host, f"{journal.open_intent(tx.run_id, intent, script, _lease_until(tx, lease))} || exit 90; "
+                          f"{journal.arm_watchdog(tx.run_id)}")
+    if opened.returncode == 90:
         raise StepFailed(f"could not journal the intent on the host: {opened.last_error}")
     tx.intent_open = True
-    armed = sh(tx, host, journal.arm_watchdog(tx.run_id))
-    if not armed.ok:
-        raise StepFailed(f"could not arm the rollback watchdog: {armed.last_error}")
+    if not opened.ok:
+        raise StepFailed(f"could not arm the rollback watchdog: {opened.last_error}")
 
 
 def _lease_until(tx: HostTransaction, seconds: float) -> int:
@@ -592,11 +596,19 @@ def record(tx: HostTransaction, host: Any) -> None:
     _finish(tx, host, status, final, None)
 
 
-# What each step needs of the watchdog's lease: its own bound (the gates run on probation).
-STEP_LEASES: dict[str, Callable[[DeploySettings, Any], float]] = {
-    "install_models": lambda s, data: s.models_timeout,
-    "health": lambda s, data: s.health_timeout,
-    "bench_gate": lambda s, data: s.bench_timeout,
+@dataclass(frozen=True)
+class StepLease:
+    """What a gate needs of the watchdog's lease: its own bound, renewed only when the gate runs."""
+
+    seconds: Callable[[DeploySettings], float]
+    runs: Callable[[DeploySettings, Any], bool]
+
+
+STEP_LEASES: dict[str, StepLease] = {
+    "install_models": StepLease(lambda s: s.models_timeout,
+                                lambda s, data: bool(data.get("models") or data.get("models_manifest"))),
+    "health": StepLease(lambda s: s.health_timeout, lambda s, data: bool(s.health_levels)),
+    "bench_gate": StepLease(lambda s: s.bench_timeout, lambda s, data: s.bench),
 }
 # Gates that have nothing to check where nothing changed (or in a dry run).
 GATES = ("health", "bench_gate")
