@@ -17,6 +17,13 @@ keep_flakes = 5
 command_timeout = 60
 build_timeout = 3600
 activation_timeout = 600
+models_timeout = 3600
+# From the switch to the commit the host's watchdog holds a lease: each step's own timeout plus
+# this margin. A host whose controller died is back on its recorded generation within it.
+lease_grace = 30
+# Mode boot: reboot into the new generation now and run the gates on it (within reboot_timeout).
+reboot = False
+reboot_timeout = 600
 # Host-key checking stays on.
 ssh_strict_host_key_checking = "yes"
 # Health checks after the switch (levels 1 software, 2 functional, 3 performance; [] for none).
