@@ -306,3 +306,21 @@ def test_a_token_in_a_model_url_reaches_no_log_result_ledger_or_host_record(flee
         assert "token=REDACTED" in host_files, "the marker keeps where the file came from, redacted"
     finally:
         server.kill()
+
+
+def test_rollback_twice_goes_further_back_never_forward(fleet):
+    fleet.deploy("--limit", "host2", *FAST)
+    first = fleet.system("host2")
+    bump(fleet, "host2")
+    fleet.deploy("--limit", "host2", *FAST)
+    second = fleet.system("host2")
+    bump(fleet, "host2")
+    fleet.deploy("--limit", "host2", *FAST)
+    third = fleet.system("host2")
+    assert first[0] < second[0] < third[0]
+    back, _ = fleet.deploy("--limit", "host2", deploy="deploys/rollback.py")
+    assert back.returncode == 0 and fleet.system("host2") == second
+    record = json.loads(fleet.sh("host2", "tail -n 1 /var/lib/ipex-fleet/deploys.jsonl"))
+    assert record["phase"] == "rollback", "rollbacks are recorded with their phase"
+    again, _ = fleet.deploy("--limit", "host2", deploy="deploys/rollback.py")
+    assert again.returncode == 0 and fleet.system("host2") == first, "a second rollback goes further back"

@@ -18,6 +18,8 @@ def _lab_parser(sub: argparse._SubParsersAction) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--root", default=argparse.SUPPRESS,
                         help="lab directory (default $IPEX_FLEET_LAB_ROOT or /srv/ipex-fleet-lab)")
+    common.add_argument("--net", default=argparse.SUPPRESS,
+                        help="loopback /24 for the hosts, used by `up` (default 127.0.10)")
     lab = sub.add_parser("lab", help="run a local fleet of NixOS-like hosts (systemd, sshd, Nix)",
                          parents=[common],
                          description="The lab: NixOS-like hosts on loopback, each a systemd-nspawn container "
@@ -26,7 +28,6 @@ def _lab_parser(sub: argparse._SubParsersAction) -> None:
 
     up = lab_sub.add_parser("up", parents=[common], help="boot hosts host1..hostN, each with a first generation")
     up.add_argument("count", type=int, metavar="N")
-    up.add_argument("--net", help="loopback /24 for the hosts (default 127.0.10)")
     up.add_argument("--deploy-user", metavar="NAME",
                     help="add a user that logs in with the lab's key and deploys through sudo")
     up.set_defaults(func=_lab_up)
@@ -76,7 +77,7 @@ def _knobs() -> dict[str, str]:
 
 def _lab_up(args: argparse.Namespace) -> int:
     lab = _lab(args)
-    started = lab.up(args.count, args.net, args.deploy_user)
+    started = lab.up(args.count, getattr(args, "net", None), args.deploy_user)
     print(f"lab at {lab.layout.root}: {args.count} host(s) up"
           + (f", started {', '.join(started)}" if started else ", all already running"))
     print(f"inventory: IPEX_FLEET_LAB_ROOT={lab.layout.root} pyinfra inventories/lab.py deploys/prod.py -y")

@@ -27,6 +27,10 @@ class StepTimeout(Exception):
     """The host answers SSH, but the command outran its timeout."""
 
 
+class UploadFailed(Exception):
+    """The host answered, but a file could not be written (a full disk, a permission)."""
+
+
 class SessionLost(StepTimeout):
     """The SSH session ended before the command reported its exit code: its outcome is unknown."""
 
@@ -58,13 +62,12 @@ def address(host: Any) -> tuple[str, int]:
     return str(host.data.get("ssh_hostname") or host.name), int(host.data.get("ssh_port") or 22)
 
 
-def answers_ssh(host: Any, timeout: float = 3.0) -> bool:
-    """A fresh TCP connect plus the SSH banner: cut hosts time out, frozen ones send no banner."""
+def answers_ssh(host: Any, timeout: float = 5.0) -> bool:
+    """Whether a new SSH session comes up, through pyinfra's own client and the host's ssh_config
+    (HostName aliases, ports, ProxyJump): a raw socket to ssh_hostname would judge a bastion wrong."""
     try:
-        with socket.create_connection(address(host), timeout=timeout) as sock:
-            sock.settimeout(timeout)
-            return sock.recv(4).startswith(b"SSH-")
-    except OSError:
+        return run_fresh(host, "true", timeout=timeout).ok
+    except HostUnreachable:
         return False
 
 
@@ -120,7 +123,7 @@ def put_bytes(host: Any, data: bytes | str, remote_path: str, *, timeout: float)
         with gevent.Timeout(timeout):
             if not host.put_file(BytesIO(data) if isinstance(data, bytes) else data, remote_path,
                                  **privilege_args(host)):
-                raise HostUnreachable(f"upload of {remote_path} failed")
+                raise UploadFailed(f"upload of {remote_path} failed (is the disk full?)")
     except _CONNECTION_ERRORS as exc:
         _raise_for(host, timeout, exc)
 

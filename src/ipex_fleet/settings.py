@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,6 +87,18 @@ def flag(name: str, host: str, value: Any) -> bool:
     raise UserError(f"host {host}: {name}={value!r} is not yes or no; use true/false, yes/no or on/off")
 
 
+def _command(key: str, host: str, value: Any) -> str:
+    """A command given as words (a string split like a shell would, or a list), quoted once for the host."""
+    try:
+        words = [str(w) for w in value] if isinstance(value, (list, tuple)) else shlex.split(str(value))
+    except ValueError as exc:
+        raise UserError(f"host {host}: {key}={value!r} cannot be split into words ({exc})") from None
+    if not words or any(not w or "\n" in w or "\0" in w for w in words):
+        raise UserError(f"host {host}: {key}={value!r}: give the command's words, like "
+                        "'/run/current-system/sw/bin/ipex-fleet'")
+    return shlex.join(words)
+
+
 def check_host_name(name: str) -> str:
     if not _HOST_NAME_RE.match(name):
         raise UserError(f"host {name!r}: the name may hold only letters, digits and . _ - @ /; "
@@ -164,7 +177,7 @@ def _health_settings(name: str, get: Any) -> dict[str, Any]:
     if lock is not None and not _PATH_RE.match(str(lock)):
         raise UserError(f"host {name}: bench_lock {lock!r} must be an absolute path of plain characters")
     return {
-        "ipex_fleet_command": str(get("ipex_fleet_command", "ipex-fleet")),
+        "ipex_fleet_command": _command("ipex_fleet_command", name, get("ipex_fleet_command", "ipex-fleet")),
         "accelerator": accelerator,
         "min_devices": int(_number("min_devices", name, get("min_devices", 1), 1)),
         "smoke_model": str(smoke) if smoke is not None else None,

@@ -188,7 +188,7 @@ def _finish(tx: HostTransaction, host: Any, status: Status, final: Generation, e
     if status != Status.UNREACHABLE:
         try:
             if tx.record_on_host:
-                sh(tx, host, nixcmd.append_deploy_record(result.to_json()))
+                sh(tx, host, nixcmd.append_deploy_record({**result.to_json(), "phase": tx.phase}))
             if tx.locked:
                 sh(tx, host, nixcmd.release_lock(tx.run_id))
         except (HostUnreachable, StepTimeout) as exc:
@@ -686,6 +686,8 @@ def _before_last_deploy(tx: HostTransaction, host: Any, state: Any) -> Generatio
             record = HostResult.from_json(json.loads(line))
         except (ValueError, KeyError):
             continue
+        if json.loads(line).get("phase", "deploy") != "deploy":
+            continue  # a rollback's record is no deploy to undo: a second rollback goes further back
         if record.status == Status.OK and record.final.path == tx.previous.path and record.previous.number:
             goal = state.by_number(record.previous.number)
             if goal is not None and goal.path == record.previous.path:

@@ -1,0 +1,97 @@
+"""Nothing reaches a shell unquoted: property tests over the command builders and host data, with
+shell metacharacters, newlines, unicode and very long values."""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from ipex_fleet.domain import Action, Generation
+from ipex_fleet.errors import UserError
+from ipex_fleet.nix import commands as nixcmd
+from ipex_fleet.nix import journal
+from ipex_fleet.settings import check_host_name, from_host_data
+
+# Anything a user or a host could hand us: metacharacters, quotes, newlines, unicode, long values.
+NASTY = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1,
+                max_size=300) | st.sampled_from(["$(reboot)", "`id`", "a; rm -rf /", "x\ny", "'\"", "--set",
+                                                 "é🚀", "a" * 5000, "${HOME}", "*", "&&", "|| true"])
+
+
+def words(command: str) -> list[str]:
+    return shlex.split(command)
+
+
+@given(NASTY, NASTY)
+def test_profile_commands_keep_each_value_one_word(profile, path):
+    assert words(nixcmd.set_profile(profile, path)) == ["nix-env", "-p", profile, "--set", path]
+    assert words(nixcmd.switch_generation(profile, 7)) == ["nix-env", "-p", profile, "--switch-generation", "7"]
+
+
+@given(NASTY)
+def test_activation_quotes_the_path(path):
+    command = nixcmd.activate(path, Action.SWITCH, None, "abc")
+    assert f"{path}/bin/switch-to-configuration" in words(command)
+
+
+@given(st.dictionaries(st.sampled_from(["run_id", "controller", "since"]), NASTY, min_size=1))
+def test_lock_and_records_carry_values_as_json_in_one_word(owner):
+    tokens = words(nixcmd.acquire_lock(owner))
+    assert owner in [json.loads(t) for t in tokens if t.startswith("{")]
+    tokens = words(nixcmd.append_deploy_record(owner))
+    assert owner in [json.loads(t) for t in tokens if t.startswith("{")]
+    assert json.dumps(owner.get("run_id", "x")) in words(nixcmd.release_lock(owner.get("run_id", "x")))
+
+
+@settings(max_examples=60)
+@given(NASTY, NASTY, NASTY)
+def test_the_journal_quotes_run_ids_steps_and_paths(run_id, step, path):
+    assert f"{journal.RESOLVED}/{run_id}.committed" in words(journal.claim(run_id, journal.COMMITTED))
+    renew = words(journal.renew(run_id, 1700000000, step))
+    assert run_id in renew and step in renew
+    script = journal.revert_script(run_id, "/nix/var/nix/profiles/system", Action.SWITCH, Generation(3, path),
+                                   {"error": "__OUTCOME__"})
+    assert f"{path}/bin/switch-to-configuration" in words(script)
+    opened = words(journal.open_intent(run_id, {"run_id": run_id}, script, 1700000000))
+    assert run_id in opened and script in opened
+    assert json.loads(next(w for w in opened if w.startswith("{"))) == {"run_id": run_id}
+
+
+@given(NASTY)
+def test_host_names_with_metacharacters_are_refused_in_one_line(name):
+    try:
+        checked = check_host_name(name)
+    except UserError as exc:
+        assert "\n" not in str(exc)
+        return
+    assert shlex.quote(checked) == checked, "a name that passes needs no quoting"
+
+
+@given(NASTY)
+def test_ipex_fleet_command_is_refused_or_quoted_once(value):
+    import os
+    import tempfile
+
+    flake = tempfile.mkdtemp()
+    open(os.path.join(flake, "flake.nix"), "w").close()
+    try:
+        settings_ = from_host_data("h", {"flake": flake, "ipex_fleet_command": value})
+    except UserError as exc:
+        assert "\n" not in str(exc)
+        return
+    assert words(settings_.ipex_fleet_command) == shlex.split(value)
+
+
+@pytest.mark.parametrize("key,value", [
+    ("break_lock", "maybe"), ("magic_rollback", "sometimes"), ("bench", 2), ("command_timeout", "soon"),
+    ("mode", "reboot"), ("nix_profile", "relative/path"), ("health_levels", [4]), ("nixos_config", "a b"),
+    ("reboot", "yes"), ("lease_grace", 0), ("models_timeout", "x"), ("bench_tolerance", 2),
+])
+def test_every_wrong_host_data_value_is_one_line(tmp_path, key, value):
+    (tmp_path / "flake.nix").write_text("{}")
+    with pytest.raises(UserError) as err:
+        from_host_data("h", {"flake": str(tmp_path), key: value})
+    assert "\n" not in str(err.value) and key in str(err.value)
