@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from pyinfra import host, inventory
+from pyinfra import host, inventory, state
 from pyinfra.operations import python
 
-from ipex_fleet import transaction
-
-_validated: set[int] = set()
+from ipex_fleet import runstate, transaction
 
 
 def validate_once() -> None:
     """Validate every host's data at the first host's prepare, before any operation runs."""
-    if id(inventory) not in _validated:
+    run = runstate.of(state)
+    if not run.validated:
         transaction.validate_inventory(inventory)
-        _validated.add(id(inventory))
+        run.validated = True
     transaction.transaction_for(host)
 
 

@@ -51,6 +51,7 @@ class ScriptedHost:
     dropped: bool = False
     logs: list[str] = field(default_factory=list)
     kinds: list[str] = field(default_factory=list)
+    state: Any = field(default_factory=SimpleNamespace)  # pyinfra's State of the current run
 
     # -- what pyinfra's Host offers the transaction ---------------------------------------------
 

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import itertools
 import time
+from types import SimpleNamespace
 
 import pytest
 
-from ipex_fleet import gatesteps, modelsteps, results, transaction
+from ipex_fleet import gatesteps, modelsteps, results, runstate, transaction
 from ipex_fleet.domain import Status
 
 from .scripted_host import ControllerDied, Fault, ScriptedHost
@@ -57,8 +58,7 @@ def controller(tmp_path, monkeypatch):
         """Run every step as pyinfra would; returns (run id, whether the controller survived)."""
         run_id = f"run-{next(runs)}"
         monkeypatch.setenv("IPEX_FLEET_RUN_ID", run_id)
-        results.current_run_id.cache_clear()
-        transaction._TRANSACTIONS.clear()
+        host.state = SimpleNamespace()  # a new pyinfra run: a new State
         try:
             for step in STEPS:
                 if not transaction.run_step(None, host, step, step.__name__):
@@ -138,7 +138,7 @@ def test_retrying_a_failed_step_keeps_the_host_failed(controller):
     host = make()
     host.fault = Fault("probe", 1, "fail")
     run_id, _ = deploy(host)
-    tx = transaction._TRANSACTIONS["h1"]
+    tx = runstate.of(host.state).transactions["h1"]
     assert tx.final_status is Status.ROLLED_BACK
     # pyinfra's --retry calls the failed step again: it must not report success.
     assert transaction.run_step(None, host, gatesteps.health, "health") is False
@@ -152,3 +152,12 @@ def test_the_scripted_layer_runs_in_seconds(controller):
         host.fault = Fault(kind, nth, "fail")
         deploy(host)
     assert time.monotonic() - started < 10
+
+
+def test_a_second_run_in_the_same_process_starts_from_nothing(monkeypatch):
+    monkeypatch.delenv("IPEX_FLEET_RUN_ID", raising=False)
+    first, second = SimpleNamespace(), SimpleNamespace()
+    assert runstate.of(first) is runstate.of(first)
+    assert runstate.of(first).run_id != runstate.of(second).run_id
+    runstate.of(first).transactions["h1"] = object()
+    assert runstate.of(second).transactions == {} and runstate.of(second).built == {}

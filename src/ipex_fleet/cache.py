@@ -11,14 +11,11 @@ import os
 from shlex import quote
 from typing import Any
 
-import gevent.lock
 
 from .errors import CommandFailed
 from .runner import run
 from .settings import DeploySettings
 
-_LOCK = gevent.lock.BoundedSemaphore(1)
-_BUILT: dict[tuple[str, str], str] = {}
 
 
 class CacheError(Exception):
@@ -36,14 +33,14 @@ def _run_nix(argv: list[str], settings: DeploySettings, timeout: float) -> str:
         raise CacheError(str(exc)) from None
 
 
-def build_all(hosts: list[tuple[str, DeploySettings]]) -> dict[str, str]:
+def build_all(hosts: list[tuple[str, DeploySettings]], built: dict[tuple[str, str], str]) -> dict[str, str]:
     """Build the toplevels of every controller-built host in one `nix build` per flake.
 
     Nix builds each distinct derivation once, however many hosts share it. Then sign and push.
     """
     by_flake: dict[str, list[tuple[str, DeploySettings]]] = {}
     for name, s in hosts:
-        if (s.flake, s.nixos_config) not in _BUILT:
+        if (s.flake, s.nixos_config) not in built:
             by_flake.setdefault(s.flake, []).append((name, s))
     for flake, members in by_flake.items():
         settings = members[0][1]
@@ -57,23 +54,25 @@ def build_all(hosts: list[tuple[str, DeploySettings]]) -> dict[str, str]:
         _run_nix(["nix", "--extra-experimental-features", "nix-command", "copy", "--to", str(settings.cache_push),
                   *paths], settings, settings.build_timeout)
         for config, path in zip(configs, paths):
-            _BUILT[(flake, config)] = path
-    return {name: _BUILT[(s.flake, s.nixos_config)] for name, s in hosts}
+            built[(flake, config)] = path
+    return {name: built[(s.flake, s.nixos_config)] for name, s in hosts}
 
 
 def toplevel_for(host: Any, settings: DeploySettings, inventory: Any) -> str:
     """This host's toplevel, built (once for the whole run) on the controller and pushed to the cache."""
+    from . import runstate
     from .settings import from_host_data
 
-    with _LOCK:  # the first host builds for everyone; the others find the result
+    run = runstate.of(host.state)
+    with run.build_lock:  # the first host builds for everyone; the others find the result
         key = (settings.flake, settings.nixos_config)
-        if key not in _BUILT:
+        if key not in run.built:
             peers = [(h.name, from_host_data(h.name, h.data)) for h in inventory.iter_activated_hosts()]
             peers = [(n, s) for n, s in peers if s.build == "controller"]
-            built = build_all(peers)
+            built = build_all(peers, run.built)
             host.log(f"built {len(set(built.values()))} toplevel(s) on the controller for {len(peers)} host(s), "
                      f"signed and pushed to {settings.cache_push}")
-    return _BUILT[(settings.flake, settings.nixos_config)]
+    return run.built[(settings.flake, settings.nixos_config)]
 
 
 def substitute(path: str, settings: DeploySettings) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import io
 import os
@@ -22,7 +21,6 @@ def _files(root: Path) -> list[Path]:
     return out
 
 
-@functools.cache
 def flake_hash(root: str) -> str:
     """sha256 over every file's relative path, mode and content, in a stable order."""
     base = Path(root)
@@ -39,7 +37,6 @@ def flake_hash(root: str) -> str:
     return digest.hexdigest()[:32]
 
 
-@functools.cache
 def flake_tarball(root: str) -> bytes:
     """A gzip tarball of the flake with fixed owners and times, so equal content packs equally."""
     base = Path(root)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import secrets
@@ -16,9 +15,8 @@ def state_dir() -> Path:
     return Path(os.environ.get("IPEX_FLEET_STATE") or ".ipex-fleet").absolute()
 
 
-@functools.cache
-def current_run_id() -> str:
-    """$IPEX_FLEET_RUN_ID (set by the rollout engine), or a fresh id for this process."""
+def new_run_id() -> str:
+    """$IPEX_FLEET_RUN_ID (set by the rollout engine), or a fresh id (one per pyinfra run: runstate)."""
     return os.environ.get("IPEX_FLEET_RUN_ID") or (
         time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
     )

@@ -20,12 +20,12 @@ from typing import Any, Callable
 from pyinfra import logger
 
 from .domain import NO_GENERATION, Action, Generation, HostResult, Status
-from .flakepush import flake_hash, flake_tarball
 from .nix import commands as nixcmd
 from .nix import journal
 from . import redact
 from .remote import HostUnreachable, RemoteResult, SessionLost, StepTimeout, put_bytes, run, run_fresh
-from .results import current_run_id, read_host_result, write_host_result
+from . import runstate
+from .results import read_host_result, write_host_result
 from .errors import UserError
 from .settings import DeploySettings, from_host_data  # noqa: F401 (DeploySettings: STEP_LEASES)
 
@@ -86,15 +86,16 @@ class HostTransaction:
         )
 
 
-_TRANSACTIONS: dict[str, HostTransaction] = {}
 Step = Callable[[HostTransaction, Any], None]
 
 
 def transaction_for(host: Any) -> HostTransaction:
-    tx = _TRANSACTIONS.get(host.name)
+    """This run's transaction for `host` (kept on pyinfra's State: nothing leaks into another run)."""
+    run = runstate.of(host.state)
+    tx = run.transactions.get(host.name)
     if tx is None:
-        tx = HostTransaction(host.name, current_run_id(), from_host_data(host.name, host.data))
-        _TRANSACTIONS[host.name] = tx
+        tx = HostTransaction(host.name, run.run_id, from_host_data(host.name, host.data))
+        run.transactions[host.name] = tx
     return tx
 
 
@@ -303,14 +304,15 @@ def record_previous(tx: HostTransaction, host: Any) -> None:
 
 def push_flake(tx: HostTransaction, host: Any) -> None:
     """Step 3a: push the flake by content hash, unless the host has it already."""
-    digest = flake_hash(tx.settings.flake)
+    run = runstate.of(host.state)
+    digest = run.flake_hash(tx.settings.flake)
     tx.flake_hash = digest
     if tx.settings.build == "controller":
         return  # the host substitutes the built closure from the cache: it needs no flake
     present = sh(tx, host, f"mkdir -p {nixcmd.FLAKE_ROOT} && {nixcmd.flake_present(digest)}")
     if not present.ok:
         upload = f"{nixcmd.FLAKE_ROOT}/.upload-{digest}-{tx.run_id}.tar.gz"
-        put_bytes(host, flake_tarball(tx.settings.flake), upload, timeout=tx.settings.command_timeout)
+        put_bytes(host, run.flake_tarball(tx.settings.flake), upload, timeout=tx.settings.command_timeout)
         unpacked = sh(tx, host, nixcmd.unpack_flake(upload, digest))
         if not unpacked.ok:
             raise StepFailed(f"unpacking the flake failed: {unpacked.last_error}")

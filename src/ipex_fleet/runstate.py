@@ -1,0 +1,46 @@
+"""What one pyinfra run knows, kept on that run's own State object: the run id, each host's
+transaction, the flake's content, the toplevels built on the controller. A second run in the same
+process starts from nothing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import gevent.lock
+
+from .flakepush import flake_hash, flake_tarball
+from .results import new_run_id
+
+_ATTRIBUTE = "_ipex_fleet_run"
+
+
+@dataclass
+class RunState:
+    run_id: str
+    transactions: dict[str, Any] = field(default_factory=dict)  # host name -> HostTransaction
+    validated: bool = False
+    built: dict[tuple[str, str], str] = field(default_factory=dict)  # (flake, config) -> toplevel
+    build_lock: gevent.lock.BoundedSemaphore = field(default_factory=lambda: gevent.lock.BoundedSemaphore(1))
+    _hashes: dict[str, str] = field(default_factory=dict)
+    _tarballs: dict[str, bytes] = field(default_factory=dict)
+
+    def flake_hash(self, path: str) -> str:
+        """Read once per run: every host of the run pushes the same content."""
+        if path not in self._hashes:
+            self._hashes[path] = flake_hash(path)
+        return self._hashes[path]
+
+    def flake_tarball(self, path: str) -> bytes:
+        if path not in self._tarballs:
+            self._tarballs[path] = flake_tarball(path)
+        return self._tarballs[path]
+
+
+def of(state: Any) -> RunState:
+    """The run state of pyinfra's `state` (made at first use)."""
+    found = getattr(state, _ATTRIBUTE, None)
+    if found is None:
+        found = RunState(new_run_id())
+        setattr(state, _ATTRIBUTE, found)
+    return found
