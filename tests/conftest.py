@@ -117,6 +117,18 @@ def make_fleet(lab_roots: list, count: int, tmp_path_factory, deploy_user: str |
 
 
 @pytest.fixture(scope="module")
+def fleet2(lab_roots, tmp_path_factory) -> Fleet:
+    fleet = make_fleet(lab_roots, 2, tmp_path_factory)
+    yield fleet
+    destroy_checked(fleet.lab)
+
+
+def bump(fleet: Fleet, host: str) -> None:
+    """A new version for `host`: its next deploy builds a new generation."""
+    fleet.configure(host, f"version=v{time.monotonic_ns()}")
+
+
+@pytest.fixture(scope="module")
 def fleet3(lab_roots, tmp_path_factory) -> Fleet:
     fleet = make_fleet(lab_roots, 3, tmp_path_factory)
     yield fleet

@@ -13,14 +13,7 @@ import pytest
 from ipex_fleet.errors import UserError
 from ipex_fleet.lab import container, faults, sshmaterial
 
-from .conftest import BIN, destroy_checked, make_fleet, wait_for
-
-
-@pytest.fixture(scope="module")
-def fleet2(lab_roots, tmp_path_factory):
-    fleet = make_fleet(lab_roots, 2, tmp_path_factory)
-    yield fleet
-    destroy_checked(fleet.lab)
+from .conftest import BIN, make_fleet, wait_for
 
 
 def test_hosts_are_separate_nixos_like_machines(fleet2):

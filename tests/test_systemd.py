@@ -13,16 +13,14 @@ import pytest
 
 from ipex_fleet.domain import Status
 
-from .conftest import REPO, destroy_checked, make_fleet, wait_for
+from .conftest import REPO, bump, destroy_checked, make_fleet, wait_for
 
 FAST = ("--data", "bench=false")
 
 
 @pytest.fixture(scope="module")
-def fleet(lab_roots, tmp_path_factory):
-    fleet = make_fleet(lab_roots, 2, tmp_path_factory)
-    yield fleet
-    destroy_checked(fleet.lab)
+def fleet(fleet2):
+    return fleet2
 
 
 @pytest.fixture(autouse=True)
@@ -30,10 +28,6 @@ def healthy(fleet):
     fleet.reset()
     yield
     fleet.reset()
-
-
-def bump(fleet, host: str) -> None:
-    fleet.configure(host, f"version=v{time.monotonic_ns()}")
 
 
 def test_activation_runs_in_a_systemd_unit_of_its_own_per_call(fleet):

@@ -7,7 +7,6 @@ apart from a dead host by a fresh TCP connect and SSH banner read.
 
 from __future__ import annotations
 
-import socket
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Any
