@@ -33,7 +33,7 @@ def test_profile_commands_keep_each_value_one_word(profile, path):
 
 @given(NASTY)
 def test_activation_quotes_the_path(path):
-    command = nixcmd.activate(path, Action.SWITCH, None, "abc")
+    command = nixcmd.activate(path, Action.SWITCH, "abc")
     assert f"{path}/bin/switch-to-configuration" in words(command)
 
 

@@ -14,7 +14,6 @@ from typing import Any
 
 from .models import manifest
 from .remote import put_bytes, run
-from .settings import flag
 from .transaction import HostTransaction, StepFailed, sh
 
 PLAN_DIR = "/var/lib/ipex-fleet/models"
@@ -33,7 +32,7 @@ def install_models(tx: HostTransaction, host: Any) -> None:
     put_bytes(host, json.dumps(plan.to_json()).encode(), path, timeout=tx.settings.command_timeout)
     if plan.source == "controller" and plan.files:
         push_from_controller(tx, host, plan, path)
-    verify = " --verify" if flag("models_verify", host.name, host.data.get("models_verify", False)) else ""
+    verify = " --verify" if tx.settings.models_verify else ""
     command = f"{tx.settings.ipex_fleet_command} models install --plan {quote(path)} --json{verify}"
     timeout = tx.settings.models_timeout
     try:

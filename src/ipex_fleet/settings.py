@@ -45,6 +45,7 @@ class DeploySettings:
     # returns by itself within (the step's timeout + lease_grace).
     lease_grace: float
     models_timeout: float
+    models_verify: bool  # re-hash every declared model file, not only its marker
     # Mode boot: reboot into the new generation, then run the gates (within reboot_timeout).
     reboot: bool
     reboot_timeout: float
@@ -148,6 +149,7 @@ def from_host_data(name: str, data: Any) -> DeploySettings:
         confirm_timeout=_number("confirm_timeout", name, get("confirm_timeout", 30), 1),
         lease_grace=_number("lease_grace", name, get("lease_grace", 30), 2),
         models_timeout=_number("models_timeout", name, get("models_timeout", 3600), 1),
+        models_verify=flag("models_verify", name, get("models_verify", False)),
         reboot=flag("reboot", name, get("reboot", False)),
         reboot_timeout=_number("reboot_timeout", name, get("reboot_timeout", 600), 5),
         **_health_settings(name, get),

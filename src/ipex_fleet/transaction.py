@@ -20,14 +20,13 @@ from typing import Any, Callable
 from pyinfra import logger
 
 from .domain import NO_GENERATION, Action, Generation, HostResult, Status
+from . import redact, runstate
 from .nix import commands as nixcmd
 from .nix import journal
-from . import redact
 from .remote import HostUnreachable, RemoteResult, SessionLost, StepTimeout, put_bytes, run, run_fresh
-from . import runstate
 from .results import read_host_result, write_host_result
 from .errors import UserError
-from .settings import DeploySettings, from_host_data  # noqa: F401 (DeploySettings: STEP_LEASES)
+from .settings import DeploySettings, from_host_data
 
 
 class StepFailed(Exception):
@@ -380,7 +379,7 @@ def switch(tx: HostTransaction, host: Any) -> None:
     call_id = uuid.uuid4().hex[:12]
     try:
         try:
-            activated = sh(tx, host, nixcmd.activate(path, mode, None, call_id), tx.settings.activation_timeout)
+            activated = sh(tx, host, nixcmd.activate(path, mode, call_id), tx.settings.activation_timeout)
         except SessionLost as exc:
             activated = reattach_activation(tx, host, call_id, started, exc)
     except (HostUnreachable, StepTimeout) as exc:

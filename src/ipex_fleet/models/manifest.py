@@ -139,7 +139,6 @@ def from_host_data(host: str, data: Any, root: str = ".") -> ModelPlan | None:
         return None
     prune = data.get("models_prune") or ()
     foreign = flag("models_prune_foreign", host, data.get("models_prune_foreign", False))
-    flag("models_verify", host, data.get("models_verify", False))
     source = str(data.get("models_source") or "mirror")
     if inline:
         return parse(inline, f"host {host} models", trusted, prune, foreign, source)

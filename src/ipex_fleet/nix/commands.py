@@ -113,16 +113,16 @@ def switch_generation(profile: str, number: int) -> str:
     return f"nix-env -p {quote(profile)} --switch-generation {int(number)}"
 
 
-# The activation unit's own shell keeps the exit code and touches the done-marker, so both survive a
-# dropped SSH session. No braces and no "$$" in it: systemd expands those in a unit's command line.
-_ACTIVATION_WRAPPER = '"$0" "$1"; r=$?; echo $r > "$2"; if [ -n "$3" ]; then touch "$3"; fi; exit $r'
+# The activation unit's own shell keeps the exit code, so it survives a dropped SSH session.
+# No braces and no "$$" in it: systemd expands those in a unit's command line.
+_ACTIVATION_WRAPPER = '"$0" "$1"; r=$?; echo $r > "$2"; exit $r'
 
 
 def activation_unit(action: Action, call_id: str) -> str:
     return f"ipex-fleet-{action.value}-{call_id}"
 
 
-def activate(path: str, action: Action, done_marker: str | None = None, call_id: str | None = None) -> str:
+def activate(path: str, action: Action, call_id: str | None = None) -> str:
     """Run switch-to-configuration detached from the SSH session, wait for it, then report its output.
 
     Where systemd is PID 1, a transient unit with a name of its own per call (a fixed name collides
@@ -134,7 +134,7 @@ def activate(path: str, action: Action, done_marker: str | None = None, call_id:
     stc = quote(f"{path}/bin/switch-to-configuration")
     act = quote(action.value)
     log, rc = quote(f"{ACTIVATION_DIR}/{unit}.log"), quote(f"{ACTIVATION_DIR}/{unit}.rc")
-    args = f"{quote(_ACTIVATION_WRAPPER)} {stc} {act} {rc} {quote(done_marker or '')}"
+    args = f"{quote(_ACTIVATION_WRAPPER)} {stc} {act} {rc}"
     return (
         f"test -f {quote(path + '/nixos-version')} || "
         f"{{ echo {quote(path + ' is not a NixOS system: it has no nixos-version')} >&2; exit 97; }}; "
