@@ -28,3 +28,7 @@ wave2 = [
     ("h100-01", {"ssh_hostname": "10.40.2.11", "accelerator": "cuda", "nixos_config": "h100-01"}),
     ("cpu-01", {"ssh_hostname": "10.40.3.11", "accelerator": "cpu", "nixos_config": "cpu-01"}),
 ]
+
+from ipex_fleet.selection import refuse_empty_selection  # noqa: E402
+
+refuse_empty_selection(globals())  # a --limit matching no host stops here, before any connection
