@@ -145,3 +145,22 @@ def test_ipex_mismatch_is_a_clear_fail_not_a_crash(ipex_beside_torch):
     assert ipex["result"] == "fail"
     assert "IPEX 2.8.0" in ipex["message"] and "torch is 2.13.0" in ipex["message"]
     assert doc["accelerator"]["ipex"] == "2.8.0"
+
+
+def test_a_torch_upgrade_is_held_against_the_old_baseline_not_rerecorded(tmp_path):
+    rc, doc = bench("--quick", "--only", "matmul_fp32", "--gate", "--dir", str(tmp_path))
+    assert rc == 0 and doc["gate"]["baseline_recorded"] is True
+    baseline = json.loads((tmp_path / "baseline.json").read_text())
+    # The baseline was taken with an older torch and was 3x faster: the upgrade's regression shows.
+    baseline["device"]["torch"] = "2.0.0"
+    baseline["results"]["matmul_fp32_1024"] *= 3
+    (tmp_path / "baseline.json").write_text(json.dumps(baseline))
+    rc, doc = bench("--quick", "--only", "matmul_fp32", "--gate", "--dir", str(tmp_path))
+    assert rc == 1 and doc["gate"]["baseline_recorded"] is False and doc["gate"]["result"] == "fail"
+    assert doc["gate"]["torch_changed"] == {"baseline": "2.0.0", "now": doc["device"]["torch"]}
+    assert json.loads((tmp_path / "baseline.json").read_text())["device"]["torch"] == "2.0.0"
+    # Other hardware (here: another thread count) does start a new baseline.
+    baseline["device"]["threads"] = 999
+    (tmp_path / "baseline.json").write_text(json.dumps(baseline))
+    rc, doc = bench("--quick", "--only", "matmul_fp32", "--gate", "--dir", str(tmp_path))
+    assert rc == 0 and doc["gate"]["baseline_recorded"] is True

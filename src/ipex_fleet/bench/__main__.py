@@ -51,8 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.gate or args.rebaseline:
         baseline = None if args.rebaseline else gate.read_baseline(args.dir)
         bound = cv_bound(Device(document["device"]["type"], None))
-        if baseline is None or baseline.get("device") != document["device"]:
-            # No baseline, or one taken on other hardware, torch or thread count: start anew.
+        if baseline is None or not gate.same_hardware(baseline.get("device") or {}, document["device"]):
+            # No baseline, or one taken on other hardware or thread count: start anew. A new torch
+            # on the same hardware is compared, so that its regressions show (--rebaseline accepts them).
             gate.write_json_atomic(Path(args.dir) / "baseline.json",
                                    {"device": document["device"], "quick": document["quick"],
                                     "results": {r["name"]: r["value"] for r in document["results"]}})
@@ -74,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
             verdict = gate.verdict_of(comparisons)
             document["gate"] = {"result": verdict, "baseline_recorded": False, "tolerance": args.tolerance,
                                 "cv_bound": bound, "comparisons": comparisons}
+            if baseline["device"].get("torch") != document["device"].get("torch"):
+                document["gate"]["torch_changed"] = {"baseline": baseline["device"].get("torch"),
+                                                     "now": document["device"].get("torch")}
         gate.append_history(args.dir, document, verdict)
     if args.json:
         print(json.dumps(document))

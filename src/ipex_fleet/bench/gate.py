@@ -15,6 +15,12 @@ from typing import Any
 BENCH_DIR = "/var/lib/ipex-fleet/bench"
 
 
+def same_hardware(baseline: dict[str, Any], now: dict[str, Any]) -> bool:
+    """The same device kind, model, count and thread count; torch's version may differ."""
+    keys = ("type", "name", "count", "threads")
+    return all(baseline.get(k) == now.get(k) for k in keys)
+
+
 def read_baseline(directory: str) -> dict[str, Any] | None:
     try:
         return json.loads((Path(directory) / "baseline.json").read_text())
