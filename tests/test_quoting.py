@@ -85,11 +85,31 @@ def test_ipex_fleet_command_is_refused_or_quoted_once(value):
     assert words(settings_.ipex_fleet_command) == shlex.split(value)
 
 
-@pytest.mark.parametrize("key,value", [
-    ("break_lock", "maybe"), ("magic_rollback", "sometimes"), ("bench", 2), ("command_timeout", "soon"),
-    ("mode", "reboot"), ("nix_profile", "relative/path"), ("health_levels", [4]), ("nixos_config", "a b"),
-    ("reboot", "yes"), ("lease_grace", 0), ("models_timeout", "x"), ("bench_tolerance", 2),
-])
+# For every key of the schema: a wrong type, a wrong word or a wrong shape (one each at least).
+WRONG = {
+    "flake": ["/nonexistent/flake"], "nixos_config": ["a b", "a.b"], "mode": ["reboot", 3],
+    "nix_profile": ["relative/path", "/a b"], "min_free_mb": ["lots", -1], "keep_flakes": [0, "five"],
+    "command_timeout": ["soon", 0], "build_timeout": ["1h"], "activation_timeout": [[60]],
+    "break_lock": ["maybe", 2], "magic_rollback": ["sometimes"], "build": ["remote"],
+    "cache": [["http://a", "http://b"]], "cache_public_key": [{"k": 1}], "cache_secret_key": [["x"]],
+    "cache_push": [{"to": "x"}], "controller_nix_conf_dir": [["a"]], "confirm_timeout": ["never"],
+    "lease_grace": [0, "x"], "models_timeout": ["x"], "models_verify": ["full"], "reboot": ["later"],
+    "reboot_timeout": [1], "ipex_fleet_command": ['"unclosed', "", ["a", "b\nc"]],
+    "accelerator": ["gpu", ["xpu"]], "min_devices": [0, "two"], "smoke_model": ["a b", "x;y"],
+    "health_levels": [[4], "1,5", "abc", {"1": 2}], "health_timeout": [-5], "bench": [2, "always"],
+    "bench_tolerance": [2, 0, "fast"], "bench_timeout": ["x"], "bench_lock": ["relative"],
+    "bench_threads": [0, True],
+}
+CASES = [(k, v) for k, values in WRONG.items() for v in values]
+
+
+def test_every_host_data_key_has_bad_input_cases():
+    from ipex_fleet.settings import _KEYS
+
+    assert set(WRONG) == set(_KEYS) | {"flake"}
+
+
+@pytest.mark.parametrize("key,value", CASES)
 def test_every_wrong_host_data_value_is_one_line(tmp_path, key, value):
     (tmp_path / "flake.nix").write_text("{}")
     with pytest.raises(UserError) as err:

@@ -71,7 +71,7 @@ def test_settings_defaults(flake_dir: Path):
 
 
 @pytest.mark.parametrize("name,data,message", [
-    ("web1", {"mode": "swtch"}, "unknown mode 'swtch'"),
+    ("web1", {"mode": "swtch"}, "mode='swtch' is an unknown mode"),
     ("web1", {"flake": "/nonexistent/flake"}, "has no flake.nix"),
     ("web1;reboot", {}, "the name may hold only"),
     ("web1", {"nixos_config": "a.b"}, "not a plain attribute name"),
@@ -158,3 +158,33 @@ def test_secrets_in_urls_are_redacted_where_they_point_stays_readable():
     message = "models: https://h/m.st?sig=SECRET: HTTP 403; then http://a:b@c/d."
     assert redact.text(message) == "models: https://h/m.st?sig=REDACTED: HTTP 403; then http://REDACTED@c/d."
     assert "SECRET" not in redact.text(message) and ":b@" not in redact.text(message)
+
+
+def test_host_data_left_unset_leaves_the_health_policy_to_the_fleet_config(flake_dir: Path):
+    from ipex_fleet.gatesteps import probe_command
+    from ipex_fleet.transaction import HostTransaction
+
+    policy = HostTransaction("h", "r", from_host_data("h", {"flake": str(flake_dir)}))
+    assert probe_command(policy, "config", None).split()[1:5] == ["probe", "--level", "config", "--json"]
+    assert "--accelerator" not in probe_command(policy, "config", None)
+    pinned = HostTransaction("h", "r", from_host_data(
+        "h", {"flake": str(flake_dir), "accelerator": "xpu", "min_devices": "2", "health_levels": "1,3"}))
+    assert pinned.settings.health_levels == (1, 3)
+    assert "--accelerator xpu --min-devices 2" in probe_command(pinned, 3, None)
+
+
+def test_probe_level_config_follows_the_fleet_config(tmp_path: Path):
+    import subprocess
+    import sys
+
+    config = {"schema": 1, "accelerator": "cpu", "health": {"levels": [1]}}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    out = subprocess.run([sys.executable, "-m", "ipex_fleet.probe", "--level", "config", "--json",
+                          "--config", str(tmp_path / "config.json")], capture_output=True, text=True, timeout=120)
+    document = json.loads(out.stdout.strip().splitlines()[-1])
+    assert document["level"] == 1 and {c["level"] for c in document["checks"]} == {1}
+    config["health"]["levels"] = []
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    out = subprocess.run([sys.executable, "-m", "ipex_fleet.probe", "--level", "config", "--json",
+                          "--config", str(tmp_path / "config.json")], capture_output=True, text=True, timeout=120)
+    assert json.loads(out.stdout.strip().splitlines()[-1])["checks"] == []

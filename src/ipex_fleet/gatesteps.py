@@ -25,10 +25,14 @@ def _document(result: RemoteResult, what: str) -> dict[str, Any]:
     raise StepFailed(f"{what} gave no JSON document (exit {result.returncode}): {result.last_error}")
 
 
-def probe_command(tx: HostTransaction, level: int, expect_system: str | None) -> str:
+def probe_command(tx: HostTransaction, level: int | str, expect_system: str | None) -> str:
     s = tx.settings
-    parts = [s.ipex_fleet_command, "probe", "--level", str(level), "--json",
-             "--accelerator", quote(s.accelerator), "--min-devices", str(s.min_devices)]
+    # What host data leaves unset, the host's fleet config (the flake's health policy) decides.
+    parts = [s.ipex_fleet_command, "probe", "--level", str(level), "--json"]
+    if s.accelerator is not None:
+        parts += ["--accelerator", quote(s.accelerator)]
+    if s.min_devices is not None:
+        parts += ["--min-devices", str(s.min_devices)]
     if expect_system:
         parts += ["--expect-system", quote(expect_system)]
     if s.smoke_model:
@@ -47,16 +51,17 @@ def summarise(document: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run_probe(tx: HostTransaction, host: Any, level: int, expect_system: str | None) -> dict[str, Any]:
+def run_probe(tx: HostTransaction, host: Any, level: int | str, expect_system: str | None) -> dict[str, Any]:
     out = sh(tx, host, probe_command(tx, level, expect_system), tx.settings.health_timeout)
     return _document(out, "the probe")
 
 
 def health(tx: HostTransaction, host: Any) -> None:
-    """Step 7: health levels from host data (default 1 and 2) on the new generation."""
-    if not tx.settings.health_levels:
+    """Step 7: health levels from host data, else the host's fleet config (default 1 and 2)."""
+    levels = tx.settings.health_levels
+    if levels == ():
         return
-    level = max(tx.settings.health_levels)
+    level = "config" if levels is None else max(levels)
     document = run_probe(tx, host, level, tx.target.path)
     tx.health = {**(tx.health or {}), **summarise(document)}  # keeps the models report
     if document.get("result") == "fail":
@@ -68,7 +73,9 @@ def bench_gate(tx: HostTransaction, host: Any) -> None:
     s = tx.settings
     if not s.bench:
         return
-    parts = [s.ipex_fleet_command, "bench", "--quick", "--json", "--gate", "--tolerance", f"{s.bench_tolerance:g}"]
+    parts = [s.ipex_fleet_command, "bench", "--quick", "--json", "--gate"]
+    if s.bench_tolerance is not None:
+        parts += ["--tolerance", f"{s.bench_tolerance:g}"]
     if s.bench_lock:
         parts += ["--lock", quote(s.bench_lock)]
     if s.bench_threads:
@@ -90,7 +97,7 @@ def bench_gate(tx: HostTransaction, host: Any) -> None:
 
 def recheck_after_rollback(tx: HostTransaction, host: Any) -> None:
     """Probe the generation the host went back to, and keep the answer in the result."""
-    if not tx.settings.health_levels:
+    if tx.settings.health_levels == ():
         return
     try:
         document = run_probe(tx, host, 1, tx.previous.path)

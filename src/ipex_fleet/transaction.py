@@ -505,7 +505,7 @@ def check_activation(tx: HostTransaction, host: Any, activated: RemoteResult) ->
     if activated.returncode == 100:
         tx.reboot_required = True
         host.log("switch-to-configuration: reboot required", logger.warning)
-    elif activated.returncode == 4 and tx.settings.health_levels:
+    elif activated.returncode == 4 and tx.settings.health_levels != ():
         # Units failed to start: the health checks that follow name which service and why.
         host.log(f"switch-to-configuration: {_activation_error(activated)}", logger.warning)
     elif not activated.ok:
@@ -608,7 +608,7 @@ class StepLease:
 STEP_LEASES: dict[str, StepLease] = {
     "install_models": StepLease(lambda s: s.models_timeout,
                                 lambda s, data: bool(data.get("models") or data.get("models_manifest"))),
-    "health": StepLease(lambda s: s.health_timeout, lambda s, data: bool(s.health_levels)),
+    "health": StepLease(lambda s: s.health_timeout, lambda s, data: s.health_levels != ()),
     "bench_gate": StepLease(lambda s: s.bench_timeout, lambda s, data: s.bench),
 }
 # Gates that have nothing to check where nothing changed (or in a dry run).

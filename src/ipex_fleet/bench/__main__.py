@@ -9,6 +9,7 @@ import sys
 from contextlib import nullcontext
 from pathlib import Path
 
+from .. import fleetconfig
 from ..device import load_generation_environment
 from . import gate
 
@@ -19,7 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.add_argument("--only", action="append", help="run only cases whose name starts with this")
     p.add_argument("--gate", action="store_true", help="hold results against the baseline in --dir")
-    p.add_argument("--tolerance", type=float, default=0.15, help="allowed slowdown against the baseline")
+    p.add_argument("--tolerance", type=float,
+                   help="allowed slowdown against the baseline (default: the fleet config's, else 0.15)")
+    p.add_argument("--config", default=fleetconfig.CONFIG_FILE, help="the fleet config written by the flake")
     p.add_argument("--dir", default=gate.BENCH_DIR, help="baseline.json and history.jsonl live here")
     p.add_argument("--rebaseline", action="store_true", help="make this run the new baseline")
     p.add_argument("--lock", help="flock this file while measuring (hosts sharing one machine)")
@@ -29,6 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.tolerance is None:
+        try:
+            config = fleetconfig.load(args.config)
+        except fleetconfig.FleetConfigError as exc:
+            print(f"ipex-fleet bench: error: {args.config}: {exc}", file=sys.stderr)
+            return 2
+        args.tolerance = config.health.bench_tolerance if config else fleetconfig.DEFAULTS["health"]["bench_tolerance"]
     if not 0 < args.tolerance < 1:
         print("ipex-fleet bench: error: --tolerance must lie between 0 and 1, e.g. 0.15", file=sys.stderr)
         return 2

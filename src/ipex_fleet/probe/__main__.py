@@ -12,9 +12,18 @@ from .. import fleetconfig
 from ..device import load_generation_environment
 
 
+def _level(text: str) -> int | str:
+    if text == "config":
+        return text
+    if text in ("1", "2", "3"):
+        return int(text)
+    raise argparse.ArgumentTypeError(f"{text!r}: use 1, 2, 3 or config")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ipex-fleet probe", description=__doc__)
-    p.add_argument("--level", type=int, choices=(1, 2, 3), default=1)
+    p.add_argument("--level", type=_level, default=1,
+                   help="1, 2 or 3; or config: the highest of the fleet config's health levels")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.add_argument("--accelerator", choices=fleetconfig.ACCELERATORS,
                    help="what must be present (default: the fleet config's, else any)")
@@ -52,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     from . import run
     from .checks import Expectations
 
+    if args.level == "config":
+        policy = config.health.levels if config else tuple(fleetconfig.DEFAULTS["health"]["levels"])
+        args.level = max(policy, default=0)  # an empty policy runs no check
     fraction = args.memory_fraction if args.memory_fraction is not None else (
         config.health.memory_fraction if config else 0.5)
     if not 0 < fraction <= 0.95:
