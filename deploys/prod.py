@@ -14,7 +14,7 @@ from roles.record import record
 from roles.system import system
 from roles.transaction import validate_once
 
-validate_once()
+validate_once(plan_when_dry=True)  # --dry: each host's plan (ipex_fleet.plan), nothing runs
 preflight()
 system()
 models()

@@ -48,6 +48,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     rc.add_argument("--limit", action="append", default=[], metavar="HOST_OR_GROUP")
     rc.set_defaults(func=_recover)
 
+    pl = sub.add_parser("plan", help="what a deploy would change on each host, grouped; changes nothing that runs",
+                        description="Runs deploys/plan.py on every host of INVENTORY (or --limit): the flake is "
+                                    "pushed and built, then compared with each host's current generation.")
+    pl.add_argument("inventory")
+    pl.add_argument("--limit", action="append", default=[], metavar="HOST_OR_GROUP")
+    pl.add_argument("--data", action="append", default=[], metavar="KEY=VALUE", help="host data, as pyinfra --data")
+    pl.add_argument("--json", action="store_true", help="one JSON document: the groups and each host's plan")
+    pl.add_argument("--timeout", type=float, default=7200, help="seconds the whole plan may take")
+    pl.set_defaults(func=_plan)
+
     rb = sub.add_parser("rollback", help="return every host to the generation it had after run RUN_ID")
     rb.add_argument("inventory")
     rb.add_argument("--to", required=True, metavar="RUN_ID")
@@ -86,6 +96,51 @@ def _recover(args: argparse.Namespace) -> int:
     if not Path(args.inventory).is_file():
         raise UserError(f"inventory {args.inventory} not found")
     return subprocess.run(pyinfra_run.argv(args.inventory, deploy, args.limit, None)).returncode
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from . import plan
+
+    deploy = _deploy_file("deploys/plan.py")
+    if not Path(args.inventory).is_file():
+        raise UserError(f"inventory {args.inventory} not found")
+    data = dict(_key_value(d) for d in args.data)
+    run_id = new_run_id()
+    argv = pyinfra_run.argv(args.inventory, deploy, args.limit, None, data)
+    log = run_dir(run_id) / "plan.log"
+    rc = pyinfra_run.run(argv, {"IPEX_FLEET_RUN_ID": run_id}, log, lambda line: None, args.timeout)
+    plans = plan.read_plans(run_id)
+    failed = [r for r in (read_host_result(run_id, h) for h in _result_hosts(run_id)) if r and not r.status.succeeded]
+    groups = plan.group(plans)
+    if args.json:
+        print(json.dumps({"run_id": run_id,
+                          "groups": [{"hosts": [p.host for p in g], "plan": g[0].to_json()} for g in groups],
+                          "hosts": {p.host: p.to_json() for p in plans},
+                          "failed": {r.host: r.error for r in failed}}, indent=2))
+    else:
+        print(f"plan {run_id}: {len(plans)} host(s) planned, {len(groups)} group(s) of identical change")
+        for g in groups:
+            print()
+            print(", ".join(p.host for p in g) + ":")
+            for line in g[0].lines():
+                print(f"  {line}")
+        for r in failed:
+            print(f"\n{r.host}: not planned: {r.error}")
+        if rc != 0 and not failed:
+            print(f"\npyinfra exited {rc}; its output is in {log}")
+    return 0 if rc == 0 and not failed else 1
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise UserError(f"--data {text!r} is not KEY=VALUE")
+    return key, value
+
+
+def _result_hosts(run_id: str) -> list[str]:
+    folder = run_dir(run_id) / "hosts"
+    return [p.stem for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
 
 
 def _when(ts: float | None) -> str:

@@ -7,6 +7,7 @@ import os
 import secrets
 import time
 from pathlib import Path
+from typing import Any
 
 from .domain import HostResult
 
@@ -26,13 +27,17 @@ def run_dir(run_id: str) -> Path:
     return state_dir() / "runs" / run_id
 
 
-def write_host_result(result: HostResult) -> Path:
-    path = run_dir(result.run_id) / "hosts" / f"{result.host.replace('/', '_')}.json"
+def write_json_atomic(path: Path, data: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result.to_json(), indent=2, sort_keys=True) + "\n")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)
     return path
+
+
+def write_host_result(result: HostResult) -> Path:
+    return write_json_atomic(run_dir(result.run_id) / "hosts" / f"{result.host.replace('/', '_')}.json",
+                             result.to_json())
 
 
 def read_host_result(run_id: str, host: str) -> HostResult | None:

@@ -20,6 +20,7 @@ class RunState:
     run_id: str
     transactions: dict[str, Any] = field(default_factory=dict)  # host name -> HostTransaction
     validated: bool = False
+    dry: bool = False  # pyinfra --dry on a deploy: plan at prepare time, add no step
     built: dict[tuple[str, str], str] = field(default_factory=dict)  # (flake, config) -> toplevel
     build_lock: gevent.lock.BoundedSemaphore = field(default_factory=lambda: gevent.lock.BoundedSemaphore(1))
     _hashes: dict[str, str] = field(default_factory=dict)

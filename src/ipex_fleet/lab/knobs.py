@@ -25,6 +25,7 @@ BOOLEAN_KNOBS = {
 }
 KNOBS = {
     "version": "a label; a different version makes a different generation",
+    "kernel": "the generation's kernel version (a kernel, initrd and modules of their own: a reboot is needed)",
     "slow_activation": "seconds the activation script takes (0-600), as a slow one does",
     "fail_service": f"a service ({'|'.join(SERVICES)}) that fails to start",
     **BOOLEAN_KNOBS,
@@ -41,9 +42,9 @@ def parse_assignment(text: str) -> tuple[str, Any]:
         raise UserError(f"unknown lab setting {key!r}; known keys: {', '.join(KNOBS)}")
     if value == "":
         return key, None
-    if key == "version":
+    if key in ("version", "kernel"):
         if not _VERSION_RE.match(value):
-            raise UserError(f"version {value!r} must be 1-64 of [A-Za-z0-9._+-], starting alphanumeric")
+            raise UserError(f"{key} {value!r} must be 1-64 of [A-Za-z0-9._+-], starting alphanumeric")
         return key, value
     if key == "slow_activation":
         if not value.isdigit() or int(value) > 600:

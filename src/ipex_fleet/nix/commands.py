@@ -208,3 +208,34 @@ def schedule_reboot(run_id: str) -> str:
     """Reboot a second from now, from a unit of its own: this session can return before it ends."""
     return (f"systemd-run --quiet --collect --on-active=1 --unit={quote('ipex-fleet-reboot-' + run_id)} "
             "systemctl reboot")
+
+
+# What makes a new generation need a reboot (switch-to-configuration compares the same links).
+BOOT_LINKS = ("kernel", "initrd", "kernel-modules", "firmware")
+
+
+def change_report(current: str, target: str) -> str:
+    """One round trip for a plan: the closure difference, both closures' paths with sizes, and the
+    boot-critical links of the booted system and of the target. Sections start with `== `."""
+    cur, new = quote(current), quote(target)
+    links = " ".join(BOOT_LINKS)
+    return (
+        "echo '== diff'; "
+        f"nix --extra-experimental-features nix-command store diff-closures {cur} {new} 2>&1; "
+        f"echo '== current'; nix-store --query --requisites {cur}; "
+        f"echo '== target'; nix --extra-experimental-features nix-command path-info --json --recursive {new}; "
+        f"echo; echo '== boot'; for l in {links}; do "
+        f'printf "%s %s %s\\n" "$l" "$(readlink -e /run/booted-system/$l 2>/dev/null || echo -)" '
+        f'"$(readlink -e {new}/$l 2>/dev/null || echo -)"; done'
+    )
+
+
+def split_sections(lines: list[str] | tuple[str, ...]) -> dict[str, list[str]]:
+    sections: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in lines:
+        if line.startswith("== "):
+            current = sections.setdefault(line[3:].strip(), [])
+        elif current is not None:
+            current.append(line)
+    return sections

@@ -211,7 +211,8 @@ def dry_activate(old_toplevel):
     old_units, new_units = units_of(old_toplevel), units_of(TOPLEVEL)
     print(f"would activate the configuration {TOPLEVEL}")
     stop = [u for u in old_units if u not in new_units]
-    restart = [u for u in new_units if u in old_units]
+    restart = [u for u in new_units if u in old_units and not filecmp.cmp(
+        os.path.join(old_toplevel, UNIT_DIR, u), os.path.join(TOPLEVEL, UNIT_DIR, u), shallow=False)]
     start = [u for u in new_units if u not in old_units]
     for verb, units in (("stop", stop), ("restart", restart), ("start", start)):
         if units:

@@ -41,6 +41,17 @@
             health = { levels = [ 1 2 ]; bench_tolerance = 0.15; memory_fraction = 0.5; required_checks = [ ]; };
           };
           out = builtins.placeholder "out";
+          # The generation's kernel, initrd and modules, as a NixOS toplevel links them: a separate
+          # store path per version (lab knob kernel), so a kernel change is a change that needs a reboot.
+          kernelVersion = settings.kernel or "6.12.0";
+          kernel = derivation {
+            name = "linux-lab-${kernelVersion}";
+            inherit system;
+            builder = "/bin/sh";
+            args = [ "-c" "mkdir -p $out/lib/modules/$v && echo \"lab kernel $v\" > $out/bzImage && echo \"lab initrd $v\" > $out/initrd" ];
+            PATH = "/usr/bin:/bin";
+            v = kernelVersion;
+          };
           # The generation's services as systemd units, as NixOS declares them.
           service = name: port: ''
             [Unit]
@@ -91,6 +102,7 @@
           # completes and its boot entry loses a try each time (boot counting).
           failBoot = if settings.fail_boot or false then "1" else "";
           services = ./services;
+          inherit kernel;
         };
     in
     {
