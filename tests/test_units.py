@@ -188,3 +188,23 @@ def test_probe_level_config_follows_the_fleet_config(tmp_path: Path):
     out = subprocess.run([sys.executable, "-m", "ipex_fleet.probe", "--level", "config", "--json",
                           "--config", str(tmp_path / "config.json")], capture_output=True, text=True, timeout=120)
     assert json.loads(out.stdout.strip().splitlines()[-1])["checks"] == []
+
+
+def test_plan_parses_diff_closures_path_info_and_boot_links():
+    from ipex_fleet.plan import parse_closure, parse_dry_activate, parse_reboot
+
+    sections = {
+        "diff": ["linux: 6.12.1 → 6.13.0, +1024.0 KiB", "ollama: ∅ → 0.9.0, +30.1 MiB",
+                 "comfyui: 0.3 → ∅, -10.0 MiB", "etc: +1.2 KiB", "warning: something"],
+        "current": ["/nix/store/a-linux-6.12.1", "/nix/store/c-glibc"],
+        "target": ['[{"path": "/nix/store/b-linux-6.13.0", "narSize": 2048},',
+                   ' {"path": "/nix/store/c-glibc", "narSize": 999}]'],
+        "boot": ["kernel /nix/store/a/bzImage /nix/store/b/bzImage", "initrd /x /x", "firmware - -"],
+    }
+    change = parse_closure(sections)
+    assert change.added == ("ollama 0.9.0",) and change.removed == ("comfyui 0.3",)
+    assert change.changed == ("linux: 6.12.1 → 6.13.0",) and change.bytes_new == 2048
+    assert parse_reboot(sections) == ("kernel",)
+    assert parse_dry_activate(["would restart the following units: a.service, b.service",
+                               "would start the following units: c.service"]) == {
+        "restart": ("a.service", "b.service"), "start": ("c.service",)}
