@@ -50,10 +50,10 @@ def mirror_dir(tmp_path) -> Path:
     return d
 
 
-def start_mirror(directory: Path, drop_after: int = 0):
+def start_mirror(directory: Path, drop_after: int = 0, rate: int = 0):
     port = free_port()
     proc = serve([sys.executable, "-m", "ipex_fleet.lab.mirror", "--dir", str(directory), "--port", str(port),
-                  "--drop-after", str(drop_after)], port)
+                  "--drop-after", str(drop_after), "--rate", str(rate)], port)
     return proc, f"http://127.0.0.1:{port}"
 
 

@@ -142,10 +142,12 @@ def test_mode_boot_with_reboot_detects_a_fallback_and_reverts_the_profile(fleet)
     assert default == f"nixos-generation-{before[0]}.conf"
 
 
-def _kill_controller_during(fleet, host: str, pattern: str, *extra: str) -> tuple[str, float]:
+def _kill_controller_during(fleet, host: str, pattern: str, *extra: str,
+                            inventory: str = "inventories/lab.py") -> tuple[str, float]:
     """Start a deploy, SIGKILL the controller while `pattern` runs on the host; return (run id, kill time)."""
     run_id = f"t-kill-{time.monotonic_ns()}"
-    proc = subprocess.Popen(fleet.pyinfra_argv("deploys/prod.py", "--limit", host, *extra), cwd=REPO,
+    proc = subprocess.Popen(fleet.pyinfra_argv("deploys/prod.py", "--limit", host, *extra, inventory=inventory),
+                            cwd=REPO,
                             env=fleet.env(IPEX_FLEET_RUN_ID=run_id), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -188,6 +190,52 @@ def test_controller_killed_in_a_gate_host_returns_by_itself(fleet, step, pattern
     proc, next_run = fleet.deploy("--limit", host, *FAST)
     assert proc.returncode == 0, proc.stdout
     assert fleet.result(next_run, host).status is Status.OK
+
+
+def test_controller_killed_during_models_host_returns_and_no_half_file_is_visible(fleet, tmp_path):
+    """The models step downloads slowly (a throttled mirror on loopback); the controller dies in it.
+    The host's watchdog restores the recorded generation once the step's lease runs out, and the
+    half-downloaded file never appears under its own name."""
+    from .test_models import _models_inventory, make_blob, start_mirror
+
+    host, grace, timeout = "host1", 3, 8
+    fleet.deploy("--limit", host, *FAST)
+    before = fleet.system(host)
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    sha, size = make_blob(mirror, "slow.safetensors", 4)
+    server, url = start_mirror(mirror, rate=200_000)  # 4 MiB at 200 kB/s: about 20 s
+    try:
+        entry = {"kind": "checkpoints", "name": "slow.safetensors", "url": f"{url}/slow.safetensors",
+                 "sha256": sha, "size": size}
+        inventory = _models_inventory(fleet, tmp_path, [entry], extra=f", 'models_timeout': {timeout}, "
+                                                                      f"'lease_grace': {grace}")
+        bump(fleet, host)
+        run_id, killed_at = _kill_controller_during(fleet, host, "ipex_fleet [m]odels install",
+                                                    inventory=str(inventory))
+        outcome = f"/var/lib/ipex-fleet/resolved/{run_id}.watchdog/outcome"
+        bound = timeout + grace + 2 + 10
+        assert wait_for(lambda: fleet.lab.ssh(host, f"test -s {outcome}", timeout=10, check=False).ok,
+                        bound + 20, 0.5)
+        reverted, at, who = fleet.sh(host, f"cat {outcome}").split()
+        took = int(at) - killed_at
+        print(f"\nmodels: the host was back on its recorded generation {took:.1f} s after the controller died "
+              f"(lease {timeout} s + grace {grace} s)")
+        assert (reverted, who) == ("reverted", "watchdog") and took <= bound
+        assert fleet.system(host) == before
+        placed = "/var/lib/comfyui/models/checkpoints/slow.safetensors"
+        # Never a half-written file under its own name: absent, or whole (the installer ran on).
+        present = fleet.sh(host, f"test -e {placed} && sha256sum {placed} || true")
+        assert present == "" or present.split()[0] == sha
+        # The next deploy proceeds without break_lock, and finishes the download.
+        bump(fleet, host)
+        proc, next_run = fleet.deploy("--limit", host, "--data", "models_timeout=120", inventory=str(inventory),
+                                      timeout=300)
+        assert proc.returncode == 0, proc.stdout[-3000:]
+        assert fleet.result(next_run, host).status is Status.OK
+        assert fleet.sh(host, f"sha256sum {placed}").split()[0] == sha
+    finally:
+        server.kill()
 
 
 def test_a_dead_runs_intent_is_recovered_by_the_next_deploy(fleet):

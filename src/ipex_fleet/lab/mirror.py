@@ -1,9 +1,9 @@
 """A model mirror for the lab and the tests: a static HTTP server on loopback with Range support.
 
-    python -m ipex_fleet.lab.mirror --dir DIR --bind 127.0.0.1 --port 8600 [--drop-after BYTES]
+    python -m ipex_fleet.lab.mirror --dir DIR --bind 127.0.0.1 --port 8600 [--drop-after BYTES] [--rate B/S]
 
 `--drop-after` cuts the first download of each file after that many bytes, as a flaky network
-does. GET /_stats answers how many requests and body bytes were served.
+does. `--rate` serves at most that many bytes a second per download, as a slow link does. GET /_stats answers how many requests and body bytes were served.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import json
 import os
 import re
 import threading
+import time
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 _RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
@@ -73,11 +74,15 @@ class Handler(SimpleHTTPRequestHandler):
         if head:
             return
         limit = self.server.drop_after if (first and self.server.drop_after) else None
-        sent = 0
+        sent, began = 0, time.monotonic()
+        rate = self.server.rate
+        chunk = min(1 << 20, max(4096, rate // 10)) if rate else 1 << 20
         with open(path, "rb") as f:
             f.seek(start)
             while sent < length:
-                block = f.read(min(1 << 20, length - sent))
+                if rate:
+                    time.sleep(max(0.0, sent / rate - (time.monotonic() - began)))
+                block = f.read(min(chunk, length - sent))
                 if not block:
                     break
                 if limit is not None and sent + len(block) > limit:
@@ -102,6 +107,7 @@ def main() -> None:
     p.add_argument("--bind", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--drop-after", type=int, default=0)
+    p.add_argument("--rate", type=int, default=0, help="bytes a second per download (0: no limit)")
     args = p.parse_args()
     os.chdir(args.dir)
     server = ThreadingHTTPServer((args.bind, args.port), Handler)
@@ -110,6 +116,7 @@ def main() -> None:
     server.stats = {"requests": 0, "bytes": 0}
     server.dropped = set()
     server.drop_after = args.drop_after
+    server.rate = args.rate
     server.serve_forever()
 
 
