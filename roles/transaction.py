@@ -22,6 +22,7 @@ def validate_once(plan_when_dry: bool = False) -> None:
     if not run.validated:
         transaction.validate_inventory(inventory)
         run.dry = plan_when_dry and _pyinfra_dry()
+        state.add_callback_handler(transaction.StoppedRunGuard())
         run.validated = True
     transaction.transaction_for(host)
     if run.dry:

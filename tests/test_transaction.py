@@ -366,3 +366,29 @@ def test_rollback_twice_goes_further_back_never_forward(fleet):
     assert record["phase"] == "rollback", "rollbacks are recorded with their phase"
     again, _ = fleet.deploy("--limit", "host2", deploy="deploys/rollback.py")
     assert again.returncode == 0 and fleet.system("host2") == first, "a second rollback goes further back"
+
+
+@pytest.mark.parametrize("how", ["fail-percent", "prompt-no"])
+def test_a_run_stopped_by_pyinfra_leaves_every_host_reverted_with_a_result(fleet, how):
+    """host1's activation fails; pyinfra then ends the run between two steps (--fail-percent 0, or a
+    "no" at its "continue?" prompt). host2 had switched, unchecked: it is rolled back, verified, and
+    recorded, its lock released; the run exits non-zero."""
+    before = {h: fleet.system(h) for h in ("host1", "host2")}
+    fleet.configure("host1", "fail_activation=true")
+    bump(fleet, "host1")
+    bump(fleet, "host2")
+    run_id = f"t-stop-{time.monotonic_ns()}"
+    if how == "fail-percent":
+        argv, stdin = fleet.pyinfra_argv("deploys/prod.py", "--fail-percent", "0", *FAST), None
+    else:  # without -y: Enter at "Detected changes", then "n" when a host failed
+        argv, stdin = [a for a in fleet.pyinfra_argv("deploys/prod.py", *FAST) if a != "-y"], "\nn\n"
+    proc = subprocess.run(argv, cwd=REPO, env=fleet.env(IPEX_FLEET_RUN_ID=run_id), input=stdin, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=240)
+    assert proc.returncode != 0, proc.stdout[-3000:]
+    assert "Over 0% of hosts failed" in proc.stdout if how == "fail-percent" else "continue?" in proc.stdout
+    for h in ("host1", "host2"):
+        result = fleet.result(run_id, h)
+        assert result.status is Status.ROLLED_BACK, (h, result)
+        assert fleet.system(h) == before[h]
+        assert fleet.sh(h, "ls /var/lib/ipex-fleet/lock /var/lib/ipex-fleet/intent 2>/dev/null; true") == ""
+    assert "the run stopped before this host's transaction finished" in fleet.result(run_id, "host2").error

@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from pyinfra import logger
+from pyinfra.api.state import BaseStateCallback
 
 from .domain import NO_GENERATION, Action, Generation, HostResult, Status
 from . import redact, runstate
@@ -149,6 +150,29 @@ def run_step(state: Any, host: Any, step: Step, name: str) -> bool:
     else:  # a bug or an unexpected answer must still leave the host safe
         _fail(tx, host, f"{name}: {type(error).__name__}: {error}")
     return False
+
+
+class StoppedRunGuard(BaseStateCallback):
+    """pyinfra can end a run between two steps: `--fail-percent`, a "no" at its "continue?" prompt, an
+    error on another host. Each host is then disconnected; a host whose transaction started and did
+    not finish is resolved here, over new connections: a switched host is rolled back (or its
+    watchdog's revert awaited), a host that only holds the lock releases it. Each gets its result."""
+
+    @staticmethod
+    def host_disconnect(state: Any, host: Any) -> None:
+        tx = runstate.of(state).transactions.get(host.name)
+        if tx is None or tx.finished or not (tx.locked or tx.intent_open):
+            return
+        tx.fresh_connections = True
+        why = "the run stopped before this host's transaction finished (pyinfra --fail-percent, a 'no' at " \
+              "its prompt, or an error elsewhere)"
+        try:
+            if tx.intent_open:
+                _fail(tx, host, why)
+            else:
+                _finish(tx, host, Status.SKIPPED, tx.previous, f"{why}; nothing was switched")
+        except Exception as exc:  # the host's watchdog still holds the line
+            host.log(f"could not resolve the stopped transaction: {exc}", logger.error)
 
 
 def _fail(tx: HostTransaction, host: Any, error: str) -> None:
