@@ -208,3 +208,26 @@ def test_plan_parses_diff_closures_path_info_and_boot_links():
     assert parse_dry_activate(["would restart the following units: a.service, b.service",
                                "would start the following units: c.service"]) == {
         "restart": ("a.service", "b.service"), "start": ("c.service",)}
+
+
+def test_ledger_settles_plain_runs_and_last_reads_phases_that_are_written(tmp_path: Path):
+    from ipex_fleet.domain import Generation, HostResult, Status
+    from ipex_fleet.rollout.ledger import Ledger
+
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+
+    def result(host: str, status: Status, number: int) -> HostResult:
+        gen = Generation(number, f"/nix/store/{number}")
+        return HostResult(host=host, run_id="r1", status=status, previous=gen, target=gen, final=gen)
+
+    for host, status, phase in (("a", Status.OK, "deploy"), ("b", Status.ROLLED_BACK, "deploy"),
+                                ("a", Status.OK, "check"), ("b", Status.OK, "recover")):
+        ledger.start_run("r1", phase, None, None, {}, status="pyinfra")
+        ledger.record(result(host, status, 3), phase)
+        ledger.settle_plain_run("r1")
+    run = ledger.run("r1")
+    assert run.status == "failed" and run.finished is not None
+    assert ledger.last("a")["phase"] == "deploy" and ledger.last("b")["phase"] == "recover"
+    ledger.start_run("r2", "rollout", "inv", "deploy", {})
+    ledger.settle_plain_run("r2")
+    assert ledger.run("r2").status == "running"

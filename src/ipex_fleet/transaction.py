@@ -231,6 +231,7 @@ def _ledger_record(result: HostResult, phase: str) -> None:
     ledger = Ledger()
     ledger.start_run(result.run_id, phase, None, None, {}, status="pyinfra")  # a rollout's own row wins
     ledger.record(result, phase)
+    ledger.settle_plain_run(result.run_id)
 
 
 # -- steps 1 to 5, and 9 --------------------------------------------------------------------

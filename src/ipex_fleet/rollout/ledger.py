@@ -120,10 +120,24 @@ class Ledger:
                           " ORDER BY recorded DESC LIMIT 1", (host,))
         return rows[0] if rows else None
 
+    # The phases that move a host to a generation (a soak re-probe, "check", moves nothing; a plan
+    # or a status read neither): what `last` reports as where a host was left.
+    MOVING_PHASES = ("deploy", "rollback", "recover")
+
     def last(self, host: str) -> sqlite3.Row | None:
-        rows = self._rows("SELECT * FROM host_results WHERE host=? AND phase IN ('deploy','soak','rollback')"
-                          " ORDER BY recorded DESC LIMIT 1", (host,))
+        marks = ",".join("?" * len(self.MOVING_PHASES))
+        rows = self._rows(f"SELECT * FROM host_results WHERE host=? AND phase IN ({marks})"
+                          " ORDER BY recorded DESC LIMIT 1", (host, *self.MOVING_PHASES))
         return rows[0] if rows else None
+
+    def settle_plain_run(self, run_id: str) -> None:
+        """A plain pyinfra run (no rollout drives it) is finished by each host result it records: done
+        while every host succeeded, failed from the first that did not. A rollout's own row is left alone."""
+        self._execute(
+            "UPDATE runs SET finished=?, status=CASE WHEN EXISTS (SELECT 1 FROM host_results r WHERE r.run_id=runs.run_id"
+            " AND r.status NOT IN ('ok','unchanged')) THEN 'failed' ELSE 'done' END"
+            " WHERE run_id=? AND status IN ('pyinfra','done','failed') AND kind NOT IN ('rollout')",
+            (time.time(), run_id))
 
     def iter_final_generations(self, run_id: str) -> Iterator[tuple[str, int, str]]:
         """(host, generation, path) each host was left on by a run: its last phase's final generation."""
