@@ -1,7 +1,7 @@
 """One function per remote command, each returning a quoted shell string.
 
-Used by the pyinfra facts and operations, by the deploy roles at execution time, and by
-the lab's bootstrap, so that every part runs the same commands.
+Used by the transaction at execution time, by the plan, and by the lab's bootstrap, so that
+every part runs the same commands.
 """
 
 from __future__ import annotations
