@@ -145,7 +145,7 @@ def test_second_deploy_is_refused_by_the_lock(fleet3):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--data", "mode=swtch"], "unknown mode 'swtch'"),
+    (["--data", "mode=swtch"], "mode='swtch' is an unknown mode"),
     (["--data", "flake=/nonexistent/flake"], "has no flake.nix"),
 ])
 def test_bad_host_data_is_one_line_before_any_host_is_touched(fleet3, args, message):
