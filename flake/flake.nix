@@ -15,6 +15,9 @@
       system = "x86_64-linux";
       lib = nixpkgs.lib;
       hosts = import ./lib/hosts.nix;
+      # The probe package's source travels inside the pushed flake (ipex-fleet copies it to
+      # ./_source, see push.json); in a checkout, the repository around the flake.
+      source = if builtins.pathExists ./_source then ./_source else ./..;
       pkgs = import nixpkgs {
         inherit system;
         overlays = [ self.overlays.intel-xpu ];
@@ -23,27 +26,32 @@
     {
       overlays.intel-xpu = import ./overlays/intel-xpu.nix { inherit intel-xpu; };
 
-      nixosModules = {
-        ipex = ./modules/ipex.nix;
-        ollama = ./modules/ollama.nix;
-        comfyui = ./modules/comfyui.nix;
-        models = ./modules/models.nix;
-        fleet = ./modules/fleet.nix;
-        default = {
-          imports = [
-            ./modules/ipex.nix
-            ./modules/ollama.nix
-            ./modules/comfyui.nix
-            ./modules/models.nix
-            ./modules/fleet.nix
-          ];
-          nixpkgs.overlays = [ self.overlays.intel-xpu ];
-          services.ipex-fleet.package = lib.mkDefault self.packages.${system}.ipex-fleet;
+      # Each single module also brings this base (imported once, by its key): the overlay, and the
+      # ipex-fleet package built from the host's own nixpkgs (its torch: CPU, or CUDA where the host
+      # sets nixpkgs.config.cudaSupport), never from a flake-level package set.
+      nixosModules =
+        let
+          base = { lib, pkgs, ... }: {
+            key = "ipex-fleet#base";
+            imports = [ ./modules/fleet.nix ];
+            nixpkgs.overlays = [ self.overlays.intel-xpu ];
+            services.ipex-fleet.package = lib.mkDefault (pkgs.callPackage ./packages/ipex-fleet.nix { src = source; });
+          };
+          single = file: { imports = [ base file ]; };
+        in
+        {
+          ipex = single ./modules/ipex.nix;
+          ollama = single ./modules/ollama.nix;
+          comfyui = single ./modules/comfyui.nix;
+          models = single ./modules/models.nix;
+          fleet = single ./modules/fleet.nix;
+          default = {
+            imports = [ base ./modules/ipex.nix ./modules/ollama.nix ./modules/comfyui.nix ./modules/models.nix ];
+          };
         };
-      };
 
       packages.${system} = {
-        ipex-fleet = pkgs.callPackage ./packages/ipex-fleet.nix { src = ./..; };
+        ipex-fleet = pkgs.callPackage ./packages/ipex-fleet.nix { src = source; };
         default = self.packages.${system}.ipex-fleet;
       };
 

@@ -147,8 +147,16 @@ def test_second_deploy_is_refused_by_the_lock(fleet3):
 @pytest.mark.parametrize("args,message", [
     (["--data", "mode=swtch"], "mode='swtch' is an unknown mode"),
     (["--data", "flake=/nonexistent/flake"], "has no flake.nix"),
+    (["--data", "flake={unlocked}"], "has no flake.lock: run `nix flake lock` there"),
 ])
-def test_bad_host_data_is_one_line_before_any_host_is_touched(fleet3, args, message):
+def test_bad_host_data_is_one_line_before_any_host_is_touched(fleet3, tmp_path, args, message):
+    unlocked = tmp_path / "unlocked"  # the lab's flake without its flake.lock
+    unlocked.mkdir()
+    for f in fleet3.lab.layout.flake_dir.rglob("*"):
+        if f.is_file() and f.name != "flake.lock":
+            (unlocked / f.relative_to(fleet3.lab.layout.flake_dir)).parent.mkdir(parents=True, exist_ok=True)
+            (unlocked / f.relative_to(fleet3.lab.layout.flake_dir)).write_bytes(f.read_bytes())
+    args = [a.format(unlocked=unlocked) for a in args]
     before = {h: fleet3.system(h) for h in ("host1", "host2", "host3")}
     records = fleet3.sh("host1", "wc -l < /var/lib/ipex-fleet/deploys.jsonl 2>/dev/null || echo 0")
     bump(fleet3, "host1")

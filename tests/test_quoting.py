@@ -77,6 +77,7 @@ def test_ipex_fleet_command_is_refused_or_quoted_once(value):
 
     flake = tempfile.mkdtemp()
     open(os.path.join(flake, "flake.nix"), "w").close()
+    open(os.path.join(flake, "flake.lock"), "w").write('{"nodes": {"root": {}}, "root": "root", "version": 7}')
     try:
         settings_ = from_host_data("h", {"flake": flake, "ipex_fleet_command": value})
     except UserError as exc:
@@ -112,6 +113,7 @@ def test_every_host_data_key_has_bad_input_cases():
 @pytest.mark.parametrize("key,value", CASES)
 def test_every_wrong_host_data_value_is_one_line(tmp_path, key, value):
     (tmp_path / "flake.nix").write_text("{}")
+    (tmp_path / "flake.lock").write_text('{"nodes": {"root": {}}, "root": "root", "version": 7}')
     with pytest.raises(UserError) as err:
         from_host_data("h", {"flake": str(tmp_path), key: value})
     assert "\n" not in str(err.value) and key in str(err.value)

@@ -48,6 +48,7 @@ def controller(tmp_path, monkeypatch):
     flake = tmp_path / "flake"
     flake.mkdir()
     (flake / "flake.nix").write_text("{ outputs = { self }: { }; }\n")
+    (flake / "flake.lock").write_text('{"nodes": {"root": {}}, "root": "root", "version": 7}')
     monkeypatch.setenv("IPEX_FLEET_STATE", str(tmp_path / "state"))
     monkeypatch.setattr("ipex_fleet.remote.privilege_args", lambda host: {})
     monkeypatch.setattr("ipex_fleet.transaction.run_fresh", lambda host, command, timeout: host.fresh(command))

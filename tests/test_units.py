@@ -10,6 +10,7 @@ import pytest
 
 from ipex_fleet.domain import Action, Generation, HostResult, Status
 from ipex_fleet.errors import UserError
+from ipex_fleet.flakepush import entries as flake_entries
 from ipex_fleet.flakepush import flake_hash, flake_tarball
 from ipex_fleet.lab import knobs
 from ipex_fleet.lab.inventory import split_waves
@@ -59,6 +60,7 @@ def test_lock_command_embeds_owner_as_one_quoted_word():
 @pytest.fixture
 def flake_dir(tmp_path: Path) -> Path:
     (tmp_path / "flake.nix").write_text("{ outputs = { self }: { }; }\n")
+    (tmp_path / "flake.lock").write_text('{"nodes": {"root": {}}, "root": "root", "version": 7}')
     (tmp_path / "hosts").mkdir()
     (tmp_path / "hosts" / "a.json").write_text("{}")
     return tmp_path
@@ -231,3 +233,52 @@ def test_ledger_settles_plain_runs_and_last_reads_phases_that_are_written(tmp_pa
     ledger.start_run("r2", "rollout", "inv", "deploy", {})
     ledger.settle_plain_run("r2")
     assert ledger.run("r2").status == "running"
+
+
+REPO_FLAKE = Path(__file__).resolve().parents[1] / "flake"
+
+
+def test_a_flake_without_a_lock_or_with_an_unlocked_input_is_refused_in_one_line(flake_dir: Path):
+    (flake_dir / "flake.lock").unlink()
+    with pytest.raises(UserError) as err:
+        from_host_data("web1", {"flake": str(flake_dir)})
+    assert "has no flake.lock: run `nix flake lock`" in str(err.value) and "\n" not in str(err.value)
+    (flake_dir / "flake.lock").write_text(json.dumps({"version": 7, "root": "root", "nodes": {
+        "root": {"inputs": {"nixpkgs": "nixpkgs"}}, "nixpkgs": {"original": {"type": "github"}}}}))
+    with pytest.raises(UserError, match="input\\(s\\) nixpkgs are not locked"):
+        from_host_data("web1", {"flake": str(flake_dir)})
+
+
+def test_the_pushed_flake_carries_the_probe_source_and_evaluates_alone(tmp_path: Path):
+    """What the deploy pushes, unpacked alone: it holds the package's source (push.json), so its
+    `source` is ./_source, not a path outside the flake."""
+    import io
+    import subprocess
+    import tarfile
+
+    names = [name for name, _ in flake_entries(str(REPO_FLAKE))]
+    assert "_source/src/ipex_fleet/probe/__main__.py" in names and "_source/pyproject.toml" in names
+    assert not any("__pycache__" in n for n in names)
+    with tarfile.open(fileobj=io.BytesIO(flake_tarball(str(REPO_FLAKE)))) as tar:
+        tar.extractall(tmp_path)  # our own tarball, of plain files
+    # Evaluated with no repository around it, the flake's own source path stays inside the flake.
+    expr = (f"let src = if builtins.pathExists {tmp_path}/_source then {tmp_path}/_source else {tmp_path}/..; "
+            "in builtins.pathExists (src + \"/src/ipex_fleet/__init__.py\")")
+    out = subprocess.run(["nix-instantiate", "--eval", "--expr", expr], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "true", out.stderr
+    assert 'source = if builtins.pathExists ./_source then ./_source else ./..;' in (REPO_FLAKE / "flake.nix").read_text()
+
+
+def test_a_one_line_change_in_the_pushed_source_changes_the_push_address(tmp_path: Path):
+    flake = tmp_path / "flake"
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "a.py").write_text("x = 1\n")
+    flake.mkdir()
+    (flake / "flake.nix").write_text("{ outputs = { self }: { }; }\n")
+    (flake / "push.json").write_text(json.dumps({"include": {"_source/pkg": "../pkg"}}))
+    first = flake_hash(str(flake))
+    (tmp_path / "pkg" / "a.py").write_text("x = 2\n")
+    assert flake_hash(str(flake)) != first
+    (flake / "push.json").write_text(json.dumps({"include": {"../escape": "../pkg"}}))
+    with pytest.raises(ValueError, match="must stay inside the flake"):
+        flake_hash(str(flake))

@@ -12,10 +12,9 @@ let
     then (if config.services.ipex.enable then "xpu" else "cpu")
     else cfg.acceleration;
 
-  # ComfyUI's own flags for each setting. IPEX optimisation only applies where IPEX is present
-  # (services.ipex.legacyIpex); O0 turns it off explicitly.
+  # ComfyUI's own flags for each setting (flags that exist upstream today).
   optimisationFlags = {
-    O0 = [ "--disable-ipex-optimize" "--disable-smart-memory" ];
+    O0 = [ "--disable-smart-memory" ]; # --disable-ipex-optimize is gone upstream (ComfyUI PR #13653)
     O1 = [ ];
     O2 = [ "--use-pytorch-cross-attention" ];
     O3 = [ "--use-pytorch-cross-attention" "--highvram" ];
@@ -36,6 +35,9 @@ let
     (map (p: { name = p.pname or p.name; path = p; }) cfg.customNodes);
 in
 {
+  # What this module reads, so that it also works alone (the module system imports a path once).
+  imports = [ ./ipex.nix ./fleet.nix ];
+
   options.services.ipex-comfyui = {
     enable = mkEnableOption "ComfyUI on an Intel GPU (or CUDA, or CPU) host";
 
@@ -51,7 +53,7 @@ in
       level = mkOption {
         type = types.enum [ "O0" "O1" "O2" "O3" ];
         default = "O1";
-        description = "O0 no IPEX optimisation; O1 ComfyUI defaults; O2 PyTorch SDPA attention; O3 also keeps models in VRAM.";
+        description = "O0 conservative (no smart memory management); O1 ComfyUI defaults; O2 PyTorch SDPA attention; O3 also keeps models in VRAM.";
       };
       precision = mkOption {
         type = types.enum [ "fp32" "fp16" "bf16" "int8" ];
@@ -107,10 +109,6 @@ in
         assertion = cfg.optimisation.precision != "int8";
         message = "services.ipex-comfyui.optimisation.precision = int8 is not supported by upstream ComfyUI; use fp16 or bf16";
       }
-      {
-        assertion = cfg.optimisation.level != "O0" || effective == "xpu";
-        message = "services.ipex-comfyui.optimisation.level = O0 only concerns IPEX on xpu hosts";
-      }
     ];
 
     systemd.tmpfiles.rules = [ "L+ ${cfg.dataDir}/custom_nodes - - - - ${customNodesDir}" ];
@@ -129,6 +127,7 @@ in
           "--listen" cfg.host
           "--port" (toString cfg.port)
           "--base-directory" cfg.dataDir
+          "--database-url" "sqlite:///${cfg.dataDir}/user/comfyui.db"
         ] ++ deviceFlags ++ optimisationFlags ++ precisionFlags ++ cfg.extraArgs);
         DynamicUser = true;
         StateDirectory = "comfyui";

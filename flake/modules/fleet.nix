@@ -37,6 +37,9 @@ let
   };
 in
 {
+  # What this module reads, so that it also works alone (the module system imports a path once).
+  imports = [ ./ipex.nix ];
+
   options.services.ipex-fleet = {
     enable = mkEnableOption "ipex-fleet's host side: probe, bench, metrics and deploy plumbing";
 
@@ -104,9 +107,11 @@ in
     metrics = {
       enable = mkOption {
         type = types.bool;
-        default = config.services.prometheus.exporters.node.enable;
-        defaultText = lib.literalExpression "config.services.prometheus.exporters.node.enable";
-        description = "Write the probe's results as node-exporter textfile metrics.";
+        default = true;
+        description = ''
+          Write the probe's results as textfile metrics and have node_exporter read them (it is
+          enabled, with --collector.textfile.directory, as nixpkgs' module has no textfile option).
+        '';
       };
       directory = mkOption {
         type = types.path;
@@ -157,6 +162,11 @@ in
       "d /var/lib/ipex-fleet 0750 root root -"
       "d /var/lib/ipex-fleet/bench 0750 root root -"
     ] ++ lib.optional cfg.metrics.enable "d ${cfg.metrics.directory} 0755 root root -";
+
+    services.prometheus.exporters.node = mkIf cfg.metrics.enable {
+      enable = lib.mkDefault true;
+      extraFlags = [ "--collector.textfile.directory=${cfg.metrics.directory}" ];
+    };
 
     systemd.services.ipex-fleet-metrics = mkIf cfg.metrics.enable {
       description = "ipex-fleet health probe as node-exporter textfile metrics";

@@ -41,8 +41,12 @@ in
     renderUsers = mkOption {
       type = types.listOf types.str;
       default = [ ];
-      example = [ "ollama" "comfyui" ];
-      description = "Users added to the render and video groups, for /dev/dri/renderD* access.";
+      example = [ "alice" ];
+      description = ''
+        Existing users (defined elsewhere) added to the render and video groups, for
+        /dev/dri/renderD* access. Not for the services: Ollama and ComfyUI run as DynamicUsers and
+        their modules grant them the render group and the char-drm device themselves.
+      '';
     };
 
     environment = mkOption {
@@ -54,6 +58,11 @@ in
 
   config = mkIf cfg.enable {
     assertions = [
+      {
+        assertion = lib.all (u: !(lib.elem u [ "ollama" "comfyui" ])) cfg.renderUsers;
+        message = "services.ipex.renderUsers: ollama and comfyui run as DynamicUsers and get render "
+          + "access from their own modules; remove them from renderUsers";
+      }
       {
         assertion = !cfg.legacyIpex || pkgs.intel-xpu.ipexPython != null;
         message = "services.ipex.legacyIpex needs the intel-xpu input to provide intel-python; "

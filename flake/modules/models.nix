@@ -22,6 +22,9 @@ let
   modelsDir = config.services.ipex-fleet.services.comfyui.models or "/var/lib/comfyui/models";
 in
 {
+  # What this module reads, so that it also works alone (the module system imports a path once).
+  imports = [ ./ollama.nix ./fleet.nix ];
+
   options.services.ipex-fleet.models = {
     files = mkOption {
       type = types.listOf fileModel;

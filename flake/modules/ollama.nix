@@ -8,6 +8,9 @@ let
   inherit (lib) mkEnableOption mkIf mkOption types;
 in
 {
+  # What this module reads, so that it also works alone (the module system imports a path once).
+  imports = [ ./ipex.nix ./fleet.nix ];
+
   options.services.ipex-ollama = {
     enable = mkEnableOption "Ollama on an Intel GPU host, through nixpkgs' services.ollama";
 
@@ -78,7 +81,9 @@ in
         enable = true;
         inherit package;
         inherit (cfg) host port;
-        models = cfg.modelsPath;
+        modelsDir = cfg.modelsPath;
+        # The health check generates with the smoke model: pull it at start with the declared ones.
+        loadModels = lib.optional (cfg.smokeModel != null) cfg.smokeModel;
         environmentVariables = lib.optionalAttrs (effective == "xpu") config.services.ipex.environment;
       };
 

@@ -4,7 +4,10 @@
 { intel-xpu }:
 final: prev:
 let
-  upstream = intel-xpu.packages.${final.stdenv.hostPlatform.system} or { };
+  system = final.stdenv.hostPlatform.system;
+  upstream = intel-xpu.packages.${system} or { };
+  # intel-python (a python313.override with IPEX at .pkgs.ipex) is a legacyPackages attribute.
+  legacy = intel-xpu.legacyPackages.${system} or { };
 in
 {
   intel-xpu = {
@@ -12,7 +15,8 @@ in
     python = final.python3;
     torch = final.python3Packages.torch;
     # Optional, legacy: the Intel Python set with IPEX, when the input provides it.
-    ipexPython = upstream.intel-python or null;
+    ipexPython = let p = legacy.intel-python or null;
+      in if p != null && p ? pkgs.ipex then p.withPackages (ps: [ ps.ipex ]) else null;
     # Ollama reaches Intel GPUs through Vulkan upstream; the SYCL build stays an option.
     ollama = final.ollama-vulkan or final.ollama;
     ollamaSycl = upstream.ollama-sycl or null;

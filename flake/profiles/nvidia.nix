@@ -1,5 +1,5 @@
 # NVIDIA hosts: CUDA torch and Ollama's CUDA build.
-{ ... }:
+{ lib, ... }:
 {
   imports = [ ./common.nix ];
   hardware.nvidia.open = true;
@@ -8,5 +8,5 @@
   nixpkgs.config.allowUnfree = true;
   services.ipex-fleet.accelerator = "cuda";
   services.ipex-ollama = { enable = true; acceleration = "cuda"; smokeModel = "llama3.2:1b"; };
-  services.ipex-comfyui = { enable = true; acceleration = "cuda"; optimisation.precision = "bf16"; };
+  services.ipex-comfyui = { enable = true; acceleration = "cuda"; optimisation.precision = lib.mkDefault "bf16"; };
 }

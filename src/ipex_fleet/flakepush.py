@@ -1,33 +1,92 @@
-"""A flake directory as content: its hash (the push address) and a deterministic tarball."""
+"""A flake directory as content: its hash (the push address), a deterministic tarball, and the
+checks that make what is pushed self-contained and reproducible.
+
+A flake may list extra files in `push.json` (`include`: name in the pushed flake -> path relative
+to the flake directory): the real flake carries the probe package's source this way, because a
+flake pushed as a plain directory sees nothing outside it. The flake must have a `flake.lock`
+whose every input is locked, so that each host builds the same revisions.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import tarfile
 from pathlib import Path
 
-EXCLUDED = {".git", "__pycache__", ".direnv", "result"}
+EXCLUDED = {".git", "__pycache__", ".direnv", "result", ".pytest_cache"}
+PUSH_FILE = "push.json"
+LOCK_FILE = "flake.lock"
 
 
-def _files(root: Path) -> list[Path]:
+class FlakeError(ValueError):
+    """The flake cannot be pushed as it is; the message says what to do."""
+
+
+def _walk(root: Path) -> list[Path]:
+    if root.is_file():
+        return [root]
     out = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d not in EXCLUDED)
         for name in sorted(filenames):
-            if name not in EXCLUDED and not name.startswith("result-"):
+            if name not in EXCLUDED and not name.startswith("result-") and not name.endswith(".pyc"):
                 out.append(Path(dirpath) / name)
     return out
 
 
-def flake_hash(root: str) -> str:
-    """sha256 over every file's relative path, mode and content, in a stable order."""
+def entries(root: str) -> list[tuple[str, Path]]:
+    """(name in the pushed flake, file on the controller) for every file pushed, in a stable order."""
     base = Path(root)
+    found = [(p.relative_to(base).as_posix(), p) for p in _walk(base)]
+    for name, source in sorted(_includes(base).items()):
+        origin = (base / source).resolve()
+        if not origin.exists():
+            raise FlakeError(f"{base / PUSH_FILE}: include {name!r} -> {source!r} does not exist")
+        if origin.is_file():
+            found.append((name, origin))
+        else:
+            found += [(f"{name}/{p.relative_to(origin).as_posix()}", p) for p in _walk(origin)]
+    return sorted(found)
+
+
+def _includes(base: Path) -> dict[str, str]:
+    path = base / PUSH_FILE
+    if not path.is_file():
+        return {}
+    try:
+        include = json.loads(path.read_text()).get("include") or {}
+    except ValueError as exc:
+        raise FlakeError(f"{path}: not JSON ({exc})") from None
+    for name in include:
+        if name.startswith("/") or ".." in Path(name).parts:
+            raise FlakeError(f"{path}: include name {name!r} must stay inside the flake")
+    return {str(k): str(v) for k, v in include.items()}
+
+
+def check_locked(root: str) -> None:
+    """Refuse a flake without flake.lock, or with an input the lock does not pin."""
+    path = Path(root) / LOCK_FILE
+    if not path.is_file():
+        raise FlakeError(f"flake {root} has no {LOCK_FILE}: run `nix flake lock` there (on a machine with "
+                         "network) and commit it, so that every host builds the same locked inputs")
+    try:
+        lock = json.loads(path.read_text())
+        nodes, root_name = lock["nodes"], lock["root"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise FlakeError(f"{path} is not a flake lock ({exc}); run `nix flake lock` again") from None
+    unlocked = sorted(name for name, node in nodes.items() if name != root_name and "locked" not in node)
+    if unlocked:
+        raise FlakeError(f"{path}: input(s) {', '.join(unlocked)} are not locked; run `nix flake lock`")
+
+
+def flake_hash(root: str) -> str:
+    """sha256 over every pushed file's name, mode and content, in a stable order."""
     digest = hashlib.sha256()
-    for path in _files(base):
-        rel = path.relative_to(base).as_posix()
-        digest.update(rel.encode() + b"\0")
+    for name, path in entries(root):
+        digest.update(name.encode() + b"\0")
         if path.is_symlink():
             digest.update(b"L" + os.readlink(path).encode())
         else:
@@ -39,11 +98,10 @@ def flake_hash(root: str) -> str:
 
 def flake_tarball(root: str) -> bytes:
     """A gzip tarball of the flake with fixed owners and times, so equal content packs equally."""
-    base = Path(root)
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
-        for path in _files(base):
-            info = tar.gettarinfo(str(path), arcname=path.relative_to(base).as_posix())
+        for name, path in entries(root):
+            info = tar.gettarinfo(str(path), arcname=name)
             info.uid = info.gid = 0
             info.uname = info.gname = "root"
             info.mtime = 0
