@@ -135,6 +135,18 @@ in
   config = mkIf cfg.enable {
     assertions = [
       {
+        assertion = config.fileSystems ? "/";
+        message = "host ${config.networking.hostName} has no hardware configuration (no fileSystems.\"/\"): run "
+          + "`nixos-generate-config --show-hardware-config` on it, save the output as "
+          + "flake/hosts/${config.networking.hostName}-hardware.nix and import it from flake/hosts/${config.networking.hostName}.nix";
+      }
+      {
+        assertion = !config.boot.loader.systemd-boot.enable
+          || builtins.hasAttr config.boot.loader.efi.efiSysMountPoint config.fileSystems;
+        message = "host ${config.networking.hostName} uses systemd-boot but mounts no ESP at "
+          + "${config.boot.loader.efi.efiSysMountPoint}: add it to its hardware configuration";
+      }
+      {
         assertion = cfg.accelerator != "xpu" || config.services.ipex.enable;
         message = "services.ipex-fleet.accelerator = xpu needs services.ipex.enable = true";
       }

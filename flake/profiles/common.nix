@@ -1,4 +1,4 @@
-# What every fleet host shares. Real hosts also import their hardware-configuration.nix.
+# What every fleet host shares. Each host also imports its hardware-configuration.nix.
 { lib, ... }:
 {
   services.ipex-fleet.enable = true;
@@ -7,7 +7,7 @@
     settings.PasswordAuthentication = false;
     settings.PermitRootLogin = "prohibit-password";
   };
-  boot.loader.systemd-boot.enable = lib.mkDefault true;
-  fileSystems."/" = lib.mkDefault { device = "/dev/disk/by-label/nixos"; fsType = "ext4"; };
+  # No placeholder root filesystem or boot loader: each host imports its own hardware
+  # configuration (services.ipex-fleet asserts it), as a wrong guess would not boot.
   system.stateVersion = "25.11";
 }
