@@ -135,6 +135,19 @@ def fleet3(lab_roots, tmp_path_factory) -> Fleet:
     destroy_checked(fleet.lab)
 
 
+# Deploys in tests skip the benchmark unless they test it.
+FAST = ("--data", "bench=false")
+
+
+@pytest.fixture
+def healthy(fleet):
+    """Healthy lab settings before and after each test (modules use it with `usefixtures`; `fleet`
+    is whichever fleet the module names)."""
+    fleet.reset()
+    yield
+    fleet.reset()
+
+
 def wait_for(predicate, timeout: float, interval: float = 0.01) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -14,6 +14,7 @@ import pytest
 
 from .conftest import BIN, REPO, destroy_checked, make_fleet, wait_for
 
+
 HOSTS = [f"host{i}" for i in range(1, 7)]
 
 
@@ -36,11 +37,7 @@ def inventory(fleet, tmp_path) -> Path:
     return path
 
 
-@pytest.fixture(autouse=True)
-def healthy(fleet):
-    fleet.reset()
-    yield
-    fleet.reset()
+pytestmark = pytest.mark.usefixtures("healthy")
 
 
 def bump_all(fleet) -> None:

@@ -13,9 +13,7 @@ import pytest
 
 from ipex_fleet.domain import Status
 
-from .conftest import REPO, bump, destroy_checked, make_fleet, wait_for
-
-FAST = ("--data", "bench=false")
+from .conftest import FAST, REPO, bump, destroy_checked, make_fleet, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -23,11 +21,7 @@ def fleet(fleet2):
     return fleet2
 
 
-@pytest.fixture(autouse=True)
-def healthy(fleet):
-    fleet.reset()
-    yield
-    fleet.reset()
+pytestmark = pytest.mark.usefixtures("healthy")
 
 
 def test_activation_runs_in_a_systemd_unit_of_its_own_per_call(fleet):

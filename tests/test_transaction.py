@@ -14,9 +14,7 @@ import pytest
 
 from ipex_fleet.domain import Status
 
-from .conftest import REPO, bump, wait_for
-
-FAST = ("--data", "bench=false")
+from .conftest import FAST, REPO, bump, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -24,11 +22,7 @@ def fleet(fleet2):
     return fleet2
 
 
-@pytest.fixture(autouse=True)
-def healthy(fleet):
-    fleet.reset()
-    yield
-    fleet.reset()
+pytestmark = pytest.mark.usefixtures("healthy")
 
 
 def resolved(fleet, host: str, run_id: str) -> list[str]:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .. import fleetconfig
 from ..device import load_generation_environment
+from ..results import write_json_atomic
 from . import gate
 
 
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         if baseline is None or not gate.same_hardware(baseline.get("device") or {}, document["device"]):
             # No baseline, or one taken on other hardware or thread count: start anew. A new torch
             # on the same hardware is compared, so that its regressions show (--rebaseline accepts them).
-            gate.write_json_atomic(Path(args.dir) / "baseline.json",
+            write_json_atomic(Path(args.dir) / "baseline.json",
                                    {"device": document["device"], "quick": document["quick"],
                                     "results": {r["name"]: r["value"] for r in document["results"]}})
             document["gate"] = {"result": "pass", "baseline_recorded": True, "tolerance": args.tolerance,

@@ -7,7 +7,6 @@ its measurement is noisy (cv over the bound): then it is a warn, never a false f
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -26,13 +25,6 @@ def read_baseline(directory: str) -> dict[str, Any] | None:
         return json.loads((Path(directory) / "baseline.json").read_text())
     except FileNotFoundError:
         return None
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
 
 
 def append_history(directory: str, document: dict[str, Any], verdict: str) -> None:
