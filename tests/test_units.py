@@ -282,3 +282,11 @@ def test_a_one_line_change_in_the_pushed_source_changes_the_push_address(tmp_pat
     (flake / "push.json").write_text(json.dumps({"include": {"../escape": "../pkg"}}))
     with pytest.raises(ValueError, match="must stay inside the flake"):
         flake_hash(str(flake))
+
+
+@pytest.mark.parametrize("key,value", [("nixos_config", "web1\n"), ("nix_profile", "/nix/var/nix/profiles/system\n"),
+                                       ("smoke_model", "llama3.2:1b\n"), ("bench_lock", "/run/bench.lock\n")])
+def test_a_trailing_newline_never_passes_a_pattern(flake_dir: Path, key, value):
+    with pytest.raises(UserError) as err:
+        from_host_data("web1", {"flake": str(flake_dir), key: value})
+    assert key in str(err.value) and "\n" not in str(err.value)

@@ -105,7 +105,7 @@ def _plan(args: argparse.Namespace) -> int:
     if not Path(args.inventory).is_file():
         raise UserError(f"inventory {args.inventory} not found")
     data = dict(_key_value(d) for d in args.data)
-    run_id = new_run_id()
+    run_id = new_run_id("plan")
     argv = pyinfra_run.argv(args.inventory, deploy, args.limit, None, data)
     log = run_dir(run_id) / "plan.log"
     rc = pyinfra_run.run(argv, {"IPEX_FLEET_RUN_ID": run_id}, log, lambda line: None, args.timeout)

@@ -66,7 +66,7 @@ def _at_least(minimum: float):
 
 def _matching(pattern: re.Pattern[str], what: str):
     def check(value: Any) -> str:
-        if not isinstance(value, str) or not pattern.match(value):
+        if not isinstance(value, str) or not pattern.fullmatch(value):
             raise ValueError(what)
         return value
     return check
@@ -214,7 +214,7 @@ _KEYS = tuple(field.alias or name for name, field in DeploySettings.model_fields
 
 
 def check_host_name(name: str) -> str:
-    if not _HOST_NAME_RE.match(name):
+    if not _HOST_NAME_RE.fullmatch(name):
         raise UserError(f"host {name!r}: the name may hold only letters, digits and . _ - @ /; "
                         "rename it in the inventory (set ssh_hostname for the address)")
     return name

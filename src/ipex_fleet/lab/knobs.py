@@ -43,7 +43,7 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     if value == "":
         return key, None
     if key in ("version", "kernel"):
-        if not _VERSION_RE.match(value):
+        if not _VERSION_RE.fullmatch(value):
             raise UserError(f"{key} {value!r} must be 1-64 of [A-Za-z0-9._+-], starting alphanumeric")
         return key, value
     if key == "slow_activation":

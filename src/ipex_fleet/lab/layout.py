@@ -19,7 +19,7 @@ _NET_RE = re.compile(r"^127\.(\d{1,3})\.(\d{1,3})$")
 
 def check_net(net: str) -> str:
     """Lab addresses must stay on loopback: 127.X.Y, hosts at .1 to .254."""
-    m = _NET_RE.match(net)
+    m = _NET_RE.fullmatch(net)
     if not m or not all(0 <= int(g) <= 255 for g in m.groups()):
         raise UserError(f"--net {net!r} is not a loopback /24 like 127.0.10; lab hosts live on 127.0.0.0/8 only")
     return net

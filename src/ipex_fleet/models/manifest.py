@@ -60,7 +60,7 @@ def check_ollama_name(name: str, where: str) -> str:
         raise UserError(f"{where}: ollama model name is missing")
     path, _, tag = name.partition(":")
     parts = path.split("/")
-    if len(parts) > 3 or ".." in name or not all(_PART.match(p) for p in parts) or (tag and not _PART.match(tag)):
+    if len(parts) > 3 or ".." in name or not all(_PART.fullmatch(p) for p in parts) or (tag and not _PART.fullmatch(tag)):
         raise UserError(f"{where}: {name!r} is not an Ollama model name ([host/][namespace/]model[:tag], "
                         "characters A-Z a-z 0-9 _ . -)")
     return name
@@ -75,15 +75,15 @@ def _file_entry(entry: dict[str, Any], where: str, trusted: tuple[str, ...]) -> 
         raise UserError(f"{where}: kind {kind!r} is not a ComfyUI model folder ({', '.join(KINDS)})")
     name = entry.get("name")
     if not isinstance(name, str) or "/" in name or "\\" in name or name in (".", "..") or name.startswith("/") \
-            or ".." in name or not _FILE_NAME.match(name):
+            or ".." in name or not _FILE_NAME.fullmatch(name):
         raise UserError(f"{where}: name {name!r} must be a plain file name (no path, no '..')")
     if not name.endswith(EXTENSIONS):
         raise UserError(f"{where}: {name} must end in one of {', '.join(EXTENSIONS)}, or ComfyUI will not list it")
     sha = entry.get("sha256")
-    if not isinstance(sha, str) or not _SHA256.match(sha.lower()):
+    if not isinstance(sha, str) or not _SHA256.fullmatch(sha.lower()):
         raise UserError(f"{where}: sha256 {sha!r} must be 64 hex digits")
     url = entry.get("url")
-    if not isinstance(url, str) or not re.match(r"^https?://[^\s]+$", url):
+    if not isinstance(url, str) or not re.fullmatch(r"^https?://[^\s]+$", url):
         raise UserError(f"{where}: url {url!r} is not an http(s) URL")
     if not url.startswith("https://") and not any(url.startswith(t) for t in trusted):
         raise UserError(f"{where}: {redact.url(url)} is not https; use https, or list its mirror in host data "
