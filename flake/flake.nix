@@ -27,15 +27,20 @@
       overlays.intel-xpu = import ./overlays/intel-xpu.nix { inherit intel-xpu; };
 
       # Each single module also brings this base (imported once, by its key): the overlay, and the
-      # ipex-fleet package built from the host's own nixpkgs (its torch: CPU, or CUDA where the host
-      # sets nixpkgs.config.cudaSupport), never from a flake-level package set.
+      # ipex-fleet package built from the host's own package set with the torch of its accelerator
+      # (overlays/intel-xpu.nix says which combinations are proven), never from a flake-level set.
       nixosModules =
         let
-          base = { lib, pkgs, ... }: {
+          base = { config, lib, pkgs, ... }: {
             key = "ipex-fleet#base";
             imports = [ ./modules/fleet.nix ];
             nixpkgs.overlays = [ self.overlays.intel-xpu ];
-            services.ipex-fleet.package = lib.mkDefault (pkgs.callPackage ./packages/ipex-fleet.nix { src = source; });
+            # XPU hosts: intel-python's torch; others: nixpkgs' (CUDA under cudaSupport, else CPU).
+            services.ipex-fleet.package = lib.mkDefault (pkgs.callPackage ./packages/ipex-fleet.nix {
+              src = source;
+              python3Packages =
+                if config.services.ipex-fleet.accelerator == "xpu" then pkgs.intel-xpu.python.pkgs else pkgs.python3Packages;
+            });
           };
           single = file: { imports = [ base file ]; };
         in

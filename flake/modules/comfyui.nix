@@ -1,12 +1,13 @@
-# ComfyUI as a hardened systemd service, on nixpkgs' comfyui package, with XPU (upstream
-# torch.xpu), CUDA or CPU torch, and the seeds' options: acceleration, optimisation level,
-# precision, models path and custom nodes. Listens on 127.0.0.1 unless told otherwise.
+# ComfyUI as a hardened systemd service, on nixpkgs' comfyui package, with XPU (intel-python's
+# torch from the intel-xpu input: evaluated, not proven on hardware), CUDA (nixpkgs' torch under
+# cudaSupport) or CPU torch, and the seeds' options: acceleration, optimisation level, precision,
+# models path and custom nodes. Listens on 127.0.0.1 unless told otherwise.
 { config, lib, pkgs, ... }:
 
 let
   cfg = config.services.ipex-comfyui;
   defaults = (builtins.fromJSON (builtins.readFile ../lib/defaults.json)).comfyui;
-  inherit (lib) mkEnableOption mkIf mkOption mkPackageOption types;
+  inherit (lib) mkEnableOption mkIf mkOption types;
 
   effective = if cfg.acceleration == "auto"
     then (if config.services.ipex.enable then "xpu" else "cpu")
@@ -41,7 +42,13 @@ in
   options.services.ipex-comfyui = {
     enable = mkEnableOption "ComfyUI on an Intel GPU (or CUDA, or CPU) host";
 
-    package = mkPackageOption pkgs "comfyui" { };
+    package = mkOption {
+      type = types.package;
+      # nixpkgs' comfyui has CPU torch, or CUDA under cudaSupport; XPU needs intel-python's torch.
+      default = if effective == "xpu" then pkgs.intel-xpu.comfyui else pkgs.comfyui;
+      defaultText = lib.literalExpression ''if acceleration is xpu then pkgs.intel-xpu.comfyui else pkgs.comfyui'';
+      description = "The ComfyUI package; its torch must support the acceleration (overlays/intel-xpu.nix).";
+    };
 
     acceleration = mkOption {
       type = types.enum [ "auto" "cpu" "xpu" "cuda" ];
@@ -104,6 +111,12 @@ in
       {
         assertion = effective != "xpu" || config.services.ipex.enable;
         message = "services.ipex-comfyui.acceleration = xpu needs services.ipex.enable = true";
+      }
+      {
+        # nixpkgs builds torch with CUDA only under cudaSupport; without it ComfyUI stops at start.
+        assertion = effective != "cuda" || (config.nixpkgs.config.cudaSupport or false);
+        message = "services.ipex-comfyui.acceleration = cuda needs nixpkgs.config.cudaSupport = true "
+          + "(nixpkgs' torch has no CUDA otherwise: \"Torch not compiled with CUDA enabled\")";
       }
       {
         assertion = cfg.optimisation.precision != "int8";

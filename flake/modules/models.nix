@@ -1,5 +1,5 @@
 # Declarative models: files fetched into the Nix store by sha256 and linked into ComfyUI's
-# model folders, and Ollama models pulled at start by nixpkgs' services.ollama.loadModels.
+# model folders, and Ollama models pulled at start by nixpkgs' services.ollama.loadModels (set by ollama.nix).
 # The alternative is installing them at run time (`models:` in host data); never both for a file.
 { config, lib, pkgs, ... }:
 
@@ -52,6 +52,5 @@ in
     }];
 
     systemd.tmpfiles.rules = map (m: "L+ ${modelsDir}/${m.kind}/${m.name} - - - - ${fetched m}") cfg.files;
-    services.ollama.loadModels = lib.mkIf (cfg.ollama != [ ]) cfg.ollama;
   };
 }

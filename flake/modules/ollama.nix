@@ -82,8 +82,10 @@ in
         inherit package;
         inherit (cfg) host port;
         modelsDir = cfg.modelsPath;
-        # The health check generates with the smoke model: pull it at start with the declared ones.
-        loadModels = lib.optional (cfg.smokeModel != null) cfg.smokeModel;
+        # The health check generates with the smoke model: pull it at start with the declared ones
+        # (services.ipex-fleet.models.ollama, where the models module is imported), each once.
+        loadModels = lib.unique (lib.optional (cfg.smokeModel != null) cfg.smokeModel
+          ++ (config.services.ipex-fleet.models.ollama or [ ]));
         environmentVariables = lib.optionalAttrs (effective == "xpu") config.services.ipex.environment;
       };
 

@@ -1,24 +1,42 @@
 # Intel XPU packages, scoped under pkgs.intel-xpu so they never replace nixpkgs' own.
-# IPEX is end-of-life (last release 2.8): upstream torch's torch.xpu is the default path,
-# and IPEX is offered only where a host asks for it.
+#
+# The XPU Python is MordragT/nixos' `intel-python` (the seeds' Intel source): python313 whose torch
+# is built for XPU (SYCL, Level Zero). nixpkgs' own torch has no XPU support. IPEX is end-of-life
+# (last release 2.8): upstream torch.xpu is the default path and IPEX is only there on request.
+#
+# What is proven, and how (the modules say the same):
+# - CPU hosts: nixpkgs' torch. Evaluated through lib.evalModules (tests/nixeval); the probe and
+#   bench run on CPU torch in the lab.
+# - CUDA hosts: nixpkgs' torch under nixpkgs.config.cudaSupport. Evaluated; the probe and bench
+#   run on an H100 through the same device-generic code.
+# - XPU hosts: intel-python's torch, for the probe and for ComfyUI. Evaluated only: no Intel GPU
+#   and no nixpkgs build here, so neither the build nor a run on an XPU is proven.
 { intel-xpu }:
 final: prev:
 let
   system = final.stdenv.hostPlatform.system;
   upstream = intel-xpu.packages.${system} or { };
-  # intel-python (a python313.override with IPEX at .pkgs.ipex) is a legacyPackages attribute.
+  # intel-python and intel-dpcpp are legacyPackages attributes, not packages.
   legacy = intel-xpu.legacyPackages.${system} or { };
+  unavailable = what: throw "pkgs.intel-xpu.${what} is unavailable: the intel-xpu input (MordragT/nixos) "
+    + "provides no ${what} for ${system}";
+  python = legacy.intel-python or (unavailable "python");
+  # nixpkgs' comfyui builds its Python with `python3.override { packageOverrides = ... }`, which
+  # would replace intel-python's own overrides (and with them its XPU torch): keep intel-python.
+  pinnedPython = python // { override = _: python; };
 in
 {
   intel-xpu = {
-    # Upstream PyTorch with XPU support: the default for ComfyUI and the probe.
-    python = final.python3;
-    torch = final.python3Packages.torch;
-    # Optional, legacy: the Intel Python set with IPEX, when the input provides it.
-    ipexPython = let p = legacy.intel-python or null;
-      in if p != null && p ? pkgs.ipex then p.withPackages (ps: [ ps.ipex ]) else null;
-    # Ollama reaches Intel GPUs through Vulkan upstream; the SYCL build stays an option.
-    ollama = final.ollama-vulkan or final.ollama;
+    inherit python;
+    torch = python.pkgs.torch;
+    # Optional, legacy (end-of-life): the Intel Python environment with IPEX.
+    ipexPython = if legacy ? intel-python && legacy.intel-python ? pkgs.ipex
+      then legacy.intel-python.withPackages (ps: [ ps.ipex ]) else null;
+    mkl = upstream.intel-mkl or (unavailable "mkl");
+    # ComfyUI on the XPU torch.
+    comfyui = final.comfyui.override { python3 = pinnedPython; };
+    # Ollama reaches Intel GPUs through Vulkan upstream; the SYCL build (0.3.10, 2024) stays an option.
+    ollama = final.ollama-vulkan;
     ollamaSycl = upstream.ollama-sycl or null;
   };
 }

@@ -1,0 +1,91 @@
+# A stand-in for the nixpkgs package set, as far as the fleet's modules and packages use it.
+# Derivations are attribute sets that evaluate and build nothing. What matters is kept as nixpkgs
+# keeps it:
+# - torch: CUDA only under config.cudaSupport (passthru cudaSupport, as nixpkgs' torch has);
+# - python3.override replaces packageOverrides, as Python's override does;
+# - comfyui: nixpkgs' package builds its Python from `python3.override` (pkgs/by-name/co/comfyui);
+# - ollama-vulkan, ollama-cuda, ollama-cpu exist; services.ollama has no acceleration option.
+# `stubAccelerator` marks what a torch really runs on; the checks read it.
+{ lib, config ? { }, overlays ? [ ], system ? "x86_64-linux" }:
+let
+  hash = name: builtins.substring 0 32 (builtins.hashString "sha256" name);
+  stubDerivation = name: extra:
+    let
+      self = {
+        type = "derivation";
+        inherit name system;
+        outPath = "/nix/store/${hash name}-${name}";
+        drvPath = "/nix/store/${hash "drv-${name}"}-${name}.drv";
+        outputs = [ "out" ];
+        meta = { mainProgram = lib.head (lib.splitString "-" name); };
+      } // extra;
+    in self;
+
+  cudaSupport = config.cudaSupport or false;
+
+  # The fixpoint of this set with the host's overlays, as `import nixpkgs { overlays; }` makes it.
+  base = final: {
+    inherit lib config system stubDerivation;
+    stubPython = mkPythonFinal final;
+    stdenv.hostPlatform.system = system;
+    callPackage = lib.callPackageWith final;
+    python3 = mkPythonFinal final { name = "python3.13"; torchAccelerator = if cudaSupport then "cuda" else "cpu"; };
+    python313 = final.python3;
+    python3Packages = final.python3.pkgs;
+    linkFarm = name: entries: stubDerivation name { inherit entries; };
+    fetchurl = args: stubDerivation (args.name or (baseNameOf args.url)) { inherit (args) url; outputHash = args.hash or args.sha256; };
+    mkShell = args: stubDerivation "nix-shell" args;
+    # pkgs/by-name/co/comfyui/package.nix: its Python is python3.override { packageOverrides = torch
+    # with cudaPackages_13 }, so its torch is nixpkgs' (CUDA under cudaSupport, else CPU).
+    comfyui = final.callPackage ({ python3 }:
+      let python = python3.override { self = python; packageOverrides = _: _: { }; };
+      in stubDerivation "comfyui-0.34.1" {
+        passthru = { inherit python; };
+        inherit python;
+        torch = python.pkgs.torch;
+        meta.mainProgram = "comfyui";
+      }) { };
+    ollama = stubDerivation "ollama-0.32.0" { meta.mainProgram = "ollama"; stubAccelerator = "cpu"; };
+    ollama-cpu = final.ollama;
+    ollama-vulkan = stubDerivation "ollama-vulkan-0.32.0" { meta.mainProgram = "ollama"; stubAccelerator = "vulkan"; };
+    ollama-cuda = stubDerivation "ollama-cuda-0.32.0" { meta.mainProgram = "ollama"; stubAccelerator = "cuda"; };
+    ollama-rocm = stubDerivation "ollama-rocm-0.32.0" { meta.mainProgram = "ollama"; stubAccelerator = "rocm"; };
+  } // lib.genAttrs [ "intel-compute-runtime" "intel-media-driver" "vpl-gpu-rt" "clinfo" "level-zero" "nix"
+    "openssh" "nftables" "parallel" "gawk" "gnused" ] (n: stubDerivation n { });
+
+  # A Python whose package set is `pythonPackages` plus what its packageOverrides add.
+  mkPythonFinal = final: { name, torchAccelerator, extraPackages ? _: _: { } }:
+    let
+      python = stubDerivation name {
+        torchAcceleratorValue = torchAccelerator;
+        extraPackagesOf = self: super: extraPackages self super;
+        pkgs = pythonPackagesWith final python;
+        withPackages = f: stubDerivation "${name}-env" { packages = f python.pkgs; pythonModule = python; };
+        sitePackages = "lib/${name}/site-packages";
+        # Python's override: new arguments replace the old ones, packageOverrides included.
+        override = args: mkPythonFinal final {
+          inherit name;
+          torchAccelerator = if cudaSupport then "cuda" else "cpu";
+          extraPackages = args.packageOverrides or (_: _: { });
+        };
+      };
+    in python;
+
+  pythonPackagesWith = final: python:
+    let
+      plain = {
+        inherit python;
+        callPackage = lib.callPackageWith (final // set);
+        buildPythonPackage = args: stubDerivation "python-${args.pname}-${args.version}" (args // { pythonModule = python; });
+        buildPythonApplication = args: stubDerivation "${args.pname}-${args.version}" (args // { pythonModule = python; });
+        torch = stubDerivation "python-torch-2.9" {
+          pname = "torch";
+          cudaSupport = python.torchAcceleratorValue == "cuda";
+          stubAccelerator = python.torchAcceleratorValue;
+        };
+      } // lib.genAttrs [ "setuptools" "pyinfra" "paramiko" "jinja2" "pyyaml" "pytest" "aiohttp" "numpy" "pillow" "safetensors" ]
+        (n: stubDerivation "python-${n}" { pname = n; });
+      set = plain // python.extraPackagesOf set plain;
+    in set;
+in
+lib.fix (lib.extends (lib.composeManyExtensions overlays) base)
