@@ -20,7 +20,8 @@ from ipex_fleet import fleetconfig
 from .conftest import REPO
 
 FLAKE = REPO / "flake"
-NIX_FILES = sorted([*FLAKE.rglob("*.nix"), *(REPO / "src/ipex_fleet/lab/flake").rglob("*.nix")])
+NIX_FILES = sorted([*FLAKE.rglob("*.nix"), *(REPO / "src/ipex_fleet/lab").rglob("*.nix"),
+                    *(REPO / "tests/nixeval").rglob("*.nix")])
 
 
 @pytest.mark.parametrize("path", NIX_FILES, ids=lambda p: str(p.relative_to(REPO)))
@@ -105,13 +106,18 @@ def test_flake_outputs_are_declared():
 
 def test_lab_host_config_json_is_read_by_the_python_side(tmp_path):
     """The lab's generation writes the same schema: build one and load its config.json."""
-    from ipex_fleet.lab.fleet import FLAKE_SOURCE
+    from ipex_fleet.lab.fleet import FLAKE_SOURCE, LABPKGS_SOURCE, LABPKGS_URL_MARK
     import shutil
 
     flake = tmp_path / "flake"
     shutil.copytree(FLAKE_SOURCE, flake, ignore=shutil.ignore_patterns("__pycache__"))
+    # The lab serves its input over HTTP; here the same source as a path input.
+    nix = flake / "flake.nix"
+    nix.write_text(nix.read_text().replace(LABPKGS_URL_MARK, f"path:{LABPKGS_SOURCE}"))
     (flake / "hosts").mkdir()
     (flake / "hosts" / "hostx.json").write_text(json.dumps({"version": "1", "address": "127.0.99.1"}))
+    env = {"NIX_CONFIG": "experimental-features = nix-command flakes", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    subprocess.run(["nix", "flake", "lock", f"path:{flake}"], check=True, capture_output=True, timeout=120, env=env)
     proc = subprocess.run(["nix-instantiate", "--eval", "--strict", "--json", "-E",
                            f"(builtins.getFlake \"path:{flake}\").nixosConfigurations.hostx.config.system.build.toplevel.fleetConfigJson"],
                           capture_output=True, text=True, timeout=120,

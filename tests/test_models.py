@@ -21,7 +21,7 @@ from ipex_fleet.models.manifest import FileModel, ModelPlan
 
 from .conftest import REPO
 
-SERVICES = REPO / "src/ipex_fleet/lab/flake/services"
+SERVICES = REPO / "src/ipex_fleet/lab/labpkgs/services"
 
 
 def free_port() -> int:

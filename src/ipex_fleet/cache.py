@@ -13,6 +13,7 @@ from typing import Any
 
 
 from .errors import CommandFailed
+from .flakepush import materialize
 from .runner import run
 from .settings import DeploySettings
 
@@ -45,7 +46,8 @@ def build_all(hosts: list[tuple[str, DeploySettings]], built: dict[tuple[str, st
     for flake, members in by_flake.items():
         settings = members[0][1]
         configs = sorted({s.nixos_config for _, s in members})
-        installables = [f"path:{flake}#nixosConfigurations.{c}.config.system.build.toplevel" for c in configs]
+        pushed = materialize(flake)  # build what the hosts would get, never the checkout
+        installables = [f"path:{pushed}#nixosConfigurations.{c}.config.system.build.toplevel" for c in configs]
         out = _run_nix(["nix", "--extra-experimental-features", "nix-command flakes", "build", "--json",
                         "--no-link", "--no-write-lock-file", *installables], settings, settings.build_timeout)
         paths = [entry["outputs"]["out"] for entry in json.loads(out)]

@@ -41,7 +41,8 @@ def _lab_parser(sub: argparse._SubParsersAction) -> None:
     st.set_defaults(func=_lab_status)
     for name, helptext, func in (
         ("cut", "drop SSH traffic to HOST silently (nftables)", _lab_cut),
-        ("heal", "undo `cut`", _lab_heal),
+        ("heal", "undo `cut` and `isolate`", _lab_heal),
+        ("isolate", "give HOST no route anywhere but its own address (SSH to it still works)", _lab_isolate),
         ("freeze", "freeze every process of HOST (its cgroup)", _lab_freeze),
         ("thaw", "undo `freeze`", _lab_thaw),
         ("reboot", "reboot HOST cleanly and wait for its new boot", _lab_reboot),
@@ -100,10 +101,10 @@ def _lab_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"hosts": [r.__dict__ for r in rows], "packets_off_loopback": leaks["leaks"]}, indent=2))
         return 0
-    print(f"{'HOST':<8} {'ADDRESS':<15} {'STATE':<8} {'CUT':<7} {'GEN':>4}  SETTINGS")
+    print(f"{'HOST':<8} {'ADDRESS':<15} {'STATE':<8} {'FAULT':<8} {'GEN':>4}  SETTINGS")
     for r in rows:
         knobs = " ".join(f"{k}={v}" for k, v in sorted(r.settings.items()) if k != "address")
-        print(f"{r.name:<8} {r.address:<15} {r.state:<8} {r.cut or '-':<7} {r.generation if r.generation is not None else '-':>4}  {knobs}")
+        print(f"{r.name:<8} {r.address:<15} {r.state:<8} {r.cut or '-':<8} {r.generation if r.generation is not None else '-':>4}  {knobs}")
     print(f"packets from the lab's hosts to addresses off loopback (dropped): {leaks['leaks']}")
     return 0
 
@@ -115,6 +116,11 @@ def _lab_cut(args: argparse.Namespace) -> int:
 
 def _lab_heal(args: argparse.Namespace) -> int:
     _lab(args).heal(args.host)
+    return 0
+
+
+def _lab_isolate(args: argparse.Namespace) -> int:
+    _lab(args).isolate(args.host)
     return 0
 
 

@@ -9,11 +9,14 @@ whose every input is locked, so that each host builds the same revisions.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
 import os
+import shutil
 import tarfile
+import tempfile
 from pathlib import Path
 
 EXCLUDED = {".git", "__pycache__", ".direnv", "result", ".pytest_cache"}
@@ -96,12 +99,14 @@ def flake_hash(root: str) -> str:
     return digest.hexdigest()[:32]
 
 
-def flake_tarball(root: str) -> bytes:
-    """A gzip tarball of the flake with fixed owners and times, so equal content packs equally."""
+def flake_tarball(root: str, prefix: str = "") -> bytes:
+    """A gzip tarball of the flake with fixed owners and times, so equal content packs equally.
+    `prefix` puts everything under one top directory (Nix's tarball inputs need exactly one)."""
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
+    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz, \
+            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for name, path in entries(root):
-            info = tar.gettarinfo(str(path), arcname=name)
+            info = tar.gettarinfo(str(path), arcname=f"{prefix}/{name}" if prefix else name)
             info.uid = info.gid = 0
             info.uname = info.gname = "root"
             info.mtime = 0
@@ -111,3 +116,23 @@ def flake_tarball(root: str) -> bytes:
             else:
                 tar.addfile(info)
     return buf.getvalue()
+
+
+def materialize(root: str, parent: str | None = None) -> str:
+    """What is pushed, unpacked alone in a directory on the controller (made once per content):
+    the controller builds and archives this, never the checkout, so it sees what the hosts see."""
+    digest = flake_hash(root)
+    base = Path(parent or Path(tempfile.gettempdir()) / "ipex-fleet-flakes")
+    dest = base / digest
+    if (dest / ".complete").is_file():
+        return str(dest)
+    base.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{digest}-", dir=base))
+    with tarfile.open(fileobj=io.BytesIO(flake_tarball(root)), mode="r:gz") as tar:
+        tar.extractall(tmp)  # our own tarball: names checked by entries()
+    (tmp / ".complete").touch()
+    try:
+        tmp.rename(dest)
+    except OSError:  # another process made it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(dest)

@@ -50,6 +50,19 @@ def run(
     return result
 
 
+def run_to_file(argv: list[str], path: str, *, timeout: float, env: dict[str, str] | None = None) -> None:
+    """Run argv with its stdout written to `path` (binary output, such as `nix-store --export`)."""
+    full_env = {**os.environ, **env} if env else None
+    with open(path, "wb") as out:
+        try:
+            proc = subprocess.run(argv, stdout=out, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                  timeout=timeout, env=full_env)
+        except subprocess.TimeoutExpired as exc:
+            raise CommandFailed(argv, 124, f"timed out after {timeout:g}s") from exc
+    if proc.returncode != 0:
+        raise CommandFailed(argv, proc.returncode, proc.stderr.decode(errors="replace"))
+
+
 def run_attached(argv: list[str], *, timeout: float) -> int:
     """Run argv with the caller's stdin/stdout/stderr (for `lab exec`); return its exit code."""
     try:

@@ -9,7 +9,8 @@ from typing import Any
 
 import gevent.lock
 
-from .flakepush import flake_hash, flake_tarball
+from .flakeinputs import LockedInputs, export, resolve
+from .flakepush import flake_hash, flake_tarball, materialize
 from .results import new_run_id
 
 _ATTRIBUTE = "_ipex_fleet_run"
@@ -25,6 +26,9 @@ class RunState:
     build_lock: gevent.lock.BoundedSemaphore = field(default_factory=lambda: gevent.lock.BoundedSemaphore(1))
     _hashes: dict[str, str] = field(default_factory=dict)
     _tarballs: dict[str, bytes] = field(default_factory=dict)
+    _inputs: dict[str, LockedInputs] = field(default_factory=dict)
+    _exports: dict[tuple[str, ...], bytes] = field(default_factory=dict)
+    inputs_lock: gevent.lock.BoundedSemaphore = field(default_factory=lambda: gevent.lock.BoundedSemaphore(1))
 
     def flake_hash(self, path: str) -> str:
         """Read once per run: every host of the run pushes the same content."""
@@ -36,6 +40,21 @@ class RunState:
         if path not in self._tarballs:
             self._tarballs[path] = flake_tarball(path)
         return self._tarballs[path]
+
+
+    def flake_inputs(self, path: str, nix_conf_dir: str | None) -> LockedInputs:
+        """The flake's locked inputs, resolved on the controller once per run (from what is pushed)."""
+        with self.inputs_lock:
+            if path not in self._inputs:
+                self._inputs[path] = resolve(materialize(path), nix_conf_dir)
+            return self._inputs[path]
+
+    def inputs_export(self, paths: tuple[str, ...], nix_conf_dir: str | None) -> bytes:
+        """One export per set of missing paths: hosts that lack the same inputs share it."""
+        with self.inputs_lock:
+            if paths not in self._exports:
+                self._exports[paths] = export(list(paths), nix_conf_dir)
+            return self._exports[paths]
 
 
 def of(state: Any) -> RunState:

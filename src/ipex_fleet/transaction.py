@@ -21,7 +21,7 @@ from pyinfra import logger
 from pyinfra.api.state import BaseStateCallback
 
 from .domain import NO_GENERATION, Action, Generation, HostResult, Status
-from . import redact, runstate
+from . import flakeinputs, redact, runstate
 from .nix import commands as nixcmd
 from .nix import journal
 from .remote import HostUnreachable, RemoteResult, SessionLost, StepTimeout, put_bytes, run, run_fresh
@@ -340,7 +340,39 @@ def push_flake(tx: HostTransaction, host: Any) -> None:
         unpacked = sh(tx, host, nixcmd.unpack_flake(upload, digest))
         if not unpacked.ok:
             raise StepFailed(f"unpacking the flake failed: {unpacked.last_error}")
+    carried = carry_inputs(tx, host)
+    host.log(f"pushed the flake ({0 if present.ok else len(run.flake_tarball(tx.settings.flake))} bytes) "
+             f"and its locked inputs ({carried} bytes)")
     sh(tx, host, nixcmd.prune_flakes(tx.settings.keep_flakes, digest))
+
+
+def carry_inputs(tx: HostTransaction, host: Any) -> int:
+    """Step 3a, continued: the locked inputs the host lacks, from the controller's store, so that it
+    builds the locked revisions without network (flakeinputs says why this way). Returns bytes sent."""
+    run = runstate.of(host.state)
+    conf = tx.settings.controller_nix_conf_dir
+    try:
+        inputs = run.flake_inputs(tx.settings.flake, conf)
+    except flakeinputs.InputsError as exc:
+        raise StepFailed(str(exc)) from None
+    if not inputs.store_paths:
+        return 0
+    listed = sh(tx, host, flakeinputs.missing_command(inputs.store_paths))
+    if not listed.ok:
+        raise StepFailed(f"checking the host's store for the flake's inputs failed: {listed.last_error}")
+    missing = tuple(sorted(line for line in listed.stdout_lines if line in inputs.store_paths))
+    if not missing:
+        return 0
+    try:
+        data = run.inputs_export(missing, conf)
+    except flakeinputs.InputsError as exc:
+        raise StepFailed(str(exc)) from None
+    upload = f"{nixcmd.FLAKE_ROOT}/.inputs-{tx.run_id}.gz"
+    put_bytes(host, data, upload, timeout=tx.settings.command_timeout)
+    imported = sh(tx, host, flakeinputs.import_command(upload), tx.settings.build_timeout)
+    if not imported.ok:
+        raise StepFailed(f"importing the flake's inputs failed: {imported.last_error}")
+    return len(data)
 
 
 def build(tx: HostTransaction, host: Any) -> None:

@@ -13,13 +13,11 @@ nix-community/nixpkgs.lib. Without it the harness says so and evaluates nothing 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import shlex
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from collections.abc import Callable
@@ -256,15 +254,11 @@ def run_checks(h: Harness) -> dict[str, Problems]:
 
 
 def pushed_copy(flake: Path, dest: Path) -> Path:
-    """What the deploy pushes, unpacked alone: `dest/flake`."""
+    """What the deploy pushes, unpacked alone in a directory under `dest`."""
     sys.path.insert(0, str(REPO / "src"))
-    from ipex_fleet.flakepush import flake_tarball
+    from ipex_fleet.flakepush import materialize
 
-    out = dest / "flake"
-    out.mkdir(parents=True)
-    with tarfile.open(fileobj=io.BytesIO(flake_tarball(str(flake))), mode="r:gz") as tar:
-        tar.extractall(out)
-    return out
+    return Path(materialize(str(flake), str(dest)))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,6 +36,11 @@ def nft_cgroup_path(spec: LabSpec) -> str:
     return str((v2 / lab_cgroup_rel(spec)).relative_to(CGROUP_BASE))
 
 
+def nft_host_cgroup_path(spec: LabSpec, host: LabHost) -> tuple[str, int]:
+    """The host's cgroup as nftables names it, and its depth in the cgroup2 hierarchy."""
+    return f"{nft_cgroup_path(spec)}/{host.name}", lab_cgroup_rel(spec).count("/") + 2
+
+
 def ensure_lab_cgroup(spec: LabSpec) -> None:
     """The lab's cgroup must exist before the nftables guard names it."""
     v1, v2 = _hierarchies()

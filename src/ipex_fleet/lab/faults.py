@@ -93,3 +93,61 @@ def heal(spec: LabSpec, address: str) -> None:
     how = cut_addresses(spec).get(address)
     if how:
         run(["nft", "delete", "element", "inet", spec.nft_table, f"cut_{how}", f"{{ {address} }}"], timeout=10)
+
+
+def _isolation_comment(host_cgroup: str) -> str:
+    return f"isolate {host_cgroup}"
+
+
+def isolate(spec: LabSpec, host_cgroup: str, level: int, address: str) -> None:
+    """Give a host no route anywhere but its own address: every new connection or datagram a process
+    of the host (its cgroup) sends elsewhere, loopback included, is dropped and counted in
+    `isolated`. Replies on connections made to the host (SSH from the controller) still flow."""
+    if not _table_exists(spec):
+        raise UserError(f"the lab's nftables table {spec.nft_table} is missing; run `ipex-fleet lab up` first")
+    if host_cgroup in isolated_cgroups(spec):
+        return
+    t = spec.nft_table
+    match = f'socket cgroupv2 level {level} "{host_cgroup}"'
+    comment = _isolation_comment(host_cgroup)
+    script = (
+        f"add counter inet {t} isolated\n"
+        f'insert rule inet {t} output {match} ct state new ip daddr != {address} counter name isolated drop comment "{comment}"\n'
+        f'insert rule inet {t} output {match} ct state new meta nfproto ipv6 counter name isolated drop comment "{comment}"\n'
+    )
+    run(["nft", "-f", "-"], timeout=10, input=script)
+
+
+def _isolation_rules(spec: LabSpec) -> list[tuple[int, str]]:
+    if not _table_exists(spec):
+        return []
+    out = run(["nft", "-j", "-a", "list", "chain", "inet", spec.nft_table, "output"], timeout=10).stdout
+    rules = []
+    for item in json.loads(out).get("nftables", []):
+        rule = item.get("rule")
+        if rule and str(rule.get("comment", "")).startswith("isolate "):
+            rules.append((int(rule["handle"]), rule["comment"].removeprefix("isolate ")))
+    return rules
+
+
+def isolated_cgroups(spec: LabSpec) -> set[str]:
+    return {cgroup for _, cgroup in _isolation_rules(spec)}
+
+
+def unisolate(spec: LabSpec, host_cgroup: str) -> None:
+    for handle, cgroup in _isolation_rules(spec):
+        if cgroup == host_cgroup:
+            run(["nft", "delete", "rule", "inet", spec.nft_table, "output", "handle", str(handle)], timeout=10)
+
+
+def isolated_counter(spec: LabSpec) -> int:
+    """Packets dropped from isolated hosts so far (0 when none was isolated)."""
+    if not _table_exists(spec):
+        return 0
+    got = run(["nft", "-j", "list", "counter", "inet", spec.nft_table, "isolated"], timeout=10, check=False)
+    if not got.ok:
+        return 0
+    for item in json.loads(got.stdout).get("nftables", []):
+        if item.get("counter"):
+            return int(item["counter"].get("packets", 0))
+    return 0

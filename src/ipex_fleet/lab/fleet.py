@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -20,10 +21,15 @@ from ..domain import SYSTEM_PROFILE, Action
 from ..errors import CommandFailed, UserError
 from ..nix import commands as nixcmd
 from ..runner import Completed, run, run_attached
+from .. import flakeinputs
+from ..flakepush import flake_hash, flake_tarball, materialize
 from . import container, faults, knobs, sshmaterial, template
 from .layout import DEFAULT_NET, LabHost, LabLayout, LabSpec, check_net, read_spec, write_spec
 
 FLAKE_SOURCE = Path(__file__).parent / "flake"
+# The lab flake's locked input (standing in for nixpkgs), served by the lab on loopback.
+LABPKGS_SOURCE = Path(__file__).parent / "labpkgs"
+LABPKGS_URL_MARK = "@LABPKGS_URL@"
 GUEST_SOURCE = Path(__file__).parent / "guest"
 NIX_CONF = template.NIX_CONF
 INSTALL_FLAKE = "/var/lib/ipex-fleet-lab/install-flake"
@@ -114,6 +120,8 @@ class Lab:
         container.ensure_lab_cgroup(spec)
         faults.ensure_table(spec, container.nft_cgroup_path(spec))
         sshmaterial.write_client_side(self.layout, spec)
+        self._start_cache(spec)
+        self._lock_flake()
         wanted = spec.hosts[:count]
         started = []
         for host in wanted:
@@ -126,7 +134,6 @@ class Lab:
             self._wait_booted(spec, host, timeout=60)
         with ThreadPoolExecutor(max_workers=8) as pool:
             list(pool.map(self._bootstrap, wanted))
-        self._start_cache(spec)
         return [h.name for h in started]
 
     def down(self) -> None:
@@ -165,11 +172,14 @@ class Lab:
     def status(self) -> list[HostStatus]:
         spec = self.spec
         cut = faults.cut_addresses(spec)
+        isolated = faults.isolated_cgroups(spec)
         out = []
         for host in spec.hosts:
             init = container.init_pid(spec, host)
             state = "stopped" if init is None else ("frozen" if container.is_frozen(spec, host) else "running")
-            out.append(HostStatus(host.name, host.address, state, cut.get(host.address),
+            fault = cut.get(host.address) or (
+                "isolated" if container.nft_host_cgroup_path(spec, host)[0] in isolated else None)
+            out.append(HostStatus(host.name, host.address, state, fault,
                                   self._generation_number(host),
                                   knobs.read_settings(self.layout.host_settings(host.name))))
         return out
@@ -185,8 +195,19 @@ class Lab:
         faults.cut(spec, spec.host(name).address, how)
 
     def heal(self, name: str) -> None:
+        """Undo `cut` and `isolate`."""
         spec = self.spec
-        faults.heal(spec, spec.host(name).address)
+        host = spec.host(name)
+        faults.heal(spec, host.address)
+        faults.unisolate(spec, container.nft_host_cgroup_path(spec, host)[0])
+
+    def isolate(self, name: str) -> None:
+        """The host reaches no address but its own (nftables on its cgroup); SSH to it still works."""
+        self._running(name)
+        spec = self.spec
+        host = spec.host(name)
+        cgroup, level = container.nft_host_cgroup_path(spec, host)
+        faults.isolate(spec, cgroup, level, host.address)
 
     def freeze(self, name: str) -> None:
         self._running(name)
@@ -268,21 +289,61 @@ class Lab:
         return sorted(ro), [str(self.layout.shared_dir)]
 
     def _install_flake(self, spec: LabSpec) -> None:
+        """The lab's flake: its input served by the lab (URL written in), the package source and the
+        controller's Python it builds with, and each host's settings."""
+        import ipex_fleet
+
         dest = self.layout.flake_dir
         (dest / "hosts").mkdir(parents=True, exist_ok=True)
+        url = self._serve_labpkgs(spec)
         for src in FLAKE_SOURCE.rglob("*"):
             if "__pycache__" in src.parts or src.is_dir():
                 continue
-            target = dest / src.relative_to(FLAKE_SOURCE)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if not target.exists() or target.read_bytes() != src.read_bytes():
-                shutil.copyfile(src, target)
+            data = src.read_bytes().replace(LABPKGS_URL_MARK.encode(), url.encode())
+            _write_if_changed(dest / src.relative_to(FLAKE_SOURCE), data)
+        _write_if_changed(dest / "controller.json", json.dumps({"python": sys.executable}, indent=1).encode() + b"\n")
+        package = Path(ipex_fleet.__file__).resolve().parent
+        _write_if_changed(dest / "push.json", json.dumps({
+            "comment": "Pushed inside the flake, so that it is self-contained: the package's source.",
+            "include": {"_source/src/ipex_fleet": str(package)}}, indent=1).encode() + b"\n")
         for host in spec.hosts:
             path = self.layout.host_settings(host.name)
             settings = knobs.read_settings(path) or dict(knobs.DEFAULTS)
             if settings.get("address") != host.address:
                 settings["address"] = host.address
                 knobs.write_settings(path, settings)
+
+    def _serve_labpkgs(self, spec: LabSpec) -> str:
+        """Put the lab's input where the lab's HTTP server serves it; its URL (named by content)."""
+        name = f"labpkgs-{flake_hash(str(LABPKGS_SOURCE))[:16]}.tar.gz"
+        served = self.layout.cache_dir / "inputs" / name
+        if not served.exists():
+            served.parent.mkdir(parents=True, exist_ok=True)
+            served.write_bytes(flake_tarball(str(LABPKGS_SOURCE), prefix="labpkgs"))
+        address, port = spec.cache_address
+        return f"http://{address}:{port}/inputs/{name}"
+
+    def _lock_flake(self) -> None:
+        """Lock the lab flake on the controller, which fetches its input from the lab and holds it."""
+        env = {"NIX_CONF_DIR": str(self.layout.nix_conf_dir)}
+        try:
+            run(["nix", "--extra-experimental-features", "nix-command flakes", "flake", "lock",
+                 f"path:{self.layout.flake_dir}"], timeout=120, env=env)
+        except CommandFailed as exc:
+            raise UserError(f"locking the lab flake failed ({exc}); see {self.layout.root}/cache.log") from None
+
+    def _carry_inputs(self, host: LabHost, flake: str) -> None:
+        """As the deploy does: the locked inputs the host lacks, from the controller's store."""
+        conf = str(self.layout.nix_conf_dir)
+        paths = flakeinputs.resolve(flake, conf).store_paths
+        if not paths:
+            return
+        listed = self.ssh(host.name, flakeinputs.missing_command(paths), timeout=60).stdout.split()
+        missing = [p for p in paths if p in listed]
+        if missing:
+            upload = self.layout.shared_dir / f".inputs-{host.name}.gz"
+            upload.write_bytes(flakeinputs.export(missing, conf))
+            self.ssh(host.name, flakeinputs.import_command(str(upload)), timeout=300)
 
     def _cache_pid(self) -> int | None:
         pid_file = self.layout.root / "cache.pid"
@@ -347,7 +408,7 @@ class Lab:
         if self._generation_number(host) is None:
             # The installer's copy of the flake (as `nixos-install --flake` has one) for the first generation.
             shutil.rmtree(upper / INSTALL_FLAKE.lstrip("/"), ignore_errors=True)
-            shutil.copytree(self.layout.flake_dir, upper / INSTALL_FLAKE.lstrip("/"))
+            shutil.copytree(materialize(str(self.layout.flake_dir)), upper / INSTALL_FLAKE.lstrip("/"))
 
     def _add_deploy_user(self, upper: Path, user: str) -> None:
         """A non-root user that logs in with the lab's key and uses sudo, as many real fleets do.
@@ -401,6 +462,7 @@ class Lab:
         entry, and boot it (stage 2 then activates it and /run/booted-system names it)."""
         if self._generation_number(host) is not None:
             return
+        self._carry_inputs(host, materialize(str(self.layout.flake_dir)))
         flake = f"path:{INSTALL_FLAKE}"
         built = self.ssh(host.name, nixcmd.build_toplevel(flake, host.name), timeout=300)
         path = nixcmd.parse_build_output(built.stdout)
@@ -418,3 +480,9 @@ class Lab:
             time.sleep(0.1)
         raise UserError(f"{host.name}: {', '.join(units)} did not start after its first boot; "
                         f"see `ipex-fleet lab exec {host.name} -- journalctl -b`")
+
+
+def _write_if_changed(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists() or path.read_bytes() != data:
+        path.write_bytes(data)

@@ -35,8 +35,9 @@ def lab_hosts(root: str | None = None) -> list[tuple[str, dict[str, Any]]]:
             "ssh_config_file": str(layout.ssh_config),
             "flake": str(layout.flake_dir),
             "lab_root": str(layout.root),
-            # Lab hosts see this virtual environment read-only at the same path, so they run this package.
-            "ipex_fleet_command": f"{sys.executable} -m ipex_fleet",
+            # The generation's own ipex-fleet, as on NixOS: built from the pushed source, run with this
+            # virtual environment's Python (hosts see it read-only at the same path, with torch).
+            "ipex_fleet_command": "/run/current-system/sw/bin/ipex-fleet",
             "accelerator": "cpu",
             # Lab hosts share two cores: their benchmarks take turns.
             "bench_lock": str(layout.shared_dir / "bench.lock"),

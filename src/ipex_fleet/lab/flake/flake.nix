@@ -1,13 +1,22 @@
 {
-  # The lab's stand-in for a NixOS flake: no inputs, so it builds offline with Nix 2.8.
+  # The lab's stand-in for the fleet's NixOS flake, with its shape: a locked input that the
+  # controller holds and the hosts do not (labpkgs, standing in for nixpkgs, served by the lab on
+  # loopback: `ipex-fleet lab up` writes its URL here and locks it), and the ipex-fleet package built
+  # from the source pushed inside the flake (./_source, see push.json).
   # Each host's toplevel is a plain derivation with what the deploy tooling relies on:
-  # `nixos-version`, `bin/switch-to-configuration`, and an `etc/` tree.
+  # `nixos-version`, `bin/switch-to-configuration`, `sw/bin/ipex-fleet`, and an `etc/` tree.
   # Host settings (lab knobs) live in ./hosts/<name>.json, written by `ipex-fleet lab config`.
   description = "ipex-fleet lab: NixOS-like toplevels for the lab hosts";
 
-  outputs = { self }:
+  inputs.labpkgs.url = "@LABPKGS_URL@";
+
+  outputs = { self, labpkgs }:
     let
       system = "x86_64-linux";
+      controller = builtins.fromJSON (builtins.readFile ./controller.json);
+      # The package's source travels inside the flake (push.json): built as pushed, on a host or on
+      # the controller, the flake sees nothing outside itself.
+      ipexFleet = labpkgs.lib.ipexFleet { src = ./_source; inherit (controller) python; inherit system; };
       files = builtins.attrNames (builtins.readDir ./hosts);
       jsonFiles = builtins.filter (f: builtins.match ".*\\.json" f != null) files;
       names = map (f: builtins.substring 0 (builtins.stringLength f - 5) f) jsonFiles;
@@ -81,7 +90,7 @@
           name = "nixos-system-${name}-lab-${settings.version}";
           inherit system;
           builder = "/bin/sh";
-          args = [ ./build.sh ];
+          args = [ labpkgs.lib.toplevelBuilder ];
           PATH = "/usr/bin:/bin";
           hostName = name;
           nixosVersion = "26.05.lab-${settings.version}";
@@ -92,7 +101,7 @@
             if settings.hide_accelerator or false
             then "CUDA_VISIBLE_DEVICES=-1\nZE_AFFINITY_MASK=\nONEAPI_DEVICE_SELECTOR=level_zero:none\nIPEX_FLEET_LAB_HIDE_ACCELERATOR=1\n"
             else "SYCL_CACHE_PERSISTENT=1\n";
-          activate = ./activate.py;
+          activate = labpkgs.lib.switchToConfiguration;
           ollamaUnit = service "ollama" 11434;
           comfyuiUnit = service "comfyui" 8188;
           cpuHogUnit = if settings.cpu_hog or false then cpuHog else "";
@@ -101,8 +110,8 @@
           # Lab fault fail_boot: the boot check before boot-complete.target fails, so the boot never
           # completes and its boot entry loses a try each time (boot counting).
           failBoot = if settings.fail_boot or false then "1" else "";
-          services = ./services;
-          inherit kernel;
+          services = labpkgs.lib.services;
+          inherit kernel ipexFleet;
         };
     in
     {

@@ -32,3 +32,6 @@ cp -r "$services" "$out/share/services"
 ln -s "$kernel/bzImage" "$out/kernel"
 ln -s "$kernel/initrd" "$out/initrd"
 ln -s "$kernel/lib/modules" "$out/kernel-modules"
+# The system's packages, as NixOS links them: the ipex-fleet probe, bench and model installer.
+mkdir -p "$out/sw"
+ln -s "$ipexFleet/bin" "$out/sw/bin"

@@ -1,0 +1,33 @@
+{
+  # The lab's package source: it stands in for nixpkgs as the lab flake's locked input. The lab
+  # serves it as a tarball from its own HTTP server on loopback; the controller locks and holds it;
+  # hosts never fetch it: the deploy carries it into their stores.
+  # It provides what nixpkgs provides a NixOS system here: the toplevel builder, the activation
+  # script (switch-to-configuration) and the services' stand-ins.
+  description = "ipex-fleet lab packages (stands in for nixpkgs)";
+
+  outputs = { self }: {
+    lib = {
+      version = "1";
+      toplevelBuilder = ./build.sh;
+      switchToConfiguration = ./activate.py;
+      services = ./services;
+      # The ipex-fleet package from a source tree (the pushed flake's _source), run with the given
+      # Python (the lab hosts see the controller's environment read-only, with torch).
+      ipexFleet = { src, python, system }: derivation {
+        name = "ipex-fleet-lab";
+        inherit system python;
+        source = src + "/src";
+        builder = "/bin/sh";
+        PATH = "/usr/bin:/bin";
+        args = [ "-c" ''
+          set -eu
+          mkdir -p $out/lib/python $out/bin
+          cp -r $source/ipex_fleet $out/lib/python/
+          printf '#!/bin/sh\nPYTHONPATH=%s/lib/python exec %s -m ipex_fleet "$@"\n' "$out" "$python" > $out/bin/ipex-fleet
+          chmod 0555 $out/bin/ipex-fleet
+        '' ];
+      };
+    };
+  };
+}
