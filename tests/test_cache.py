@@ -57,10 +57,13 @@ def test_switch_through_the_cache(fleet):
 
 
 def _controller_build(fleet, version: str) -> str:
+    """Built as the controller builds: what is pushed, unpacked alone."""
+    from ipex_fleet.flakepush import materialize
+
     fleet.configure("host2", f"version={version}")
     env = {"NIX_CONF_DIR": str(fleet.lab.layout.nix_conf_dir), "PATH": "/usr/bin:/bin"}
     out = subprocess.run(["nix", "--extra-experimental-features", "nix-command flakes", "build", "--json", "--no-link",
-                          f"path:{fleet.lab.layout.flake_dir}#nixosConfigurations.host2.config.system.build.toplevel"],
+                          f"path:{materialize(str(fleet.lab.layout.flake_dir))}#nixosConfigurations.host2.config.system.build.toplevel"],
                          capture_output=True, text=True, env=env, timeout=300, check=True).stdout
     return json.loads(out)[0]["outputs"]["out"], env
 
