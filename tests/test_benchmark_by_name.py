@@ -1,0 +1,58 @@
+"""`ipex-benchmark`, the benchmark by the seeds' name: the packaged entry point gives the bench's
+JSON document, and each category flag runs exactly that category's cases."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ipex_fleet.bench import byname, cases
+from ipex_fleet.device import Device
+
+ENTRY_POINT = Path(sys.executable).parent / "ipex-benchmark"
+
+
+def _run(*args: str) -> dict:
+    proc = subprocess.run([str(ENTRY_POINT), *args], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda", "xpu"])
+@pytest.mark.parametrize("category", sorted(byname.CATEGORIES))
+def test_every_category_selects_cases_on_every_device(device, category):
+    names = [c.name for c in cases.plan(Device(device, 0), quick=True)]
+    chosen = [n for n in names if n.startswith(byname.CATEGORIES[category])]
+    # memory on the CPU has no host transfer, but always its copy: no flag may select nothing.
+    assert chosen, f"--{category}-only selects no case on {device}"
+
+
+def test_the_entry_point_gives_the_bench_document():
+    assert ENTRY_POINT.exists(), "the console script ipex-benchmark is not installed (run scripts/bootstrap)"
+    doc = _run("--quick", "--json")
+    assert doc["schema"] == 1 and doc["quick"] is True and doc["device"]["type"] == "cpu"
+    assert [r["name"] for r in doc["results"]] == [c.name for c in cases.plan(Device("cpu", None), quick=True)]
+    for r in doc["results"]:
+        assert {"name", "dtype", "shape", "metric", "value", "unit", "runs", "median", "cv"} <= set(r)
+        assert r["value"] > 0
+
+
+def test_sd_only_runs_only_the_sd_cases():
+    doc = _run("--quick", "--json", "--sd-only")
+    names = [r["name"] for r in doc["results"]]
+    assert names and all(n.startswith("sd_unet_step_") for n in names)
+
+
+def test_flags_add_up_and_map_to_the_bench():
+    args = byname.build_parser().parse_args(["--quick", "--tensor-only", "--conv-only", "--threads", "2"])
+    assert byname.bench_argv(args) == ["--quick", "--only", "conv3x3_", "--only", "matmul_", "--threads", "2"]
+
+
+def test_an_unknown_flag_is_one_line_and_exit_2():
+    proc = subprocess.run([str(ENTRY_POINT), "--gpu-only"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "unrecognized arguments: --gpu-only" in proc.stderr
+    assert "Traceback" not in proc.stderr
