@@ -12,9 +12,8 @@ import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _http import JSONHandler, fail_start, parse_args, serve  # noqa: E402
+from _nodes import object_info, validate  # noqa: E402
 
-NODE_TYPES = ("CheckpointLoaderSimple", "CLIPTextEncode", "KSampler", "VAEDecode", "SaveImage",
-              "EmptyLatentImage")
 QUEUE_LOCK = threading.Lock()
 
 
@@ -40,7 +39,7 @@ class Handler(JSONHandler):
             with QUEUE_LOCK:
                 self.send_json(200, {"queue_running": [], "queue_pending": []})
         elif path == "/object_info":
-            self.send_json(200, {n: {"name": n, "input": {}, "output": []} for n in NODE_TYPES})
+            self.send_json(200, object_info(self.server.state_dir))
         else:
             self.send_json(404, {"error": "Not Found"})
 
@@ -54,13 +53,9 @@ class Handler(JSONHandler):
                                                    "message": "Cannot execute because a node is missing the class_type property.",
                                                    "details": "", "extra_info": {}},
                                          "node_errors": {}})
-        bad = {k: v for k, v in prompt.items() if (v or {}).get("class_type") not in NODE_TYPES}
-        if bad:
-            return self.send_json(400, {"error": {"type": "invalid_prompt",
-                                                   "message": "Cannot execute because node type is not in the list of nodes.",
-                                                   "details": "", "extra_info": {}},
-                                         "node_errors": {k: {"errors": [], "class_type": v.get("class_type")}
-                                                         for k, v in bad.items()}})
+        error, node_errors = validate(prompt, self.server.state_dir)
+        if error:
+            return self.send_json(400, {"error": error, "node_errors": node_errors})
         self.send_json(200, {"prompt_id": str(uuid.uuid4()), "number": 0, "node_errors": {}})
 
     def system_stats(self):
