@@ -57,8 +57,33 @@
 
       packages.${system} = {
         ipex-fleet = pkgs.callPackage ./packages/ipex-fleet.nix { src = source; };
+        # The benchmark by name: ipex-benchmark [--quick] [--json] [--tensor-only|--conv-only|--sd-only|...]
+        ipex-benchmark = pkgs.callPackage ./packages/ipex-fleet.nix { src = source; mainProgram = "ipex-benchmark"; };
+        comfyui-nodes-controlnet-aux = pkgs.comfyui-nodes.controlnet-aux;
+        comfyui-nodes-upscaling = pkgs.comfyui-nodes.upscaling;
         default = self.packages.${system}.ipex-fleet;
       };
+
+      apps.${system}.ipex-benchmark = {
+        type = "app";
+        program = "${self.packages.${system}.ipex-benchmark}/bin/ipex-benchmark";
+      };
+
+      # A developer's environment on the host's accelerator (home-manager).
+      # Each brings (once, by its key) the overlay and the package source as module arguments; the
+      # user's own pkgs stay untouched (the overlay is applied with pkgs.extend inside).
+      homeManagerModules =
+        let
+          base = {
+            key = "ipex-fleet#home-base";
+            _module.args.ipexFleet = { overlay = self.overlays.intel-xpu; inherit source; };
+          };
+        in
+        {
+          ipex = { imports = [ base ./home/ipex.nix ]; };
+          comfyui-ipex = { imports = [ base ./home/comfyui-ipex.nix ]; };
+          default = { imports = [ base ./home/ipex.nix ./home/comfyui-ipex.nix ]; };
+        };
 
       nixosConfigurations = lib.mapAttrs
         (name: hostModule: lib.nixosSystem {

@@ -32,8 +32,13 @@ let
     then [ "--oneapi-device-selector" config.services.ipex.deviceSelector ]
     else [ ];
 
+  knownNodes = lib.attrNames (lib.filterAttrs (_: lib.isDerivation) pkgs.comfyui-nodes);
+  unknownNodes = lib.subtractLists knownNodes cfg.nodes.enable;
+  nodePackages = cfg.customNodes
+    ++ map (n: pkgs.comfyui-nodes.${n}) (lib.intersectLists knownNodes cfg.nodes.enable);
   customNodesDir = pkgs.linkFarm "comfyui-custom-nodes"
-    (map (p: { name = p.pname or p.name; path = p; }) cfg.customNodes);
+    (map (p: { name = p.pname or p.name; path = p; }) nodePackages);
+  defaultModelsPath = "${cfg.dataDir}/models";
 in
 {
   # What this module reads, so that it also works alone (the module system imports a path once).
@@ -67,6 +72,32 @@ in
         default = "fp16";
         description = "Compute precision of the diffusion model and VAE.";
       };
+      jitCompile = mkOption {
+        type = types.bool;
+        default = false;
+        description = ''
+          The seeds' JIT compilation (an IPEX feature). ComfyUI has no flag or environment for it;
+          setting it is refused by an assertion. Compile in a workflow instead (the TorchCompileModel node).
+        '';
+      };
+    };
+
+    models.path = mkOption {
+      type = types.path;
+      default = defaultModelsPath;
+      defaultText = lib.literalExpression ''"''${dataDir}/models"'';
+      example = "/srv/models/comfyui";
+      description = ''
+        ComfyUI's models folder. Elsewhere than under `dataDir`, `dataDir/models` links to it. The
+        probe and the model installer use it (through /etc/ipex-fleet/config.json).
+      '';
+    };
+
+    nodes.enable = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "controlnet-aux" "upscaling" ];
+      description = "Custom node packages of `pkgs.comfyui-nodes` to link into custom_nodes/, by name.";
     };
 
     host = mkOption {
@@ -91,6 +122,14 @@ in
       type = types.listOf types.package;
       default = [ ];
       description = "Custom node packages, linked into custom_nodes/.";
+    };
+
+    customNodesDir = mkOption {
+      type = types.package;
+      readOnly = true;
+      default = customNodesDir;
+      defaultText = lib.literalExpression "a linkFarm of customNodes and nodes.enable";
+      description = "What custom_nodes/ links to: every custom node package, by name.";
     };
 
     extraArgs = mkOption {
@@ -119,12 +158,23 @@ in
           + "(nixpkgs' torch has no CUDA otherwise: \"Torch not compiled with CUDA enabled\")";
       }
       {
+        assertion = unknownNodes == [ ];
+        message = "services.ipex-comfyui.nodes.enable: unknown node package(s) ${lib.concatStringsSep ", " unknownNodes}; "
+          + "known: ${lib.concatStringsSep ", " knownNodes}";
+      }
+      {
+        assertion = !cfg.optimisation.jitCompile;
+        message = "services.ipex-comfyui.optimisation.jitCompile is not available: ComfyUI has no JIT flag or "
+          + "environment (IPEX's JIT went with IPEX); use the TorchCompileModel node in a workflow";
+      }
+      {
         assertion = cfg.optimisation.precision != "int8";
         message = "services.ipex-comfyui.optimisation.precision = int8 is not supported by upstream ComfyUI; use fp16 or bf16";
       }
     ];
 
-    systemd.tmpfiles.rules = [ "L+ ${cfg.dataDir}/custom_nodes - - - - ${customNodesDir}" ];
+    systemd.tmpfiles.rules = [ "L+ ${cfg.dataDir}/custom_nodes - - - - ${cfg.customNodesDir}" ]
+      ++ lib.optional (cfg.models.path != defaultModelsPath) "L+ ${defaultModelsPath} - - - - ${cfg.models.path}";
 
     systemd.services.comfyui = {
       description = "ComfyUI (${effective})";
@@ -169,7 +219,7 @@ in
 
     services.ipex-fleet.services.comfyui = {
       url = "http://${cfg.host}:${toString cfg.port}";
-      models = "${cfg.dataDir}/models";
+      models = cfg.models.path;
       unit = defaults.unit;
       accelerator = effective;
     };

@@ -10,11 +10,21 @@ in
   options.services.ipex = {
     enable = mkEnableOption "the Intel GPU (XPU) compute stack: drivers, Level Zero, render access";
 
+    devices = mkOption {
+      type = types.listOf (types.enum [ "gpu" "cpu" ]);
+      default = [ "gpu" ];
+      example = [ "gpu" "cpu" ];
+      description = ''
+        Which SYCL devices XPU workloads see when `deviceSelector` is null: Intel GPUs through Level
+        Zero (`level_zero:gpu`), the CPU through OpenCL (`opencl:cpu`), or both.
+      '';
+    };
+
     deviceSelector = mkOption {
       type = types.nullOr types.str;
       default = null;
       example = "level_zero:0";
-      description = "Value of ONEAPI_DEVICE_SELECTOR for XPU workloads; null leaves every device visible.";
+      description = "Value of ONEAPI_DEVICE_SELECTOR for XPU workloads; null derives it from `devices`.";
     };
 
     persistentKernelCache = mkOption {
@@ -59,6 +69,10 @@ in
   config = mkIf cfg.enable {
     assertions = [
       {
+        assertion = cfg.devices != [ ];
+        message = "services.ipex.devices is empty: list \"gpu\", \"cpu\" or both";
+      }
+      {
         assertion = lib.all (u: !(lib.elem u [ "ollama" "comfyui" ])) cfg.renderUsers;
         message = "services.ipex.renderUsers: ollama and comfyui run as DynamicUsers and get render "
           + "access from their own modules; remove them from renderUsers";
@@ -80,7 +94,10 @@ in
     };
 
     services.ipex.environment =
-      lib.optionalAttrs (cfg.deviceSelector != null) { ONEAPI_DEVICE_SELECTOR = cfg.deviceSelector; }
+      {
+        ONEAPI_DEVICE_SELECTOR = if cfg.deviceSelector != null then cfg.deviceSelector
+          else lib.concatStringsSep ";" (map (d: { gpu = "level_zero:gpu"; cpu = "opencl:cpu"; }.${d}) cfg.devices);
+      }
       // lib.optionalAttrs cfg.persistentKernelCache { SYCL_CACHE_PERSISTENT = "1"; }
       // lib.optionalAttrs cfg.sysman { ZES_ENABLE_SYSMAN = "1"; };
 

@@ -29,6 +29,8 @@ in
   intel-xpu = {
     inherit python;
     torch = python.pkgs.torch;
+    # IPEX itself (end-of-life: last release 2.8, archived 2026-03; it must match torch exactly).
+    ipex = python.pkgs.ipex or (unavailable "ipex");
     # Optional, legacy (end-of-life): the Intel Python environment with IPEX.
     ipexPython = if legacy ? intel-python && legacy.intel-python ? pkgs.ipex
       then legacy.intel-python.withPackages (ps: [ ps.ipex ]) else null;
@@ -39,4 +41,8 @@ in
     ollama = final.ollama-vulkan;
     ollamaSycl = upstream.ollama-sycl or null;
   };
+  # The seeds' name for ComfyUI on Intel GPUs.
+  comfyui-ipex = final.intel-xpu.comfyui;
+  # ComfyUI custom node packages (services.ipex-comfyui.nodes.enable).
+  comfyui-nodes = import ../packages/comfyui-nodes.nix { inherit (final) lib stdenvNoCC fetchFromGitHub; };
 }

@@ -1,5 +1,6 @@
 # The ipex-fleet Python package (probe and bench run on hosts), built with the host's torch.
-{ lib, python3Packages, src }:
+# `mainProgram = "ipex-benchmark"` gives the same package as the benchmark by name (nix run .#ipex-benchmark).
+{ lib, python3Packages, src, mainProgram ? "ipex-fleet" }:
 
 python3Packages.buildPythonApplication {
   pname = "ipex-fleet";
@@ -18,7 +19,7 @@ python3Packages.buildPythonApplication {
   pythonImportsCheck = [ "ipex_fleet.probe" "ipex_fleet.bench" ];
   meta = {
     description = "Deploy, health-check and benchmark tooling for Intel GPU AI hosts";
-    mainProgram = "ipex-fleet";
+    inherit mainProgram;
     license = lib.licenses.mit;
   };
 }

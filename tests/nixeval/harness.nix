@@ -5,7 +5,7 @@
 #   libPath:   nixpkgs' lib/ directory (nix-community/nixpkgs.lib), given by the caller
 #   hardware:  add a stand-in hardware configuration (root filesystem, ESP, systemd-boot)
 #   variant:   an extra module by name (see `variants`)
-{ libPath, flakeDir, target, hardware ? true, variant ? null }:
+{ libPath, flakeDir, target, hardware ? true, variant ? null, pkgsHost ? "arc-a770-01", intelXpu ? "full" }:
 let
   # A string, so that the flake is read where it lies (a path argument would be copied first).
   flakePath = /. + flakeDir;
@@ -18,9 +18,32 @@ let
     fileSystems."/" = { device = "/dev/disk/by-label/nixos"; fsType = "ext4"; };
     fileSystems."/boot" = { device = "/dev/disk/by-label/ESP"; fsType = "vfat"; };
   };
+  # Extra modules by name: each new option with a configuration that passes and one that fails.
+  sha = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+  modelFile = sha256: { kind = "checkpoints"; name = "sd15.safetensors"; url = "https://models.example/sd15.safetensors"; inherit sha256; };
   variants = {
     legacy-ipex = { services.ipex.legacyIpex = true; };
     comfyui-o0 = { services.ipex-comfyui.optimisation.level = lib.mkForce "O0"; };
+    devices-gpu-cpu = { services.ipex.devices = [ "gpu" "cpu" ]; };
+    devices-none = { services.ipex.devices = [ ]; };
+    jit-off = { services.ipex-comfyui.optimisation.jitCompile = false; };
+    jit-on = { services.ipex-comfyui.optimisation.jitCompile = true; };
+    models-path = { services.ipex-comfyui.models.path = "/srv/models/comfyui"; };
+    models-path-relative = { services.ipex-comfyui.models.path = "models"; };
+    nodes-known = { services.ipex-comfyui.nodes.enable = [ "controlnet-aux" "upscaling" ]; };
+    nodes-unknown = { services.ipex-comfyui.nodes.enable = [ "controlnet-aux" "animatediff" ]; };
+    autodownload = { services.ipex-fleet.models = { autoDownload = true; files = [ (modelFile sha) ]; }; };
+    autodownload-sri = { services.ipex-fleet.models = { autoDownload = true; files = [ (modelFile "sha256-ASNFZ4mrze8BI0VniavN7wEjRWeJq83vASNFZ4mrze8=") ]; }; };
+    store-models = { services.ipex-fleet.models.files = [ (modelFile sha) ]; };
+  };
+  homeVariants = {
+    ipex-xpu = { programs.ipex.enable = true; };
+    ipex-dev = { programs.ipex = { enable = true; development.enable = true; }; };
+    ipex-cuda-no-support = { programs.ipex = { enable = true; accelerator = "cuda"; }; };
+    ipex-cpu = { programs.ipex = { enable = true; accelerator = "cpu"; }; };
+    comfyui = { programs.comfyui-ipex = { enable = true; models.symlinks = { checkpoints = "~/ai-models/checkpoints"; controlnet = "/srv/models/controlnet"; }; }; };
+    comfyui-bad-kind = { programs.comfyui-ipex = { enable = true; models.symlinks.checkpoint = "~/ai-models/checkpoints"; }; };
+    comfyui-outside-home = { programs.comfyui-ipex = { enable = true; workspace.directory = "/srv/comfyui"; }; };
   };
   extraModules = lib.optional hardware hardwareModule ++ lib.optional (variant != null) variants.${variant};
 
@@ -31,11 +54,12 @@ let
         specialArgs = { modulesPath = "/nixos/modules"; } // specialArgs;
         modules = skeleton ++ modules ++ extraModules ++ [{ nixpkgs.system = system; }];
       };
-    in evaluated // { inherit (evaluated.config._module.args) pkgs; };
+    in evaluated // { inherit (evaluated._module.args) pkgs; };
 
   inputs = {
     nixpkgs = { outPath = ./nixpkgs; lib = lib // { inherit nixosSystem; }; };
-    intel-xpu = import ./intel-xpu.nix { inherit stubPkgs; };
+    # "bare": an intel-xpu input that provides none of what the overlay asks of it.
+    intel-xpu = if intelXpu == "bare" then { } else import ./intel-xpu.nix { inherit stubPkgs; };
   };
   flake = import (flakePath + "/flake.nix");
   self = flake.outputs (inputs // { inherit self; }) // { outPath = flakePath; };
@@ -86,7 +110,14 @@ let
         modelsDir = (service "ollama").environment.OLLAMA_MODELS;
         fleetAccelerator = opt [ "services" "ipex-fleet" "services" "ollama" "accelerator" ];
       };
+      environment = config.services.ipex.environment or { };
+      tmpfiles = config.systemd.tmpfiles.rules;
+      etc = lib.attrNames config.environment.etc;
+      services = lib.mapAttrs (_: s: { inherit (s) requires after wantedBy before; execStart = s.serviceConfig.ExecStart or null; })
+        (lib.filterAttrs (n: _: lib.elem n [ "comfyui" "ipex-fleet-models" ]) config.systemd.services);
       comfyui = if !comfyuiEnabled then null else {
+        customNodes = map (e: e.name) (config.services.ipex-comfyui.customNodesDir.entries or [ ]);
+        modelsPath = config.services.ipex-fleet.services.comfyui.models;
         execStart = (service "comfyui").serviceConfig.ExecStart;
         torch = config.services.ipex-comfyui.package.torch.stubAccelerator or "unknown";
         accelerator = config.services.ipex-fleet.services.comfyui.accelerator;
@@ -99,6 +130,31 @@ let
         nodeExporter = { inherit (config.services.prometheus.exporters.node) enable extraFlags; };
       };
     };
+  home = name: lib.evalModules {
+    modules = import ./home-skeleton.nix { inherit lib; pkgs = stubPkgs { }; }
+      ++ [
+        self.homeManagerModules.${name}
+        { home = { username = "dev"; homeDirectory = "/home/dev"; stateVersion = "25.11"; }; }
+      ]
+      ++ lib.optional (variant != null) homeVariants.${variant};
+  };
+  homeFacts = config: {
+    failedAssertions = map (a: a.message) (lib.filter (a: !a.assertion) config.assertions);
+    warnings = config.warnings;
+    packages = map (p: p.name) config.home.packages;
+    torch = map (p: lib.concatMap (q: lib.optional ((q.pname or "") == "torch") q.stubAccelerator) (p.packages or [ ])) config.home.packages;
+    sessionVariables = config.home.sessionVariables;
+    files = lib.mapAttrs (_: f: if f.text != null then { text = f.text; } else {
+      source = if f.source ? outOfStoreTarget then "outOfStore:${f.source.outOfStoreTarget}" else toString f.source;
+    }) config.home.file;
+    vscode = if config.programs.vscode.enable then config.programs.vscode.profiles.default.userSettings else null;
+  };
+  # A flake output by attribute path: a derivation's name and main program, or an app.
+  outputFacts = path:
+    let v = lib.attrByPath (lib.splitString "." path) (throw "no flake output ${path}") self;
+    in if v.type or null == "app" then { inherit (v) type program; }
+    else { inherit (v) name; mainProgram = v.meta.mainProgram or null; src = v.src.rev or null;
+           outputHash = v.src.outputHash or null; pythonDependencies = v.passthru.pythonDependencies or [ ]; };
   kind = lib.head (lib.splitString ":" target);
   name = lib.removePrefix "${kind}:" target;
 in
@@ -109,5 +165,10 @@ in
     if kind == "host" then facts self.nixosConfigurations.${name}.config
     else if kind == "module" then facts (single name).config
     else if kind == "package" then packageFacts self.packages.x86_64-linux.ipex-fleet
+    else if kind == "home" then homeFacts (home name).config
+    else if kind == "output" then outputFacts name
+    else if kind == "pkgs" then
+      let v = lib.attrByPath (lib.splitString "." name) null (self.nixosConfigurations.${pkgsHost}.pkgs);
+      in { name = v.name or null; torch = v.torch.stubAccelerator or (v.pkgs.torch.stubAccelerator or null); }
     else throw "unknown target ${target}: use host:NAME, module:NAME or package";
 }

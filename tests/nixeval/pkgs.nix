@@ -50,6 +50,8 @@ let
     ollama-vulkan = stubDerivation "ollama-vulkan-0.32.0" { meta.mainProgram = "ollama"; stubAccelerator = "vulkan"; };
     ollama-cuda = stubDerivation "ollama-cuda-0.32.0" { meta.mainProgram = "ollama"; stubAccelerator = "cuda"; };
     ollama-rocm = stubDerivation "ollama-rocm-0.32.0" { meta.mainProgram = "ollama"; stubAccelerator = "rocm"; };
+    stdenvNoCC.mkDerivation = args: stubDerivation "${args.pname}-${args.version}" args;
+    fetchFromGitHub = args: stubDerivation "source" (args // { outputHash = args.hash; });
   } // lib.genAttrs [ "intel-compute-runtime" "intel-media-driver" "vpl-gpu-rt" "clinfo" "level-zero" "nix"
     "openssh" "nftables" "parallel" "gawk" "gnused" ] (n: stubDerivation n { });
 
@@ -87,5 +89,7 @@ let
         (n: stubDerivation "python-${n}" { pname = n; });
       set = plain // python.extraPackagesOf set plain;
     in set;
+  withOverlays = overlays: lib.fix (lib.extends (lib.composeManyExtensions overlays)
+    (final: base final // { extend = overlay: withOverlays (overlays ++ [ overlay ]); }));
 in
-lib.fix (lib.extends (lib.composeManyExtensions overlays) base)
+withOverlays overlays

@@ -60,16 +60,19 @@ class Harness:
 
     lib: Path
     flake: Path
-    seen: dict[tuple[str, bool, str | None], Evaluation] = field(default_factory=dict)
+    seen: dict[tuple[str, bool, str | None, tuple[tuple[str, str], ...]], Evaluation] = field(default_factory=dict)
 
-    def eval(self, target: str, hardware: bool = True, variant: str | None = None) -> Evaluation:
-        key = (target, hardware, variant)
+    def eval(self, target: str, hardware: bool = True, variant: str | None = None, **extra: str) -> Evaluation:
+        """`extra`: more string arguments of harness.nix (pkgsHost, intelXpu)."""
+        key = (target, hardware, variant, tuple(sorted(extra.items())))
         if key not in self.seen:
             argv = ["nix-instantiate", "--eval", "--strict", "--json", str(HERE / "harness.nix"),
                     "--arg", "libPath", str(self.lib), "--argstr", "flakeDir", str(self.flake),
                     "--argstr", "target", target, "--arg", "hardware", "true" if hardware else "false"]
             if variant:
                 argv += ["--argstr", "variant", variant]
+            for name, value in sorted(extra.items()):
+                argv += ["--argstr", name, value]
             proc = subprocess.run(argv, capture_output=True, text=True, timeout=300,
                                   env={**os.environ, LIB_ENV: str(self.lib)})
             if proc.returncode == 0:
@@ -249,8 +252,173 @@ CHECKS: tuple[tuple[str, str, Callable[[Harness], Problems]], ...] = (
 )
 
 
-def run_checks(h: Harness) -> dict[str, Problems]:
-    return {name: check(h) for _, name, check in CHECKS}
+# Issue 11: each new option with a passing and a failing configuration, the home-manager modules,
+# the new package and app attributes, and the overlay's Intel names.
+def _facts_or(ev: Evaluation, problems: Problems, what: str) -> dict[str, Any] | None:
+    if ev.error:
+        problems.append(f"{what}: {ev.error}")
+        return None
+    return ev.facts
+
+
+def _refused(ev: Evaluation, what: str, says: str) -> Problems:
+    """The failing configuration: refused by an assertion (or a type) that says `says`."""
+    said = ev.error or " | ".join(ev.facts["failedAssertions"])
+    return [] if says in said else [f"{what} is not refused with {says!r} ({said or 'it evaluates cleanly'})"]
+
+
+def check_devices(h: Harness) -> Problems:
+    """services.ipex.devices: GPU and CPU make the device selector; none is refused."""
+    problems: Problems = []
+    f = _facts_or(h.host("max-1550-01", variant="devices-gpu-cpu"), problems, "devices = [gpu cpu]")
+    if f and f["environment"].get("ONEAPI_DEVICE_SELECTOR") != "level_zero:gpu;opencl:cpu":
+        problems.append(f"devices = [gpu cpu] gives ONEAPI_DEVICE_SELECTOR={f['environment'].get('ONEAPI_DEVICE_SELECTOR')}")
+    return problems + _refused(h.host("max-1550-01", variant="devices-none"), "devices = []", "services.ipex.devices is empty")
+
+
+def check_jit_compile(h: Harness) -> Problems:
+    """jitCompile: off evaluates; on is refused, saying it is not available."""
+    problems: Problems = []
+    f = _facts_or(h.host("arc-a770-01", variant="jit-off"), problems, "jitCompile = false")
+    if f and f["failedAssertions"]:
+        problems.append(f"jitCompile = false: {f['failedAssertions']}")
+    return problems + _refused(h.host("arc-a770-01", variant="jit-on"), "jitCompile = true", "jitCompile is not available")
+
+
+def check_models_path(h: Harness) -> Problems:
+    """models.path: elsewhere, the fleet config names it and dataDir/models links to it; relative is refused."""
+    problems: Problems = []
+    f = _facts_or(h.host("cpu-01", variant="models-path"), problems, "models.path = /srv/models/comfyui")
+    if f:
+        if f["comfyui"]["modelsPath"] != "/srv/models/comfyui":
+            problems.append(f"the fleet config names {f['comfyui']['modelsPath']}")
+        if "L+ /var/lib/comfyui/models - - - - /srv/models/comfyui" not in f["tmpfiles"]:
+            problems.append("dataDir/models does not link to models.path")
+    return problems + _refused(h.host("cpu-01", variant="models-path-relative"), "models.path = models", "is not of type")
+
+
+def check_nodes(h: Harness) -> Problems:
+    """nodes.enable: known nodes are linked in; an unknown one is refused with the known list."""
+    problems: Problems = []
+    f = _facts_or(h.host("arc-a770-01", variant="nodes-known"), problems, "nodes.enable")
+    if f and f["comfyui"]["customNodes"] != ["comfyui-controlnet-aux", "comfyui-ultimate-sd-upscale"]:
+        problems.append(f"nodes.enable links {f['comfyui']['customNodes']}")
+    return problems + _refused(h.host("arc-a770-01", variant="nodes-unknown"), "an unknown node",
+                               "unknown node package(s) animatediff; known: controlnet-aux, upscaling")
+
+
+def check_auto_download(h: Harness) -> Problems:
+    """autoDownload: the installer runs before ComfyUI, from a plan, with no store link; SRI digests are refused."""
+    problems: Problems = []
+    f = _facts_or(h.host("arc-a770-01", variant="autodownload"), problems, "autoDownload")
+    if f:
+        models = f["services"].get("ipex-fleet-models") or {}
+        if "models install --plan /etc/ipex-fleet/models-plan.json" not in (models.get("execStart") or ""):
+            problems.append("no ipex-fleet-models service running the installer")
+        if "ipex-fleet-models.service" not in f["services"]["comfyui"]["requires"]:
+            problems.append("ComfyUI does not wait for the models")
+        if "ipex-fleet/models-plan.json" not in f["etc"]:
+            problems.append("no /etc/ipex-fleet/models-plan.json")
+        if any("sd15.safetensors" in r for r in f["tmpfiles"]):
+            problems.append("the file is also linked from the store")
+    store = _facts_or(h.host("arc-a770-01", variant="store-models"), problems, "models fetched into the store")
+    if store and not any("/checkpoints/sd15.safetensors" in r for r in store["tmpfiles"]):
+        problems.append("without autoDownload the file is not linked from the store")
+    return problems + _refused(h.host("arc-a770-01", variant="autodownload-sri"), "autoDownload with an SRI digest",
+                               "give sd15.safetensors as 64 hex digits")
+
+
+def check_home_ipex(h: Harness) -> Problems:
+    """homeManagerModules.ipex: Python with the accelerator's torch and the tools; editor settings only on request."""
+    problems: Problems = []
+    xpu = _facts_or(h.eval("home:ipex", variant="ipex-xpu"), problems, "programs.ipex")
+    if xpu:
+        if xpu["failedAssertions"]:
+            problems.append(f"programs.ipex: {xpu['failedAssertions']}")
+        if ["xpu"] not in xpu["torch"] or not any(p.startswith("ipex-fleet") for p in xpu["packages"]):
+            problems.append(f"programs.ipex (xpu) gives {xpu['packages']} with torch {xpu['torch']}")
+        if xpu["sessionVariables"].get("ONEAPI_DEVICE_SELECTOR") != "level_zero:gpu" or xpu["vscode"] is not None:
+            problems.append("programs.ipex (xpu): wrong Intel variables, or editor settings nobody asked for")
+    cpu = _facts_or(h.eval("home:ipex", variant="ipex-cpu"), problems, "programs.ipex (cpu)")
+    if cpu and (["cpu"] not in cpu["torch"] or cpu["sessionVariables"]):
+        problems.append(f"programs.ipex (cpu): torch {cpu['torch']}, variables {cpu['sessionVariables']}")
+    dev = _facts_or(h.eval("home:ipex", variant="ipex-dev"), problems, "programs.ipex.development")
+    if dev and "python.defaultInterpreterPath" not in (dev["vscode"] or {}):
+        problems.append("development.enable gives no editor settings")
+    return problems + _refused(h.eval("home:ipex", variant="ipex-cuda-no-support"), "accelerator = cuda without cudaSupport",
+                               "needs nixpkgs.config.cudaSupport")
+
+
+def check_home_comfyui(h: Harness) -> Problems:
+    """homeManagerModules.comfyui-ipex: the workspace, its linked model folders and the example workflows."""
+    problems: Problems = []
+    f = _facts_or(h.eval("home:comfyui-ipex", variant="comfyui"), problems, "programs.comfyui-ipex")
+    if f:
+        want = {"comfyui-workspace/models/checkpoints": "outOfStore:/home/dev/ai-models/checkpoints",
+                "comfyui-workspace/models/controlnet": "outOfStore:/srv/models/controlnet"}
+        for name, source in want.items():
+            if (f["files"].get(name) or {}).get("source") != source:
+                problems.append(f"{name} does not link to {source}: {f['files'].get(name)}")
+        for wf in ("txt2img.json", "controlnet-canny.json"):
+            if not str((f["files"].get(f"comfyui-workspace/workflows/{wf}") or {}).get("source", "")).endswith(f"/workflows/{wf}"):
+                problems.append(f"the example workflow {wf} is not in the workspace")
+        if f["failedAssertions"] or not any(p.startswith("comfyui") for p in f["packages"]):
+            problems.append(f"programs.comfyui-ipex: {f['failedAssertions']} {f['packages']}")
+    problems += _refused(h.eval("home:comfyui-ipex", variant="comfyui-bad-kind"), "an unknown model folder",
+                         "unknown model folder(s) checkpoint")
+    return problems + _refused(h.eval("home:comfyui-ipex", variant="comfyui-outside-home"), "a workspace outside home",
+                               "give a path inside the home directory")
+
+
+def check_new_outputs(h: Harness) -> Problems:
+    """The benchmark package and app, and the custom node packages (fixed revision and hash)."""
+    problems: Problems = []
+    bench = _facts_or(h.eval("output:packages.x86_64-linux.ipex-benchmark"), problems, "packages.ipex-benchmark")
+    if bench and bench["mainProgram"] != "ipex-benchmark":
+        problems.append(f"packages.ipex-benchmark runs {bench['mainProgram']}")
+    app = _facts_or(h.eval("output:apps.x86_64-linux.ipex-benchmark"), problems, "apps.ipex-benchmark")
+    if app and not (app["type"] == "app" and app["program"].endswith("/bin/ipex-benchmark")):
+        problems.append(f"apps.ipex-benchmark is {app}")
+    for node in ("controlnet-aux", "upscaling"):
+        f = _facts_or(h.eval(f"output:packages.x86_64-linux.comfyui-nodes-{node}"), problems, f"comfyui-nodes-{node}")
+        if f and not (f["src"] and len(f["src"]) == 40 and str(f["outputHash"]).startswith("sha256-")):
+            problems.append(f"comfyui-nodes-{node} is not fetched by a fixed revision and hash: {f}")
+    return problems
+
+
+def check_overlay_names(h: Harness) -> Problems:
+    """intel-xpu.{python, ipex, mkl, ollama, comfyui} and comfyui-ipex resolve to something real (XPU where
+    it matters), or, from an input that lacks them, to a throw that says why."""
+    problems: Problems = []
+    want = {"intel-xpu.python": "xpu", "intel-xpu.comfyui": "xpu", "comfyui-ipex": "xpu",
+            "intel-xpu.ipex": None, "intel-xpu.mkl": None, "intel-xpu.ollama": None}
+    for attr, torch in want.items():
+        f = _facts_or(h.eval(f"pkgs:{attr}"), problems, attr)
+        if f and (not f["name"] or (torch and f["torch"] != torch)):
+            problems.append(f"pkgs.{attr} is {f}")
+    for attr in ("intel-xpu.python", "intel-xpu.ipex", "intel-xpu.mkl"):
+        ev = h.eval(f"pkgs:{attr}", intelXpu="bare")
+        if not (ev.error and "is unavailable: the intel-xpu input" in ev.error):
+            problems.append(f"pkgs.{attr} from an input without it: {ev.error or ev.facts}")
+    return problems
+
+
+CHECKS_11: tuple[tuple[str, str, Callable[[Harness], Problems]], ...] = (
+    ("11.5", "ipex-devices", check_devices),
+    ("11.5", "comfyui-jit-compile", check_jit_compile),
+    ("11.5", "comfyui-models-path", check_models_path),
+    ("11.2", "comfyui-nodes", check_nodes),
+    ("11.5", "models-auto-download", check_auto_download),
+    ("11.1", "home-ipex", check_home_ipex),
+    ("11.1", "home-comfyui-ipex", check_home_comfyui),
+    ("11.3", "benchmark-and-node-outputs", check_new_outputs),
+    ("11.4", "overlay-names", check_overlay_names),
+)
+ALL_CHECKS = CHECKS + CHECKS_11
+
+
+def run_checks(h: Harness, checks: tuple = ALL_CHECKS) -> dict[str, Problems]:
+    return {name: check(h) for _, name, check in checks}
 
 
 def pushed_copy(flake: Path, dest: Path) -> Path:
@@ -285,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
                                         ev.facts if ev.error is None else {"error": ev.error}
                                         for k, ev in harness.seen.items()}}, indent=2))
         else:
-            for point, name, _ in CHECKS:
+            for point, name, _ in ALL_CHECKS:
                 problems = results[name]
                 print(f"{'ok  ' if not problems else 'FAIL'} point {point:>2} {name}")
                 for p in problems:
