@@ -43,6 +43,11 @@ let
     ipex-cpu = { programs.ipex = { enable = true; accelerator = "cpu"; }; };
     comfyui = { programs.comfyui-ipex = { enable = true; models.symlinks = { checkpoints = "~/ai-models/checkpoints"; controlnet = "/srv/models/controlnet"; }; }; };
     comfyui-bad-kind = { programs.comfyui-ipex = { enable = true; models.symlinks.checkpoint = "~/ai-models/checkpoints"; }; };
+    ipex-extra = { programs.ipex = { enable = true; extraPythonPackages = ps: [ ps.numpy ]; deviceSelector = "level_zero:1"; }; };
+    ipex-bad-extra = { programs.ipex = { enable = true; extraPythonPackages = "numpy"; }; };
+    ipex-bad-selector = { programs.ipex = { enable = true; deviceSelector = 1; }; };
+    comfyui-no-workflows = { programs.comfyui-ipex = { enable = true; workflows.enable = false; }; };
+    comfyui-bad-workflows = { programs.comfyui-ipex = { enable = true; workflows.enable = "yes"; }; };
     comfyui-outside-home = { programs.comfyui-ipex = { enable = true; workspace.directory = "/srv/comfyui"; }; };
   };
   extraModules = lib.optional hardware hardwareModule ++ lib.optional (variant != null) variants.${variant};
@@ -142,6 +147,7 @@ let
     failedAssertions = map (a: a.message) (lib.filter (a: !a.assertion) config.assertions);
     warnings = config.warnings;
     packages = map (p: p.name) config.home.packages;
+    pythonPackages = lib.concatMap (p: map (q: q.pname or q.name) (p.packages or [ ])) config.home.packages;
     torch = map (p: lib.concatMap (q: lib.optional ((q.pname or "") == "torch") q.stubAccelerator) (p.packages or [ ])) config.home.packages;
     sessionVariables = config.home.sessionVariables;
     files = lib.mapAttrs (_: f: if f.text != null then { text = f.text; } else {

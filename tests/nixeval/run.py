@@ -345,6 +345,12 @@ def check_home_ipex(h: Harness) -> Problems:
     dev = _facts_or(h.eval("home:ipex", variant="ipex-dev"), problems, "programs.ipex.development")
     if dev and "python.defaultInterpreterPath" not in (dev["vscode"] or {}):
         problems.append("development.enable gives no editor settings")
+    extra = _facts_or(h.eval("home:ipex", variant="ipex-extra"), problems, "programs.ipex.extraPythonPackages")
+    if extra and ("numpy" not in extra["pythonPackages"]
+                  or extra["sessionVariables"].get("ONEAPI_DEVICE_SELECTOR") != "level_zero:1"):
+        problems.append(f"extraPythonPackages / deviceSelector not applied: {extra['pythonPackages']}")
+    problems += _refused(h.eval("home:ipex", variant="ipex-bad-extra"), "extraPythonPackages = \"numpy\"", "is not of type")
+    problems += _refused(h.eval("home:ipex", variant="ipex-bad-selector"), "deviceSelector = 1", "is not of type")
     return problems + _refused(h.eval("home:ipex", variant="ipex-cuda-no-support"), "accelerator = cuda without cudaSupport",
                                "needs nixpkgs.config.cudaSupport")
 
@@ -364,6 +370,11 @@ def check_home_comfyui(h: Harness) -> Problems:
                 problems.append(f"the example workflow {wf} is not in the workspace")
         if f["failedAssertions"] or not any(p.startswith("comfyui") for p in f["packages"]):
             problems.append(f"programs.comfyui-ipex: {f['failedAssertions']} {f['packages']}")
+    bare = _facts_or(h.eval("home:comfyui-ipex", variant="comfyui-no-workflows"), problems, "workflows.enable = false")
+    if bare and any("/workflows/" in name for name in bare["files"]):
+        problems.append("workflows.enable = false still links the workflows")
+    problems += _refused(h.eval("home:comfyui-ipex", variant="comfyui-bad-workflows"), "workflows.enable = \"yes\"",
+                         "is not of type")
     problems += _refused(h.eval("home:comfyui-ipex", variant="comfyui-bad-kind"), "an unknown model folder",
                          "unknown model folder(s) checkpoint")
     return problems + _refused(h.eval("home:comfyui-ipex", variant="comfyui-outside-home"), "a workspace outside home",
