@@ -64,17 +64,39 @@ def test_probe_check_that_hangs_fails_within_its_limit():
 
 
 def test_probe_writes_textfile_metrics(tmp_path):
+    from prometheus_client.parser import text_string_to_metric_families
+
     out = tmp_path / "ipex_fleet.prom"
     rc, doc = probe("--level", "1", "--textfile", str(out))
-    text = out.read_text()
-    assert 'ipex_fleet_check{name="torch",level="1"} 1' in text
-    assert f"ipex_fleet_probe_ok {1 if doc['result'] != 'fail' else 0}" in text
+    families = {f.name: f for f in text_string_to_metric_families(out.read_text())}
+    states = {(s.labels["check"], s.labels["result"]): s.value for s in families["ipex_fleet_check_result"].samples}
+    for c in doc["checks"]:  # a state set: exactly the check's own state is 1
+        assert [r for r in ("pass", "warn", "fail", "skip") if states[(c["name"], r)] == 1] == [c["result"]]
+    assert families["ipex_fleet_probe_success"].samples[0].value == (0 if doc["result"] == "fail" else 1)
+    info = families["ipex_fleet_accelerator_info"].samples[0]
+    assert info.name == "ipex_fleet_accelerator_info" and info.labels["type"] == doc["accelerator"]["type"]
+    assert not list(tmp_path.glob("*.tmp*")), "written atomically: no temporary file left"
 
 
 def bench(*args: str) -> tuple[int, dict]:
     proc = subprocess.run([PY, "-m", "ipex_fleet.bench", "--json", *args], capture_output=True, text=True,
                           timeout=300)
     return proc.returncode, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_bench_writes_textfile_metrics_with_the_baseline_ratio(tmp_path):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = tmp_path / "bench.prom"
+    args = ("--quick", "--only", "matmul_fp32", "--gate", "--dir", str(tmp_path), "--textfile", str(out))
+    bench(*args)  # the first run records the baseline
+    rc, doc = bench(*args)
+    families = {f.name: f for f in text_string_to_metric_families(out.read_text())}
+    (value,) = families["ipex_fleet_benchmark_value"].samples
+    assert value.labels["case"] == doc["results"][0]["name"] and value.value == doc["results"][0]["value"]
+    (ratio,) = families["ipex_fleet_benchmark_baseline_ratio"].samples
+    assert ratio.value == doc["gate"]["comparisons"][0]["ratio"]
+    assert families["ipex_fleet_benchmark_tolerance_ratio"].samples[0].value == doc["gate"]["tolerance"]
 
 
 def test_bench_json_follows_the_contract():

@@ -160,6 +160,7 @@ PASSTHROUGH = {
     "probe": ("ipex_fleet.probe.__main__", "GPU and service health checks on this host (levels 1-3)"),
     "bench": ("ipex_fleet.bench.__main__", "device-generic benchmarks on this host, with a baseline gate"),
     "models": ("ipex_fleet.models.__main__", "install a model plan on this host (run by the deploy)"),
+    "metrics": ("ipex_fleet.metrics", "write this host's deployment metrics for node_exporter's textfile collector"),
 }
 
 

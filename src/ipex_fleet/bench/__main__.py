@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rebaseline", action="store_true", help="make this run the new baseline")
     p.add_argument("--lock", help="flock this file while measuring (hosts sharing one machine)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's own choice)")
+    p.add_argument("--textfile", help="also write node-exporter textfile metrics to this file")
     return p
 
 
@@ -90,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
                 document["gate"]["torch_changed"] = {"baseline": baseline["device"].get("torch"),
                                                      "now": document["device"].get("torch")}
         gate.append_history(args.dir, document, verdict)
+    if args.textfile:
+        from ..metrics import bench_metrics, write
+
+        write(args.textfile, bench_metrics(document))
     if args.json:
         print(json.dumps(document))
     else:

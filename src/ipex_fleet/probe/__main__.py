@@ -38,18 +38,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def textfile_metrics(document: dict[str, Any]) -> str:
-    lines = ["# HELP ipex_fleet_check Probe check result (1 pass, 0.5 warn, 0 fail, -1 skip).",
-             "# TYPE ipex_fleet_check gauge"]
-    score = {"pass": 1, "warn": 0.5, "fail": 0, "skip": -1}
-    for c in document["checks"]:
-        lines.append(f'ipex_fleet_check{{name="{c["name"]}",level="{c["level"]}"}} {score[c["result"]]}')
-    lines += ["# TYPE ipex_fleet_probe_ok gauge", f"ipex_fleet_probe_ok {1 if document['result'] != 'fail' else 0}",
-              "# TYPE ipex_fleet_probe_duration_seconds gauge",
-              f"ipex_fleet_probe_duration_seconds {document['duration_s']}"]
-    return "\n".join(lines) + "\n"
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -82,10 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         extra.append(("performance", 3, performance_check(args.bench_dir, config), 900))
     document = run(args.level, exp, extra)
     if args.textfile:
-        tmp = args.textfile + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(textfile_metrics(document))
-        os.replace(tmp, args.textfile)
+        from ..metrics import probe_metrics, write
+
+        write(args.textfile, probe_metrics(document))
     if args.json:
         print(json.dumps(document))
     else:
