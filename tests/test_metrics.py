@@ -93,3 +93,19 @@ def test_a_host_with_no_record_yet(tmp_path):
     m = host(tmp_path, records=[], current=1)
     assert m["ipex_fleet_good_generation"].value == -1 and m["ipex_fleet_running_good_generation"].value == 0
     assert m["ipex_fleet_last_deployment_failed"].value == 0
+
+
+def test_device_memory_and_temperature_where_torch_gave_them(tmp_path):
+    doc = {"host": "h", "level": 1, "result": "pass", "duration_s": 1.5, "checks": [],
+           "accelerator": {"type": "cuda", "count": 2, "torch": "2.9", "devices": [
+               {"index": 0, "name": "H100", "total_memory": 80e9, "memory_used": 1e9, "temperature_c": 41.0},
+               {"index": 1, "name": "H100", "total_memory": 80e9}]}}
+    out = tmp_path / "p.prom"
+    metrics.write(str(out), metrics.probe_metrics(doc))
+    samples = [s for f in text_string_to_metric_families(out.read_text()) for s in f.samples]
+    by = {(s.name, s.labels.get("device")): s.value for s in samples}
+    assert by[("ipex_fleet_device_memory_total_bytes", "0")] == 80e9
+    assert by[("ipex_fleet_device_memory_total_bytes", "1")] == 80e9
+    assert by[("ipex_fleet_device_memory_used_bytes", "0")] == 1e9
+    assert ("ipex_fleet_device_memory_used_bytes", "1") not in by  # unknown is absent, never 0
+    assert by[("ipex_fleet_device_temperature_celsius", "0")] == 41.0

@@ -99,7 +99,7 @@ WRONG = {
     "reboot_timeout": [1], "ipex_fleet_command": ['"unclosed', "", ["a", "b\nc"]],
     "accelerator": ["gpu", ["xpu"]], "min_devices": [0, "two"], "smoke_model": ["a b", "x;y"],
     "health_levels": [[4], "1,5", "abc", {"1": 2}], "health_timeout": [-5], "bench": [2, "always"],
-    "bench_tolerance": [2, 0, "fast"], "bench_timeout": ["x"], "bench_lock": ["relative"],
+    "bench_tolerance": [2, 0, "fast"], "bench_timeout": ["x"], "bench_lock": ["relative"], "metrics_dir": ["relative/dir", ["/a"]],
     "bench_threads": [0, True],
 }
 CASES = [(k, v) for k, values in WRONG.items() for v in values]

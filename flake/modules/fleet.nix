@@ -184,7 +184,11 @@ in
       description = "ipex-fleet health probe as node-exporter textfile metrics";
       serviceConfig = {
         Type = "oneshot";
-        ExecStart = "${lib.getExe cfg.package} probe --level 1 --textfile ${cfg.metrics.directory}/ipex_fleet.prom";
+        # The same files the deploy writes (one file per source: node_exporter refuses duplicates).
+        ExecStart = [
+          "${lib.getExe cfg.package} probe --level 1 --textfile ${cfg.metrics.directory}/ipex_fleet_probe.prom"
+          "${lib.getExe cfg.package} metrics --textfile-dir ${cfg.metrics.directory}"
+        ];
         TimeoutStartSec = 120;
         SupplementaryGroups = [ "render" "video" ];
       };

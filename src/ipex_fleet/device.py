@@ -79,6 +79,16 @@ def device_properties(torch: Any, device: Device) -> list[dict[str, Any]]:
             if hasattr(p, attr):
                 value = getattr(p, attr)
                 props[attr] = value if isinstance(value, (int, float, bool, str)) else str(value)
+        # For the metrics: memory in use and temperature, where this torch can tell.
+        try:
+            free, total = module.mem_get_info(i)
+            props["memory_used"] = int(total - free)
+        except Exception:  # noqa: BLE001 - not every backend or driver answers
+            pass
+        try:
+            props["temperature_c"] = float(module.temperature(i))
+        except Exception:  # noqa: BLE001 - torch.cuda.temperature needs pynvml
+            pass
         out.append(props)
     return out
 

@@ -37,6 +37,8 @@ def probe_command(tx: HostTransaction, level: int | str, expect_system: str | No
         parts += ["--expect-system", quote(expect_system)]
     if s.smoke_model:
         parts += ["--smoke-model", quote(s.smoke_model)]
+    if s.metrics_dir:
+        parts += ["--textfile", quote(f"{s.metrics_dir}/ipex_fleet_probe.prom")]
     return " ".join(parts)
 
 
@@ -74,6 +76,8 @@ def bench_gate(tx: HostTransaction, host: Any) -> None:
     if not s.bench:
         return
     parts = [s.ipex_fleet_command, "bench", "--quick", "--json", "--gate"]
+    if s.metrics_dir:
+        parts += ["--textfile", quote(f"{s.metrics_dir}/ipex_fleet_bench.prom")]
     if s.bench_tolerance is not None:
         parts += ["--tolerance", f"{s.bench_tolerance:g}"]
     if s.bench_lock:

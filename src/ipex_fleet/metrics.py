@@ -81,8 +81,8 @@ def probe_metrics(document: dict[str, Any]) -> list[Any]:
                              labels=["device", "name"])
     for d in acc.get("devices") or []:
         labels = [str(d.get("index") if d.get("index") is not None else 0), str(d.get("name") or "")]
-        if d.get("memory_total") is not None:
-            total.add_metric(labels, float(d["memory_total"]))
+        if d.get("total_memory") is not None:
+            total.add_metric(labels, float(d["total_memory"]))
         if d.get("memory_used") is not None:
             used.add_metric(labels, float(d["memory_used"]))
         if d.get("temperature_c") is not None:

@@ -181,6 +181,9 @@ class DeploySettings(BaseModel):
                                AfterValidator(lambda v: v if v < 1 else _below_one())] | None = None
     bench_timeout: Seconds() = 300
     bench_lock: PlainPath | None = None
+    # node_exporter's textfile directory: the deploy's probe and `ipex-fleet metrics` write there
+    # (the flake's services.ipex-fleet.metrics.directory); None turns it off.
+    metrics_dir: PlainPath | None = "/var/lib/prometheus-node-exporter-text"
     bench_threads: Count(1) | None = None
 
     @model_validator(mode="after")

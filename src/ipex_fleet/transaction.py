@@ -13,6 +13,7 @@ import os
 import socket
 import time
 import uuid
+from shlex import quote
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
@@ -213,6 +214,9 @@ def _finish(tx: HostTransaction, host: Any, status: Status, final: Generation, e
         try:
             if tx.record_on_host:
                 sh(tx, host, nixcmd.append_deploy_record({**result.to_json(), "phase": tx.phase}))
+                if tx.settings.metrics_dir:  # best effort: monitoring must never fail a deploy
+                    sh(tx, host, f"{tx.settings.ipex_fleet_command} metrics --textfile-dir "
+                                 f"{quote(tx.settings.metrics_dir)} || true")
             if tx.locked:
                 sh(tx, host, nixcmd.release_lock(tx.run_id))
         except (HostUnreachable, StepTimeout) as exc:

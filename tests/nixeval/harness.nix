@@ -131,7 +131,7 @@ let
         accelerator = config.services.ipex-fleet.accelerator;
         package = packageFacts config.services.ipex-fleet.package;
         metricsDirectory = config.services.ipex-fleet.metrics.directory;
-        metricsExecStart = ((service "ipex-fleet-metrics").serviceConfig.ExecStart or null);
+        metricsExecStart = lib.concatStringsSep "\n" (lib.toList ((service "ipex-fleet-metrics").serviceConfig.ExecStart or [ ]));
         nodeExporter = { inherit (config.services.prometheus.exporters.node) enable extraFlags; };
       };
     };

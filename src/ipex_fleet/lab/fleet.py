@@ -30,6 +30,8 @@ FLAKE_SOURCE = Path(__file__).parent / "flake"
 # The lab flake's locked input (standing in for nixpkgs), served by the lab on loopback.
 LABPKGS_SOURCE = Path(__file__).parent / "labpkgs"
 LABPKGS_URL_MARK = "@LABPKGS_URL@"
+# Debian's prometheus-node-exporter on the controller; hosts run it read-only from there.
+NODE_EXPORTER = "/usr/bin/prometheus-node-exporter"
 GUEST_SOURCE = Path(__file__).parent / "guest"
 NIX_CONF = template.NIX_CONF
 INSTALL_FLAKE = "/var/lib/ipex-fleet-lab/install-flake"
@@ -286,6 +288,8 @@ class Lab:
         source = Path(ipex_fleet.__file__).resolve().parent.parent
         if not str(source).startswith(tuple(ro)):
             ro.add(str(source))
+        if os.path.exists(NODE_EXPORTER):
+            ro.add(NODE_EXPORTER)
         return sorted(ro), [str(self.layout.shared_dir)]
 
     def _install_flake(self, spec: LabSpec) -> None:
@@ -301,7 +305,9 @@ class Lab:
                 continue
             data = src.read_bytes().replace(LABPKGS_URL_MARK.encode(), url.encode())
             _write_if_changed(dest / src.relative_to(FLAKE_SOURCE), data)
-        _write_if_changed(dest / "controller.json", json.dumps({"python": sys.executable}, indent=1).encode() + b"\n")
+        _write_if_changed(dest / "controller.json", json.dumps({
+            "python": sys.executable,
+            "node_exporter": NODE_EXPORTER if os.path.exists(NODE_EXPORTER) else None}, indent=1).encode() + b"\n")
         package = Path(ipex_fleet.__file__).resolve().parent
         _write_if_changed(dest / "push.json", json.dumps({
             "comment": "Pushed inside the flake, so that it is self-contained: the package's source.",

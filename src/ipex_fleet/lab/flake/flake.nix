@@ -76,6 +76,21 @@
             [Install]
             WantedBy=multi-user.target
           '';
+          # Real node_exporter (Debian's, from the controller) serving the textfile metrics that the
+          # probe, the bench and `ipex-fleet metrics` write, on the host's own address (as the
+          # fleet module wires services.prometheus.exporters.node).
+          nodeExporter = ''
+            [Unit]
+            Description=Prometheus node exporter (textfile collector)
+
+            [Service]
+            Type=exec
+            ExecStart=${controller.node_exporter} --web.listen-address=${settings.address}:9100 --collector.disable-defaults --collector.textfile --collector.textfile.directory=/var/lib/prometheus-node-exporter-text
+            StateDirectory=prometheus-node-exporter-text
+
+            [Install]
+            WantedBy=multi-user.target
+          '';
           cpuHog = ''
             [Unit]
             Description=A CPU hog beside the services (lab fault cpu_hog)
@@ -105,6 +120,7 @@
           ollamaUnit = service "ollama" 11434;
           comfyuiUnit = service "comfyui" 8188;
           cpuHogUnit = if settings.cpu_hog or false then cpuHog else "";
+          nodeExporterUnit = if (controller.node_exporter or null) != null then nodeExporter else "";
           # Lab fault lock_ssh: an sshd configuration that refuses every login.
           sshLock = if settings.lock_ssh or false then "DenyUsers *\n" else "";
           # Lab fault fail_boot: the boot check before boot-complete.target fails, so the boot never

@@ -10,6 +10,7 @@ printf 'NAME=NixOS\nID=nixos\nVERSION_ID="%s"\nPRETTY_NAME="NixOS %s (ipex-fleet
   "$nixosVersion" "$nixosVersion" > "$out/etc/os-release"
 printf '%s' "$ollamaUnit" > "$out/etc/systemd/system/ollama.service"
 printf '%s' "$comfyuiUnit" > "$out/etc/systemd/system/comfyui.service"
+if [ -n "$nodeExporterUnit" ]; then printf '%s' "$nodeExporterUnit" > "$out/etc/systemd/system/prometheus-node-exporter.service"; fi
 if [ -n "$cpuHogUnit" ]; then printf '%s' "$cpuHogUnit" > "$out/etc/systemd/system/cpu-hog.service"; fi
 if [ -n "$sshLock" ]; then
   mkdir -p "$out/etc/ssh/sshd_config.d"
