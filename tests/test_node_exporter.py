@@ -52,6 +52,11 @@ def test_node_exporter_serves_the_deploy_and_probe_metrics(fleet2):
     health = fleet2.result(run_id, "host1").health
     for check, result in health["checks"].items():  # the deploy's own probe, as a state set
         assert one(m, "ipex_fleet_check_result", check=check, result=result).value == 1
+    # ...and as JUnit XML beside the run's results, for CI systems.
+    import xml.etree.ElementTree as ET
+
+    suite = ET.parse(fleet2.state / "runs" / run_id / "junit" / "host1.xml").getroot().find("testsuite")
+    assert {c.get("name") for c in suite} == set(health["checks"]) and suite.get("failures") == "0"
 
 
 def test_a_rolled_back_deploy_and_a_host_off_its_good_generation(fleet2):

@@ -6,6 +6,8 @@ document; a failing check or a slower benchmark fails the step, so the host roll
 
 from __future__ import annotations
 
+from pyinfra import logger
+
 import json
 from shlex import quote
 from typing import Any
@@ -53,6 +55,17 @@ def summarise(document: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def write_junit(tx: HostTransaction, document: dict[str, Any]) -> None:
+    """The health checks as JUnit XML beside the run's results, for CI systems that gate on them."""
+    from . import junit
+    from .results import run_dir
+
+    try:
+        junit.write(run_dir(tx.run_id) / "junit" / f"{tx.host}.xml", [junit.probe_suite(document, tx.host)])
+    except OSError as exc:  # a report must never fail the deploy
+        logger.warning(f"[{tx.host}] could not write the JUnit report: {exc}")
+
+
 def run_probe(tx: HostTransaction, host: Any, level: int | str, expect_system: str | None) -> dict[str, Any]:
     out = sh(tx, host, probe_command(tx, level, expect_system), tx.settings.health_timeout)
     return _document(out, "the probe")
@@ -66,6 +79,7 @@ def health(tx: HostTransaction, host: Any) -> None:
     level = "config" if levels is None else max(levels)
     document = run_probe(tx, host, level, tx.target.path)
     tx.health = {**(tx.health or {}), **summarise(document)}  # keeps the models report
+    write_junit(tx, document)
     if document.get("result") == "fail":
         raise StepFailed("health checks failed: " + "; ".join(tx.health["failing"]))
 

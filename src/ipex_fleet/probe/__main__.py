@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-free-mb", type=int, default=1024, help="free space needed on model paths")
     p.add_argument("--bench-dir", default="/var/lib/ipex-fleet/bench", help="baseline for level 3")
     p.add_argument("--textfile", help="also write node-exporter textfile metrics to this file")
+    p.add_argument("--junit", help="also write the checks as JUnit XML to this file")
     return p
 
 
@@ -73,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         from ..metrics import probe_metrics, write
 
         write(args.textfile, probe_metrics(document))
+    if args.junit:
+        from .. import junit
+
+        junit.write(args.junit, [junit.probe_suite(document)])
     if args.json:
         print(json.dumps(document))
     else:
