@@ -47,6 +47,7 @@ class ScriptedHost:
     lock: dict[str, Any] | None = None
     records: list[dict[str, Any]] = field(default_factory=list)
     fault: Fault | None = None
+    second: Fault | None = None  # a second fault, for double faults (a gate fails, then the controller dies)
     seen: dict[str, int] = field(default_factory=dict)
     dropped: bool = False
     logs: list[str] = field(default_factory=list)
@@ -84,8 +85,9 @@ class ScriptedHost:
         if self.dropped:
             raise HostUnreachable(f"no answer from {self.name} (dropped)")
         self.seen[kind] = self.seen.get(kind, 0) + 1
-        if self.fault and self.fault.kind == kind and self.fault.nth == self.seen[kind]:
-            how = self.fault.how
+        fault = next((f for f in (self.fault, self.second) if f and f.kind == kind and f.nth == self.seen[kind]), None)
+        if fault:
+            how = fault.how
             if how == "die":
                 raise ControllerDied(kind)
             if how == "drop":
@@ -263,7 +265,7 @@ class ScriptedHost:
     def lease_runs_out(self) -> bool:
         """Time passes with no controller: an armed watchdog reverts (a reboot would have ended it)."""
         self.dropped = False
-        self.fault = None
+        self.fault = self.second = None
         if self.intent and self.intent["run_id"] in self.watchdogs:
             return self.revert_by("watchdog")
         return False

@@ -162,3 +162,27 @@ def test_a_second_run_in_the_same_process_starts_from_nothing(monkeypatch):
     assert runstate.of(first).run_id != runstate.of(second).run_id
     runstate.of(first).transactions["h1"] = object()
     assert runstate.of(second).transactions == {} and runstate.of(second).built == {}
+
+
+@pytest.mark.parametrize("how", ("die", "die_after"))
+@pytest.mark.parametrize("kind,nth", [("renew", 3), ("switch_generation", 1), ("activate", 2), ("claim", 1)])
+def test_a_controller_that_dies_while_rolling_back_leaves_the_host_safe(controller, kind, nth, how):
+    """A double fault: the health gate fails, then the controller dies during the rollback. The
+    intent stays open until the revert is done and claimed, so the host's watchdog finishes it."""
+    deploy, make = controller
+    host = make()
+    previous = host.profile_path
+    host.fault = Fault("probe", 1, "fail")
+    host.second = Fault(kind, nth, how)
+    run_id, alive = deploy(host)
+    assert not alive and host.seen.get(kind, 0) >= nth, host.kinds
+    host.lease_runs_out()
+    assert host.intent is None, "the watchdog finished the revert"
+    assert host.running == previous and host.profile_path == previous
+    decided = [k for k in host.resolved if k.startswith(run_id + ".")]
+    assert len(decided) == 1 and not decided[0].endswith(".committed"), decided
+    if host.lock and host.lock["run_id"] == run_id:  # died between the claim and the release:
+        clock = transaction.time  # a leased lock: once its lease runs out, the next run takes it
+        clock.sleep(host.lock["lease_until"] - clock.time() + 1)
+    again, survived = deploy(host)
+    assert survived and results.read_host_result(again, "h1").status is Status.OK

@@ -183,11 +183,18 @@ def _fail(tx: HostTransaction, host: Any, error: str) -> None:
         return
     started = time.monotonic()
     try:
+        # The intent stays open (the watchdog armed) until the revert is done and verified: a
+        # controller that dies mid-rollback leaves it to the host's watchdog, or to the next run.
+        # The lease covers the rollback; should it run out anyway, both restore the same generation.
+        renew_lease(tx, host, "rollback", tx.settings.activation_timeout + 4 * tx.settings.command_timeout)
+        final = rollback_to(tx, host, tx.previous)
         if not claim(tx, host, "reverting-controller"):
             final = await_revert(tx, host, "the host's watchdog decided first")
             _finish(tx, host, Status.ROLLED_BACK, final, f"{error}; the host's watchdog restored the generation")
             return
-        final = rollback_to(tx, host, tx.previous)
+    except WatchdogReverted as exc:
+        _finish(tx, host, Status.ROLLED_BACK, exc.final, f"{error}; {exc}")
+        return
     except HostUnreachable as exc:
         _finish(tx, host, Status.UNREACHABLE, NO_GENERATION, f"{error}; rollback: {exc} (the host's watchdog "
                 f"restores generation {tx.previous.number} by itself when its lease runs out)")
