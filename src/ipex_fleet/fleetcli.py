@@ -58,6 +58,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     pl.add_argument("--timeout", type=float, default=7200, help="seconds the whole plan may take")
     pl.set_defaults(func=_plan)
 
+    rp = sub.add_parser("report", help="one run as a static HTML page: timeline, hosts, benchmark charts",
+                        description="Writes RUN_ID's report (default: the latest run) as one HTML file with "
+                                    "no external assets: it works offline.")
+    rp.add_argument("run", nargs="?", metavar="RUN_ID")
+    rp.add_argument("--html", required=True, metavar="PATH")
+    rp.set_defaults(func=_report)
+
     rb = sub.add_parser("rollback", help="return every host to the generation it had after run RUN_ID")
     rb.add_argument("inventory")
     rb.add_argument("--to", required=True, metavar="RUN_ID")
@@ -217,6 +224,14 @@ def _status(args: argparse.Namespace) -> int:
             print(f"{r['host']:<14} {gen:>4}  {same:<13} {r['last_good_run'] or '-':<36} "
                   f"{r['last_status'] or '-':<12} {r['last_health'] or '-'}")
     return 0 if all(r["reachable"] for r in rows) else 1
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .report import write
+
+    path = write(args.run, args.html)
+    print(f"report: {path}")
+    return 0
 
 
 def _rollback(args: argparse.Namespace) -> int:

@@ -103,6 +103,7 @@ def bench_gate(tx: HostTransaction, host: Any) -> None:
     tx.bench = {
         "result": gate.get("result"),
         "baseline_recorded": gate.get("baseline_recorded"),
+        "tolerance": gate.get("tolerance"),
         "device": document.get("device", {}).get("name"),
         "duration_s": document.get("duration_s"),
         "results": {r["name"]: {"value": r["value"], "unit": r["unit"], "cv": r["cv"]} for r in document["results"]},
