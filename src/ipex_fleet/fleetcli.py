@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from .errors import UserError
+from .tables import health_cell, render
 from .results import read_host_result, run_dir
 from .rollout import pyinfra_run
 from .rollout.engine import ROLLBACK_DEPLOY, Rollout, RolloutOptions, new_run_id, write_plan
@@ -161,14 +162,14 @@ def _history(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps([r.__dict__ for r in runs], indent=2))
             return 0
-        print(f"{'RUN':<40} {'KIND':<9} {'STATUS':<20} {'STARTED':<20} HOSTS")
+        table = []
         for r in runs:
-            rows = ledger.results(r.run_id)
             counts: dict[str, int] = {}
-            for row in rows:
+            for row in ledger.results(r.run_id):
                 counts[row["status"]] = counts.get(row["status"], 0) + 1
-            print(f"{r.run_id:<40} {r.kind:<9} {r.status:<20} {_when(r.started):<20} "
-                  + " ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+            table.append([r.run_id, r.kind, r.status, _when(r.started),
+                          " ".join(f"{k}={v}" for k, v in sorted(counts.items()))])
+        print(render([("RUN", {}), ("KIND", {}), ("STATUS", {}), ("STARTED", {"no_wrap": True}), ("HOSTS", {})], table))
         return 0
     run = ledger.run(args.run)
     if run is None:
@@ -182,10 +183,12 @@ def _history(args: argparse.Namespace) -> int:
           + (f": {run.message}" if run.message else ""))
     for w in ledger.waves(args.run):
         print(f"  wave {w['idx'] + 1} {w['name']}: {w['status']} ({', '.join(json.loads(w['hosts']))})")
-    print(f"{'HOST':<14} {'PHASE':<10} {'STATUS':<12} {'PREVIOUS':>8} {'TARGET':>6} {'FINAL':>6}  ERROR")
-    for r in rows:
-        print(f"{r['host']:<14} {r['phase']:<10} {r['status']:<12} {_g(r['previous_generation']):>8} "
-              f"{_g(r['target_generation']):>6} {_g(r['final_generation']):>6}  {(r['error'] or '')[:70]}")
+    print(render([("HOST", {"no_wrap": True}), ("PHASE", {}), ("STATUS", {}), ("PREVIOUS", {"justify": "right"}),
+                  ("TARGET", {"justify": "right"}), ("FINAL", {"justify": "right"}), ("HEALTH", {}),
+                  ("ERROR", {"ratio": 1, "min_width": 12})],
+                 [[r["host"], r["phase"], r["status"], _g(r["previous_generation"]), _g(r["target_generation"]),
+                   _g(r["final_generation"]), health_cell(json.loads(r["health"]) if r["health"] else None),
+                   r["error"] or ""] for r in rows]))
     return 0
 
 
@@ -217,12 +220,11 @@ def _status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
-        print(f"{'HOST':<14} {'GEN':>4}  {'AS LAST GOOD':<13} {'LAST GOOD RUN':<36} {'LAST':<12} HEALTH")
-        for r in rows:
-            gen = _g(r["generation"]) if r["reachable"] else "unreachable"
-            same = {True: "yes", False: f"no (was {r['last_good_generation']})", None: "-"}[r["matches_last_good"]]
-            print(f"{r['host']:<14} {gen:>4}  {same:<13} {r['last_good_run'] or '-':<36} "
-                  f"{r['last_status'] or '-':<12} {r['last_health'] or '-'}")
+        print(render([("HOST", {"no_wrap": True}), ("GEN", {"justify": "right"}), ("AS LAST GOOD", {}),
+                      ("LAST GOOD RUN", {}), ("LAST", {}), ("HEALTH", {})],
+                     [[r["host"], _g(r["generation"]) if r["reachable"] else "unreachable",
+                       {True: "yes", False: f"no (was {r['last_good_generation']})", None: "-"}[r["matches_last_good"]],
+                       r["last_good_run"] or "-", r["last_status"] or "-", r["last_health"] or "-"] for r in rows]))
     return 0 if all(r["reachable"] for r in rows) else 1
 
 

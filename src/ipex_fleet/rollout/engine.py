@@ -211,19 +211,35 @@ class Rollout:
     # -- the end ----------------------------------------------------------------------------
 
     def summary(self, waves: list[Wave]) -> None:
-        rows = {r["host"]: r for r in self.ledger.results(self.run_id)}  # latest phase per host wins
-        self.say("")
-        self.say(f"{'WAVE':<10} {'HOST':<14} {'STATUS':<12} {'PREVIOUS':>8} {'FINAL':>6}  ERROR")
+        """The final table, one row per host: result, previous → final generation, health, the
+        benchmark against its baseline, time; then each failed host's error and failing checks, folded
+        to the terminal's width (a narrow terminal keeps every row on one line)."""
+        from ..tables import bench_cell, render, width, wrap
+
+        rows_by_host = {r["host"]: r for r in self.ledger.results(self.run_id)}  # latest phase per host wins
+        rows, notes = [], []
         for wave in waves:
             for host in wave.hosts:
-                r = rows.get(host)
+                r = rows_by_host.get(host)
                 if r is None:
-                    self.say(f"{wave.name:<10} {host:<14} {'not run':<12}")
+                    rows.append([wave.name, host, "not run", "", "", "", ""])
                     continue
+                deployed = read_host_result(self.run_id, host)
+                health = json.loads(r["health"]) if r["health"] else {}
                 status = r["status"] if r["phase"] == "deploy" else f"{r['phase']}:{r['status']}"
-                error = (r["error"] or "")[:80]
-                self.say(f"{wave.name:<10} {host:<14} {status:<12} {_gen(r['previous_generation']):>8} "
-                         f"{_gen(r['final_generation']):>6}  {error}")
+                timings = json.loads(r["timings"]) if r["timings"] else {}
+                rows.append([wave.name, host, status, f"{_gen(r['previous_generation'])}→{_gen(r['final_generation'])}",
+                             health.get("result") or "-", bench_cell(deployed.bench if deployed else None),
+                             f"{sum(timings.values()):.0f}s" if timings else "-"])
+                if r["error"]:
+                    notes.append((host, r["error"]))
+        self.say("")
+        columns = [(name, {"no_wrap": True}) for name in ("WAVE", "HOST", "STATUS", "GEN", "HEALTH", "BENCH")]
+        for line in render([*columns, ("TIME", {"justify": "right", "no_wrap": True})], rows).splitlines():
+            self.say(line)
+        for host, error in notes:
+            for line in wrap(f"{host}: {error}", width(), indent="    "):
+                self.say(line)
         run = self.ledger.run(self.run_id)
         self.say(f"rollout {self.run_id}: {run.status if run else '?'}")
 
