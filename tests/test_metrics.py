@@ -109,3 +109,15 @@ def test_device_memory_and_temperature_where_torch_gave_them(tmp_path):
     assert by[("ipex_fleet_device_memory_used_bytes", "0")] == 1e9
     assert ("ipex_fleet_device_memory_used_bytes", "1") not in by  # unknown is absent, never 0
     assert by[("ipex_fleet_device_temperature_celsius", "0")] == 41.0
+
+
+def test_an_unwritable_textfile_dir_is_one_line_and_exit_1(tmp_path):
+    import subprocess
+    import sys
+
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    proc = subprocess.run([sys.executable, "-m", "ipex_fleet", "metrics", "--textfile-dir", str(blocked / "sub")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "give a writable --textfile-dir" in proc.stderr

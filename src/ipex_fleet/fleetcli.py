@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 from pathlib import Path
 
 from .errors import UserError
-from .tables import health_cell, render
+from .tables import health_cell, render, when
 from .results import read_host_result, run_dir
 from .rollout import pyinfra_run
 from .rollout.engine import ROLLBACK_DEPLOY, Rollout, RolloutOptions, new_run_id, write_plan
@@ -151,10 +150,6 @@ def _result_hosts(run_id: str) -> list[str]:
     return [p.stem for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
 
 
-def _when(ts: float | None) -> str:
-    return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
-
-
 def _history(args: argparse.Namespace) -> int:
     ledger = Ledger()
     if not args.run:
@@ -167,7 +162,7 @@ def _history(args: argparse.Namespace) -> int:
             counts: dict[str, int] = {}
             for row in ledger.results(r.run_id):
                 counts[row["status"]] = counts.get(row["status"], 0) + 1
-            table.append([r.run_id, r.kind, r.status, _when(r.started),
+            table.append([r.run_id, r.kind, r.status, when(r.started),
                           " ".join(f"{k}={v}" for k, v in sorted(counts.items()))])
         print(render([("RUN", {}), ("KIND", {}), ("STATUS", {}), ("STARTED", {"no_wrap": True}), ("HOSTS", {})], table))
         return 0
@@ -179,7 +174,7 @@ def _history(args: argparse.Namespace) -> int:
         print(json.dumps({"run": run.__dict__, "waves": [dict(w) for w in ledger.waves(args.run)],
                           "hosts": [dict(r) for r in rows]}, indent=2))
         return 0
-    print(f"run {run.run_id} ({run.kind}): {run.status}, started {_when(run.started)}, finished {_when(run.finished)}"
+    print(f"run {run.run_id} ({run.kind}): {run.status}, started {when(run.started)}, finished {when(run.finished)}"
           + (f": {run.message}" if run.message else ""))
     for w in ledger.waves(args.run):
         print(f"  wave {w['idx'] + 1} {w['name']}: {w['status']} ({', '.join(json.loads(w['hosts']))})")

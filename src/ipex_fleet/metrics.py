@@ -29,11 +29,11 @@ from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
 from .domain import STATE_DIR, SYSTEM_PROFILE
+from .nix.commands import BOOT_LINKS, parse_profile_state
 
 TEXTFILE_DIR = "/var/lib/prometheus-node-exporter-text"
 CHECK_STATES = ("pass", "warn", "fail", "skip")
 GOOD = ("ok", "unchanged")
-BOOT_LINKS = ("kernel", "initrd", "kernel-modules", "firmware")
 
 
 class _Families(Collector):
@@ -116,12 +116,6 @@ def bench_metrics(document: dict[str, Any]) -> list[Any]:
     return families
 
 
-def _generation(profile_link: str) -> int | None:
-    name = os.path.basename(profile_link)
-    parts = name.split("-")
-    return int(parts[-2]) if len(parts) >= 3 and parts[-1] == "link" and parts[-2].isdigit() else None
-
-
 def _records(state_dir: str) -> list[dict[str, Any]]:
     try:
         lines = Path(state_dir, "deploys.jsonl").read_text().splitlines()
@@ -150,7 +144,7 @@ def host_metrics(state_dir: str = STATE_DIR, profile: str = SYSTEM_PROFILE, root
     current_path = _realpath(at("/run/current-system"))
     booted_path = _realpath(at("/run/booted-system"))
     try:
-        current_gen = _generation(os.readlink(at(profile)))
+        current_gen = parse_profile_state([f"current {os.readlink(at(profile))}"]).current
     except OSError:
         current_gen = None
     last = records[-1] if records else {}
@@ -226,5 +220,10 @@ def main(argv: list[str] | None = None) -> int:
         registry.register(_Families(families))
         sys.stdout.write(generate_latest(registry).decode())
     else:
-        write(os.path.join(args.textfile_dir, DEPLOY_FILE), families)
+        try:
+            write(os.path.join(args.textfile_dir, DEPLOY_FILE), families)
+        except OSError as exc:
+            print(f"ipex-fleet metrics: error: cannot write {args.textfile_dir}: {exc.strerror}; "
+                  "give a writable --textfile-dir", file=sys.stderr)
+            return 1
     return 0

@@ -9,7 +9,6 @@ under .ipex-fleet/runs/. Every text is escaped.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
@@ -19,6 +18,7 @@ from .domain import HostResult
 from .errors import UserError
 from .results import state_dir
 from .rollout.ledger import Ledger
+from .tables import when
 
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 STATUS_COLOUR = {"ok": "#2ca02c", "unchanged": "#7f7f7f", "rolled_back": "#d62728", "failed": "#d62728",
@@ -60,11 +60,11 @@ def _results_of(host: str) -> list[tuple[float, HostResult]]:
 
 def bench_history(host: str) -> list[BenchPoint]:
     points = []
-    for when, result in _results_of(host):
+    for recorded, result in _results_of(host):
         bench = result.bench or {}
         values = {name: float(r["value"]) for name, r in (bench.get("results") or {}).items()}
         if values:
-            points.append(BenchPoint(result.run_id, when, values, bench.get("tolerance"),
+            points.append(BenchPoint(result.run_id, recorded, values, bench.get("tolerance"),
                                      bool(bench.get("baseline_recorded"))))
     return points
 
@@ -131,10 +131,6 @@ def chart(history: list[BenchPoint], width: int = 460, height: int = 160) -> str
     return "".join(parts) + f'<div class="legend">{legend}</div>'
 
 
-def _when(ts: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
-
-
 def render(model: dict[str, Any]) -> str:
     run = model["run"]
     hosts: list[HostReport] = model["hosts"]
@@ -149,8 +145,8 @@ def render(model: dict[str, Any]) -> str:
         chips = "".join(f'<span class="chip" style="background:{STATUS_COLOUR.get(h.status, "#999")}" '
                         f'title="{escape(h.status)}">{escape(h.host)}</span>' for h in members)
         timeline.append(f'<li class="wave" data-status="{escape(str(w["status"]))}"><b>{escape(str(w["name"]))}</b> '
-                        f'<span class="muted">{escape(str(w["status"]))}, {_when(w.get("started"))} &rarr; '
-                        f'{_when(w.get("finished"))}</span><div>{chips}</div></li>')
+                        f'<span class="muted">{escape(str(w["status"]))}, {when(w.get("started"))} &rarr; '
+                        f'{when(w.get("finished"))}</span><div>{chips}</div></li>')
     rows, cards = [], []
     for h in hosts:
         failing = "".join(f'<li class="failing-check">{escape(f)}</li>' for f in h.failing)
@@ -175,7 +171,7 @@ table {{ border-collapse: collapse; width: 100%; }} td, th {{ border-bottom: 1px
 .legend span {{ margin-right: 8px; font-size: 12px; }} ul.failing {{ margin: 2px 0; padding-left: 18px; color: #d62728; }}
 </style></head><body>
 <h1>Run {escape(run.run_id)} <span class="muted">({escape(run.kind)})</span></h1>
-<p id="summary">Status <b>{escape(run.status)}</b>, started {_when(run.started)}, finished {_when(run.finished)}.
+<p id="summary">Status <b>{escape(run.status)}</b>, started {when(run.started)}, finished {when(run.finished)}.
 {escape(run.message or "")}</p>
 <h2>Timeline</h2><ol id="timeline">{"".join(timeline)}</ol>
 <h2>Hosts</h2>

@@ -13,6 +13,13 @@ from rich.console import Console
 from rich.table import Table
 
 
+def when(ts: float | None) -> str:
+    """A Unix time as local `YYYY-MM-DD HH:MM:SS`, or `-`."""
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
 def width() -> int:
     """The terminal's width, or $COLUMNS, or 100 when the output is not a terminal."""
     return shutil.get_terminal_size((100, 24)).columns

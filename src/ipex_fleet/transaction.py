@@ -220,10 +220,11 @@ def _finish(tx: HostTransaction, host: Any, status: Status, final: Generation, e
     if status != Status.UNREACHABLE:
         try:
             if tx.record_on_host:
-                sh(tx, host, nixcmd.append_deploy_record({**result.to_json(), "phase": tx.phase}))
-                if tx.settings.metrics_dir:  # best effort: monitoring must never fail a deploy
-                    sh(tx, host, f"{tx.settings.ipex_fleet_command} metrics --textfile-dir "
-                                 f"{quote(tx.settings.metrics_dir)} || true")
+                record = nixcmd.append_deploy_record({**result.to_json(), "phase": tx.phase})
+                if tx.settings.metrics_dir:  # in the same round trip; best effort: it never fails a deploy
+                    record += (f"; {tx.settings.ipex_fleet_command} metrics --textfile-dir "
+                               f"{quote(tx.settings.metrics_dir)} >/dev/null 2>&1 || true")
+                sh(tx, host, record)
             if tx.locked:
                 sh(tx, host, nixcmd.release_lock(tx.run_id))
         except (HostUnreachable, StepTimeout) as exc:
@@ -338,44 +339,45 @@ def record_previous(tx: HostTransaction, host: Any) -> None:
 
 
 def push_flake(tx: HostTransaction, host: Any) -> None:
-    """Step 3a: push the flake by content hash, unless the host has it already."""
+    """Step 3a: push the flake by content hash, unless the host has it already, and the locked inputs
+    the host lacks, from the controller's store, so that it builds the locked revisions without network
+    (flakeinputs says why this way). One round trip asks for both."""
     run = runstate.of(host.state)
     digest = run.flake_hash(tx.settings.flake)
     tx.flake_hash = digest
     if tx.settings.build == "controller":
         return  # the host substitutes the built closure from the cache: it needs no flake
-    present = sh(tx, host, f"mkdir -p {nixcmd.FLAKE_ROOT} && {nixcmd.flake_present(digest)}")
-    if not present.ok:
+    conf = tx.settings.controller_nix_conf_dir
+    try:
+        inputs = run.flake_inputs(tx.settings.flake, conf).store_paths
+    except flakeinputs.InputsError as exc:
+        raise StepFailed(str(exc)) from None
+    check = f"{flakeinputs.missing_command(inputs)} || echo {_INPUTS_UNCHECKED}; " if inputs else ""
+    asked = sh(tx, host, f"mkdir -p {nixcmd.FLAKE_ROOT}; {check}{nixcmd.flake_present(digest)}")
+    if _INPUTS_UNCHECKED in asked.stdout_lines:
+        raise StepFailed(f"checking the host's store for the flake's inputs failed: {asked.last_error}")
+    pushed = 0
+    if not asked.ok:
         upload = f"{nixcmd.FLAKE_ROOT}/.upload-{digest}-{tx.run_id}.tar.gz"
-        put_bytes(host, run.flake_tarball(tx.settings.flake), upload, timeout=tx.settings.command_timeout)
+        tarball = run.flake_tarball(tx.settings.flake)
+        put_bytes(host, tarball, upload, timeout=tx.settings.command_timeout)
         unpacked = sh(tx, host, nixcmd.unpack_flake(upload, digest))
         if not unpacked.ok:
             raise StepFailed(f"unpacking the flake failed: {unpacked.last_error}")
-    carried = carry_inputs(tx, host)
-    host.log(f"pushed the flake ({0 if present.ok else len(run.flake_tarball(tx.settings.flake))} bytes) "
-             f"and its locked inputs ({carried} bytes)")
+        pushed = len(tarball)
+    missing = tuple(sorted(line for line in asked.stdout_lines if line in inputs))
+    carried = carry_inputs(tx, host, missing) if missing else 0
+    host.log(f"pushed the flake ({pushed} bytes) and its locked inputs ({carried} bytes)")
     sh(tx, host, nixcmd.prune_flakes(tx.settings.keep_flakes, digest))
 
 
-def carry_inputs(tx: HostTransaction, host: Any) -> int:
-    """Step 3a, continued: the locked inputs the host lacks, from the controller's store, so that it
-    builds the locked revisions without network (flakeinputs says why this way). Returns bytes sent."""
-    run = runstate.of(host.state)
-    conf = tx.settings.controller_nix_conf_dir
+_INPUTS_UNCHECKED = "ipex-fleet: inputs unchecked"
+
+
+def carry_inputs(tx: HostTransaction, host: Any, missing: tuple[str, ...]) -> int:
+    """Step 3a, continued: send and import the missing input store paths. Returns bytes sent."""
     try:
-        inputs = run.flake_inputs(tx.settings.flake, conf)
-    except flakeinputs.InputsError as exc:
-        raise StepFailed(str(exc)) from None
-    if not inputs.store_paths:
-        return 0
-    listed = sh(tx, host, flakeinputs.missing_command(inputs.store_paths))
-    if not listed.ok:
-        raise StepFailed(f"checking the host's store for the flake's inputs failed: {listed.last_error}")
-    missing = tuple(sorted(line for line in listed.stdout_lines if line in inputs.store_paths))
-    if not missing:
-        return 0
-    try:
-        data = run.inputs_export(missing, conf)
+        data = runstate.of(host.state).inputs_export(missing, tx.settings.controller_nix_conf_dir)
     except flakeinputs.InputsError as exc:
         raise StepFailed(str(exc)) from None
     upload = f"{nixcmd.FLAKE_ROOT}/.inputs-{tx.run_id}.gz"
