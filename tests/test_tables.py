@@ -4,8 +4,10 @@ with its status, generations, health, benchmark and time, and long errors fold i
 
 from __future__ import annotations
 
+import io
 import re
 
+from ipex_fleet.live import Live
 from ipex_fleet.domain import Generation, HostResult, Status
 from ipex_fleet.results import write_host_result
 from ipex_fleet.rollout.engine import Rollout, RolloutOptions
@@ -37,8 +39,9 @@ def test_a_ten_host_rollout_summary_fits_80_columns(tmp_path, monkeypatch):
         write_host_result(result)
         ledger.record(result, "deploy", 0 if i == 0 else (1 if i < 4 else 2), run_id=run_id)
     ledger.finish_run(run_id, "halted")
-    lines: list[str] = []
-    Rollout(RolloutOptions("inventories/prod.py", "deploys/prod.py"), run_id, ledger, lines.append).summary(waves)
+    out = io.StringIO()
+    Rollout(RolloutOptions("inventories/prod.py", "deploys/prod.py"), run_id, ledger, Live(None, out)).summary(waves)
+    lines = out.getvalue().splitlines()
 
     assert lines and max(len(line) for line in lines) <= 80, "\n".join(lines)
     text = "\n".join(lines)

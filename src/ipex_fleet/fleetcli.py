@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from .errors import UserError
+from .live import Live
 from .tables import health_cell, render, when
 from .results import read_host_result, run_dir
 from .rollout import pyinfra_run
@@ -30,6 +32,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     ro.add_argument("--parallel", type=int, help="hosts deployed at once within a wave (pyinfra --parallel)")
     ro.add_argument("--resume", metavar="RUN_ID", help="continue a rollout whose controller died")
     ro.add_argument("--dry-run", action="store_true", help="print the waves and the pyinfra runs, run nothing")
+    ro.add_argument("--json", action="store_true",
+                    help="one JSON object per line (messages, waves, each host's changes of state, the summary)")
     ro.set_defaults(func=_rollout)
 
     hi = sub.add_parser("history", help="runs in the ledger, or one run's hosts")
@@ -80,8 +84,9 @@ def _deploy_file(path: str) -> str:
 
 def _rollout(args: argparse.Namespace) -> int:
     ledger = Ledger()
+    live = Live("json" if args.json else None)
     if args.resume:
-        rollout, waves = Rollout.resume(args.resume, ledger)
+        rollout, waves = Rollout.resume(args.resume, ledger, live)
     else:
         if not args.inventory or not args.deploy:
             raise UserError("rollout INVENTORY DEPLOY: give both, e.g. inventories/prod.py deploys/prod.py")
@@ -89,7 +94,8 @@ def _rollout(args: argparse.Namespace) -> int:
                                  args.soak, args.rollback_scope, args.parallel)
         for needed in (ROLLBACK_DEPLOY, "deploys/check.py"):
             _deploy_file(needed)
-        rollout, waves = Rollout.prepare(options, ledger)
+        rollout, waves = Rollout.prepare(options, ledger, live)
+    live.fit([h for wave in waves for h in wave.hosts])
     if args.dry_run:
         rollout.describe(waves)
         return 0
@@ -115,7 +121,11 @@ def _plan(args: argparse.Namespace) -> int:
     run_id = new_run_id("plan")
     argv = pyinfra_run.argv(args.inventory, deploy, args.limit, None, data)
     log = run_dir(run_id) / "plan.log"
-    rc = pyinfra_run.run(argv, {"IPEX_FLEET_RUN_ID": run_id}, log, lambda line: None, args.timeout)
+    # Progress goes to stderr under --json: stdout stays one document.
+    live = Live("plain", sys.stderr) if args.json else Live()
+    live.fit(load(args.inventory).hosts)
+    with live.follow(run_id):
+        rc = pyinfra_run.run(argv, {"IPEX_FLEET_RUN_ID": run_id}, log, lambda line: None, args.timeout)
     plans = plan.read_plans(run_id)
     failed = [r for r in (read_host_result(run_id, h) for h in _result_hosts(run_id)) if r and not r.status.succeeded]
     groups = plan.group(plans)

@@ -22,7 +22,7 @@ from pyinfra import logger
 from pyinfra.api.state import BaseStateCallback
 
 from .domain import NO_GENERATION, Action, Generation, HostResult, Status
-from . import flakeinputs, redact, runstate
+from . import flakeinputs, progress, redact, runstate
 from .nix import commands as nixcmd
 from .nix import journal
 from .remote import HostUnreachable, RemoteResult, SessionLost, StepTimeout, put_bytes, run, run_fresh
@@ -77,6 +77,7 @@ class HostTransaction:
     bench: dict[str, Any] | None = None
     timings: dict[str, float] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
+    shown_state: str | None = None  # the last state sent to the progress events
 
     def result(self, status: Status, final: Generation, error: str | None) -> HostResult:
         return HostResult(
@@ -126,6 +127,7 @@ def run_step(state: Any, host: Any, step: Step, name: str) -> bool:
             (tx.unchanged or tx.boot_pending) and step.__name__ in GATES):
         return True
     started = time.monotonic()
+    show_state(tx, progress.STEP_STATES.get(step.__name__, step.__name__))
     try:
         lease = STEP_LEASES.get(step.__name__)
         if tx.intent_open and lease and lease.runs(tx.settings, host.data):
@@ -176,12 +178,20 @@ class StoppedRunGuard(BaseStateCallback):
             host.log(f"could not resolve the stopped transaction: {exc}", logger.error)
 
 
+def show_state(tx: HostTransaction, state: str, **detail: Any) -> None:
+    """One progress event when the host's state changes (ipex_fleet.progress)."""
+    if state != tx.shown_state or detail:
+        tx.shown_state = state
+        progress.emit(tx.run_id, tx.host, state, **detail)
+
+
 def _fail(tx: HostTransaction, host: Any, error: str) -> None:
     host.log(f"failed: {error}", logger.error)
     if not tx.intent_open:
         _finish(tx, host, Status.FAILED, tx.previous, error)
         return
     started = time.monotonic()
+    show_state(tx, "rolling back", to=tx.previous.number, why=redact.text(error))
     try:
         # The intent stays open (the watchdog armed) until the revert is done and verified: a
         # controller that dies mid-rollback leaves it to the host's watchdog, or to the next run.
@@ -231,6 +241,8 @@ def _finish(tx: HostTransaction, host: Any, status: Status, final: Generation, e
             result = tx.result(Status.UNREACHABLE, NO_GENERATION, f"{error or status.value}; recording: {exc}")
     write_host_result(result)
     _ledger_record(result, tx.phase)
+    show_state(tx, result.status.value, previous=result.previous.number, generation=result.final.number,
+               error=result.error)
     line = f"{result.status.value}: generation {result.final.number}"
     if result.error:
         line += f" ({result.error})"
@@ -595,6 +607,7 @@ def reboot_into_target(tx: HostTransaction, host: Any) -> None:
     """Mode boot with host data reboot: reboot, wait for a new boot id within reboot_timeout, and check
     that the target booted. A host that booted the previous generation fell back."""
     renew_lease(tx, host, "rebooting", tx.settings.reboot_timeout)
+    show_state(tx, "rebooting")
     before = sh(tx, host, nixcmd.boot_id()).stdout.strip()
     sh(tx, host, nixcmd.schedule_reboot(tx.run_id))
     tx.fresh_connections = True  # this session ends with the boot

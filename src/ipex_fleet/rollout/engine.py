@@ -12,10 +12,9 @@ import secrets
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
-
 from ..domain import HostResult, Status
 from ..errors import UserError
+from ..live import Live
 from ..results import read_host_result, run_dir, write_host_result
 from . import pyinfra_run
 from .inventory import load
@@ -51,17 +50,17 @@ def write_plan(run_id: str, name: str, plan_: dict[str, dict]) -> Path:
 
 
 class Rollout:
-    def __init__(self, options: RolloutOptions, run_id: str, ledger: Ledger,
-                 say: Callable[[str], None] = print) -> None:
+    def __init__(self, options: RolloutOptions, run_id: str, ledger: Ledger, live: Live | None = None) -> None:
         self.options = options
         self.run_id = run_id
         self.ledger = ledger
-        self.say = say
+        self.live = live or Live()
+        self.say = self.live.say
 
     # -- the plan ---------------------------------------------------------------------------
 
     @classmethod
-    def prepare(cls, options: RolloutOptions, ledger: Ledger, say: Callable[[str], None] = print
+    def prepare(cls, options: RolloutOptions, ledger: Ledger, live: Live | None = None
                 ) -> tuple["Rollout", list[Wave]]:
         if options.rollback_scope not in ("wave", "all"):
             raise UserError(f"--rollback-scope {options.rollback_scope!r}: use wave or all")
@@ -71,10 +70,10 @@ class Rollout:
             raise UserError(f"deploy file {options.deploy} does not exist; give one such as deploys/prod.py")
         view = load(options.inventory)
         waves = plan(view, options.waves, options.max_fail, options.canary_max_fail)
-        return cls(options, new_run_id(), ledger, say), waves
+        return cls(options, new_run_id(), ledger, live), waves
 
     @classmethod
-    def resume(cls, run_id: str, ledger: Ledger, say: Callable[[str], None] = print) -> tuple["Rollout", list[Wave]]:
+    def resume(cls, run_id: str, ledger: Ledger, live: Live | None = None) -> tuple["Rollout", list[Wave]]:
         row = ledger.run(run_id)
         if row is None or row.kind != "rollout":
             raise UserError(f"no rollout {run_id} in {ledger.path}; see `ipex-fleet history`")
@@ -82,7 +81,7 @@ class Rollout:
             raise UserError(f"rollout {run_id} already ended ({row.status}); nothing to resume")
         options = RolloutOptions(**row.options)
         waves = [Wave(w["idx"], w["name"], tuple(json.loads(w["hosts"])), w["max_fail"]) for w in ledger.waves(run_id)]
-        return cls(options, run_id, ledger, say), waves
+        return cls(options, run_id, ledger, live), waves
 
     def describe(self, waves: list[Wave]) -> None:
         for wave in waves:
@@ -120,10 +119,12 @@ class Rollout:
         return {"IPEX_FLEET_RUN_ID": run_id}
 
     def _pyinfra(self, deploy: str, hosts: tuple[str, ...], run_id: str, label: str,
-                 data: dict[str, str] | None = None) -> int:
+                 data: dict[str, str] | None = None, phase: str | None = None) -> int:
+        """One pyinfra run; its hosts' changes of state are shown as they happen (phase: their label)."""
         args = pyinfra_run.argv(self.options.inventory, deploy, hosts, self.options.parallel, data)
         log = run_dir(self.run_id) / f"{label}.log"
-        return pyinfra_run.run(args, self._env(run_id), log, lambda line: self.say(f"  {line}"), WAVE_TIMEOUT)
+        with self.live.follow(run_id, phase):
+            return pyinfra_run.run(args, self._env(run_id), log, lambda line: None, WAVE_TIMEOUT)
 
     def _results(self, run_id: str, hosts: tuple[str, ...], phase: str, wave: int | None) -> dict[str, HostResult]:
         out = {}
@@ -133,6 +134,8 @@ class Rollout:
                 result = HostResult(host=host, run_id=run_id, status=Status.UNREACHABLE,
                                     error="no result: the host did not connect (see the wave's log)")
                 write_host_result(result)
+                self.live.event({"ts": time.time(), "host": host, "state": result.status.value,
+                                 "error": result.error}, None if phase == "deploy" else phase)
             self.ledger.record(result, phase, wave, run_id=self.run_id)
             out[host] = result
         return out
@@ -144,9 +147,10 @@ class Rollout:
         pending = tuple(h for h in wave.hosts if h not in done)
         self.say(f"== wave {wave.index + 1} {wave.name}: {', '.join(pending) or 'nothing left'}"
                  + (f" ({len(done)} done before the resume)" if done else ""))
-        if pending:
-            self._pyinfra(self.options.deploy, pending, self.run_id, f"wave{wave.index + 1}")
-        results = self._results(self.run_id, wave.hosts, "deploy", wave.index)
+        with self.live.wave(wave.name, pending):
+            if pending:
+                self._pyinfra(self.options.deploy, pending, self.run_id, f"wave{wave.index + 1}")
+            results = self._results(self.run_id, wave.hosts, "deploy", wave.index)
         failed = [h for h, r in results.items() if not r.status.succeeded]
         budget = Budget(wave.max_fail)
         soak_failed: list[str] = []
@@ -183,7 +187,8 @@ class Rollout:
         run_id = f"{self.run_id}.soak{wave.index + 1}"
         expected = {h: {"generation": r.final.number, "path": r.final.path} for h, r in promoted.items()}
         plan_file = write_plan(self.run_id, f"soak{wave.index + 1}-plan", expected)
-        self._pyinfra(CHECK_DEPLOY, tuple(promoted), run_id, f"soak{wave.index + 1}", {"expect_plan": str(plan_file)})
+        self._pyinfra(CHECK_DEPLOY, tuple(promoted), run_id, f"soak{wave.index + 1}", {"expect_plan": str(plan_file)},
+                      phase="soak")
         results = self._results(run_id, tuple(promoted), f"soak{wave.index + 1}", wave.index)
         bad = [h for h, r in results.items() if not r.status.succeeded]
         if bad:
@@ -205,7 +210,8 @@ class Rollout:
         self.say(f"== rolling back {len(plan_)} host(s) to their recorded generations: {', '.join(plan_)}")
         plan_file = write_plan(self.run_id, "rollback-plan", plan_)
         run_id = f"{self.run_id}.rollback"
-        self._pyinfra(ROLLBACK_DEPLOY, tuple(plan_), run_id, "rollback", {"rollback_plan": str(plan_file)})
+        self._pyinfra(ROLLBACK_DEPLOY, tuple(plan_), run_id, "rollback", {"rollback_plan": str(plan_file)},
+                      phase="rollback")
         self._results(run_id, tuple(plan_), "rollback", wave.index)
 
     # -- the end ----------------------------------------------------------------------------
@@ -213,35 +219,57 @@ class Rollout:
     def summary(self, waves: list[Wave]) -> None:
         """The final table, one row per host: result, previous → final generation, health, the
         benchmark against its baseline, time; then each failed host's error and failing checks, folded
-        to the terminal's width (a narrow terminal keeps every row on one line)."""
+        to the terminal's width (a narrow terminal keeps every row on one line). In json form: one
+        `summary` object with the same rows."""
         from ..tables import bench_cell, render, width, wrap
 
-        rows_by_host = {r["host"]: r for r in self.ledger.results(self.run_id)}  # latest phase per host wins
-        rows, notes = [], []
-        for wave in waves:
-            for host in wave.hosts:
-                r = rows_by_host.get(host)
-                if r is None:
-                    rows.append([wave.name, host, "not run", "", "", "", ""])
-                    continue
-                deployed = read_host_result(self.run_id, host)
-                health = json.loads(r["health"]) if r["health"] else {}
-                status = r["status"] if r["phase"] == "deploy" else f"{r['phase']}:{r['status']}"
-                timings = json.loads(r["timings"]) if r["timings"] else {}
-                rows.append([wave.name, host, status, f"{_gen(r['previous_generation'])}→{_gen(r['final_generation'])}",
-                             health.get("result") or "-", bench_cell(deployed.bench if deployed else None),
-                             f"{sum(timings.values()):.0f}s" if timings else "-"])
-                if r["error"]:
-                    notes.append((host, r["error"]))
+        rows = self.rows(waves)
+        run = self.ledger.run(self.run_id)
+        status = run.status if run else "?"
+        if self.live.form == "json":
+            self.live.document({"type": "summary", "run_id": self.run_id, "status": status, "hosts": rows})
+            return
+        table = [[r["wave"], r["host"], r["status"], "", "", "", ""] if r["phase"] is None else
+                 [r["wave"], r["host"], r["status"] if r["phase"] == "deploy" else f"{r['phase']}:{r['status']}",
+                  f"{_gen(r['previous'])}→{_gen(r['final'])}", r["health"] or "-", bench_cell(r["bench"]),
+                  f"{r['seconds']:.0f}s" if r["seconds"] is not None else "-"] for r in rows]
         self.say("")
         columns = [(name, {"no_wrap": True}) for name in ("WAVE", "HOST", "STATUS", "GEN", "HEALTH", "BENCH")]
-        for line in render([*columns, ("TIME", {"justify": "right", "no_wrap": True})], rows).splitlines():
+        for line in render([*columns, ("TIME", {"justify": "right", "no_wrap": True})], table).splitlines():
             self.say(line)
-        for host, error in notes:
-            for line in wrap(f"{host}: {error}", width(), indent="    "):
-                self.say(line)
-        run = self.ledger.run(self.run_id)
-        self.say(f"rollout {self.run_id}: {run.status if run else '?'}")
+        for r in rows:
+            if r["error"]:
+                for line in wrap(f"{r['host']}: {r['error']}", width(), indent="    "):
+                    self.say(line)
+        self.say(f"rollout {self.run_id}: {status}")
+
+    def rows(self, waves: list[Wave]) -> list[dict]:
+        """Each host's end in this rollout: its latest phase (a rollback after the deploy wins)."""
+        latest = {r["host"]: r for r in self.ledger.results(self.run_id)}
+        out = []
+        for wave in waves:
+            for host in wave.hosts:
+                r = latest.get(host)
+                if r is None:
+                    out.append({"wave": wave.name, "host": host, "phase": None, "status": "not run",
+                                "previous": None, "final": None, "health": None, "bench": None,
+                                "seconds": None, "error": None})
+                    continue
+                deployed = read_host_result(self.run_id, host)
+                timings = json.loads(r["timings"]) if r["timings"] else {}
+                out.append({"wave": wave.name, "host": host, "phase": r["phase"], "status": r["status"],
+                            "previous": r["previous_generation"], "final": r["final_generation"],
+                            "health": (json.loads(r["health"]) if r["health"] else {}).get("result"),
+                            "bench": deployed.bench if deployed else None,
+                            "seconds": _seconds(timings), "error": r["error"]})
+        return out
+
+
+def _seconds(timings: dict[str, float]) -> float | None:
+    """The host's whole time: its result's `total` (older records: the sum of their steps)."""
+    if not timings:
+        return None
+    return round(timings.get("total", sum(timings.values())), 1)
 
 
 def _gen(number: int | None) -> str:
