@@ -29,6 +29,8 @@ from .tables import width, wrap
 
 FORMS = ("rich", "plain", "json")
 POLL = 0.2  # seconds between reads of the events file
+STYLES = {"ok": "green", "unchanged": "green", "rolled_back": "yellow", "rolling back": "yellow",
+          "skipped": "yellow", "failed": "red", "unreachable": "red"}
 
 
 @dataclass
@@ -58,6 +60,7 @@ class Live:
         self._wave: _Wave | None = None
         self._bar: Progress | None = None
         self._task: Any = None
+        self._reasons: dict[str, str | None] = {}  # host -> the last reason shown
 
     def fit(self, hosts: Sequence[str]) -> None:
         """Align the host column to the longest name."""
@@ -70,8 +73,8 @@ class Live:
         with self._lock:
             if self.form == "json":
                 self._json({"type": "message", "text": text})
-            elif self.form == "rich":
-                self.console.print(Text(text), overflow="fold")
+            elif self.form == "rich":  # tables come rendered, colour codes included
+                self.console.print(Text.from_ansi(text), overflow="fold")
             else:
                 print(text, file=self.stream, flush=True)
 
@@ -149,29 +152,28 @@ class Live:
                 return
             stamp = time.strftime("%H:%M:%S", time.localtime(event.get("ts", time.time())))
             line = f"{stamp} {host:<{self.host_width}} {(label + ':' if label else '') + state}"
-            line += _detail(event)
+            reason = event.get("error") or event.get("why")
+            line += _generations(event)
+            if reason and reason != self._reasons.get(host):  # a rollback's reason is shown once
+                line += f": {reason}"
+            self._reasons[host] = reason
             if ended and self.form == "plain":
                 line += f" [{wave.name} {len(wave.ended)}/{len(wave.hosts)}]"
-            if self.form == "rich":
-                style = {"ok": "green", "unchanged": "green", "rolled_back": "yellow", "rolling back": "yellow",
-                         "failed": "red", "unreachable": "red", "skipped": "yellow"}.get(state, "")
-                self.console.print(Text(line, style=style), overflow="fold")
-            else:
-                for part in wrap(line, width(), indent=" " * 9):
+            style = STYLES.get(state, "") if self.form == "rich" else ""
+            for part in wrap(line, self.console.width, indent=" " * 9):
+                if self.form == "rich":
+                    self.console.print(Text(part, style=style), overflow="fold")
+                else:
                     print(part, file=self.stream, flush=True)
 
 
-def _detail(event: dict[str, Any]) -> str:
-    """What follows the state: the generations at the end, and the reason when it went wrong."""
-    text = ""
+def _generations(event: dict[str, Any]) -> str:
+    """previous→final at a host's end; the generation it goes back to while rolling back."""
     if "generation" in event or "previous" in event:
-        text += f" {_gen(event.get('previous'))}→{_gen(event.get('generation'))}"
-    elif "to" in event:
-        text += f" to {_gen(event.get('to'))}"
-    reason = event.get("error") or event.get("why")
-    if reason:
-        text += f": {reason}"
-    return text
+        return f" {_gen(event.get('previous'))}→{_gen(event.get('generation'))}"
+    if "to" in event:
+        return f" to {_gen(event.get('to'))}"
+    return ""
 
 
 def _gen(number: Any) -> str:

@@ -45,11 +45,15 @@ def emit(run_id: str, host: str, state: str, **detail: Any) -> None:
 
 
 class Follower:
-    """Reads the events a run appends, from where it left off; a half-written last line waits."""
+    """Reads the events a run appends from now on (a rollout's waves share one run: each wave follows
+    its own), each read from where the last left off; a half-written last line waits."""
 
     def __init__(self, run_id: str) -> None:
         self.path = events_path(run_id)
-        self._offset = 0
+        try:
+            self._offset = self.path.stat().st_size
+        except FileNotFoundError:
+            self._offset = 0
         self._partial = b""
 
     def new(self) -> Iterator[dict[str, Any]]:
