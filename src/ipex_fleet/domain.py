@@ -100,6 +100,7 @@ class HostResult:
     error: str | None = None
     reboot_required: bool = False
     flake_hash: str | None = None
+    report: dict[str, Any] | None = None  # a maintenance run's: what each task did, freed and found
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -123,4 +124,5 @@ class HostResult:
             error=data.get("error"),
             reboot_required=bool(data.get("reboot_required")),
             flake_hash=data.get("flake_hash"),
+            report=data.get("report"),
         )

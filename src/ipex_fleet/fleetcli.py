@@ -36,6 +36,26 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                     help="one JSON object per line (messages, waves, each host's changes of state, the summary)")
     ro.set_defaults(func=_rollout)
 
+    mt = sub.add_parser("maintain", help="maintenance in waves: retention and GC, journal, models, drift",
+                        description="Runs deploys/maintenance.py on INVENTORY's hosts in waves (default: its canary, "
+                                    "wave1, ... groups); a wave whose failures exceed --max-fail stops the run. It "
+                                    "never switches or rolls back a host.")
+    mt.add_argument("inventory", nargs="?")
+    mt.add_argument("--waves", help="groups or a spec like 1,50%%,100%% (as rollout)")
+    mt.add_argument("--max-fail", default="0", help="failed hosts a wave may have, N or P%% (default 0)")
+    mt.add_argument("--lock-wait", type=float, metavar="S",
+                    help="seconds to wait for a deploy that holds a host's lock before skipping it (default 0)")
+    mt.add_argument("--restart", action="store_true", help="restart the AI services, one wave at a time, then probe")
+    mt.add_argument("--rebaseline", action="store_true", help="make this benchmark the baseline of each healthy host")
+    mt.add_argument("--verify-full", action="store_true", help="re-hash every declared model file, not only its marker")
+    mt.add_argument("--quick-bench", action="store_true", help="the quick benchmark instead of the full one")
+    mt.add_argument("--data", action="append", default=[], metavar="KEY=VALUE", help="host data, as pyinfra --data")
+    mt.add_argument("--parallel", type=int, help="hosts at once within a wave (pyinfra --parallel)")
+    mt.add_argument("--resume", metavar="RUN_ID", help="continue a maintenance run whose controller died")
+    mt.add_argument("--dry-run", action="store_true", help="print the waves and the pyinfra runs, run nothing")
+    mt.add_argument("--json", action="store_true", help="one JSON object per line, as rollout --json")
+    mt.set_defaults(func=_maintain)
+
     hi = sub.add_parser("history", help="runs in the ledger, or one run's hosts")
     hi.add_argument("run", nargs="?")
     hi.add_argument("--json", action="store_true")
@@ -100,6 +120,33 @@ def _rollout(args: argparse.Namespace) -> int:
         rollout.describe(waves)
         return 0
     return rollout.execute(waves)
+
+
+def _maintain(args: argparse.Namespace) -> int:
+    ledger = Ledger()
+    live = Live("json" if args.json else None)
+    if args.resume:
+        run, waves = Rollout.resume(args.resume, ledger, live)
+    else:
+        if not args.inventory:
+            raise UserError("maintain INVENTORY: give the inventory, e.g. inventories/prod.py")
+        data = dict(_key_value(d) for d in args.data)
+        for flag_, key in ((args.restart, "maintenance_restart"), (args.rebaseline, "rebaseline"),
+                           (args.verify_full, "models_verify"), (args.quick_bench, "maintenance_bench_quick")):
+            if flag_:
+                data[key] = "true"
+        if args.lock_wait is not None:
+            if args.lock_wait < 0:
+                raise UserError("--lock-wait must be zero or more seconds")
+            data["maintenance_lock_wait"] = f"{args.lock_wait:g}"
+        options = RolloutOptions(args.inventory, _deploy_file("deploys/maintenance.py"), args.waves, args.max_fail,
+                                 args.max_fail, parallel=args.parallel, kind="maintain", data=data)
+        run, waves = Rollout.prepare(options, ledger, live)
+    live.fit([h for wave in waves for h in wave.hosts])
+    if args.dry_run:
+        run.describe(waves)
+        return 0
+    return run.execute(waves)
 
 
 def _recover(args: argparse.Namespace) -> int:

@@ -84,12 +84,11 @@ def health(tx: HostTransaction, host: Any) -> None:
         raise StepFailed("health checks failed: " + "; ".join(tx.health["failing"]))
 
 
-def bench_gate(tx: HostTransaction, host: Any) -> None:
-    """Step 8: the quick benchmark against the host's baseline (recorded at its first run)."""
-    s = tx.settings
-    if not s.bench:
-        return
-    parts = [s.ipex_fleet_command, "bench", "--quick", "--json", "--gate"]
+def bench_command(s: Any, quick: bool = True, rebaseline: bool = False) -> str:
+    """The host's benchmark against its baseline (or, rebaselining, as its new baseline)."""
+    parts = [s.ipex_fleet_command, "bench", "--json", "--rebaseline" if rebaseline else "--gate"]
+    if quick:
+        parts.append("--quick")
     if s.metrics_dir:
         parts += ["--textfile", quote(f"{s.metrics_dir}/ipex_fleet_bench.prom")]
     if s.bench_tolerance is not None:
@@ -98,9 +97,13 @@ def bench_gate(tx: HostTransaction, host: Any) -> None:
         parts += ["--lock", quote(s.bench_lock)]
     if s.bench_threads:
         parts += ["--threads", str(s.bench_threads)]
-    document = _document(sh(tx, host, " ".join(parts), s.bench_timeout), "the benchmark")
+    return " ".join(parts)
+
+
+def bench_summary(document: dict[str, Any]) -> dict[str, Any]:
+    """What a result keeps of a benchmark run: the verdict, each value, and the comparisons off baseline."""
     gate = document.get("gate", {})
-    tx.bench = {
+    return {
         "result": gate.get("result"),
         "baseline_recorded": gate.get("baseline_recorded"),
         "tolerance": gate.get("tolerance"),
@@ -109,7 +112,16 @@ def bench_gate(tx: HostTransaction, host: Any) -> None:
         "results": {r["name"]: {"value": r["value"], "unit": r["unit"], "cv": r["cv"]} for r in document["results"]},
         "comparisons": [c for c in gate.get("comparisons", []) if c["verdict"] != "pass"],
     }
-    if gate.get("result") == "fail":
+
+
+def bench_gate(tx: HostTransaction, host: Any) -> None:
+    """Step 8: the quick benchmark against the host's baseline (recorded at its first run)."""
+    s = tx.settings
+    if not s.bench:
+        return
+    document = _document(sh(tx, host, bench_command(s), s.bench_timeout), "the benchmark")
+    tx.bench = bench_summary(document)
+    if tx.bench["result"] == "fail":
         slow = [f"{c['name']}: {c['message']}" for c in tx.bench["comparisons"] if c["verdict"] == "fail"]
         raise StepFailed("benchmark gate failed: " + "; ".join(slow))
 

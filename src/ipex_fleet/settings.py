@@ -23,6 +23,7 @@ from .fleetconfig import ACCELERATORS
 _HOST_NAME_RE = re.compile(r"^[A-Za-z0-9@][A-Za-z0-9._@/-]{0,252}$")
 _CONFIG_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,62}$")
 _PATH_RE = re.compile(r"^/[A-Za-z0-9._/+-]+$")
+_UNIT_RE = re.compile(r"^[A-Za-z0-9@_.:-]+\.(service|socket|target|timer)$")
 _MODEL_RE = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+){0,2}(:[A-Za-z0-9_.-]+)?$")
 
 _TRUE = ("true", "yes", "on", "1")
@@ -99,6 +100,13 @@ def _levels(value: Any) -> tuple[int, ...]:
     if any(l not in (1, 2, 3) for l in levels):
         raise ValueError("is not a list of health levels; use levels 1, 2 and 3 (or [] for none)")
     return levels
+
+
+def _units(value: Any) -> tuple[str, ...]:
+    items = value.replace(",", " ").split() if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(u, str) and _UNIT_RE.fullmatch(u) for u in items):
+        raise ValueError("is not a list of systemd unit names, like ['ollama.service', 'comfyui.service']")
+    return tuple(items)
 
 
 def _mode(value: Any) -> Action:
@@ -185,6 +193,18 @@ class DeploySettings(BaseModel):
     # (the flake's services.ipex-fleet.metrics.directory); None turns it off.
     metrics_dir: PlainPath | None = "/var/lib/prometheus-node-exporter-text"
     bench_threads: Count(1) | None = None
+    # Maintenance (deploys/maintenance.py): what it keeps, how long it waits for a deploy's lock.
+    keep_generations: Count(1) = 5
+    keep_days: Annotated[float, BeforeValidator(_number), AfterValidator(_at_least(0))] = 14
+    gc: YesNo = True
+    gc_max_freed_mb: Count(1) | None = None
+    gc_min_free_mb: Count(1) | None = None  # collect only while the store has less free than this
+    store_optimise: YesNo = False
+    keep_records: Count(10) = 500  # lines of deploys.jsonl
+    journal_max_mb: Count(1) | None = 1024
+    journal_max_days: Count(1) | None = None
+    maintenance_lock_wait: Seconds(0) = 0  # 0: skip a host whose lock a deploy holds
+    restart_units: Annotated[tuple[str, ...], BeforeValidator(_units)] = ("ollama.service", "comfyui.service")
 
     @model_validator(mode="after")
     def _consistent(self) -> "DeploySettings":

@@ -24,7 +24,7 @@ from pyinfra.api.state import BaseStateCallback
 from .domain import NO_GENERATION, Action, Generation, HostResult, Status
 from . import flakeinputs, progress, redact, runstate
 from .nix import commands as nixcmd
-from .nix import journal
+from .nix import journal, upkeep
 from .remote import HostUnreachable, RemoteResult, SessionLost, StepTimeout, put_bytes, run, run_fresh
 from .results import read_host_result, write_host_result
 from .errors import UserError
@@ -78,13 +78,14 @@ class HostTransaction:
     timings: dict[str, float] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
     shown_state: str | None = None  # the last state sent to the progress events
+    report: dict[str, Any] | None = None  # a maintenance run's tasks (maintsteps)
 
     def result(self, status: Status, final: Generation, error: str | None) -> HostResult:
         return HostResult(
             host=self.host, run_id=self.run_id, status=status, previous=self.previous,
             target=self.target, final=final, health=self.health, bench=self.bench,
             timings={**self.timings, "total": round(time.monotonic() - self.started, 3)},
-            error=error, reboot_required=self.reboot_required, flake_hash=self.flake_hash,
+            error=error, reboot_required=self.reboot_required, flake_hash=self.flake_hash, report=self.report,
         )
 
 
@@ -380,7 +381,7 @@ def push_flake(tx: HostTransaction, host: Any) -> None:
     missing = tuple(sorted(line for line in asked.stdout_lines if line in inputs))
     carried = carry_inputs(tx, host, missing) if missing else 0
     host.log(f"pushed the flake ({pushed} bytes) and its locked inputs ({carried} bytes)")
-    sh(tx, host, nixcmd.prune_flakes(tx.settings.keep_flakes, digest))
+    sh(tx, host, f"{nixcmd.prune_flakes(tx.settings.keep_flakes, digest)}; {upkeep.root_inputs(digest, inputs)}")
 
 
 _INPUTS_UNCHECKED = "ipex-fleet: inputs unchecked"

@@ -61,7 +61,11 @@ def main(argv: list[str] | None = None) -> int:
         document = run(args.quick, args.only)
     verdict = "pass"
     if args.gate or args.rebaseline:
-        baseline = None if args.rebaseline else gate.read_baseline(args.dir)
+        baseline = gate.read_baseline(args.dir)
+        if args.rebaseline:
+            if baseline is not None:  # the old baseline stays in the history
+                gate.archive_baseline(args.dir, baseline)
+            baseline = None
         bound = cv_bound(Device(document["device"]["type"], None))
         if baseline is None or not gate.same_hardware(baseline.get("device") or {}, document["device"]):
             # No baseline, or one taken on other hardware or thread count: start anew. A new torch

@@ -36,6 +36,13 @@ def append_history(directory: str, document: dict[str, Any], verdict: str) -> No
         f.write(json.dumps(line, sort_keys=True) + "\n")
 
 
+def archive_baseline(directory: str, baseline: dict[str, Any]) -> None:
+    """A baseline being replaced (--rebaseline), kept as a line of the history."""
+    with open(Path(directory) / "history.jsonl", "a") as f:
+        f.write(json.dumps({"time": time.time(), "verdict": "rebaselined", "previous_baseline": baseline},
+                           sort_keys=True) + "\n")
+
+
 def compare(results: list[dict[str, Any]], baseline: dict[str, Any], tolerance: float,
             cv_bound: float) -> list[dict[str, Any]]:
     base = baseline.get("results", {})

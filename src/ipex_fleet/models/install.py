@@ -38,6 +38,7 @@ class Report:
     failed: list[str] = field(default_factory=list)
     bytes_downloaded: int = 0
     bytes_hashed: int = 0
+    space: dict[str, int] = field(default_factory=dict)  # bytes in each model folder, afterwards
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -277,7 +278,17 @@ def install(plan: ModelPlan, root: Path, ollama_url: str | None, say: Callable[[
                 say(f"FAILED {exc}")
     if not report.failed:
         prune(root, plan, report, say)  # only once everything declared is in place
+    report.space = folder_space(root)
     return report
+
+
+def folder_space(root: Path) -> dict[str, int]:
+    """Bytes of the files in each model folder (hidden ones included: a .part takes space too)."""
+    space = {}
+    if root.is_dir():
+        for folder in sorted(p for p in root.iterdir() if p.is_dir() and p.name != MARKER_DIR):
+            space[folder.name] = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    return space
 
 
 def pushed_path(root: Path, model: FileModel) -> Path:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from ..domain import HostResult, Status
 from ..errors import UserError
@@ -36,6 +36,8 @@ class RolloutOptions:
     soak: float = 0.0
     rollback_scope: str = "wave"
     parallel: int | None = None
+    kind: str = "rollout"  # or "maintain": the same waves, with a deploy that changes no generation
+    data: dict[str, str] = field(default_factory=dict)  # pyinfra --data for every wave
 
 
 def new_run_id(kind: str = "rollout") -> str:
@@ -70,15 +72,15 @@ class Rollout:
             raise UserError(f"deploy file {options.deploy} does not exist; give one such as deploys/prod.py")
         view = load(options.inventory)
         waves = plan(view, options.waves, options.max_fail, options.canary_max_fail)
-        return cls(options, new_run_id(), ledger, live), waves
+        return cls(options, new_run_id(options.kind), ledger, live), waves
 
     @classmethod
     def resume(cls, run_id: str, ledger: Ledger, live: Live | None = None) -> tuple["Rollout", list[Wave]]:
         row = ledger.run(run_id)
-        if row is None or row.kind != "rollout":
-            raise UserError(f"no rollout {run_id} in {ledger.path}; see `ipex-fleet history`")
+        if row is None or row.kind not in ("rollout", "maintain"):
+            raise UserError(f"no rollout or maintenance run {run_id} in {ledger.path}; see `ipex-fleet history`")
         if row.status != "running":
-            raise UserError(f"rollout {run_id} already ended ({row.status}); nothing to resume")
+            raise UserError(f"{row.kind} {run_id} already ended ({row.status}); nothing to resume")
         options = RolloutOptions(**row.options)
         waves = [Wave(w["idx"], w["name"], tuple(json.loads(w["hosts"])), w["max_fail"]) for w in ledger.waves(run_id)]
         return cls(options, run_id, ledger, live), waves
@@ -88,19 +90,32 @@ class Rollout:
             self.say(f"wave {wave.index + 1} {wave.name}: {len(wave.hosts)} host(s), budget {wave.max_fail} "
                      f"failed: {', '.join(wave.hosts)}")
             self.say("  " + " ".join(pyinfra_run.argv(self.options.inventory, self.options.deploy, wave.hosts,
-                                                       self.options.parallel)))
+                                                       self.options.parallel, self.options.data)))
         if self.options.soak:
             self.say(f"after each wave: wait {self.options.soak:g}s, then probe every promoted host again")
-        self.say(f"on a spent budget: roll back the changed hosts of the {self.options.rollback_scope}")
+        if self.maintenance:
+            self.say("on a spent budget: stop; maintenance never rolls a deployment back")
+        else:
+            self.say(f"on a spent budget: roll back the changed hosts of the {self.options.rollback_scope}")
+
+    @property
+    def maintenance(self) -> bool:
+        return self.options.kind == "maintain"
+
+    def failed(self, result: HostResult) -> bool:
+        """What spends a wave's budget. Maintenance skips a host a deploy holds: that is not a failure."""
+        if self.maintenance and result.status is Status.SKIPPED:
+            return False
+        return not result.status.succeeded
 
     # -- running ----------------------------------------------------------------------------
 
     def execute(self, waves: list[Wave]) -> int:
-        self.ledger.start_run(self.run_id, "rollout", self.options.inventory, self.options.deploy,
+        self.ledger.start_run(self.run_id, self.options.kind, self.options.inventory, self.options.deploy,
                               asdict(self.options))
         for wave in waves:
             self.ledger.plan_wave(self.run_id, wave.index, wave.name, wave.hosts, wave.max_fail)
-        self.say(f"rollout {self.run_id}: {len(waves)} wave(s)")
+        self.say(f"{self.options.kind} {self.run_id}: {len(waves)} wave(s)")
         states = {w["idx"]: w["status"] for w in self.ledger.waves(self.run_id)}
         for wave in waves:
             if states.get(wave.index) == "done":
@@ -110,7 +125,7 @@ class Rollout:
             if halted:
                 self.summary(waves)
                 return 1
-        failures = [r for r in self._deploy_results(waves).values() if not r.status.succeeded]
+        failures = [r for r in self._deploy_results(waves).values() if self.failed(r)]
         self.ledger.finish_run(self.run_id, "done" if not failures else "done_with_failures")
         self.summary(waves)
         return 1 if failures else 0
@@ -149,9 +164,9 @@ class Rollout:
                  + (f" ({len(done)} done before the resume)" if done else ""))
         with self.live.wave(wave.name, pending):
             if pending:
-                self._pyinfra(self.options.deploy, pending, self.run_id, f"wave{wave.index + 1}")
+                self._pyinfra(self.options.deploy, pending, self.run_id, f"wave{wave.index + 1}", self.options.data)
             results = self._results(self.run_id, wave.hosts, "deploy", wave.index)
-        failed = [h for h, r in results.items() if not r.status.succeeded]
+        failed = [h for h, r in results.items() if self.failed(r)]
         budget = Budget(wave.max_fail)
         soak_failed: list[str] = []
         if self.options.soak and not budget.exceeded(len(failed), len(wave.hosts)):
@@ -161,7 +176,8 @@ class Rollout:
             self.say(f"== wave {wave.index + 1} {wave.name}: {len(failed)} of {len(wave.hosts)} failed "
                      f"({', '.join(failed)}), budget {wave.max_fail}: halting")
             self.ledger.set_wave(self.run_id, wave.index, wave.name, wave.hosts, wave.max_fail, "halted")
-            self._revert(wave, waves, extra=soak_failed)
+            if not self.maintenance:
+                self._revert(wave, waves, extra=soak_failed)
             self.ledger.finish_run(self.run_id, "halted", f"wave {wave.name} spent its failure budget")
             return True
         self.ledger.set_wave(self.run_id, wave.index, wave.name, wave.hosts, wave.max_fail, "done")
@@ -223,9 +239,11 @@ class Rollout:
         `summary` object with the same rows."""
         from ..tables import bench_cell, render, width, wrap
 
-        rows = self.rows(waves)
         run = self.ledger.run(self.run_id)
         status = run.status if run else "?"
+        if self.maintenance:
+            return self._maintenance_summary(waves, status)
+        rows = self.rows(waves)
         if self.live.form == "json":
             self.live.document({"type": "summary", "run_id": self.run_id, "status": status, "hosts": rows})
             return
@@ -242,6 +260,20 @@ class Rollout:
                 for line in wrap(f"{r['host']}: {r['error']}", width(), indent="    "):
                     self.say(line)
         self.say(f"rollout {self.run_id}: {status}")
+
+    def _maintenance_summary(self, waves: list[Wave], status: str) -> None:
+        from .. import maintreport
+
+        entries = [maintreport.host_entry(self.run_id, h, w.name) for w in waves for h in w.hosts]
+        path = maintreport.write(self.run_id, status, entries)
+        if self.live.form == "json":
+            self.live.document({"type": "summary", "run_id": self.run_id, "status": status, "hosts": entries})
+            return
+        self.say("")
+        for line in maintreport.table(entries):
+            self.say(line)
+        self.say(f"report: {path}")
+        self.say(f"maintain {self.run_id}: {status}")
 
     def rows(self, waves: list[Wave]) -> list[dict]:
         """Each host's end in this rollout: its latest phase (a rollback after the deploy wins)."""

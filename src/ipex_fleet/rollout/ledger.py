@@ -31,6 +31,8 @@ CREATE TABLE IF NOT EXISTS host_results (
     final_generation INTEGER, final_path TEXT, flake_hash TEXT, health TEXT, timings TEXT, error TEXT,
     recorded REAL NOT NULL, PRIMARY KEY (run_id, host, phase));
 """
+# Columns added since the first ledger: added to an older file on open.
+ADDED_COLUMNS = {"host_results": (("report", "TEXT"),)}
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,11 @@ class Ledger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._db() as db:
             db.executescript(SCHEMA)
+            for table, columns in ADDED_COLUMNS.items():
+                have = {row["name"] for row in db.execute(f"PRAGMA table_info({table})")}
+                for name, kind in columns:
+                    if name not in have:
+                        db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
 
     def _db(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None)  # autocommit: each write lands
@@ -91,12 +98,15 @@ class Ledger:
     def record(self, result: HostResult, phase: str = "deploy", wave: int | None = None,
                run_id: str | None = None) -> None:
         self._execute(
-            "INSERT OR REPLACE INTO host_results VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "INSERT OR REPLACE INTO host_results (run_id, host, phase, wave, status, previous_generation,"
+            " previous_path, target_generation, target_path, final_generation, final_path, flake_hash, health,"
+            " timings, error, recorded, report) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (run_id or result.run_id, result.host, phase, wave, result.status.value,
              result.previous.number, result.previous.path, result.target.number, result.target.path,
              result.final.number, result.final.path, result.flake_hash,
              json.dumps(result.health) if result.health is not None else None,
-             json.dumps(result.timings), result.error, time.time()))
+             json.dumps(result.timings), result.error, time.time(),
+             json.dumps(result.report) if result.report is not None else None))
 
     def run(self, run_id: str) -> RunRow | None:
         rows = self._rows("SELECT * FROM runs WHERE run_id=?", (run_id,))

@@ -1,0 +1,118 @@
+"""Commands of a maintenance run (deploys/maintenance.py), built here and run by ipex_fleet.remote.
+
+Each prints what it did as `key=value` lines, so the controller reports figures, not guesses."""
+
+from __future__ import annotations
+
+from shlex import quote
+
+from . import commands as nixcmd
+from . import journal
+
+ENTRIES = "/boot/loader/entries"
+INPUT_ROOTS = "/nix/var/nix/gcroots/ipex-fleet"
+JOURNAL_DIRS = "/var/log/journal /run/log/journal"
+
+
+def facts(profile: str) -> str:
+    """What retention needs, in one round trip: every generation, the running and booted systems,
+    counted boot entries, the open intent, the last deploy records, and the store's free space."""
+    return (
+        f"{nixcmd.profile_state(profile)}; "
+        'printf "running=%s\\nbooted=%s\\n" "$(readlink -f /run/current-system 2>/dev/null)" '
+        '"$(readlink -f /run/booted-system 2>/dev/null)"; '
+        f"for e in {ENTRIES}/*+*.conf; do [ -e \"$e\" ] && printf 'counted=%s\\n' \"${{e##*/}}\"; done; "
+        f"( {journal.read_open()} ); "
+        f"{nixcmd.last_deploy_records(200)} | sed 's/^/record=/'; "
+        'printf "free_kb=%s\\n" "$(df -Pk /nix | awk \'NR==2{print $4}\')"'
+    )
+
+
+def delete_generations(profile: str, numbers: tuple[int, ...]) -> str:
+    """Delete the generations, then rewrite the boot entries from those left (switch-to-configuration
+    boot of the current generation only installs the boot loader; it activates nothing)."""
+    if not numbers:
+        return "true"
+    p = quote(profile)
+    return (f"nix-env -p {p} --delete-generations {' '.join(str(int(n)) for n in numbers)} && "
+            f"{p}/bin/switch-to-configuration boot")
+
+
+def collect_garbage(max_freed_mb: int | None, optimise: bool) -> str:
+    """GC (bounded by --max-freed), optionally optimise; free KiB before and after, and Nix's own count."""
+    bound = f" --max-freed {int(max_freed_mb) * 1024 * 1024}" if max_freed_mb else ""
+    free = "df -Pk /nix | awk 'NR==2{print $4}'"
+    return (
+        f'printf "free_before_kb=%s\\n" "$({free})"; '
+        f"nix-store --gc{bound} 2>&1 | tail -n 1 | sed 's/^/gc=/'; "
+        + ("nix-store --optimise 2>&1 | tail -n 1 | sed 's/^/optimise=/'; " if optimise else "")
+        + f'printf "free_after_kb=%s\\n" "$({free})"'
+    )
+
+
+def prune_pushed(keep_days: float, current_hash: str | None) -> str:
+    """Pushed flakes and their input roots older than keep_days (never the current flake's), and
+    resolved intents and activation records as old; prints what went."""
+    minutes = max(int(keep_days * 1440), 1)
+    keep = f" ! -name {quote(current_hash)}" if current_hash else ""
+    return (
+        f"for d in {nixcmd.FLAKE_ROOT} {INPUT_ROOTS} {journal.RESOLVED} {nixcmd.ACTIVATION_DIR}; do "
+        f'[ -d "$d" ] || continue; '
+        f'find "$d" -mindepth 1 -maxdepth 1{keep} -mmin +{minutes} -print -exec rm -rf {{}} + '
+        "| sed 's/^/removed=/'; done"
+    )
+
+
+def trim_records(keep_records: int) -> str:
+    """Keep the newest records of deploys.jsonl (written aside, then renamed: never half a file)."""
+    log = quote(nixcmd.DEPLOY_LOG)
+    return (f"[ -f {log} ] || exit 0; n=$(wc -l < {log}); "
+            f"if [ \"$n\" -gt {int(keep_records)} ]; then tail -n {int(keep_records)} {log} > {log}.tmp && "
+            f"mv {log}.tmp {log}; echo trimmed=$((n - {int(keep_records)})); else echo trimmed=0; fi")
+
+
+def vacuum_journal(max_mb: int | None, max_days: int | None) -> str:
+    """Rotate, then vacuum the archived files by size and age; the journal's usage before and after."""
+    bounds = (f" --vacuum-size={int(max_mb)}M" if max_mb else "") + (f" --vacuum-time={int(max_days)}d" if max_days else "")
+    usage = "du -sk " + JOURNAL_DIRS + " 2>/dev/null | awk '{s+=$1} END {print s+0}'"
+    return (
+        f'printf "journal_before_kb=%s\\n" "$({usage})"; '
+        + (f"journalctl --rotate >/dev/null 2>&1; journalctl{bounds} >/dev/null 2>&1 || echo journal_error=$?; "
+           if bounds else "")
+        + f'printf "journal_after_kb=%s\\n" "$({usage})"; '
+        "journalctl --disk-usage 2>/dev/null | sed 's/^/disk_usage=/'"
+    )
+
+
+def clean_tmp() -> str:
+    """systemd-tmpfiles' own cleaning (the ages of tmpfiles.d): /tmp, /var/tmp and the rest."""
+    usage = "du -sk /tmp /var/tmp 2>/dev/null | awk '{s+=$1} END {print s+0}'"
+    return (f'printf "tmp_before_kb=%s\\n" "$({usage})"; systemd-tmpfiles --clean >/dev/null 2>&1 || '
+            f'echo tmp_error=$?; printf "tmp_after_kb=%s\\n" "$({usage})"')
+
+
+def root_inputs(flake_hash: str, paths: tuple[str, ...]) -> str:
+    """GC roots for a pushed flake's locked inputs: kept while the flake is, collected after (the
+    roots of flakes pruned since go too)."""
+    d = quote(f"{INPUT_ROOTS}/{flake_hash}")
+    links = "".join(f"ln -sfn {quote(p)} {d}/{i}; " for i, p in enumerate(paths))
+    return (f"mkdir -p {d}; {links}for r in {INPUT_ROOTS}/*; do "
+            f'[ -d "{nixcmd.FLAKE_ROOT}/${{r##*/}}" ] || rm -rf "$r"; done')
+
+
+def folder_sizes(folders: tuple[str, ...]) -> str:
+    return "; ".join(f'printf "size=%s %s\\n" "$(du -sk {quote(f)} 2>/dev/null | cut -f1)" {quote(f)}'
+                     for f in folders) or "true"
+
+
+def restart_units(units: tuple[str, ...]) -> str:
+    """Restart the units the host has (others are named as absent), each on its own."""
+    return "; ".join(
+        f"if systemctl cat {quote(u)} >/dev/null 2>&1; then systemctl restart {quote(u)} && echo restarted={quote(u)} "
+        f"|| echo restart_failed={quote(u)}; else echo absent={quote(u)}; fi" for u in units) or "true"
+
+
+def maintenance_record(record: dict[str, object]) -> str:
+    """A maintenance run's start or end, in the host's record (deploys.jsonl) beside the deploys'."""
+    return nixcmd.append_deploy_record(record)
+
