@@ -24,7 +24,7 @@ from .retention import Anchors, RetentionPolicy, choose
 from .settings import flag
 from .transaction import HostTransaction, LockRefused, StepFailed, sh, take_lock
 
-_ENTRY = re.compile(r"-(\d+)\+\d+(-\d+)?\.conf$")
+_ENTRY = re.compile(r"-(\d+)\+\d+-\d+\.conf$")  # tries used, not yet blessed
 _GC_LINE = re.compile(r"(\d+) store paths deleted, ([\d.]+) MiB freed")
 
 
@@ -51,6 +51,7 @@ def begin(tx: HostTransaction, host: Any) -> None:
             break
         except LockRefused as exc:
             if time.monotonic() >= deadline:
+                tx.record_on_host = False  # the host's record belongs to the lock's holder meanwhile
                 raise LockRefused(f"maintenance skipped after waiting {waited:.0f}s "
                                   f"(host data maintenance_lock_wait={tx.settings.maintenance_lock_wait:g}): {exc}") from None
             host.log("a deploy holds the lock: waiting for it", logger.warning)
@@ -164,8 +165,7 @@ def restart(tx: HostTransaction, host: Any) -> None:
     """With `--restart`: restart the AI services, then a level-1 probe; a host that does not come
     back healthy fails, which halts the waves."""
     if not flag("maintenance_restart", tx.host, host.data.get("maintenance_restart", False)):
-        tx.report["skipped"].append("restarts: not asked (--restart)")
-        return
+        return  # not asked for (--restart)
     out = sh(tx, host, upkeep.restart_units(tx.settings.restart_units), tx.settings.activation_timeout)
     pairs = [line.split("=", 1) for line in out.stdout_lines if "=" in line]
     task(tx, "restarts", restarted=[u for k, u in pairs if k == "restarted"],

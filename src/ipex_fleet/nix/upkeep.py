@@ -23,7 +23,7 @@ def facts(profile: str) -> str:
         '"$(readlink -f /run/booted-system 2>/dev/null)"; '
         f"for e in {ENTRIES}/*+*.conf; do [ -e \"$e\" ] && printf 'counted=%s\\n' \"${{e##*/}}\"; done; "
         f"( {journal.read_open()} ); "
-        f"{nixcmd.last_deploy_records(200)} | sed 's/^/record=/'; "
+        f"{{ {nixcmd.last_deploy_records(200)}; }} | sed 's/^/record=/'; "
         'printf "free_kb=%s\\n" "$(df -Pk /nix | awk \'NR==2{print $4}\')"'
     )
 
@@ -72,13 +72,16 @@ def trim_records(keep_records: int) -> str:
 
 
 def vacuum_journal(max_mb: int | None, max_days: int | None) -> str:
-    """Rotate, then vacuum the archived files by size and age; the journal's usage before and after."""
+    """Vacuum the archived files by size and age; the journal's usage before and after. The active
+    files are rotated first, but only when there is something to vacuum (over the size, or an age
+    bound): a rotation starts new, preallocated files, so a run with nothing to do changes nothing."""
     bounds = (f" --vacuum-size={int(max_mb)}M" if max_mb else "") + (f" --vacuum-time={int(max_days)}d" if max_days else "")
     usage = "du -sk " + JOURNAL_DIRS + " 2>/dev/null | awk '{s+=$1} END {print s+0}'"
+    due = "true" if max_days else (f'[ "$before" -gt {int(max_mb) * 1024} ]' if max_mb else "false")
     return (
-        f'printf "journal_before_kb=%s\\n" "$({usage})"; '
-        + (f"journalctl --rotate >/dev/null 2>&1; journalctl{bounds} >/dev/null 2>&1 || echo journal_error=$?; "
-           if bounds else "")
+        f'before=$({usage}); printf "journal_before_kb=%s\\n" "$before"; '
+        + (f"if {due}; then journalctl --rotate >/dev/null 2>&1; "
+           f"journalctl{bounds} >/dev/null 2>&1 || echo journal_error=$?; fi; " if bounds else "")
         + f'printf "journal_after_kb=%s\\n" "$({usage})"; '
         "journalctl --disk-usage 2>/dev/null | sed 's/^/disk_usage=/'"
     )
