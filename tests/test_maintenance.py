@@ -236,3 +236,41 @@ def test_drift_is_a_warning_with_its_trend_and_rebaseline_keeps_the_old_baseline
     history = [json.loads(l) for l in fleet.sh("host2", "cat /var/lib/ipex-fleet/bench/history.jsonl").splitlines()]
     assert any(h.get("verdict") == "rebaselined" and h["previous_baseline"] == old for h in history)
     assert json.loads(fleet.sh("host2", "cat /var/lib/ipex-fleet/bench/baseline.json")) != old
+
+
+def test_update_locks_the_labs_new_release_and_the_rollout_deploys_it_in_waves(fleet):
+    lock = fleet.lab.layout.flake_dir / "flake.lock"
+
+    def locked() -> str:
+        return json.loads(lock.read_text())["nodes"]["labpkgs"]["locked"]["narHash"]
+
+    def update(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(BIN / "ipex-fleet"), "update", "inventories/lab.py", *args], cwd=REPO,
+                              env=fleet.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+
+    first = locked()
+    proc = update()
+    assert proc.returncode == 0 and "nothing to roll out" in proc.stdout, proc.stdout
+    assert locked() == first
+    before = {h: fleet.system(h) for h in ("host1", "host2", "host3")}
+    fleet.lab.release()
+    proc = update("--rollout")
+    assert proc.returncode == 0, proc.stdout
+    assert locked() != first
+    assert f"labpkgs: {first[:20]} -> {locked()[:20]}" in proc.stdout
+    # The plan before the rollout: every host changes, none needs a reboot.
+    plan = proc.stdout.split("ipex-fleet rollout inventories/lab.py deploys/prod.py")[0]
+    assert "3 host(s) planned" in plan and plan.count("reboot needed: no") >= 1 and "reboot needed: yes" not in plan
+    out = proc.stdout
+    assert out.index("wave 1 canary") < out.index("wave 2 wave1") < out.index("wave 3 wave2")
+    assert re.search(r"^rollout rollout-\S+: done$", out, re.M)
+    for host, (number, path, _) in before.items():
+        now, new_path, running = fleet.system(host)
+        assert now == number + 1 and new_path != path and running == new_path
+    # The update's rollout carried the new input to each host: it is valid in their stores.
+    store_path = json.loads(subprocess.run(
+        ["nix", "--extra-experimental-features", "nix-command flakes", "flake", "archive", "--json",
+         f"path:{fleet.lab.layout.flake_dir}"], env={**fleet.env(), "NIX_CONF_DIR": str(fleet.lab.layout.nix_conf_dir)},
+        capture_output=True, text=True, timeout=120, check=True).stdout)["inputs"]["labpkgs"]["path"]
+    for host in before:
+        assert fleet.sh(host, f"nix-store --check-validity {store_path} && echo valid") == "valid"

@@ -53,6 +53,9 @@ def _lab_parser(sub: argparse._SubParsersAction) -> None:
         if name == "cut":
             p.add_argument("--reject", action="store_true", help="refuse connections at once instead of dropping")
         p.set_defaults(func=func)
+    lab_sub.add_parser("release", parents=[common],
+                       help="publish a new release of the lab's input on its channel (then: ipex-fleet update)"
+                       ).set_defaults(func=_lab_release)
     ex = lab_sub.add_parser("exec", parents=[common],
                             help="run a command on HOST over SSH: lab exec [--timeout S] HOST -- CMD...")
     ex.add_argument("--timeout", type=float, default=600, help="seconds (give it before HOST)")
@@ -141,6 +144,14 @@ def _lab_reboot(args: argparse.Namespace) -> int:
 
 def _lab_crash(args: argparse.Namespace) -> int:
     _lab(args).crash(args.host)
+    return 0
+
+
+def _lab_release(args: argparse.Namespace) -> int:
+    lab = _lab(args)
+    if not lab.layout.flake_dir.is_dir():
+        raise UserError(f"no lab at {lab.layout.root}; start one with: ipex-fleet lab up N")
+    print(f"labpkgs release {lab.release()} is on the lab's channel; `ipex-fleet update INVENTORY` locks it")
     return 0
 
 

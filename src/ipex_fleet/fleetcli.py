@@ -56,6 +56,20 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     mt.add_argument("--json", action="store_true", help="one JSON object per line, as rollout --json")
     mt.set_defaults(func=_maintain)
 
+    up = sub.add_parser("update", help="update the flake's locked inputs, show the plan, then (--rollout) roll out",
+                        description="Updates FLAKE's lock with the controller's Nix (every input, or --input NAME), "
+                                    "shows each changed input and the plan across INVENTORY (which hosts change, "
+                                    "which need a reboot), then, with --rollout, deploys it in waves.")
+    up.add_argument("inventory")
+    up.add_argument("--flake", help="the flake directory (default: the one the inventory's hosts deploy)")
+    up.add_argument("--input", action="append", default=[], metavar="NAME", help="update only this input")
+    up.add_argument("--rollout", action="store_true", help="hand the plan to `ipex-fleet rollout` at once")
+    up.add_argument("--waves", help="as rollout --waves")
+    up.add_argument("--max-fail", default="0", help="as rollout --max-fail")
+    up.add_argument("--canary-max-fail", default="0", help="as rollout --canary-max-fail")
+    up.add_argument("--timeout", type=float, default=1800, help="seconds the lock update may take")
+    up.set_defaults(func=_update)
+
     hi = sub.add_parser("history", help="runs in the ledger, or one run's hosts")
     hi.add_argument("run", nargs="?")
     hi.add_argument("--json", action="store_true")
@@ -158,25 +172,59 @@ def _recover(args: argparse.Namespace) -> int:
     return subprocess.run(pyinfra_run.argv(args.inventory, deploy, args.limit, None)).returncode
 
 
+def _update(args: argparse.Namespace) -> int:
+    from .update import flake_of, update_lock
+
+    view = load(args.inventory)
+    for needed in ("deploys/plan.py", "deploys/prod.py", ROLLBACK_DEPLOY, "deploys/check.py"):
+        _deploy_file(needed)
+    flake, conf = flake_of(view, args.flake)
+    changes = update_lock(flake, args.input, conf, args.timeout)
+    if not changes:
+        print(f"{flake}/flake.lock: every input is already at its newest; nothing to roll out")
+        return 0
+    print(f"{flake}/flake.lock updated:")
+    for change in changes:
+        print(f"  {change.line()}")
+    print()
+    rc = show_plan(args.inventory, [], {}, False, 7200)
+    if rc != 0:
+        print("the plan failed: nothing was deployed; see above")
+        return rc
+    command = f"ipex-fleet rollout {args.inventory} deploys/prod.py"
+    if not args.rollout:
+        print(f"\nto deploy it in waves: {command}")
+        return 0
+    print(f"\n{command}")
+    options = RolloutOptions(args.inventory, "deploys/prod.py", args.waves, args.max_fail, args.canary_max_fail)
+    live = Live()
+    rollout, waves = Rollout.prepare(options, Ledger(), live)
+    live.fit(view.hosts)
+    return rollout.execute(waves)
+
+
 def _plan(args: argparse.Namespace) -> int:
+    return show_plan(args.inventory, args.limit, dict(_key_value(d) for d in args.data), args.json, args.timeout)
+
+
+def show_plan(inventory: str, limit: list[str], data: dict[str, str], as_json: bool, timeout: float) -> int:
     from . import plan
 
     deploy = _deploy_file("deploys/plan.py")
-    if not Path(args.inventory).is_file():
-        raise UserError(f"inventory {args.inventory} not found")
-    data = dict(_key_value(d) for d in args.data)
+    if not Path(inventory).is_file():
+        raise UserError(f"inventory {inventory} not found")
     run_id = new_run_id("plan")
-    argv = pyinfra_run.argv(args.inventory, deploy, args.limit, None, data)
+    argv = pyinfra_run.argv(inventory, deploy, limit, None, data)
     log = run_dir(run_id) / "plan.log"
     # Progress goes to stderr under --json: stdout stays one document.
-    live = Live("plain", sys.stderr) if args.json else Live()
-    live.fit(load(args.inventory).hosts)
+    live = Live("plain", sys.stderr) if as_json else Live()
+    live.fit(load(inventory).hosts)
     with live.follow(run_id):
-        rc = pyinfra_run.run(argv, {"IPEX_FLEET_RUN_ID": run_id}, log, lambda line: None, args.timeout)
+        rc = pyinfra_run.run(argv, {"IPEX_FLEET_RUN_ID": run_id}, log, lambda line: None, timeout)
     plans = plan.read_plans(run_id)
     failed = [r for r in (read_host_result(run_id, h) for h in _result_hosts(run_id)) if r and not r.status.succeeded]
     groups = plan.group(plans)
-    if args.json:
+    if as_json:
         print(json.dumps({"run_id": run_id,
                           "groups": [{"hosts": [p.host for p in g], "plan": g[0].to_json()} for g in groups],
                           "hosts": {p.host: p.to_json() for p in plans},

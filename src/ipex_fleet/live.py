@@ -152,7 +152,7 @@ class Live:
                 return
             stamp = time.strftime("%H:%M:%S", time.localtime(event.get("ts", time.time())))
             line = f"{stamp} {host:<{self.host_width}} {(label + ':' if label else '') + state}"
-            reason = event.get("error") or event.get("why")
+            reason = event.get("error") or event.get("why") or event.get("note")
             line += _generations(event)
             if reason and reason != self._reasons.get(host):  # a rollback's reason is shown once
                 line += f": {reason}"

@@ -204,6 +204,10 @@ def plan_step(tx: HostTransaction, host: Any) -> None:
     for line in found.lines():
         host.log(line)
     tx.finished = True
+    from .transaction import show_state  # it imports this module
+
+    show_state(tx, "planned", note="unchanged" if found.unchanged else
+               "changes" + (", reboot needed" if found.reboot else ""))
 
 
 def write_plan(run_id: str, found: HostPlan) -> None:

@@ -25,7 +25,7 @@ STEP_STATES = {
     "verify_promoted": "checking", "observe": "reading", "begin": "locking", "prune_pushed": "pruning",
     "retention": "collecting", "vacuum": "vacuuming", "restart": "restarting", "health_and_drift": "drift",
 }
-FINAL_STATES = ("ok", "unchanged", "rolled_back", "failed", "unreachable", "skipped")
+FINAL_STATES = ("ok", "unchanged", "rolled_back", "failed", "unreachable", "skipped", "planned")
 
 
 def events_path(run_id: str) -> Path:

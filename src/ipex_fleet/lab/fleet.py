@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -117,13 +118,14 @@ class Lab:
         write_spec(self.layout, spec)
         self._install_flake(spec)
         self.layout.nix_conf_dir.mkdir(parents=True, exist_ok=True)
-        (self.layout.nix_conf_dir / "nix.conf").write_text(NIX_CONF)
+        # tarball-ttl 0: `nix flake update` asks the lab's channel again, as a real one is asked.
+        (self.layout.nix_conf_dir / "nix.conf").write_text(NIX_CONF + "tarball-ttl = 0\n")
         self.layout.shared_dir.mkdir(parents=True, exist_ok=True)
         container.ensure_lab_cgroup(spec)
         faults.ensure_table(spec, container.nft_cgroup_path(spec))
         sshmaterial.write_client_side(self.layout, spec)
         self._start_cache(spec)
-        self._lock_flake()
+        self._lock_flake(update=self._released_on_up)
         wanted = spec.hosts[:count]
         started = []
         for host in wanted:
@@ -320,20 +322,48 @@ class Lab:
                 knobs.write_settings(path, settings)
 
     def _serve_labpkgs(self, spec: LabSpec) -> str:
-        """Put the lab's input where the lab's HTTP server serves it; its URL (named by content)."""
-        name = f"labpkgs-{flake_hash(str(LABPKGS_SOURCE))[:16]}.tar.gz"
-        served = self.layout.cache_dir / "inputs" / name
-        if not served.exists():
-            served.parent.mkdir(parents=True, exist_ok=True)
-            served.write_bytes(flake_tarball(str(LABPKGS_SOURCE), prefix="labpkgs"))
+        """The lab's input, served as a channel: one URL whose content moves with each release (as
+        nixpkgs' channels do). `lab up` releases the source when it changed; `lab release` bumps it."""
+        state = self._release_state()
+        self._released_on_up = state.get("source") != flake_hash(str(LABPKGS_SOURCE))
+        if self._released_on_up or not self._channel().exists():
+            self.release()
         address, port = spec.cache_address
-        return f"http://{address}:{port}/inputs/{name}"
+        return f"http://{address}:{port}/inputs/{self._channel().name}"
 
-    def _lock_flake(self) -> None:
-        """Lock the lab flake on the controller, which fetches its input from the lab and holds it."""
-        env = {"NIX_CONF_DIR": str(self.layout.nix_conf_dir)}
+    def _channel(self) -> Path:
+        return self.layout.cache_dir / "inputs" / "labpkgs.tar.gz"
+
+    def _release_state(self) -> dict:
         try:
-            run(["nix", "--extra-experimental-features", "nix-command flakes", "flake", "lock",
+            return json.loads((self.layout.cache_dir / "inputs" / "release.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def release(self) -> int:
+        """A new release of the lab's input on its channel (what `ipex-fleet update` then locks)."""
+        number = int(self._release_state().get("release", 0)) + 1
+        with tempfile.TemporaryDirectory() as tmp:
+            tree = Path(tmp) / "labpkgs"
+            shutil.copytree(LABPKGS_SOURCE, tree, ignore=shutil.ignore_patterns("__pycache__"))
+            (tree / "RELEASE").write_text(f"{number}\n")
+            data = flake_tarball(str(tree), prefix="labpkgs")
+        channel = self._channel()
+        channel.parent.mkdir(parents=True, exist_ok=True)
+        tmp_file = channel.with_suffix(".tmp")
+        tmp_file.write_bytes(data)
+        os.replace(tmp_file, channel)  # the server never serves half a release
+        (channel.parent / "release.json").write_text(json.dumps(
+            {"release": number, "source": flake_hash(str(LABPKGS_SOURCE))}) + "\n")
+        return number
+
+    def _lock_flake(self, update: bool = False) -> None:
+        """Lock the lab flake on the controller, which fetches its input from the lab and holds it
+        (updating the input when `lab up` released a changed source)."""
+        env = {"NIX_CONF_DIR": str(self.layout.nix_conf_dir)}
+        extra = ["--update-input", "labpkgs"] if update and (self.layout.flake_dir / "flake.lock").exists() else []
+        try:
+            run(["nix", "--extra-experimental-features", "nix-command flakes", "flake", "lock", *extra,
                  f"path:{self.layout.flake_dir}"], timeout=120, env=env)
         except CommandFailed as exc:
             raise UserError(f"locking the lab flake failed ({exc}); see {self.layout.root}/cache.log") from None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import runpy
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ class InventoryView:
     path: str
     hosts: tuple[str, ...]  # stable: the order of first appearance in the file
     groups: dict[str, tuple[str, ...]]
+    data: dict[str, dict[str, Any]] = field(default_factory=dict)  # each host's data, as the file gives it
 
 
 def _names(value: Any) -> list[str] | None:
@@ -51,6 +52,7 @@ def load(path: str) -> InventoryView:
         raise UserError(f"inventory {path} failed to load: {type(exc).__name__}: {exc}") from None
     groups: dict[str, tuple[str, ...]] = {}
     order: list[str] = []
+    data: dict[str, dict[str, Any]] = {}
     for key, value in namespace.items():
         if key.startswith("_"):
             continue
@@ -58,6 +60,10 @@ def load(path: str) -> InventoryView:
         if names is None:
             continue
         groups[key] = tuple(names)
+        entries = value[0] if isinstance(value, tuple) else value
+        for entry in entries:
+            if isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[1], dict):
+                data.setdefault(entry[0], {}).update(entry[1])
         for name in names:
             check_host_name(name)
             if name not in order:
@@ -65,4 +71,4 @@ def load(path: str) -> InventoryView:
     groups[Path(path).stem] = tuple(order)
     if not order:
         raise UserError(f"inventory {path} lists no hosts")
-    return InventoryView(path, tuple(order), groups)
+    return InventoryView(path, tuple(order), groups, data)

@@ -109,6 +109,7 @@
           PATH = "/usr/bin:/bin";
           hostName = name;
           nixosVersion = "26.05.lab-${settings.version}";
+          labpkgsRelease = labpkgs.lib.release;
           settingsJson = builtins.toJSON settings;
           fleetConfigJson = builtins.toJSON fleetConfig;
           # The generation's environment (as services.ipex.environment writes it on NixOS).

@@ -9,6 +9,8 @@
   outputs = { self }: {
     lib = {
       version = "1";
+      # The channel's release (`ipex-fleet lab release`), in every toplevel: a new release is a change.
+      release = if builtins.pathExists ./RELEASE then builtins.readFile ./RELEASE else "0\n";
       toplevelBuilder = ./build.sh;
       switchToConfiguration = ./activate.py;
       services = ./services;
