@@ -41,7 +41,7 @@ def test_the_lab_flake_is_locked_to_an_input_served_by_the_lab(fleet2):
     lock = json.loads((fleet2.lab.layout.flake_dir / "flake.lock").read_text())
     locked = lock["nodes"]["labpkgs"]["locked"]
     assert locked["type"] == "tarball"
-    assert locked["url"].startswith(f"http://{address}:{port}/inputs/labpkgs-")
+    assert locked["url"] == f"http://{address}:{port}/inputs/labpkgs.tar.gz"  # the lab's channel
     assert locked["narHash"].startswith("sha256-")
     (path,) = _inputs(fleet2)  # held by the controller
     assert path.endswith("-source")
