@@ -50,6 +50,11 @@
           comfyui = single ./modules/comfyui.nix;
           models = single ./modules/models.nix;
           fleet = single ./modules/fleet.nix;
+          # A controller host (not a fleet host): scheduled `ipex-fleet maintain` runs.
+          controller = { pkgs, lib, ... }: {
+            imports = [ ./modules/controller.nix ];
+            services.ipex-fleet-controller.package = lib.mkDefault (pkgs.callPackage ./packages/ipex-fleet.nix { src = source; });
+          };
           default = {
             imports = [ base ./modules/ipex.nix ./modules/ollama.nix ./modules/comfyui.nix ./modules/models.nix ];
           };

@@ -28,6 +28,8 @@ let
     devices-none = { services.ipex.devices = [ ]; };
     jit-off = { services.ipex-comfyui.optimisation.jitCompile = false; };
     jit-on = { services.ipex-comfyui.optimisation.jitCompile = true; };
+    controller-waves = { services.ipex-fleet-controller = { schedule = "daily"; maintainArgs = [ "--waves" "1,50%" "--restart" ]; }; };
+    controller-relative = { services.ipex-fleet-controller.repository = lib.mkForce "fleet"; };
     models-path = { services.ipex-comfyui.models.path = "/srv/models/comfyui"; };
     models-path-relative = { services.ipex-comfyui.models.path = "models"; };
     nodes-known = { services.ipex-comfyui.nodes.enable = [ "controlnet-aux" "upscaling" ]; };
@@ -77,6 +79,7 @@ let
     models = { services.ipex-ollama.enable = true; services.ipex-fleet.models.ollama = [ "llama3.2:1b" ]; };
     fleet = { services.ipex-fleet.enable = true; };
     default = { services.ipex-fleet.enable = true; services.ipex-ollama.enable = true; services.ipex-comfyui.enable = true; };
+    controller = { services.ipex-fleet-controller = { enable = true; repository = "/srv/fleet"; }; };
   };
   single = name: nixosSystem {
     modules = [
@@ -126,6 +129,12 @@ let
         execStart = (service "comfyui").serviceConfig.ExecStart;
         torch = config.services.ipex-comfyui.package.torch.stubAccelerator or "unknown";
         accelerator = config.services.ipex-fleet.services.comfyui.accelerator;
+      };
+      controller = if opt [ "services" "ipex-fleet-controller" "enable" ] != true then null else {
+        timer = { inherit (config.systemd.timers.ipex-fleet-maintain) wantedBy timerConfig; };
+        serviceConfig = (service "ipex-fleet-maintain").serviceConfig;
+        environment = (service "ipex-fleet-maintain").environment;
+        user = config.users.users.${config.services.ipex-fleet-controller.user}.isSystemUser;
       };
       fleet = if !fleetEnabled then null else {
         accelerator = config.services.ipex-fleet.accelerator;

@@ -53,7 +53,7 @@ let
     stdenvNoCC.mkDerivation = args: stubDerivation "${args.pname}-${args.version}" args;
     fetchFromGitHub = args: stubDerivation "source" (args // { outputHash = args.hash; });
   } // lib.genAttrs [ "intel-compute-runtime" "intel-media-driver" "vpl-gpu-rt" "clinfo" "level-zero" "nix"
-    "openssh" "nftables" "parallel" "gawk" "gnused" ] (n: stubDerivation n { });
+    "openssh" "nftables" "parallel" "gawk" "gnused" "util-linux" ] (n: stubDerivation n { });
 
   # A Python whose package set is `pythonPackages` plus what its packageOverrides add.
   mkPythonFinal = final: { name, torchAccelerator, extraPackages ? _: _: { } }:
@@ -85,7 +85,7 @@ let
           cudaSupport = python.torchAcceleratorValue == "cuda";
           stubAccelerator = python.torchAcceleratorValue;
         };
-      } // lib.genAttrs [ "setuptools" "pyinfra" "paramiko" "jinja2" "pyyaml" "pytest" "aiohttp" "numpy" "pillow" "safetensors" ]
+      } // lib.genAttrs [ "setuptools" "pyinfra" "paramiko" "jinja2" "pyyaml" "pydantic" "click" "prometheus-client" "rich" "pytest" "aiohttp" "numpy" "pillow" "safetensors" ]
         (n: stubDerivation "python-${n}" { pname = n; });
       set = plain // python.extraPackagesOf set plain;
     in set;

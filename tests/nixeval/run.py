@@ -425,7 +425,38 @@ CHECKS_11: tuple[tuple[str, str, Callable[[Harness], Problems]], ...] = (
     ("11.3", "benchmark-and-node-outputs", check_new_outputs),
     ("11.4", "overlay-names", check_overlay_names),
 )
-ALL_CHECKS = CHECKS + CHECKS_11
+def check_controller(h: Harness) -> Problems:
+    """nixosModules.controller: a timer runs `ipex-fleet maintain` from the repository, under a lock, as
+    a system user; its arguments are the user's; a relative repository is refused."""
+    problems: Problems = []
+    f = _facts_or(h.eval("module:controller"), problems, "the controller module")
+    if f:
+        c = f.get("controller") or {}
+        timer, service = c.get("timer") or {}, c.get("serviceConfig") or {}
+        if timer.get("wantedBy") != ["timers.target"] or timer.get("timerConfig", {}).get("OnCalendar") != "Sun 03:00" \
+                or timer.get("timerConfig", {}).get("Persistent") is not True:
+            problems.append(f"the timer is {timer}")
+        start = service.get("ExecStart") or ""
+        if "flock --nonblock /var/lib/ipex-fleet-controller/maintain.lock" not in start \
+                or not start.endswith("/bin/ipex-fleet maintain inventories/prod.py --lock-wait 600"):
+            problems.append(f"ExecStart is {start!r}")
+        if service.get("WorkingDirectory") != "/srv/fleet" or service.get("Type") != "oneshot" or c.get("user") is not True:
+            problems.append(f"the service is {service}, system user {c.get('user')}")
+        if f["failedAssertions"]:
+            problems.append(f"assertions: {f['failedAssertions']}")
+    w = _facts_or(h.eval("module:controller", variant="controller-waves"), problems, "the controller with arguments")
+    if w:
+        start = (w.get("controller") or {}).get("serviceConfig", {}).get("ExecStart") or ""
+        if not start.endswith("maintain inventories/prod.py --waves 1,50% --restart"):
+            problems.append(f"with maintainArgs, ExecStart is {start!r}")
+    return problems + _refused(h.eval("module:controller", variant="controller-relative"), "repository = fleet",
+                               "is not of type")
+
+
+CHECKS_12: tuple[tuple[str, str, Callable[[Harness], Problems]], ...] = (
+    ("12.8", "controller-timer", check_controller),
+)
+ALL_CHECKS = CHECKS + CHECKS_11 + CHECKS_12
 
 
 def run_checks(h: Harness, checks: tuple = ALL_CHECKS) -> dict[str, Problems]:
