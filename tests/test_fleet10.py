@@ -72,3 +72,25 @@ def test_a_ten_host_rollout_reads_in_80_columns(fleet, tmp_path):
     assert all(re.search(r" ok +(\d+)→(\d+) +pass .*\d+s$", rows[h]) for h in HOSTS if h != "host9")
     assert any(line.startswith("host9: Health checks on the new generation") for line in lines)
     assert re.match(r"rollout rollout-\S+: done_with_failures$", lines[-1])
+
+
+def test_a_maintenance_run_with_nothing_to_do_on_ten_hosts(fleet):
+    def maintain(*args: str) -> tuple[subprocess.CompletedProcess, float]:
+        started = time.monotonic()
+        proc = subprocess.run([str(BIN / "ipex-fleet"), "maintain", "inventories/lab.py", *args], cwd=REPO,
+                              env=fleet.env(COLUMNS="80"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, timeout=900)
+        return proc, time.monotonic() - started
+
+    first, _ = maintain("--quick-bench")  # whatever the lab left behind goes now
+    assert first.returncode == 0, first.stdout
+    proc, took = maintain()
+    assert proc.returncode == 0, proc.stdout
+    run_id = re.search(r"^maintain (maintain-\S+): done$", proc.stdout, re.M).group(1)
+    reports = {h: fleet.result(run_id, h).report for h in HOSTS}
+    for host, report in reports.items():
+        assert report["tasks"]["retention"]["deleted"] == [] and report["tasks"]["pushed"]["removed"] == [], host
+        assert report["tasks"]["drift"]["quick"] is False  # the full benchmark
+    (ARTIFACTS / "maintenance-10-hosts-nothing-to-do.txt").write_text(f"{took:.1f} s\n\n{proc.stdout}")
+    # Every line fits 80 columns, but the report's path, which is not folded (it is copied whole).
+    assert max(len(line) for line in proc.stdout.splitlines() if not line.startswith("report: ")) <= 80

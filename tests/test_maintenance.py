@@ -274,3 +274,36 @@ def test_update_locks_the_labs_new_release_and_the_rollout_deploys_it_in_waves(f
         capture_output=True, text=True, timeout=120, check=True).stdout)["inputs"]["labpkgs"]["path"]
     for host in before:
         assert fleet.sh(host, f"nix-store --check-validity {store_path} && echo valid") == "valid"
+
+
+def test_restarts_go_wave_by_wave_and_a_host_that_does_not_come_back_halts_the_waves(fleet, tmp_path):
+    inv = tmp_path / "waves.py"
+    inv.write_text(
+        "from ipex_fleet.lab.inventory import lab_hosts\n"
+        "_all = [(n, {**d, 'bench': False, 'health_levels': [1], 'min_free_mb': 64, 'command_timeout': 30})"
+        f" for n, d in lab_hosts({str(fleet.lab.layout.root)!r})]\n"
+        "canary = _all[:1]\nwave1 = _all[1:2]\nwave2 = _all[2:3]\n")
+    pids = {h: fleet.sh(h, "systemctl show -p MainPID --value comfyui.service") for h in ("host1", "host2", "host3")}
+    # host2's ComfyUI will not start again (as a broken driver would leave it): a runtime drop-in.
+    fleet.sh("host2", "mkdir -p /run/systemd/system/comfyui.service.d && printf '[Service]\\nExecStartPre=/bin/false\\n'"
+                      " > /run/systemd/system/comfyui.service.d/broken.conf && systemctl daemon-reload")
+    try:
+        proc = subprocess.run([str(BIN / "ipex-fleet"), "maintain", str(inv), "--restart"], cwd=REPO,
+                              env=fleet.env(COLUMNS="100"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, timeout=600)
+    finally:
+        fleet.sh("host2", "rm -rf /run/systemd/system/comfyui.service.d && systemctl daemon-reload && "
+                          "systemctl restart comfyui.service")
+    assert proc.returncode != 0, proc.stdout
+    run_id = re.search(r"^maintain (maintain-\S+): halted$", proc.stdout, re.M).group(1)
+    first = fleet.result(run_id, "host1")
+    assert first.status.value == "ok"
+    assert first.report["tasks"]["restarts"]["restarted"] == ["ollama.service", "comfyui.service"]
+    assert fleet.sh("host1", "systemctl show -p MainPID --value comfyui.service") != pids["host1"]
+    broken = fleet.result(run_id, "host2")
+    assert broken.status.value == "failed" and "after the restarts the host is not healthy" in broken.error
+    assert "comfyui.service did not restart" in broken.error
+    assert broken.final.number == broken.previous.number  # maintenance never rolls back
+    assert not (fleet.state / "runs" / run_id / "hosts" / "host3.json").exists()  # its wave never started
+    assert fleet.sh("host3", "systemctl show -p MainPID --value comfyui.service") == pids["host3"]
+    assert re.search(r"wave2 +host3 +not run", proc.stdout)
