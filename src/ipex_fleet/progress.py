@@ -23,7 +23,7 @@ STEP_STATES = {
     "install_models": "models", "health": "health",
     "bench_gate": "bench", "record": "recording", "plan_step": "planning", "rollback_requested": "rolling back",
     "verify_promoted": "checking", "observe": "reading", "begin": "locking", "prune_pushed": "pruning",
-    "retention": "collecting", "vacuum": "vacuuming", "restart": "restarting", "health_and_drift": "drift",
+    "retention": "collecting", "vacuum": "vacuuming", "restart": "services", "health_and_drift": "health",
 }
 FINAL_STATES = ("ok", "unchanged", "rolled_back", "failed", "unreachable", "skipped", "planned")
 
