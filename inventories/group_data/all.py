@@ -38,3 +38,17 @@ health_timeout = 300
 bench_timeout = 300
 # How hosts run ipex-fleet (the flake's fleet module puts it on PATH).
 ipex_fleet_command = "ipex-fleet"
+# Maintenance (deploys/maintenance.py, ipex-fleet maintain). Generations: the last N and every one
+# younger than D days stay, plus every anchor (current, running, booted, an open intent's, the last
+# deploy's rollback target, a counted boot entry). Pushed flakes and records older than D days go.
+keep_generations = 5
+keep_days = 14
+keep_records = 500            # lines of /var/lib/ipex-fleet/deploys.jsonl
+gc = True
+# gc_max_freed_mb = 20480     # nix-store --gc --max-freed
+# gc_min_free_mb = 51200      # collect only while the store has less free than this
+store_optimise = False
+journal_max_mb = 1024
+# journal_max_days = 30
+maintenance_lock_wait = 0     # seconds to wait for a deploy that holds the lock, then skip the host
+restart_units = ["ollama.service", "comfyui.service"]    # what `maintain --restart` restarts
