@@ -40,6 +40,7 @@ class ScriptedHost:
     generations: dict[int, str] = field(default_factory=lambda: {1: "/nix/store/aaa-nixos-system-1"})
     current: int = 1
     running: str = "/nix/store/aaa-nixos-system-1"
+    booted: str = "/nix/store/aaa-nixos-system-1"
     target_build: str = "/nix/store/bbb-nixos-system-2"
     intent: dict[str, Any] | None = None
     resolved: dict[str, str] = field(default_factory=dict)  # "RUN.WHO" -> outcome ("" while deciding)
@@ -243,6 +244,40 @@ class ScriptedHost:
         self.records.append(json.loads(shlex.split(command.split("printf '%s\\n' ", 1)[1])[0]))
         return 0, []
 
+    # -- maintenance ------------------------------------------------------------------------------
+
+    def do_upkeep_facts(self, command: str) -> tuple[int, list[str]]:
+        _, lines = self.do_profile_state(command)
+        intent = [] if not self.intent else ["intent=" + json.dumps(
+            {"previous": self.intent.get("previous"), "target": self.intent.get("target")})]
+        return 0, [*lines, f"running={self.running}", f"booted={self.booted}", *intent,
+                   *[f"record={json.dumps(r)}" for r in self.records], "free_kb=99999999"]
+
+    def do_delete_generations(self, command: str) -> tuple[int, list[str]]:
+        words = shlex.split(command)
+        numbers = [int(w) for w in words[words.index("--delete-generations") + 1:] if w.isdigit()]
+        if self.current in numbers:  # as nix-env: never the current one
+            return 1, [f"error: cannot delete current generation {self.current}"]
+        for n in numbers:
+            self.generations.pop(n, None)
+        return 0, []
+
+    def do_gc(self, _c: str) -> tuple[int, list[str]]:
+        return 0, ["free_before_kb=100", "gc=3 store paths deleted, 1.00 MiB freed", "free_after_kb=1124"]
+
+    def do_prune_pushed(self, _c: str) -> tuple[int, list[str]]:
+        return 0, ["trimmed=0"]
+
+    def do_vacuum(self, _c: str) -> tuple[int, list[str]]:
+        return 0, ["journal_before_kb=2048", "journal_after_kb=1024", "disk_usage=1.0M",
+                   "tmp_before_kb=8", "tmp_after_kb=4"]
+
+    def do_restart(self, _c: str) -> tuple[int, list[str]]:
+        return 0, ["restarted=ollama.service", "restarted=comfyui.service"]
+
+    def do_history(self, _c: str) -> tuple[int, list[str]]:
+        return 0, []
+
     # -- what the host does by itself ------------------------------------------------------------
 
     def revert_by(self, who: str) -> bool:
@@ -274,6 +309,14 @@ class ScriptedHost:
 def classify(command: str) -> str:
     """Which builder made this command (most specific first)."""
     rules = (
+        # maintenance (ipex_fleet.nix.upkeep), before the deploy's builders whose words they share
+        ("booted=%s", "upkeep_facts"),
+        ("--delete-generations", "delete_generations"),
+        ("nix-store --gc", "gc"),
+        ("-mmin +", "prune_pushed"),
+        ("journal_before_kb", "vacuum"),
+        ("restarted=", "restart"),
+        ("history.jsonl", "history"),
         ("intent.tmp-", "open_intent"),
         ("ipex-fleet-watchdog-", "arm"),
         ("lease.new", "renew"),
@@ -292,7 +335,7 @@ def classify(command: str) -> str:
         ("switch-to-configuration", "activate"),
         ("--set ", "set_profile"),
         (" probe --level", "probe"),
-        (" bench --quick", "bench"),
+        (" bench --", "bench"),
         (" models install", "models"),
         ("readlink -f /run/current-system", "running"),
     )

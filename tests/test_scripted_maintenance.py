@@ -1,0 +1,121 @@
+"""Maintenance's real steps against a scripted host, for every command it sends and every way that
+command can end: the host is never switched, never rolled back and never given an intent; its
+current, running and booted generations and the last deploy's rollback target always survive; and
+its lock is released, or (the controller died) held under a lease that a later run takes over."""
+
+from __future__ import annotations
+
+import itertools
+from types import SimpleNamespace
+
+import pytest
+
+from ipex_fleet import maintsteps, modelsteps, results, transaction
+from ipex_fleet.domain import Status
+
+from .scripted_host import ControllerDied, Fault, ScriptedHost
+from .test_scripted_transaction import MODEL, FakeClock
+
+STEPS = (maintsteps.begin, maintsteps.prune_pushed, maintsteps.retention, maintsteps.vacuum,
+         modelsteps.install_models, maintsteps.restart, maintsteps.health_and_drift, transaction.record)
+# Every command a maintenance run sends, in order (the start record is the first `record`).
+POINTS = [("lock", 1), ("profile_state", 1), ("record", 1), ("upkeep_facts", 1), ("prune_pushed", 1),
+          ("upkeep_facts", 2), ("delete_generations", 1), ("gc", 1), ("vacuum", 1), ("models", 1),
+          ("restart", 1), ("probe", 1), ("probe", 2), ("bench", 1), ("history", 1), ("record", 2), ("release", 1)]
+HOWS = ("fail", "timeout", "drop", "die", "die_after")
+GENS = {n: f"/nix/store/{n}{n}{n}-nixos-system-{n}" for n in range(1, 7)}
+
+
+@pytest.fixture
+def maintain(tmp_path, monkeypatch):
+    flake = tmp_path / "flake"
+    flake.mkdir()
+    (flake / "flake.nix").write_text("{ outputs = { self }: { }; }\n")
+    (flake / "flake.lock").write_text('{"nodes": {"root": {}}, "root": "root", "version": 7}')
+    monkeypatch.setenv("IPEX_FLEET_STATE", str(tmp_path / "state"))
+    monkeypatch.setattr("ipex_fleet.remote.privilege_args", lambda host: {})
+    monkeypatch.setattr("ipex_fleet.transaction.run_fresh", lambda host, command, timeout: host.fresh(command))
+    clock = FakeClock()
+    monkeypatch.setattr(transaction, "time", clock)
+    monkeypatch.setattr(maintsteps, "time", clock)
+    runs = itertools.count()
+
+    def run(host: ScriptedHost) -> tuple[str, bool]:
+        run_id = f"maint-{next(runs)}"
+        monkeypatch.setenv("IPEX_FLEET_RUN_ID", run_id)
+        host.state = SimpleNamespace()
+        try:
+            for step in STEPS:
+                if not transaction.run_step(None, host, step, step.__name__):
+                    break
+        except ControllerDied:
+            return run_id, False
+        return run_id, True
+
+    def make(**data) -> ScriptedHost:
+        host = ScriptedHost("h1", {"flake": str(flake), "models": [MODEL], "command_timeout": 5, "health_levels": [2],
+                                   "keep_generations": 1, "keep_days": 0, "maintenance_restart": True, **data},
+                            generations=dict(GENS), current=6, running=GENS[6])
+        host.booted = GENS[2]
+        host.records = [{"run_id": "deploy-1", "phase": "deploy", "status": "ok",
+                         "previous": {"generation": 4, "path": GENS[4]}, "final": {"generation": 6, "path": GENS[6]}}]
+        return host
+
+    return run, make
+
+
+def test_a_maintenance_run_keeps_the_anchors_and_records_start_and_end(maintain):
+    run, make = maintain
+    host = make()
+    run_id, alive = run(host)
+    result = results.read_host_result(run_id, "h1")
+    assert alive and result.status is Status.OK, result
+    assert sorted(host.generations) == [2, 4, 6]  # booted, the rollback target, current (and last 1)
+    kept = result.report["tasks"]["retention"]["kept"]
+    assert kept == {"2": ["booted"], "4": ["the last deploy's rollback target"], "6": ["last 1", "current", "running"]}
+    assert result.report["tasks"]["retention"]["gc"]["nix_freed_bytes"] == 1 << 20
+    assert [(r.get("phase"), r.get("event") or r.get("status")) for r in host.records[1:]] == \
+        [("maintain", "start"), ("maintain", "ok")]
+    assert host.lock is None and host.intent is None and not host.resolved and not host.watchdogs
+
+
+def test_an_open_intent_keeps_its_generations(maintain):
+    run, make = maintain
+    host = make()
+    host.intent = {"run_id": "dead", "lease": 1, "mode": "switch",
+                   "previous": {"generation": 3, "path": GENS[3]}, "target": {"path": GENS[5]}}
+    run_id, alive = run(host)
+    assert alive and results.read_host_result(run_id, "h1").status is Status.OK
+    assert sorted(host.generations) == [2, 3, 4, 5, 6]
+    assert host.intent is not None and host.intent["run_id"] == "dead"  # left for recovery, untouched
+
+
+@pytest.mark.parametrize("how", HOWS)
+@pytest.mark.parametrize("kind,nth", POINTS)
+def test_every_command_and_every_ending_leaves_the_deployment_alone(maintain, kind, nth, how):
+    run, make = maintain
+    host = make()
+    host.fault = Fault(kind, nth, how)
+    run_id, alive = run(host)
+    assert host.seen.get(kind, 0) >= nth, f"the fault at {kind} #{nth} never fired: {host.kinds}"
+    # Never switched, rolled back or journaled; the anchors are all there.
+    assert host.current == 6 and host.running == GENS[6] and {2, 4, 6} <= set(host.generations)
+    assert host.intent is None and not host.resolved and not host.watchdogs
+    assert "open_intent" not in host.kinds and "activate" not in host.kinds and "switch_generation" not in host.kinds
+    result = results.read_host_result(run_id, "h1")
+    if alive:
+        assert result is not None and result.status is not Status.ROLLED_BACK
+        if host.dropped:
+            assert result.status is Status.UNREACHABLE
+        elif host.lock is None:
+            assert result.status in (Status.OK, Status.FAILED), result
+    if host.lock is not None:
+        # Only a run that could not finish (it died, or lost the host while recording) leaves its
+        # lock, under its lease: the next run takes it over once the lease ran out.
+        assert host.lock["run_id"] == run_id
+        assert not alive or kind in ("record", "release") or result.status is Status.UNREACHABLE, result
+        transaction.time.sleep(10_000)
+        host.fault, host.dropped = None, False
+        again, survived = run(host)
+        assert survived and results.read_host_result(again, "h1").status is Status.OK
+        assert host.lock is None
