@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -124,6 +125,10 @@ def test_journal_usage_drops_and_a_second_run_finds_nothing_to_do(fleet, tmp_pat
     assert after < before, (before, after)
     journal = fleet.result(run_id, "host2").report["tasks"]["journal"]
     assert journal["after_bytes"] < journal["before_bytes"]
+    # In the ledger it is maintenance, never a deploy: `status` and `rollback --to` do not count it.
+    rows = sqlite3.connect(fleet.state / "ledger.sqlite3").execute(
+        "SELECT phase, report FROM host_results WHERE run_id=?", (run_id,)).fetchall()
+    assert [r[0] for r in rows] == ["maintain"] and json.loads(rows[0][1])["tasks"]["journal"] == journal
     # Nothing left to do: nothing deleted, nothing rotated.
     proc, run_id = maintain(fleet, inv)
     assert proc.returncode == 0, proc.stdout

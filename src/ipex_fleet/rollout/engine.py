@@ -102,6 +102,11 @@ class Rollout:
     def maintenance(self) -> bool:
         return self.options.kind == "maintain"
 
+    @property
+    def phase(self) -> str:
+        """How the ledger files each host's wave result (`last_good` counts deploys only)."""
+        return "maintain" if self.maintenance else "deploy"
+
     def failed(self, result: HostResult) -> bool:
         """What spends a wave's budget. Maintenance skips a host a deploy holds: that is not a failure."""
         if self.maintenance and result.status is Status.SKIPPED:
@@ -150,7 +155,7 @@ class Rollout:
                                     error="no result: the host did not connect (see the wave's log)")
                 write_host_result(result)
                 self.live.event({"ts": time.time(), "host": host, "state": result.status.value,
-                                 "error": result.error}, None if phase == "deploy" else phase)
+                                 "error": result.error}, None if phase == self.phase else phase)
             self.ledger.record(result, phase, wave, run_id=self.run_id)
             out[host] = result
         return out
@@ -165,7 +170,7 @@ class Rollout:
         with self.live.wave(wave.name, pending):
             if pending:
                 self._pyinfra(self.options.deploy, pending, self.run_id, f"wave{wave.index + 1}", self.options.data)
-            results = self._results(self.run_id, wave.hosts, "deploy", wave.index)
+            results = self._results(self.run_id, wave.hosts, self.phase, wave.index)
         failed = [h for h, r in results.items() if self.failed(r)]
         budget = Budget(wave.max_fail)
         soak_failed: list[str] = []
