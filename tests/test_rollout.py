@@ -202,7 +202,7 @@ def test_bad_rollout_input_is_one_line(fleet, inventory):
         assert proc.returncode == 2 and message in proc.stdout and "Traceback" not in proc.stdout
         assert len(proc.stdout.strip().splitlines()) == 1
     proc = rollout(fleet, "--resume", "no-such-run")
-    assert proc.returncode == 2 and "no rollout no-such-run" in proc.stdout
+    assert proc.returncode == 2 and "no rollout or maintenance run no-such-run" in proc.stdout
 
 
 def test_generation_that_locks_ssh_out_reverts_by_itself(fleet, inventory):
