@@ -312,3 +312,31 @@ def test_restarts_go_wave_by_wave_and_a_host_that_does_not_come_back_halts_the_w
     assert not (fleet.state / "runs" / run_id / "hosts" / "host3.json").exists()  # its wave never started
     assert fleet.sh("host3", "systemctl show -p MainPID --value comfyui.service") == pids["host3"]
     assert re.search(r"wave2 +host3 +not run", proc.stdout)
+
+
+def test_tmpfiles_ages_clean_and_an_unhealthy_host_is_never_rebaselined(fleet, tmp_path):
+    # systemd-tmpfiles' own rule and age (1 s here) decide what goes; the task only runs its --clean.
+    fleet.sh("host1", "printf 'd /var/tmp/ipex-test 1777 root root 1s\\n' > /etc/tmpfiles.d/ipex-test.conf && "
+                      "systemd-tmpfiles --create /etc/tmpfiles.d/ipex-test.conf && "
+                      "head -c 2000000 /dev/zero > /var/tmp/ipex-test/old && sleep 2")
+    # host1's ComfyUI is down and will not start: the host is unhealthy.
+    fleet.sh("host1", "mkdir -p /run/systemd/system/comfyui.service.d && printf '[Service]\\nExecStartPre=/bin/false\\n'"
+                      " > /run/systemd/system/comfyui.service.d/broken.conf && systemctl daemon-reload && "
+                      "(systemctl restart comfyui.service || true)")
+    baseline = "/var/lib/ipex-fleet/bench/baseline.json"
+    before = fleet.sh("host1", f"cat {baseline} 2>/dev/null || echo none")
+    try:
+        proc, run_id = maintain(fleet, inventory(fleet, tmp_path, {"host1": {"bench": True}}), "--rebaseline",
+                                "--quick-bench")
+    finally:
+        fleet.sh("host1", "rm -rf /run/systemd/system/comfyui.service.d /etc/tmpfiles.d/ipex-test.conf && "
+                          "systemctl daemon-reload && systemctl restart comfyui.service")
+    assert proc.returncode != 0, proc.stdout
+    result = fleet.result(run_id, "host1")
+    assert result.status.value == "failed" and "health checks failed" in result.error
+    assert "drift" not in result.report["tasks"]  # the benchmark never ran
+    assert fleet.sh("host1", f"cat {baseline} 2>/dev/null || echo none") == before
+    assert "rebaselined" not in fleet.sh("host1", "cat /var/lib/ipex-fleet/bench/history.jsonl 2>/dev/null || true")
+    tmp = result.report["tasks"]["tmp"]
+    assert fleet.sh("host1", "ls /var/tmp/ipex-test") == ""
+    assert tmp["before_bytes"] - tmp["after_bytes"] >= 1_900_000
