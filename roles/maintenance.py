@@ -11,8 +11,8 @@ from .transaction import step
 @deploy("Maintenance")
 def maintenance() -> None:
     step("Take the lock (wait for a deploy, bounded, or skip); record the start", maintsteps.begin)
-    step("Remove old pushed flakes, their inputs' roots, resolved intents and records", maintsteps.prune_pushed)
-    step("Keep the generations the policy and the anchors name; collect garbage", maintsteps.retention)
+    step("Remove old pushed flakes and records; keep the generations the policy and the anchors name; "
+         "collect garbage", maintsteps.retention)
     step("Vacuum the journal; clean temporary files", maintsteps.vacuum)
     step("Verify the declared models, fetch corrupt ones again, prune by policy", modelsteps.install_models)
     step("Restart the AI services (--restart), then probe", maintsteps.restart)

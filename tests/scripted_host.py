@@ -343,3 +343,37 @@ def classify(command: str) -> str:
         if needle in command:
             return kind
     return "noop"  # mkdir, flake present, prune, rm of the plan: nothing the model keeps
+
+
+class FakeClock:
+    """The transaction's clock: waiting costs nothing, and deadlines still come."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return 1_700_000_000 + self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def scripted_controller(tmp_path: Any, monkeypatch: Any, *clocked: Any) -> tuple[Any, FakeClock]:
+    """A controller whose remote commands reach a scripted host (privileges and new connections too),
+    with a flake to name and a fake clock for the transaction (and the `clocked` modules)."""
+    from ipex_fleet import transaction
+
+    flake = tmp_path / "flake"
+    flake.mkdir()
+    (flake / "flake.nix").write_text("{ outputs = { self }: { }; }\n")
+    (flake / "flake.lock").write_text('{"nodes": {"root": {}}, "root": "root", "version": 7}')
+    monkeypatch.setenv("IPEX_FLEET_STATE", str(tmp_path / "state"))
+    monkeypatch.setattr("ipex_fleet.remote.privilege_args", lambda host: {})
+    monkeypatch.setattr("ipex_fleet.transaction.run_fresh", lambda host, command, timeout: host.fresh(command))
+    clock = FakeClock()
+    for module in (transaction, *clocked):
+        monkeypatch.setattr(module, "time", clock)
+    return flake, clock

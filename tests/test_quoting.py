@@ -103,7 +103,8 @@ WRONG = {
     "bench_threads": [0, True],
     "keep_generations": [0, "all"], "keep_days": [-1, "a week"], "gc": ["sometimes"], "gc_max_freed_mb": [0, "lots"],
     "gc_min_free_mb": [0], "store_optimise": ["daily"], "keep_records": [5, "many"], "journal_max_mb": [0, "1G"],
-    "journal_max_days": [0], "maintenance_lock_wait": [-1, "forever"],
+    "journal_max_days": [0], "maintenance_lock_wait": [-1, "forever"], "maintenance_restart": ["now"],
+    "maintenance_bench_quick": [3], "rebaseline": ["if slow"],
     "restart_units": ["ollama", ["comfyui.service", "a b.service"], [3], "x.service;reboot"],
 }
 CASES = [(k, v) for k, values in WRONG.items() for v in values]

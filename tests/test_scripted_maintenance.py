@@ -13,14 +13,14 @@ import pytest
 from ipex_fleet import maintsteps, modelsteps, results, transaction
 from ipex_fleet.domain import Status
 
-from .scripted_host import ControllerDied, Fault, ScriptedHost
-from .test_scripted_transaction import MODEL, FakeClock
+from .scripted_host import ControllerDied, Fault, ScriptedHost, scripted_controller
+from .test_scripted_transaction import MODEL
 
-STEPS = (maintsteps.begin, maintsteps.prune_pushed, maintsteps.retention, maintsteps.vacuum,
+STEPS = (maintsteps.begin, maintsteps.retention, maintsteps.vacuum,
          modelsteps.install_models, maintsteps.restart, maintsteps.health_and_drift, transaction.record)
 # Every command a maintenance run sends, in order (the start record is the first `record`).
 POINTS = [("lock", 1), ("profile_state", 1), ("record", 1), ("upkeep_facts", 1), ("prune_pushed", 1),
-          ("upkeep_facts", 2), ("delete_generations", 1), ("gc", 1), ("vacuum", 1), ("models", 1),
+          ("delete_generations", 1), ("gc", 1), ("vacuum", 1), ("models", 1),
           ("restart", 1), ("probe", 1), ("probe", 2), ("bench", 1), ("history", 1), ("record", 2), ("release", 1)]
 HOWS = ("fail", "timeout", "drop", "die", "die_after")
 GENS = {n: f"/nix/store/{n}{n}{n}-nixos-system-{n}" for n in range(1, 7)}
@@ -28,16 +28,7 @@ GENS = {n: f"/nix/store/{n}{n}{n}-nixos-system-{n}" for n in range(1, 7)}
 
 @pytest.fixture
 def maintain(tmp_path, monkeypatch):
-    flake = tmp_path / "flake"
-    flake.mkdir()
-    (flake / "flake.nix").write_text("{ outputs = { self }: { }; }\n")
-    (flake / "flake.lock").write_text('{"nodes": {"root": {}}, "root": "root", "version": 7}')
-    monkeypatch.setenv("IPEX_FLEET_STATE", str(tmp_path / "state"))
-    monkeypatch.setattr("ipex_fleet.remote.privilege_args", lambda host: {})
-    monkeypatch.setattr("ipex_fleet.transaction.run_fresh", lambda host, command, timeout: host.fresh(command))
-    clock = FakeClock()
-    monkeypatch.setattr(transaction, "time", clock)
-    monkeypatch.setattr(maintsteps, "time", clock)
+    flake, _clock = scripted_controller(tmp_path, monkeypatch, maintsteps)
     runs = itertools.count()
 
     def run(host: ScriptedHost) -> tuple[str, bool]:

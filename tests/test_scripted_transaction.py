@@ -14,7 +14,7 @@ import pytest
 from ipex_fleet import gatesteps, modelsteps, results, runstate, transaction
 from ipex_fleet.domain import Status
 
-from .scripted_host import ControllerDied, Fault, ScriptedHost
+from .scripted_host import ControllerDied, Fault, ScriptedHost, scripted_controller
 
 STEPS = (transaction.preflight, transaction.record_previous, transaction.push_flake, transaction.build,
          transaction.switch, modelsteps.install_models, gatesteps.health, gatesteps.bench_gate, transaction.record)
@@ -26,33 +26,10 @@ MODEL = {"kind": "checkpoints", "name": "a.safetensors", "url": "https://mirror.
          "sha256": "a" * 64}
 
 
-class FakeClock:
-    """The transaction's clock: waiting costs nothing, and deadlines still come."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def time(self) -> float:
-        return 1_700_000_000 + self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @pytest.fixture
 def controller(tmp_path, monkeypatch):
     """A controller whose remote commands reach the scripted host (privileges and new connections too)."""
-    flake = tmp_path / "flake"
-    flake.mkdir()
-    (flake / "flake.nix").write_text("{ outputs = { self }: { }; }\n")
-    (flake / "flake.lock").write_text('{"nodes": {"root": {}}, "root": "root", "version": 7}')
-    monkeypatch.setenv("IPEX_FLEET_STATE", str(tmp_path / "state"))
-    monkeypatch.setattr("ipex_fleet.remote.privilege_args", lambda host: {})
-    monkeypatch.setattr("ipex_fleet.transaction.run_fresh", lambda host, command, timeout: host.fresh(command))
-    monkeypatch.setattr(transaction, "time", FakeClock())
+    flake, _clock = scripted_controller(tmp_path, monkeypatch)
     runs = itertools.count()
 
     def deploy(host: ScriptedHost) -> tuple[str, bool]:

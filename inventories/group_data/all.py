@@ -52,3 +52,7 @@ journal_max_mb = 1024
 # journal_max_days = 30
 maintenance_lock_wait = 0     # seconds to wait for a deploy that holds the lock, then skip the host
 restart_units = ["ollama.service", "comfyui.service"]    # what `maintain --restart` restarts
+# Set by `ipex-fleet maintain --restart | --quick-bench | --rebaseline` (or pyinfra --data):
+# maintenance_restart = False
+# maintenance_bench_quick = False
+# rebaseline = False

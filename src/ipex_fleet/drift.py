@@ -9,7 +9,6 @@ from shlex import quote
 from typing import Any
 
 from .bench.gate import BENCH_DIR
-from .gatesteps import bench_command as _bench_command
 from .gatesteps import bench_summary
 
 TREND_RUNS = 8  # how many runs of the same kind (quick or full) a trend spans
@@ -22,11 +21,7 @@ class Drift:
     warnings: tuple[str, ...]
 
 
-def bench_command(settings: Any, rebaseline: bool, quick: bool) -> str:
-    return _bench_command(settings, quick=quick, rebaseline=rebaseline)
-
-
-def history_command(settings: Any) -> str:
+def history_command() -> str:
     return f"tail -n 200 {quote(BENCH_DIR + '/history.jsonl')} 2>/dev/null || true"
 
 

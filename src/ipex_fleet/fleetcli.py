@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Callable
 
 from .errors import UserError
 from .live import Live
@@ -117,31 +118,19 @@ def _deploy_file(path: str) -> str:
 
 
 def _rollout(args: argparse.Namespace) -> int:
-    ledger = Ledger()
-    live = Live("json" if args.json else None)
-    if args.resume:
-        rollout, waves = Rollout.resume(args.resume, ledger, live)
-    else:
+    def options() -> RolloutOptions:
         if not args.inventory or not args.deploy:
             raise UserError("rollout INVENTORY DEPLOY: give both, e.g. inventories/prod.py deploys/prod.py")
-        options = RolloutOptions(args.inventory, args.deploy, args.waves, args.max_fail, args.canary_max_fail,
-                                 args.soak, args.rollback_scope, args.parallel)
         for needed in (ROLLBACK_DEPLOY, "deploys/check.py"):
             _deploy_file(needed)
-        rollout, waves = Rollout.prepare(options, ledger, live)
-    live.fit([h for wave in waves for h in wave.hosts])
-    if args.dry_run:
-        rollout.describe(waves)
-        return 0
-    return rollout.execute(waves)
+        return RolloutOptions(args.inventory, args.deploy, args.waves, args.max_fail, args.canary_max_fail,
+                              args.soak, args.rollback_scope, args.parallel)
+
+    return _run_waves(options, args.resume, args.json, args.dry_run)
 
 
 def _maintain(args: argparse.Namespace) -> int:
-    ledger = Ledger()
-    live = Live("json" if args.json else None)
-    if args.resume:
-        run, waves = Rollout.resume(args.resume, ledger, live)
-    else:
+    def options() -> RolloutOptions:
         if not args.inventory:
             raise UserError("maintain INVENTORY: give the inventory, e.g. inventories/prod.py")
         data = dict(_key_value(d) for d in args.data)
@@ -153,11 +142,23 @@ def _maintain(args: argparse.Namespace) -> int:
             if args.lock_wait < 0:
                 raise UserError("--lock-wait must be zero or more seconds")
             data["maintenance_lock_wait"] = f"{args.lock_wait:g}"
-        options = RolloutOptions(args.inventory, _deploy_file("deploys/maintenance.py"), args.waves, args.max_fail,
-                                 args.max_fail, parallel=args.parallel, kind="maintain", data=data)
-        run, waves = Rollout.prepare(options, ledger, live)
+        return RolloutOptions(args.inventory, _deploy_file("deploys/maintenance.py"), args.waves, args.max_fail,
+                              args.max_fail, parallel=args.parallel, kind="maintain", data=data)
+
+    return _run_waves(options, args.resume, args.json, args.dry_run)
+
+
+def _run_waves(options: Callable[[], RolloutOptions], resume: str | None = None, as_json: bool = False,
+               dry_run: bool = False) -> int:
+    """A run in waves (rollout or maintain): new from `options()`, or resumed from the ledger."""
+    ledger = Ledger()
+    live = Live("json" if as_json else None)
+    if resume:
+        run, waves = Rollout.resume(resume, ledger, live)
+    else:
+        run, waves = Rollout.prepare(options(), ledger, live)
     live.fit([h for wave in waves for h in wave.hosts])
-    if args.dry_run:
+    if dry_run:
         run.describe(waves)
         return 0
     return run.execute(waves)
@@ -196,11 +197,8 @@ def _update(args: argparse.Namespace) -> int:
         print(f"\nto deploy it in waves: {command}")
         return 0
     print(f"\n{command}")
-    options = RolloutOptions(args.inventory, "deploys/prod.py", args.waves, args.max_fail, args.canary_max_fail)
-    live = Live()
-    rollout, waves = Rollout.prepare(options, Ledger(), live)
-    live.fit(view.hosts)
-    return rollout.execute(waves)
+    return _run_waves(lambda: RolloutOptions(args.inventory, "deploys/prod.py", args.waves, args.max_fail,
+                                             args.canary_max_fail))
 
 
 def _plan(args: argparse.Namespace) -> int:

@@ -55,7 +55,7 @@ class Live:
         rich = self.form == "rich"
         self.console = Console(file=self.stream, width=width(), force_terminal=rich, no_color=not rich,
                                highlight=False, soft_wrap=False)
-        self.host_width = max([6, *(len(h) for h in hosts)])
+        self.fit(hosts)
         self._lock = threading.RLock()
         self._wave: _Wave | None = None
         self._bar: Progress | None = None

@@ -17,11 +17,10 @@ from pyinfra import logger
 
 from . import drift
 from .domain import Generation, ProfileState
-from .gatesteps import _document, run_probe, summarise
+from .gatesteps import _document, bench_command, run_probe, summarise
 from .nix import commands as nixcmd
 from .nix import upkeep
 from .retention import Anchors, RetentionPolicy, choose
-from .settings import flag
 from .transaction import HostTransaction, LockRefused, StepFailed, sh, take_lock
 
 _ENTRY = re.compile(r"-(\d+)\+\d+-\d+\.conf$")  # tries used, not yet blessed
@@ -44,7 +43,8 @@ def begin(tx: HostTransaction, host: Any) -> None:
     """Take the host's lock; while a deploy holds it, wait up to maintenance_lock_wait, then skip."""
     tx.phase = "maintain"
     tx.report = {"tasks": {}, "warnings": [], "skipped": []}
-    waited, deadline = 0.0, time.monotonic() + tx.settings.maintenance_lock_wait
+    started = time.monotonic()
+    deadline = started + tx.settings.maintenance_lock_wait
     while True:
         try:
             take_lock(tx, host)
@@ -52,15 +52,14 @@ def begin(tx: HostTransaction, host: Any) -> None:
         except LockRefused as exc:
             if time.monotonic() >= deadline:
                 tx.record_on_host = False  # the host's record belongs to the lock's holder meanwhile
-                raise LockRefused(f"maintenance skipped after waiting {waited:.0f}s "
+                raise LockRefused(f"maintenance skipped after waiting {time.monotonic() - started:.0f}s "
                                   f"(host data maintenance_lock_wait={tx.settings.maintenance_lock_wait:g}): {exc}") from None
             host.log("a deploy holds the lock: waiting for it", logger.warning)
             time.sleep(min(2.0, max(deadline - time.monotonic(), 0.1)))
-            waited = tx.settings.maintenance_lock_wait - max(deadline - time.monotonic(), 0)
-    tx.report["lock_waited_s"] = round(waited, 1)
+    tx.report["lock_waited_s"] = round(time.monotonic() - started, 1)
     state = nixcmd.parse_profile_state(list(sh(tx, host, nixcmd.profile_state(tx.settings.profile)).stdout_lines))
     tx.previous = tx.target = state.current_generation
-    sh(tx, host, upkeep.maintenance_record({"phase": "maintain", "event": "start", "run_id": tx.run_id,
+    sh(tx, host, nixcmd.append_deploy_record({"phase": "maintain", "event": "start", "run_id": tx.run_id,
                                             "host": tx.host, "time": time.time()}))
 
 
@@ -99,20 +98,16 @@ def host_facts(tx: HostTransaction, host: Any) -> tuple[ProfileState, Anchors, d
     return state, anchors, extra
 
 
-def prune_pushed(tx: HostTransaction, host: Any) -> None:
-    """Pushed flakes (and their inputs' GC roots), resolved intents and activation records older than
-    keep_days, the current flake's never; deploys.jsonl down to keep_records lines."""
-    _, _, extra = host_facts(tx, host)
+def retention(tx: HostTransaction, host: Any) -> None:
+    """First the pushed flakes (and their inputs' GC roots), resolved intents and activation records
+    older than keep_days (the current flake's never) and deploys.jsonl down to keep_records lines; then
+    the generations the policy lets go (never an anchor), the boot entries rewritten; then GC, which
+    also collects what the pruned flakes' roots held."""
+    state, anchors, extra = host_facts(tx, host)
     out = sh(tx, host, f"{upkeep.prune_pushed(tx.settings.keep_days, extra['flake_hash'])}; "
                        f"{upkeep.trim_records(tx.settings.keep_records)}")
-    removed = [line.split("=", 1)[1] for line in out.stdout_lines if line.startswith("removed=")]
-    trimmed = int(nixcmd.parse_key_values(list(out.stdout_lines)).get("trimmed") or 0)
-    task(tx, "pushed", removed=removed, records_trimmed=trimmed)
-
-
-def retention(tx: HostTransaction, host: Any) -> None:
-    """Delete the generations the policy lets go (never an anchor), rewrite the boot entries, then GC."""
-    state, anchors, extra = host_facts(tx, host)
+    task(tx, "pushed", removed=[line.split("=", 1)[1] for line in out.stdout_lines if line.startswith("removed=")],
+         records_trimmed=int(nixcmd.parse_key_values(list(out.stdout_lines)).get("trimmed") or 0))
     policy = RetentionPolicy(tx.settings.keep_generations, tx.settings.keep_days)
     plan = choose(state, policy, anchors, time.time())
     deleted = sh(tx, host, upkeep.delete_generations(tx.settings.profile, plan.delete), tx.settings.activation_timeout)
@@ -164,7 +159,7 @@ def vacuum(tx: HostTransaction, host: Any) -> None:
 def restart(tx: HostTransaction, host: Any) -> None:
     """With `--restart`: restart the AI services, then a level-1 probe; a host that does not come
     back healthy fails, which halts the waves."""
-    if not flag("maintenance_restart", tx.host, host.data.get("maintenance_restart", False)):
+    if not tx.settings.maintenance_restart:
         return  # not asked for (--restart)
     out = sh(tx, host, upkeep.restart_units(tx.settings.restart_units), tx.settings.activation_timeout)
     pairs = [line.split("=", 1) for line in out.stdout_lines if "=" in line]
@@ -192,11 +187,10 @@ def health_and_drift(tx: HostTransaction, host: Any) -> None:
     if not tx.settings.bench:
         tx.report["skipped"].append("benchmark: host data bench=false")
         return
-    rebaseline = flag("rebaseline", tx.host, host.data.get("rebaseline", False))
-    quick = flag("maintenance_bench_quick", tx.host, host.data.get("maintenance_bench_quick", False))
-    out = sh(tx, host, drift.bench_command(tx.settings, rebaseline, quick), tx.settings.bench_timeout)
+    s = tx.settings
+    out = sh(tx, host, bench_command(s, quick=s.maintenance_bench_quick, rebaseline=s.rebaseline), s.bench_timeout)
     document = _document(out, "the benchmark")
-    history = [json.loads(line) for line in sh(tx, host, drift.history_command(tx.settings)).stdout_lines
+    history = [json.loads(line) for line in sh(tx, host, drift.history_command()).stdout_lines
                if line.startswith("{")]
     found = drift.assess(document, history)
     tx.bench = found.summary

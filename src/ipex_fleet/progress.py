@@ -22,7 +22,7 @@ STEP_STATES = {
     "preflight": "preflight", "recover": "recovering", "record_previous": "preflight", "push_flake": "pushing", "build": "building", "switch": "switching",
     "install_models": "models", "health": "health",
     "bench_gate": "bench", "record": "recording", "plan_step": "planning", "rollback_requested": "rolling back",
-    "verify_promoted": "checking", "observe": "reading", "begin": "locking", "prune_pushed": "pruning",
+    "verify_promoted": "checking", "observe": "reading", "begin": "locking",
     "retention": "collecting", "vacuum": "vacuuming", "restart": "services", "health_and_drift": "health",
 }
 FINAL_STATES = ("ok", "unchanged", "rolled_back", "failed", "unreachable", "skipped", "planned")

@@ -204,6 +204,9 @@ class DeploySettings(BaseModel):
     journal_max_mb: Count(1) | None = 1024
     journal_max_days: Count(1) | None = None
     maintenance_lock_wait: Seconds(0) = 0  # 0: skip a host whose lock a deploy holds
+    maintenance_restart: YesNo = False  # maintain --restart
+    maintenance_bench_quick: YesNo = False  # maintain --quick-bench
+    rebaseline: YesNo = False  # maintain --rebaseline (healthy hosts only)
     restart_units: Annotated[tuple[str, ...], BeforeValidator(_units)] = ("ollama.service", "comfyui.service")
 
     @model_validator(mode="after")

@@ -116,7 +116,7 @@ class Lab:
         spec = LabSpec(net=net, count=max(count, existing.count if existing else 0),
                        deploy_user=deploy_user or (existing.deploy_user if existing else None))
         write_spec(self.layout, spec)
-        self._install_flake(spec)
+        released = self._install_flake(spec)
         self.layout.nix_conf_dir.mkdir(parents=True, exist_ok=True)
         # tarball-ttl 0: `nix flake update` asks the lab's channel again, as a real one is asked.
         (self.layout.nix_conf_dir / "nix.conf").write_text(NIX_CONF + "tarball-ttl = 0\n")
@@ -125,7 +125,7 @@ class Lab:
         faults.ensure_table(spec, container.nft_cgroup_path(spec))
         sshmaterial.write_client_side(self.layout, spec)
         self._start_cache(spec)
-        self._lock_flake(update=self._released_on_up)
+        self._lock_flake(update=released)
         wanted = spec.hosts[:count]
         started = []
         for host in wanted:
@@ -294,14 +294,15 @@ class Lab:
             ro.add(NODE_EXPORTER)
         return sorted(ro), [str(self.layout.shared_dir)]
 
-    def _install_flake(self, spec: LabSpec) -> None:
+    def _install_flake(self, spec: LabSpec) -> bool:
         """The lab's flake: its input served by the lab (URL written in), the package source and the
-        controller's Python it builds with, and each host's settings."""
+        controller's Python it builds with, and each host's settings. True when the input was released
+        anew (its source changed): the lock must then follow it."""
         import ipex_fleet
 
         dest = self.layout.flake_dir
         (dest / "hosts").mkdir(parents=True, exist_ok=True)
-        url = self._serve_labpkgs(spec)
+        url, released = self._serve_labpkgs(spec)
         for src in FLAKE_SOURCE.rglob("*"):
             if "__pycache__" in src.parts or src.is_dir():
                 continue
@@ -320,16 +321,17 @@ class Lab:
             if settings.get("address") != host.address:
                 settings["address"] = host.address
                 knobs.write_settings(path, settings)
+        return released
 
-    def _serve_labpkgs(self, spec: LabSpec) -> str:
+    def _serve_labpkgs(self, spec: LabSpec) -> tuple[str, bool]:
         """The lab's input, served as a channel: one URL whose content moves with each release (as
-        nixpkgs' channels do). `lab up` releases the source when it changed; `lab release` bumps it."""
-        state = self._release_state()
-        self._released_on_up = state.get("source") != flake_hash(str(LABPKGS_SOURCE))
-        if self._released_on_up or not self._channel().exists():
+        nixpkgs' channels do). `lab up` releases the source when it changed; `lab release` bumps it.
+        Returns the URL, and whether `up` released it."""
+        changed = self._release_state().get("source") != flake_hash(str(LABPKGS_SOURCE))
+        if changed or not self._channel().exists():
             self.release()
         address, port = spec.cache_address
-        return f"http://{address}:{port}/inputs/{self._channel().name}"
+        return f"http://{address}:{port}/inputs/{self._channel().name}", changed
 
     def _channel(self) -> Path:
         return self.layout.cache_dir / "inputs" / "labpkgs.tar.gz"

@@ -103,19 +103,8 @@ def root_inputs(flake_hash: str, paths: tuple[str, ...]) -> str:
             f'[ -d "{nixcmd.FLAKE_ROOT}/${{r##*/}}" ] || rm -rf "$r"; done')
 
 
-def folder_sizes(folders: tuple[str, ...]) -> str:
-    return "; ".join(f'printf "size=%s %s\\n" "$(du -sk {quote(f)} 2>/dev/null | cut -f1)" {quote(f)}'
-                     for f in folders) or "true"
-
-
 def restart_units(units: tuple[str, ...]) -> str:
     """Restart the units the host has (others are named as absent), each on its own."""
     return "; ".join(
         f"if systemctl cat {quote(u)} >/dev/null 2>&1; then systemctl restart {quote(u)} && echo restarted={quote(u)} "
         f"|| echo restart_failed={quote(u)}; else echo absent={quote(u)}; fi" for u in units) or "true"
-
-
-def maintenance_record(record: dict[str, object]) -> str:
-    """A maintenance run's start or end, in the host's record (deploys.jsonl) beside the deploys'."""
-    return nixcmd.append_deploy_record(record)
-

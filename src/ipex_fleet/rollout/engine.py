@@ -264,7 +264,7 @@ class Rollout:
             if r["error"]:
                 for line in wrap(f"{r['host']}: {r['error']}", width(), indent="    "):
                     self.say(line)
-        self.say(f"rollout {self.run_id}: {status}")
+        self.say(f"{self.options.kind} {self.run_id}: {status}")
 
     def _maintenance_summary(self, waves: list[Wave], status: str) -> None:
         from .. import maintreport
@@ -278,7 +278,7 @@ class Rollout:
         for line in maintreport.table(entries):
             self.say(line)
         self.say(f"report: {path}")
-        self.say(f"maintain {self.run_id}: {status}")
+        self.say(f"{self.options.kind} {self.run_id}: {status}")
 
     def rows(self, waves: list[Wave]) -> list[dict]:
         """Each host's end in this rollout: its latest phase (a rollback after the deploy wins)."""
