@@ -23,10 +23,42 @@ BIN = Path(sys.executable).parent
 _nets = itertools.count(20)
 
 
+# CI (.ci/run) sets this: there a test that cannot run is a broken suite, not a skip.
+IN_CI = os.environ.get("IPEX_FLEET_CI") == "1"
+
+
 def lab_available() -> str | None:
     if os.geteuid() != 0:
         return "the lab needs root"
     return None
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip a test that cannot run here; in CI, fail it loudly instead (a skip there hides a broken suite)."""
+    if IN_CI:
+        pytest.fail(f"cannot run in CI: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def tail(text: str | bytes | None, limit: int = 4000) -> str:
+    if text is None:
+        return ""
+    if isinstance(text, bytes):
+        text = text.decode(errors="replace")
+    return text if len(text) <= limit else "[...]" + text[-limit:]
+
+
+def assert_ok(proc: subprocess.CompletedProcess, what: str = "") -> subprocess.CompletedProcess:
+    """Assert that a command worked; on failure show its exit code and the tail of what it printed."""
+    if proc.returncode != 0:
+        argv = proc.args if isinstance(proc.args, str) else " ".join(map(str, proc.args))
+        parts = [f"{what or argv[:200]} exited {proc.returncode}"]
+        if proc.stdout:
+            parts.append("--- output ---\n" + tail(proc.stdout))
+        if proc.stderr:
+            parts.append("--- stderr ---\n" + tail(proc.stderr))
+        pytest.fail("\n".join(parts), pytrace=False)
+    return proc
 
 
 @dataclass
@@ -89,8 +121,12 @@ class Fleet:
 
 
 def destroy_checked(lab: Lab) -> None:
-    """Destroy a lab, failing the test run if any of its hosts sent a packet off loopback."""
+    """Destroy a lab, failing the test run if any of its hosts sent a packet off loopback. The count
+    is also appended to $IPEX_FLEET_LEAK_LOG, which CI sums after the suite."""
     leaks = lab.leaks()["leaks"] if lab.layout.spec_file.exists() else 0
+    if os.environ.get("IPEX_FLEET_LEAK_LOG") and lab.layout.spec_file.exists():
+        with open(os.environ["IPEX_FLEET_LEAK_LOG"], "a") as log:
+            log.write(json.dumps({"lab": str(lab.layout.root), "leaks": leaks}) + "\n")
     lab.destroy()
     assert leaks == 0, f"the lab at {lab.layout.root} dropped {leaks} packet(s) to addresses off loopback"
 
@@ -106,7 +142,7 @@ def lab_roots():
 def make_fleet(lab_roots: list, count: int, tmp_path_factory, deploy_user: str | None = None) -> Fleet:
     reason = lab_available()
     if reason:
-        pytest.skip(reason)
+        skip_or_fail(reason)
     net = f"127.0.{next(_nets)}"
     root = f"/srv/ipex-fleet-test-{os.getpid()}-{net.rsplit('.', 1)[1]}"
     lab = Lab(root)

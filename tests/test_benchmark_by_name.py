@@ -12,13 +12,14 @@ import pytest
 
 from ipex_fleet.bench import byname, cases
 from ipex_fleet.device import Device
+from .conftest import assert_ok
 
 ENTRY_POINT = Path(sys.executable).parent / "ipex-benchmark"
 
 
 def _run(*args: str) -> dict:
     proc = subprocess.run([str(ENTRY_POINT), *args], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
+    assert_ok(proc)
     return json.loads(proc.stdout)
 
 

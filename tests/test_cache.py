@@ -10,7 +10,7 @@ import pytest
 
 from ipex_fleet.domain import Status
 
-from .conftest import destroy_checked, make_fleet
+from .conftest import destroy_checked, make_fleet, assert_ok
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def test_one_build_for_hosts_of_one_configuration(fleet):
     # All three hosts take host1's configuration; mode boot, so its services (host1's address) stay idle.
     proc, run_id = fleet.deploy("--data", "build=controller", "--data", "nixos_config=host1", "--data", "mode=boot",
                                 "--data", "health_levels=[]", "--data", "bench=false")
-    assert proc.returncode == 0, proc.stdout
+    assert_ok(proc)
     assert "built 1 toplevel(s) on the controller for 3 host(s)" in proc.stdout
     paths = {fleet.result(run_id, h).final.path for h in ("host1", "host2", "host3")}
     assert len(paths) == 1
@@ -49,7 +49,7 @@ def test_one_build_for_hosts_of_one_configuration(fleet):
 def test_switch_through_the_cache(fleet):
     bump_all(fleet)
     proc, run_id = fleet.deploy("--data", "build=controller", "--data", "bench=false")
-    assert proc.returncode == 0, proc.stdout
+    assert_ok(proc)
     assert "built 3 toplevel(s) on the controller for 3 host(s)" in proc.stdout
     for h in ("host1", "host2", "host3"):
         result = fleet.result(run_id, h)

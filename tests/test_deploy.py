@@ -10,7 +10,7 @@ import pytest
 
 from ipex_fleet.domain import Status
 
-from .conftest import REPO, wait_for
+from .conftest import REPO, wait_for, assert_ok
 
 
 @pytest.fixture(autouse=True)
@@ -31,7 +31,7 @@ def test_deploy_switches_every_host_then_changes_nothing(fleet3):
     for h in before:
         bump(fleet3, h)
     proc, run_id = fleet3.deploy()
-    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert_ok(proc)
     for h, (gen, path, running) in before.items():
         new_gen, new_path, new_running = fleet3.system(h)
         assert new_gen > gen and new_path != path and new_running == new_path
@@ -44,7 +44,7 @@ def test_deploy_switches_every_host_then_changes_nothing(fleet3):
         assert json.loads(records[-1])["run_id"] == run_id
 
     again, run_id2 = fleet3.deploy()
-    assert again.returncode == 0
+    assert_ok(again)
     assert "unchanged" in again.stdout
     for h in before:
         assert fleet3.result(run_id2, h).status is Status.UNCHANGED
@@ -56,7 +56,7 @@ def test_version_change_gives_only_that_host_a_new_generation(fleet3):
     before = {h: fleet3.system(h) for h in ("host1", "host2", "host3")}
     bump(fleet3, "host2")
     proc, run_id = fleet3.deploy()
-    assert proc.returncode == 0
+    assert_ok(proc)
     assert fleet3.system("host2")[0] == before["host2"][0] + 1
     assert fleet3.system("host1") == before["host1"] and fleet3.system("host3") == before["host3"]
     assert fleet3.result(run_id, "host1").status is Status.UNCHANGED
@@ -90,7 +90,7 @@ def test_reboot_required_is_reported(fleet3):
     bump(fleet3, "host1")
     fleet3.configure("host1", "reboot_required=true")
     proc, run_id = fleet3.deploy("--limit", "host1")
-    assert proc.returncode == 0
+    assert_ok(proc)
     result = fleet3.result(run_id, "host1")
     assert result.status is Status.OK and result.reboot_required
     assert "reboot required" in proc.stdout
@@ -123,7 +123,7 @@ def test_host_cut_mid_run_fails_fast_as_unreachable(fleet3):
         assert fleet3.result("t-cut", h).status is Status.OK
     # Healed, the host deploys again: the cut run's lock is recognised as finished and taken over.
     proc2, run_id = fleet3.deploy()
-    assert proc2.returncode == 0, proc2.stdout
+    assert_ok(proc2)
     assert fleet3.result(run_id, "host3").status.succeeded
 
 
@@ -197,11 +197,11 @@ def test_rollback_deploy_returns_to_the_generation_asked_for(fleet3):
     assert first[0] < second[0] < third[0]
 
     proc, run_id = fleet3.deploy("--limit", "host1", deploy="deploys/rollback.py")
-    assert proc.returncode == 0, proc.stdout
+    assert_ok(proc)
     assert fleet3.system("host1") == second, "without a number: back to before the last deploy"
 
     proc, run_id = fleet3.deploy("--limit", "host1", "--data", f"generation={first[0]}", deploy="deploys/rollback.py")
-    assert proc.returncode == 0, proc.stdout
+    assert_ok(proc)
     assert fleet3.system("host1") == first
     assert fleet3.result(run_id, "host1").final.number == first[0]
 

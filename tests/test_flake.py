@@ -17,7 +17,7 @@ import pytest
 
 from ipex_fleet import fleetconfig
 
-from .conftest import REPO
+from .conftest import REPO, assert_ok
 
 FLAKE = REPO / "flake"
 NIX_FILES = sorted([*FLAKE.rglob("*.nix"), *(REPO / "src/ipex_fleet/lab").rglob("*.nix"),
@@ -27,7 +27,7 @@ NIX_FILES = sorted([*FLAKE.rglob("*.nix"), *(REPO / "src/ipex_fleet/lab").rglob(
 @pytest.mark.parametrize("path", NIX_FILES, ids=lambda p: str(p.relative_to(REPO)))
 def test_nix_file_parses(path: Path):
     proc = subprocess.run(["nix-instantiate", "--parse", str(path)], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
+    assert_ok(proc)
 
 
 def _inventory_hosts() -> set[str]:
@@ -43,7 +43,7 @@ def _inventory_hosts() -> set[str]:
 def test_prod_inventory_and_nixos_configurations_match():
     proc = subprocess.run(["nix-instantiate", "--eval", "--strict", "--json", "-E",
                            f"(import {FLAKE}/lib/hosts.nix).names"], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
+    assert_ok(proc)
     configurations = set(json.loads(proc.stdout))
     inventory = _inventory_hosts()
     assert inventory, "no hosts found in inventories/prod.py"
@@ -123,7 +123,7 @@ def test_lab_host_config_json_is_read_by_the_python_side(tmp_path):
                           capture_output=True, text=True, timeout=120,
                           env={"NIX_CONFIG": "experimental-features = nix-command flakes", "PATH": "/usr/bin:/bin",
                                "HOME": str(tmp_path)})
-    assert proc.returncode == 0, proc.stderr
+    assert_ok(proc)
     config = fleetconfig.FleetConfig.from_json(json.loads(json.loads(proc.stdout)))
     assert config.host == "hostx" and config.services["ollama"].url == "http://127.0.99.1:11434"
     assert config.health.bench_tolerance == fleetconfig.DEFAULTS["health"]["bench_tolerance"]

@@ -1,8 +1,9 @@
 """The flake's evaluation harness (tests/nixeval): every host and single module through the real
 nixpkgs `lib.evalModules`, with a skeleton of the NixOS options they touch.
 
-nixpkgs' lib is not part of this repository and cannot be fetched here: these tests run where
-IPEX_FLEET_NIXPKGS_LIB names its lib/ directory (nix-community/nixpkgs.lib), and say so otherwise.
+nixpkgs' lib is not part of this repository and cannot be fetched here: these tests run against
+../shared/nixpkgs-lib/lib beside the checkout, or the lib/ directory IPEX_FLEET_NIXPKGS_LIB names
+(nix-community/nixpkgs.lib), and skip with one line otherwise (in CI they fail instead).
 """
 
 from __future__ import annotations
@@ -14,22 +15,30 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO
+from .conftest import REPO, skip_or_fail
 from .nixeval import run
 
 # The flake as it was before issue 10: every point of the issue must fail there.
 FIRST_FLAKE_COMMIT = "9e10740"
 
-needs_lib = pytest.mark.skipif(
-    run.lib_path() is None,
-    reason=f"no nixpkgs lib: set {run.LIB_ENV} to the lib/ directory of nix-community/nixpkgs.lib",
-)
+NO_LIB = (f"no nixpkgs lib: set {run.LIB_ENV} to the lib/ directory of nix-community/nixpkgs.lib "
+          f"(or put it at {run.SHARED_LIB})")
+
+
+@pytest.fixture
+def needs_lib_fixture():
+    if run.lib_path() is None:
+        skip_or_fail(NO_LIB)
+
+
+needs_lib = pytest.mark.usefixtures("needs_lib_fixture")
 
 
 @pytest.fixture(scope="module")
 def pushed(tmp_path_factory) -> run.Harness:
     lib = run.lib_path()
-    assert lib is not None
+    if lib is None:
+        skip_or_fail(NO_LIB)
     return run.Harness(lib, run.pushed_copy(REPO / "flake", tmp_path_factory.mktemp("pushed")))
 
 
@@ -62,7 +71,7 @@ def test_every_point_fails_on_the_first_flake(tmp_path: Path):
 
 
 def test_without_a_lib_the_harness_says_so_and_evaluates_nothing():
-    env = {k: v for k, v in os.environ.items() if k != run.LIB_ENV}
+    env = {**os.environ, run.LIB_ENV: ""}  # empty: no lib, not even the shared one
     proc = subprocess.run([sys.executable, "-m", "tests.nixeval.run"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2

@@ -15,7 +15,7 @@ from ipex_fleet.flakeinputs import resolve
 from ipex_fleet.flakepush import materialize
 from ipex_fleet.lab import faults
 
-from .conftest import FAST, bump
+from .conftest import FAST, bump, assert_ok
 
 pytestmark = pytest.mark.usefixtures("healthy")
 
@@ -66,7 +66,7 @@ def test_a_host_with_no_route_anywhere_builds_and_switches_the_locked_flake(flee
     before = fleet2.system("host1")
     bump(fleet2, "host1")
     proc, run_id = fleet2.deploy("--limit", "host1", *FAST)
-    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert_ok(proc)
     result = fleet2.result(run_id, "host1")
     assert result.status is Status.OK, result.error
     gen, path, running = fleet2.system("host1")

@@ -8,14 +8,14 @@ import pytest
 
 from ipex_fleet.domain import Status
 
-from .conftest import destroy_checked, make_fleet
+from .conftest import destroy_checked, make_fleet, assert_ok
 
 
 @pytest.fixture(scope="module")
 def fleet(lab_roots, tmp_path_factory):
     fleet = make_fleet(lab_roots, 3, tmp_path_factory)
     proc, _ = fleet.deploy()  # first deploy: records each host's benchmark baseline
-    assert proc.returncode == 0, proc.stdout
+    assert_ok(proc)
     yield fleet
     destroy_checked(fleet.lab)
 
@@ -36,7 +36,7 @@ def test_healthy_generations_pass_five_times_in_a_row(fleet):
         for h in ("host1", "host2", "host3"):
             bump(fleet, h)
         proc, run_id = fleet.deploy()
-        assert proc.returncode == 0, f"attempt {attempt}: {proc.stdout[-3000:]}"
+        assert_ok(proc, f"attempt {attempt}")
         for h in ("host1", "host2", "host3"):
             result = fleet.result(run_id, h)
             assert result.status is Status.OK

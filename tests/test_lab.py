@@ -13,7 +13,7 @@ import pytest
 from ipex_fleet.errors import UserError
 from ipex_fleet.lab import container, faults, sshmaterial
 
-from .conftest import BIN, make_fleet, wait_for
+from .conftest import BIN, make_fleet, wait_for, assert_ok
 
 
 def test_hosts_are_separate_nixos_like_machines(fleet2):
@@ -151,7 +151,7 @@ def test_root_works_before_and_after_the_command(fleet2):
     for argv in (["lab", "--root", root, "status", "--json"], ["lab", "status", "--json", "--root", root]):
         proc = subprocess.run([str(BIN / "ipex-fleet"), *argv], capture_output=True, text=True, timeout=60,
                               env={**os.environ, "IPEX_FLEET_LAB_ROOT": "/srv/no-such-lab"})
-        assert proc.returncode == 0, proc.stderr
+        assert_ok(proc)
         assert [h["name"] for h in json.loads(proc.stdout)["hosts"]] == ["host1", "host2"]
 
 

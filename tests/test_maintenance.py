@@ -14,7 +14,7 @@ import pytest
 
 from ipex_fleet.nix import commands as nixcmd
 
-from .conftest import BIN, REPO, bump, destroy_checked, make_fleet, wait_for
+from .conftest import BIN, REPO, bump, destroy_checked, make_fleet, wait_for, assert_ok
 from .test_models import make_blob, start_mirror
 
 ARTIFACTS = REPO / ".ipex-fleet" / "artifacts"
@@ -68,7 +68,7 @@ def test_retention_keeps_the_policy_and_every_anchor_and_gc_frees_the_rest(fleet
     for _ in range(7):
         bump(fleet, "host1")
         proc, _ = fleet.deploy(inventory=str(inv))
-        assert proc.returncode == 0, proc.stdout[-3000:]
+        assert_ok(proc)
     gens = generations(fleet, "host1")
     assert sorted(gens) == list(range(1, 9))  # 8 generations; the last deploy went 7 -> 8
     # Every generation but the newest is 30 days old: the policy alone keeps only 8.
@@ -85,7 +85,7 @@ def test_retention_keeps_the_policy_and_every_anchor_and_gc_frees_the_rest(fleet
     started = time.monotonic()
     proc, run_id = maintain(fleet, inv)
     took = time.monotonic() - started
-    assert proc.returncode == 0, proc.stdout
+    assert_ok(proc)
     report = fleet.result(run_id, "host1").report
     retention = report["tasks"]["retention"]
     assert sorted(generations(fleet, "host1")) == [1, 3, 5, 7, 8]
@@ -106,7 +106,7 @@ def test_retention_keeps_the_policy_and_every_anchor_and_gc_frees_the_rest(fleet
     fleet.sh("host1", "rm -rf /var/lib/ipex-fleet/intent")
     for n in (1, 3, 5, 7, 8):
         proc, run_id = fleet.deploy("--data", f"generation={n}", deploy="deploys/rollback.py", inventory=str(inv))
-        assert proc.returncode == 0, proc.stdout[-3000:]
+        assert_ok(proc)
         number, path, running = fleet.system("host1")
         assert number == n and path == running == gens[n]
 
@@ -120,7 +120,7 @@ def test_journal_usage_drops_and_a_second_run_finds_nothing_to_do(fleet, tmp_pat
     before = usage()
     inv = inventory(fleet, tmp_path, {"host2": {"journal_max_mb": 1}})
     proc, run_id = maintain(fleet, inv)
-    assert proc.returncode == 0, proc.stdout
+    assert_ok(proc)
     after = usage()
     assert after < before, (before, after)
     journal = fleet.result(run_id, "host2").report["tasks"]["journal"]
@@ -131,7 +131,7 @@ def test_journal_usage_drops_and_a_second_run_finds_nothing_to_do(fleet, tmp_pat
     assert [r[0] for r in rows] == ["maintain"] and json.loads(rows[0][1])["tasks"]["journal"] == journal
     # Nothing left to do: nothing deleted, nothing rotated.
     proc, run_id = maintain(fleet, inv)
-    assert proc.returncode == 0, proc.stdout
+    assert_ok(proc)
     report = fleet.result(run_id, "host2").report["tasks"]
     assert report["retention"]["deleted"] == [] and report["pushed"]["removed"] == []
 
@@ -154,12 +154,12 @@ def test_models_corrupt_refetched_undeclared_pruned_foreign_left(fleet, tmp_path
     common = {"trusted_mirrors": ["http://127.0.0.1:"], "models_prune": ["checkpoints"]}
     try:
         proc, _ = fleet.deploy(inventory=str(inventory(fleet, tmp_path, {"host3": {**common, "models": [a, b]}})))
-        assert proc.returncode == 0, proc.stdout[-3000:]
+        assert_ok(proc)
         fleet.sh("host3", f"echo mine > {root}/foreign.safetensors; "  # not installed by ipex-fleet
                           f"printf 'rotten' | dd of={root}/a.safetensors conv=notrunc 2>/dev/null")
         inv = inventory(fleet, tmp_path, {"host3": {**common, "models": [a]}}, "maint-models.py")
         proc, run_id = maintain(fleet, inv)
-        assert proc.returncode == 0, proc.stdout
+        assert_ok(proc)
         models = fleet.result(run_id, "host3").report["models"]
         assert models["installed"] == ["checkpoints/a.safetensors"]  # found corrupt, fetched again
         assert models["pruned"] == ["checkpoints/b.safetensors"]  # the tool's, no longer declared
@@ -172,7 +172,7 @@ def test_models_corrupt_refetched_undeclared_pruned_foreign_left(fleet, tmp_path
         proc, run_id = maintain(fleet, inv)
         assert fleet.result(run_id, "host3").report["models"]["installed"] == []
         proc, run_id = maintain(fleet, inv, "--verify-full")
-        assert proc.returncode == 0, proc.stdout
+        assert_ok(proc)
         assert fleet.result(run_id, "host3").report["models"]["installed"] == ["checkpoints/a.safetensors"]
         assert fleet.sh("host3", f"sha256sum {root}/a.safetensors").split()[0] == sha_a
     finally:
@@ -193,16 +193,16 @@ def test_maintenance_skips_or_waits_for_a_deploy_and_never_interleaves(fleet, tm
     try:
         assert wait_for(lambda: fleet.host_path("host3", "/var/lib/ipex-fleet/intent").exists(), 120)
         proc, skipped = maintain(fleet, inv)  # no wait: skipped, with the reason
-        assert proc.returncode == 0, proc.stdout
+        assert_ok(proc)
         result = fleet.result(skipped, "host3")
         assert result.status.value == "skipped"
         assert "maintenance skipped after waiting 0s" in result.error and "locked by run slow-deploy" in result.error
         assert re.search(r"host3 +skipped", proc.stdout)
         proc, waited = maintain(fleet, inv, "--lock-wait", "120")
-        assert proc.returncode == 0, proc.stdout
+        assert_ok(proc)
     finally:
         deploy.wait(timeout=300)
-    assert deploy.returncode == 0
+    assert_ok(deploy)
     assert fleet.result(waited, "host3").report["lock_waited_s"] > 0
     lines = [(r.get("run_id"), r.get("phase"), r.get("event") or r.get("status")) for r in records(fleet, "host3")]
     assert not [line for line in lines if line[0] == skipped]  # a skipped run writes nothing there
@@ -216,13 +216,13 @@ def test_drift_is_a_warning_with_its_trend_and_rebaseline_keeps_the_old_baseline
     inv = inventory(fleet, tmp_path, {"host2": {"bench": True}})
     bump(fleet, "host2")
     proc, _ = fleet.deploy(inventory=str(inv))  # records the baseline (or passes against it)
-    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert_ok(proc)
     fleet.configure("host2", "cpu_hog=1")  # a generation that starves the benchmark, deployed past the gate
     proc, _ = fleet.deploy(inventory=str(inventory(fleet, tmp_path, {"host2": {}}, "nobench.py")))
-    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert_ok(proc)
     before = fleet.system("host2")
     proc, run_id = maintain(fleet, inv, "--quick-bench")
-    assert proc.returncode == 0, proc.stdout  # a warning, not a failure
+    assert_ok(proc)
     result = fleet.result(run_id, "host2")
     assert result.status.value == "ok" and fleet.system("host2") == before  # the deployment is untouched
     drift = result.report["tasks"]["drift"]
@@ -236,7 +236,7 @@ def test_drift_is_a_warning_with_its_trend_and_rebaseline_keeps_the_old_baseline
     # --rebaseline on this (healthy) host: the new baseline, the old one kept in the history.
     old = json.loads(fleet.sh("host2", "cat /var/lib/ipex-fleet/bench/baseline.json"))
     proc, run_id = maintain(fleet, inv, "--quick-bench", "--rebaseline")
-    assert proc.returncode == 0, proc.stdout
+    assert_ok(proc)
     assert fleet.result(run_id, "host2").report["tasks"]["drift"]["rebaselined"] is True
     history = [json.loads(l) for l in fleet.sh("host2", "cat /var/lib/ipex-fleet/bench/history.jsonl").splitlines()]
     assert any(h.get("verdict") == "rebaselined" and h["previous_baseline"] == old for h in history)
@@ -260,7 +260,7 @@ def test_update_locks_the_labs_new_release_and_the_rollout_deploys_it_in_waves(f
     before = {h: fleet.system(h) for h in ("host1", "host2", "host3")}
     fleet.lab.release()
     proc = update("--rollout")
-    assert proc.returncode == 0, proc.stdout
+    assert_ok(proc)
     assert locked() != first
     assert f"labpkgs: {first[:20]} -> {locked()[:20]}" in proc.stdout
     # The plan before the rollout: every host changes, none needs a reboot.

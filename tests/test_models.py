@@ -19,7 +19,7 @@ from ipex_fleet.models import manifest
 from ipex_fleet.models.install import install
 from ipex_fleet.models.manifest import FileModel, ModelPlan
 
-from .conftest import REPO
+from .conftest import REPO, assert_ok
 
 SERVICES = REPO / "src/ipex_fleet/lab/labpkgs/services"
 
@@ -235,7 +235,7 @@ def test_deploy_installs_models_and_a_failure_keeps_existing_files(fleet3, tmp_p
                  "size": size}
         inventory = _models_inventory(fleet3, tmp_path, [entry, {"ollama": "smollm2:135m"}])
         run, run_id = fleet3.deploy(inventory=str(inventory))
-        assert run.returncode == 0, run.stdout
+        assert_ok(run)
         assert "checkpoints/sd.safetensors: installed" in run.stdout
         placed = "/var/lib/comfyui/models/checkpoints/sd.safetensors"
         assert fleet3.sh("host1", f"sha256sum {placed}").split()[0] == sha
@@ -279,7 +279,7 @@ def test_air_gapped_hosts_get_files_pushed_from_the_controller(fleet3, tmp_path,
             " 'trusted_mirrors': ['http://127.0.0.1:'], 'bench': False, 'health_levels': [1], 'min_free_mb': 64})"
             f" for n, d in lab_hosts({str(fleet3.lab.layout.root)!r}) if n in ('host2', 'host3')]\n")
         run, run_id = fleet3.deploy(inventory=str(inventory))
-        assert run.returncode == 0, run.stdout
+        assert_ok(run)
         for h in ("host2", "host3"):
             placed = "/var/lib/comfyui/models/upscale_models/up.safetensors"
             assert fleet3.sh(h, f"sha256sum {placed}").split()[0] == sha

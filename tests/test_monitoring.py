@@ -13,7 +13,7 @@ import pytest
 
 from ipex_fleet import metrics
 
-from .conftest import REPO
+from .conftest import REPO, assert_ok
 
 MONITORING = REPO / "monitoring"
 PROMTOOL = shutil.which("promtool")
@@ -26,13 +26,13 @@ def _promtool(*args: str, cwd: Path = MONITORING) -> subprocess.CompletedProcess
 
 def test_the_alert_rules_pass_promtool_check():
     proc = _promtool("check", "rules", "alerts.yml")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert_ok(proc)
     assert "SUCCESS: 6 rules found" in proc.stdout
 
 
 def test_the_rules_fire_as_the_unit_tests_expect():
     proc = _promtool("test", "rules", "alerts.test.yml")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert_ok(proc)
 
 
 def test_a_broken_off_generation_rule_fails_its_test(tmp_path):

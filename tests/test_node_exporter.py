@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ipex_fleet.domain import Status
 
-from .conftest import FAST, bump, wait_for
+from .conftest import FAST, bump, wait_for, assert_ok
 
 pytestmark = pytest.mark.usefixtures("healthy")
 
@@ -41,7 +41,7 @@ def test_node_exporter_serves_the_deploy_and_probe_metrics(fleet2):
     assert fleet2.sh("host1", "systemctl is-active prometheus-node-exporter") == "active"
     bump(fleet2, "host1")
     proc, run_id = fleet2.deploy("--limit", "host1", *FAST)
-    assert proc.returncode == 0, proc.stdout[-2000:]
+    assert_ok(proc)
     gen, path, _ = fleet2.system("host1")
     m = scrape(fleet2)
     info = one(m, "ipex_fleet_deployment_info")

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from .conftest import BIN, REPO
+from .conftest import BIN, REPO, assert_ok
 
 pytestmark = pytest.mark.lab
 
@@ -25,7 +25,7 @@ def _footprint(fleet, host: str) -> tuple:
 def deployed(fleet3):
     fleet3.reset()
     proc, _ = fleet3.deploy("--data", "bench=false", "--data", "health_levels=1")
-    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert_ok(proc)
     return fleet3
 
 
@@ -33,7 +33,7 @@ def test_dry_on_a_deployed_lab_says_unchanged_and_switches_nothing(deployed):
     hosts = [h.name for h in deployed.spec.hosts]
     before = {h: _footprint(deployed, h) for h in hosts}
     proc, _ = deployed.deploy("--dry", "--data", "bench=false")
-    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert_ok(proc)
     for h in hosts:
         assert f"[{h}] unchanged: generation {before[h][0][0]}" in proc.stdout
     assert "Set the profile and activate" not in proc.stdout  # no step of the deploy was even planned
@@ -47,7 +47,7 @@ def test_plan_groups_hosts_and_flags_the_reboot_and_changes_nothing(deployed):
         before = {h: _footprint(deployed, h) for h in hosts}
         proc = subprocess.run([str(BIN / "ipex-fleet"), "plan", "inventories/lab.py", "--json"], cwd=REPO,
                               env=deployed.env(), capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert_ok(proc)
         document = json.loads(proc.stdout)
         groups = {tuple(g["hosts"]): g["plan"] for g in document["groups"]}
         assert set(groups) == {("host1",), ("host2", "host3")}

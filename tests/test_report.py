@@ -17,7 +17,7 @@ import pytest
 from ipex_fleet import report
 from ipex_fleet.domain import Generation, HostResult, Status
 
-from .conftest import BIN, REPO
+from .conftest import BIN, REPO, assert_ok
 
 ARTIFACTS = REPO / ".ipex-fleet" / "artifacts"
 CHROMIUM = shutil.which("chromium")
@@ -78,7 +78,7 @@ def test_the_report_of_a_rollout_with_a_rolled_back_host_in_chromium(fleet2, tmp
     for h in ("host1", "host2"):
         fleet2.configure(h, f"version=v{time.monotonic_ns()}")
     first, _ = _rollout(fleet2, inventory)
-    assert first.returncode == 0, first.stdout[-3000:]
+    assert_ok(first)
     for h in ("host1", "host2"):
         fleet2.configure(h, f"version=v{time.monotonic_ns()}")
     fleet2.configure("host2", "hide_accelerator=true")
@@ -90,10 +90,10 @@ def test_the_report_of_a_rollout_with_a_rolled_back_host_in_chromium(fleet2, tmp
     page = tmp_path / "report.html"
     proc = subprocess.run([str(BIN / "ipex-fleet"), "report", run_id, "--html", str(page)], cwd=REPO,
                           env=fleet2.env(), capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
+    assert_ok(proc)
 
     dom = chromium(page, tmp_path, "--dump-dom")
-    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert_ok(dom)
     row = re.search(r'<tr class="host" id="host-host2" data-status="([a-z_]+)">(.*?)</tr>', dom.stdout, re.S)
     assert row and row.group(1) == "rolled_back", dom.stdout[:3000]
     failing = re.findall(r'<li class="failing-check">(.*?)</li>', row.group(2))

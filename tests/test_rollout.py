@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import BIN, REPO, destroy_checked, make_fleet, wait_for
+from .conftest import BIN, REPO, destroy_checked, make_fleet, wait_for, assert_ok
 
 
 HOSTS = [f"host{i}" for i in range(1, 7)]
@@ -69,7 +69,7 @@ def test_healthy_change_promotes_through_every_wave(fleet, inventory):
     before = {h: fleet.system(h) for h in HOSTS}
     bump_all(fleet)
     proc = rollout(fleet, str(inventory), "deploys/prod.py")
-    assert proc.returncode == 0, proc.stdout
+    assert_ok(proc)
     assert proc.stdout.index("wave 1 canary") < proc.stdout.index("wave 2 wave1") < proc.stdout.index("wave 3 wave2")
     run_id = run_id_of(proc)
     rows = {r["host"]: r for r in ledger(fleet).execute(
@@ -153,7 +153,7 @@ def test_killed_controller_resumes_without_redeploying_done_hosts(fleet, invento
     done = {h: (fleet.system(h), deploy_lines(fleet, h)) for h in ("host1",)}
     time.sleep(1)  # the killed wave's pyinfra child dies with its parent
     resumed = rollout(fleet, "--resume", run_id)
-    assert resumed.returncode == 0, resumed.stdout
+    assert_ok(resumed)
     assert "done before, skipped" in resumed.stdout
     for h, (system, lines) in done.items():
         assert fleet.system(h) == system and deploy_lines(fleet, h) == lines, f"{h} was deployed again"
@@ -165,15 +165,15 @@ def test_killed_controller_resumes_without_redeploying_done_hosts(fleet, invento
 def test_rollback_to_restores_an_earlier_run(fleet, inventory):
     bump_all(fleet)
     first = rollout(fleet, str(inventory), "deploys/prod.py")
-    assert first.returncode == 0
+    assert_ok(first)
     state_a = {h: fleet.system(h) for h in HOSTS}
     bump_all(fleet)
     second = rollout(fleet, str(inventory), "deploys/prod.py")
-    assert second.returncode == 0
+    assert_ok(second)
     assert all(fleet.system(h) != state_a[h] for h in HOSTS)
     proc = subprocess.run([str(BIN / "ipex-fleet"), "rollback", str(inventory), "--to", run_id_of(first)], cwd=REPO,
                           env=fleet.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout
+    assert_ok(proc)
     for h in HOSTS:
         gen, path, running = fleet.system(h)
         assert (path, running) == (state_a[h][1], state_a[h][2]), h
@@ -190,7 +190,7 @@ def test_history_and_status_read_the_ledger(fleet, inventory):
     status = subprocess.run([str(BIN / "ipex-fleet"), "status", str(inventory), "--json"], cwd=REPO,
                             env=fleet.env(), capture_output=True, text=True, timeout=300)
     rows = {r["host"]: r for r in json.loads(status.stdout)}
-    assert status.returncode == 0
+    assert_ok(status)
     assert all(r["matches_last_good"] is True and r["generation"] == fleet.system(h)[0] for h, r in rows.items())
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from ipex_fleet.domain import Status
 
-from .conftest import FAST, REPO, bump, destroy_checked, make_fleet, wait_for
+from .conftest import FAST, REPO, bump, destroy_checked, make_fleet, wait_for, assert_ok
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def test_activation_runs_in_a_systemd_unit_of_its_own_per_call(fleet):
     for _ in range(2):
         bump(fleet, "host1")
         proc, run_id = fleet.deploy("--limit", "host1", *FAST)
-        assert proc.returncode == 0, proc.stdout
+        assert_ok(proc)
         assert fleet.result(run_id, "host1").status is Status.OK
     new_logs = set(fleet.sh("host1", "ls /var/lib/ipex-fleet/activation/").split()) - logs_before
     units = {name.rsplit(".", 1)[0] for name in new_logs}
@@ -104,7 +104,7 @@ def test_fail_boot_uses_up_its_tries_then_the_previous_generation_boots(fleet):
     bump(fleet, "host1")
     fleet.configure("host1", "fail_boot=true")
     proc, run_id = fleet.deploy("--limit", "host1", "--data", "mode=boot", "--data", "health_levels=[]", *FAST)
-    assert proc.returncode == 0, proc.stdout
+    assert_ok(proc)
     new_gen, new_path, running = fleet.system("host1")
     assert new_gen > previous[0] and running == previous[1], "mode=boot changes the profile, not what runs"
     assert f"nixos-generation-{new_gen}+3.conf" in fleet.sh("host1", "ls /boot/loader/entries")
@@ -134,7 +134,7 @@ def test_deploy_user_with_sudo_deploys_and_a_changed_host_key_is_refused(lab_roo
         before = fleet.system("host1")
         bump(fleet, "host1")
         proc, run_id = fleet.deploy(*FAST)
-        assert proc.returncode == 0, proc.stdout
+        assert_ok(proc)
         assert fleet.result(run_id, "host1").status is Status.OK
         assert fleet.system("host1")[0] == before[0] + 1
         # It logged in as `deploy` (sshd says so) and did root's work through sudo.
@@ -143,7 +143,7 @@ def test_deploy_user_with_sudo_deploys_and_a_changed_host_key_is_refused(lab_roo
         assert "sudo" in fleet.sh("host1", "id -nG deploy") or fleet.sh("host1", "ls /etc/sudoers.d")
 
         back, _ = fleet.deploy(deploy="deploys/rollback.py")
-        assert back.returncode == 0, back.stdout
+        assert_ok(back)
         assert fleet.system("host1") == before
 
         known = fleet.lab.layout.known_hosts

@@ -14,7 +14,7 @@ import pytest
 
 from ipex_fleet.domain import Status
 
-from .conftest import FAST, REPO, bump, wait_for
+from .conftest import FAST, REPO, bump, wait_for, assert_ok
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def test_retry_does_not_turn_a_rollback_into_success(fleet):
 def test_a_committed_deploy_leaves_no_open_intent_and_no_watchdog(fleet):
     bump(fleet, "host2")
     proc, run_id = fleet.deploy("--limit", "host2", *FAST)
-    assert proc.returncode == 0, proc.stdout
+    assert_ok(proc)
     assert resolved(fleet, "host2", run_id) == [f"{run_id}.committed"]
     assert fleet.sh("host2", "test -e /var/lib/ipex-fleet/intent && echo open || echo none") == "none"
     assert wait_for(lambda: fleet.sh("host2", f"systemctl is-active ipex-fleet-watchdog-{run_id} || true")
@@ -59,7 +59,7 @@ def test_mode_test_records_what_runs_and_reverts_by_reactivating(fleet):
     gen, path, _ = fleet.system("host1")
     bump(fleet, "host1")
     proc, run_id = fleet.deploy("--limit", "host1", "--data", "mode=test", *FAST)
-    assert proc.returncode == 0, proc.stdout
+    assert_ok(proc)
     result = fleet.result(run_id, "host1")
     now_gen, now_path, running = fleet.system("host1")
     assert (now_gen, now_path) == (gen, path), "test does not touch the profile"
@@ -80,7 +80,7 @@ def test_dry_activate_reports_and_nothing_else_runs(fleet):
     records = fleet.sh("host2", "wc -l < /var/lib/ipex-fleet/deploys.jsonl")
     bump(fleet, "host2")
     proc, run_id = fleet.deploy("--limit", "host2", "--data", "mode=dry-activate")
-    assert proc.returncode == 0, proc.stdout
+    assert_ok(proc)
     assert "would activate the configuration" in proc.stdout
     result = fleet.result(run_id, "host2")
     assert result.status is Status.UNCHANGED and result.health is None and result.bench is None
@@ -94,7 +94,7 @@ def test_mode_boot_without_reboot_sets_the_profile_and_runs_no_gates(fleet):
     gen, path, running = fleet.system("host1")
     bump(fleet, "host1")
     proc, run_id = fleet.deploy("--limit", "host1", "--data", "mode=boot")
-    assert proc.returncode == 0, proc.stdout
+    assert_ok(proc)
     new_gen, new_path, still = fleet.system("host1")
     assert new_gen == gen + 1 and still == running
     result = fleet.result(run_id, "host1")
@@ -109,7 +109,7 @@ def test_mode_boot_with_reboot_runs_the_gates_on_the_new_boot(fleet):
     boot_before = fleet.sh("host2", "cat /proc/sys/kernel/random/boot_id")
     bump(fleet, "host2")
     proc, run_id = fleet.deploy("--limit", "host2", "--data", "mode=boot", "--data", "reboot=true", *FAST)
-    assert proc.returncode == 0, proc.stdout
+    assert_ok(proc)
     result = fleet.result(run_id, "host2")
     new_gen, new_path, running = fleet.system("host2")
     assert result.status is Status.OK and new_gen == gen + 1 and running == new_path == result.final.path
@@ -182,7 +182,7 @@ def test_controller_killed_in_a_gate_host_returns_by_itself(fleet, step, pattern
     # The next deploy proceeds, without break_lock.
     bump(fleet, host)
     proc, next_run = fleet.deploy("--limit", host, *FAST)
-    assert proc.returncode == 0, proc.stdout
+    assert_ok(proc)
     assert fleet.result(next_run, host).status is Status.OK
 
 
@@ -225,7 +225,7 @@ def test_controller_killed_during_models_host_returns_and_no_half_file_is_visibl
         bump(fleet, host)
         proc, next_run = fleet.deploy("--limit", host, "--data", "models_timeout=120", inventory=str(inventory),
                                       timeout=300)
-        assert proc.returncode == 0, proc.stdout[-3000:]
+        assert_ok(proc)
         assert fleet.result(next_run, host).status is Status.OK
         assert fleet.sh(host, f"sha256sum {placed}").split()[0] == sha
     finally:
@@ -249,7 +249,7 @@ def test_a_dead_runs_intent_is_recovered_by_the_next_deploy(fleet):
     fleet.sh(host, "echo 0 > /var/lib/ipex-fleet/intent/lease")  # the lease ran out
     bump(fleet, host)
     proc, next_run = fleet.deploy("--limit", host, *FAST)
-    assert proc.returncode == 0, proc.stdout
+    assert_ok(proc)
     assert f"run {run_id} left an open intent" in proc.stdout
     assert fleet.sh(host, f"cut -d' ' -f1,3 /var/lib/ipex-fleet/resolved/{run_id}.recovery/outcome") == \
         "reverted recovery"
@@ -300,7 +300,7 @@ def test_host_data_words_are_understood_or_refused_in_one_line(fleet):
         assert "Traceback" not in proc.stdout
     assert fleet.system("host1") == before, "nothing touched"
     proc, run_id = fleet.deploy("--limit", "host1", "--data", "bench=no", "--data", "magic_rollback=off")
-    assert proc.returncode == 0, proc.stdout
+    assert_ok(proc)
     result = fleet.result(run_id, "host1")
     assert result.status is Status.OK and result.bench is None, "bench=no means no benchmark"
 
@@ -327,7 +327,7 @@ def test_a_token_in_a_model_url_reaches_no_log_result_ledger_or_host_record(flee
 
         bump(fleet, "host2")
         good, good_run = fleet.deploy(inventory=inventory("sd.safetensors"))
-        assert good.returncode == 0, good.stdout
+        assert_ok(good)
         bump(fleet, "host2")
         bad, bad_run = fleet.deploy(inventory=inventory("missing.safetensors"))
         assert bad.returncode != 0

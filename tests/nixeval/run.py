@@ -36,9 +36,14 @@ COMFYUI_FLAGS = {"--listen", "--port", "--base-directory", "--cpu", "--oneapi-de
                  "--force-fp16", "--bf16-unet", "--bf16-vae", "--database-url"}
 
 
+# Where the project's workspace keeps nixpkgs' lib beside the checkout (unmodified; never copied in).
+SHARED_LIB = Path(__file__).resolve().parents[2].parent / "shared" / "nixpkgs-lib" / "lib"
+
+
 def lib_path(given: str | None = None) -> Path | None:
-    """nixpkgs' lib/ directory, from the argument or the environment; None when neither names one."""
-    raw = given or os.environ.get(LIB_ENV)
+    """nixpkgs' lib/ directory: the argument, else $IPEX_FLEET_NIXPKGS_LIB, else ../shared/nixpkgs-lib/lib
+    beside the checkout. None when none of them holds one (an empty variable means: use none)."""
+    raw = given if given else os.environ.get(LIB_ENV, str(SHARED_LIB))
     if not raw:
         return None
     path = Path(raw)
@@ -481,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
     lib = lib_path(args.lib)
     if lib is None:
         print(f"flake evaluation skipped: no nixpkgs lib given; pass --lib or set {LIB_ENV} to the lib/ "
-              "directory of nix-community/nixpkgs.lib (it is not part of this repository)", file=sys.stderr)
+              f"directory of nix-community/nixpkgs.lib (it is not part of this repository; {SHARED_LIB} is not there)", file=sys.stderr)
         return 2
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="ipex-fleet-eval-") as tmp:

@@ -36,6 +36,10 @@ NODE_EXPORTER = "/usr/bin/prometheus-node-exporter"
 GUEST_SOURCE = Path(__file__).parent / "guest"
 NIX_CONF = template.NIX_CONF
 INSTALL_FLAKE = "/var/lib/ipex-fleet-lab/install-flake"
+# A lab host has its own /tmp, /root, /var/lib, /run, /etc and /nix: a controller path under one of
+# them is hidden from it, whatever is bound there (scripts/bootstrap puts such a checkout's
+# environment under /srv).
+HOST_PRIVATE = ("/tmp", "/root", "/var/lib", "/run", "/etc", "/nix", "/proc", "/sys", "/dev")
 _USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,30}$")
 # tool -> Debian package that provides it
 REQUIRED_TOOLS = {
@@ -49,6 +53,39 @@ REQUIRED_TOOLS = {
     "systemd-nspawn": "systemd-container",
     "debootstrap": "debootstrap",
 }
+
+
+def host_python() -> str:
+    """This environment's interpreter by its real path: the one a lab host sees (through the bind of
+    the environment's real prefix). `sys.executable` is the path as invoked, maybe through a
+    symlinked `.venv` or checkout that hosts cannot see."""
+    return os.path.join(os.path.realpath(sys.prefix), "bin", os.path.basename(sys.executable))
+
+
+def _host_binds_ro() -> list[str]:
+    import ipex_fleet
+
+    prefix = os.path.realpath(sys.prefix)
+    ro = {prefix}
+    source = str(Path(ipex_fleet.__file__).resolve().parent.parent)
+    if not (source + "/").startswith(prefix + "/"):
+        ro.add(source)
+    if os.path.exists(NODE_EXPORTER):
+        ro.add(NODE_EXPORTER)
+    return sorted(ro)
+
+
+def _check_host_visible(paths: list[str]) -> None:
+    """Refuse, before any host starts, a controller path the hosts could not see at its own name."""
+    for path in paths:
+        hidden = next((p for p in HOST_PRIVATE if path == p or path.startswith(p + "/")), None)
+        if hidden is not None:
+            raise UserError(f"the lab hosts cannot see {path} (each host has its own {hidden}): "
+                            f"run ./scripts/bootstrap from the checkout, which puts its environment under /srv, "
+                            f"or use an environment outside {', '.join(HOST_PRIVATE)}")
+        if ":" in path or "\n" in path:
+            raise UserError(f"the lab cannot bind {path!r} into its hosts (systemd-nspawn reads ':' as a "
+                            f"separator): move the checkout or its environment to a path without ':'")
 
 
 @dataclass(frozen=True)
@@ -112,6 +149,7 @@ class Lab:
             raise UserError(f"the lab at {self.layout.root} uses {existing.net}; "
                             f"run `ipex-fleet lab destroy` first to change --net")
         ensure_requirements()
+        _check_host_visible(_host_binds_ro())
         rootfs = template.ensure_template()
         spec = LabSpec(net=net, count=max(count, existing.count if existing else 0),
                        deploy_user=deploy_user or (existing.deploy_user if existing else None))
@@ -284,15 +322,7 @@ class Lab:
     def _binds(self) -> tuple[list[str], list[str]]:
         """What hosts see of the controller: this package's environment, read-only, where the
         generation names it (as a NixOS host sees its store); and the lab's shared directory."""
-        import ipex_fleet
-
-        ro = {os.path.realpath(sys.prefix)}
-        source = Path(ipex_fleet.__file__).resolve().parent.parent
-        if not str(source).startswith(tuple(ro)):
-            ro.add(str(source))
-        if os.path.exists(NODE_EXPORTER):
-            ro.add(NODE_EXPORTER)
-        return sorted(ro), [str(self.layout.shared_dir)]
+        return _host_binds_ro(), [str(self.layout.shared_dir)]
 
     def _install_flake(self, spec: LabSpec) -> bool:
         """The lab's flake: its input served by the lab (URL written in), the package source and the
@@ -309,7 +339,7 @@ class Lab:
             data = src.read_bytes().replace(LABPKGS_URL_MARK.encode(), url.encode())
             _write_if_changed(dest / src.relative_to(FLAKE_SOURCE), data)
         _write_if_changed(dest / "controller.json", json.dumps({
-            "python": sys.executable,
+            "python": host_python(),
             "node_exporter": NODE_EXPORTER if os.path.exists(NODE_EXPORTER) else None}, indent=1).encode() + b"\n")
         package = Path(ipex_fleet.__file__).resolve().parent
         _write_if_changed(dest / "push.json", json.dumps({

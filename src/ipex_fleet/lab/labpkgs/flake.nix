@@ -26,7 +26,7 @@
           set -eu
           mkdir -p $out/lib/python $out/bin
           cp -r $source/ipex_fleet $out/lib/python/
-          printf '#!/bin/sh\nPYTHONPATH=%s/lib/python exec %s -m ipex_fleet "$@"\n' "$out" "$python" > $out/bin/ipex-fleet
+          printf '#!/bin/sh\nPYTHONPATH=%s/lib/python exec '"'"'%s'"'"' -m ipex_fleet "$@"\n' "$out" "$python" > $out/bin/ipex-fleet
           chmod 0555 $out/bin/ipex-fleet
         '' ];
       };
