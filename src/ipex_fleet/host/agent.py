@@ -1,0 +1,674 @@
+#!/usr/bin/env python3
+"""ipex-fleet's host agent: the half of the safety net that runs on the host (DESIGN.md).
+
+It holds, under /var/lib/ipex-fleet/:
+    lock                 the deploy lock: its holder, a fencing token, a lease
+    intent.json          the open intent: previous and target generation, mode, a lease, its phase
+    resolved/ID.WHO.json an intent once decided (WHO: committed, reverting-controller, watchdog,
+                         recovery), with the revert's outcome once it ended
+    deploys.jsonl        one line per deploy, revert or check (the revert's line is written here)
+
+Rules it enforces, whoever calls it:
+- Deadlines live on this host's clock: the controller sends durations; a lease is a deadline on
+  CLOCK_BOOTTIME of one boot (NTP steps and another machine's clock cannot move it). A lease from an
+  earlier boot counts again from this boot for its `reboot_grace` (the boot unit re-arms it).
+- Every decision happens under one mutex (flock) and every write that decides is fsynced and
+  renamed into place: exactly one claimant wins an intent, and a power cut leaves the old or the
+  new file, never half of one.
+- The lock is fenced: it is taken, renewed and released only with its token; an intent is opened
+  only by the lock's holder, and only while the host still runs the generation the run recorded.
+- The revert restores the recorded generation and verifies profile, running system and boot
+  entry; `reverted` only then, `revert-failed` otherwise (exit 1, recorded as such).
+
+This file needs nothing but Python's standard library: the controller copies it to the host (by
+content hash) so that it runs whatever the generations hold, the first deploy included.
+
+    python3 agent.py status | lock-take | lock-release | renew | open | activated | confirm
+                     | claim | revert | outcome | watch | boot | rearm   (--help for each)
+
+Each command prints one JSON object. Exit codes: 0 done; 3 lost (not this caller's any more);
+4 fenced (the host is not as the caller recorded); 75 refused or not yet; 1 failed; 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+LOST, FENCED, BUSY, FAILED = 3, 4, 75, 1
+WHO_REVERTS = ("reverting-controller", "watchdog", "recovery")
+COMMITTED = "committed"
+# Activation units made by the controller (ipex_fleet.nix.commands.activation_unit): a revert waits
+# for them to end, never racing an activation that still runs.
+ACTIVATION_UNITS = ("ipex-fleet-switch-*", "ipex-fleet-test-*", "ipex-fleet-boot-*")
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,80}$")
+
+
+# -- clocks and files ---------------------------------------------------------------------------
+
+
+def boottime() -> float:
+    """Seconds on CLOCK_BOOTTIME: monotonic, counts suspend, never stepped by NTP."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+def current_boot_id() -> str:
+    with open("/proc/sys/kernel/random/boot_id") as f:
+        return f.read().strip()
+
+
+@dataclass(frozen=True)
+class Clock:
+    """The host's clock as the agent reads it (tests give their own)."""
+
+    now: Any = boottime
+    boot_id: Any = current_boot_id
+    sleep: Any = time.sleep
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    """Write, fsync, rename into place, fsync the directory: the old file or the new one, whole."""
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(directory)
+
+
+def fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json(path: str, data: dict[str, Any]) -> None:
+    write_atomic(path, (json.dumps(data, sort_keys=True) + "\n").encode())
+
+
+def read_json(path: str) -> dict[str, Any] | None:
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        return None
+    except ValueError:  # a torn file cannot be: writes are renamed into place; say so loudly
+        raise SystemExit(f"ipex-fleet agent: {path} is not JSON; inspect it by hand")
+    return data if isinstance(data, dict) else None
+
+
+# -- what the agent does to the system ----------------------------------------------------------
+
+
+class System:
+    """Profiles, activation, the running system and the boot entry, through the host's own tools."""
+
+    def profile(self, profile: str) -> tuple[int | None, str | None]:
+        """(current generation number, its store path)."""
+        try:
+            link = os.readlink(profile)
+        except OSError:
+            return None, None
+        m = re.search(r"-(\d+)-link$", link)
+        return (int(m.group(1)) if m else None), os.path.realpath(profile)
+
+    def set_profile(self, profile: str, number: int | None, path: str) -> bool:
+        if number is not None and _run(["nix-env", "-p", profile, "--switch-generation", str(number)]) == 0:
+            if os.path.realpath(profile) == path:
+                return True
+        return _run(["nix-env", "-p", profile, "--set", path]) == 0
+
+    def running(self) -> str:
+        return os.path.realpath("/run/current-system")
+
+    def activate(self, path: str, action: str, log: str) -> int:
+        with open(log, "ab") as out:
+            try:
+                return subprocess.run([f"{path}/bin/switch-to-configuration", action], stdout=out, stderr=out,
+                                      stdin=subprocess.DEVNULL, timeout=1800).returncode
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                out.write(f"ipex-fleet agent: {exc}\n".encode())
+                return 127
+
+    def boot_default(self) -> int | None:
+        """The generation systemd-boot starts by default (loader.conf), or None without one."""
+        try:
+            with open("/boot/loader/loader.conf") as f:
+                for line in f:
+                    key, _, value = line.strip().partition(" ")
+                    m = re.match(r"nixos-generation-(\d+)", value.strip())
+                    if key == "default" and m:
+                        return int(m.group(1))
+        except OSError:
+            pass
+        return None
+
+    def activations_running(self) -> list[str]:
+        if not shutil.which("systemctl"):
+            return []
+        proc = subprocess.run(["systemctl", "list-units", "--plain", "--no-legend", "--state=active,activating",
+                               *ACTIVATION_UNITS], capture_output=True, text=True, timeout=30)
+        return [line.split()[0] for line in proc.stdout.splitlines() if line.strip()]
+
+    def detach(self, unit: str, argv: list[str], log: str) -> bool:
+        """Start argv detached from the caller's session: a transient unit where systemd runs."""
+        if _systemd():
+            return _run(["systemd-run", "--quiet", "--collect", f"--unit={unit}",
+                         f"--property=StandardOutput=append:{log}", f"--property=StandardError=append:{log}",
+                         *argv]) == 0
+        with open(log, "ab") as out:
+            subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
+        return True
+
+    def unit_active(self, unit: str) -> bool:
+        return _systemd() and _run(["systemctl", "is-active", "--quiet", unit]) == 0
+
+
+def _systemd() -> bool:
+    try:
+        with open("/proc/1/comm") as f:
+            return f.read().strip() == "systemd" and shutil.which("systemd-run") is not None
+    except OSError:
+        return False
+
+
+def _run(argv: list[str]) -> int:
+    try:
+        return subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              timeout=600).returncode
+    except (OSError, subprocess.TimeoutExpired):
+        return 127
+
+
+# -- the agent ----------------------------------------------------------------------------------
+
+
+class Refused(Exception):
+    def __init__(self, code: int, **detail: Any) -> None:
+        super().__init__(detail.get("error", ""))
+        self.code, self.detail = code, detail
+
+
+class Agent:
+    def __init__(self, root: str = "/var/lib/ipex-fleet", clock: Clock | None = None,
+                 system: System | None = None, script: str | None = None) -> None:
+        self.root = root
+        self.clock = clock or Clock()
+        self.system = system or System()
+        self.script = script or os.path.abspath(__file__)
+
+    # paths
+    @property
+    def lock_path(self) -> str:
+        return f"{self.root}/lock"
+
+    @property
+    def intent_path(self) -> str:
+        return f"{self.root}/intent.json"
+
+    def resolved_path(self, intent_id: str, who: str) -> str:
+        return f"{self.root}/resolved/{intent_id}.{who}.json"
+
+    @contextlib.contextmanager
+    def mutex(self) -> Iterator[None]:
+        os.makedirs(self.root, exist_ok=True)
+        with open(f"{self.root}/.agent.mutex", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    # leases: a deadline on this boot's clock
+    def lease(self, seconds: float, reboot_grace: float) -> dict[str, Any]:
+        return {"boot_id": self.clock.boot_id(), "deadline": round(self.clock.now() + float(seconds), 3),
+                "reboot_grace": float(reboot_grace)}
+
+    def left(self, lease: dict[str, Any]) -> float:
+        """Seconds the lease has left (negative: spent). A lease of an earlier boot is re-armed first."""
+        return round(float(lease["deadline"]) - self.clock.now(), 3)
+
+    def _rebased(self, record: dict[str, Any], path: str) -> dict[str, Any]:
+        """A lease written in an earlier boot counts again from now for its reboot grace (a boot ends
+        every process that renewed it; the boot unit or the first look after boot re-arms it)."""
+        lease = record.get("lease") or {}
+        if lease.get("boot_id") != self.clock.boot_id():
+            record = {**record, "lease": self.lease(float(lease.get("reboot_grace", 0)),
+                                                    float(lease.get("reboot_grace", 0))),
+                      "rebooted": True}
+            write_json(path, record)
+        return record
+
+    def _lock(self) -> dict[str, Any] | None:
+        lock = read_json(self.lock_path)
+        return self._rebased(lock, self.lock_path) if lock else None
+
+    def _intent(self) -> dict[str, Any] | None:
+        intent = read_json(self.intent_path)
+        return self._rebased(intent, self.intent_path) if intent else None
+
+    def _resolved(self, intent_id: str) -> list[tuple[str, dict[str, Any]]]:
+        out = []
+        directory = f"{self.root}/resolved"
+        for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
+            if name.startswith(intent_id + ".") and name.endswith(".json"):
+                who = name[len(intent_id) + 1:-len(".json")]
+                data = read_json(f"{directory}/{name}")
+                if data is not None:
+                    out.append((who, data))
+        return out
+
+    def _unfinished(self) -> list[dict[str, Any]]:
+        """Reverts claimed whose outcome was never written (their process died: a crash, a reboot)."""
+        directory = f"{self.root}/resolved"
+        found = []
+        for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
+            who = name[:-5].rsplit(".", 1)[-1] if name.endswith(".json") else ""
+            if who in WHO_REVERTS:
+                data = read_json(f"{directory}/{name}")
+                if data is not None and not data.get("outcome"):
+                    found.append({**data, "claimed_by": who})
+        return found
+
+    # -- commands ---------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        with self.mutex():
+            lock, intent = self._lock(), self._intent()
+            out: dict[str, Any] = {"boot_id": self.clock.boot_id(), "lock": None, "intent": None,
+                                   "unfinished": [u["intent_id"] for u in self._unfinished()]}
+            if lock:
+                out["lock"] = {**{k: v for k, v in lock.items() if k not in ("token", "lease")},
+                               "left": self.left(lock["lease"])}
+            if intent:
+                out["intent"] = {"intent_id": intent["intent_id"], "run_id": intent.get("run_id"),
+                                 "phase": intent.get("phase"), "left": self.left(intent["lease"]),
+                                 "previous": intent.get("previous"), "target": intent.get("target")}
+            return out
+
+    def lock_take(self, owner: dict[str, Any], seconds: float, reboot_grace: float, force: bool = False,
+                  adopt_run: bool = False) -> dict[str, Any]:
+        """Take the lock when it is free, its holder's lease ran out (by this host's clock), or forced.
+        `adopt_run`: the same run id may take it over (a resumed run)."""
+        with self.mutex():
+            held = self._lock()
+            if held and not force and self.left(held["lease"]) > 0 and not (
+                    adopt_run and held.get("owner", {}).get("run_id") == owner.get("run_id")):
+                raise Refused(BUSY, holder=held.get("owner"), left=self.left(held["lease"]),
+                              error="the deploy lock is held")
+            token = uuid.uuid4().hex
+            write_json(self.lock_path, {"owner": owner, "token": token, "lease": self.lease(seconds, reboot_grace),
+                                        "previous_holder": held.get("owner") if held else None})
+            return {"token": token, "took_over": held.get("owner") if held else None}
+
+    def lock_release(self, token: str) -> dict[str, Any]:
+        with self.mutex():
+            held = read_json(self.lock_path)
+            if not held or held.get("token") != token:
+                raise Refused(LOST, error="the lock is not this caller's")
+            os.unlink(self.lock_path)
+            fsync_dir(self.root)
+            return {"released": True}
+
+    def renew(self, token: str, seconds: float, intent_id: str | None = None) -> dict[str, Any]:
+        """The controller's heartbeat: the lock's lease, and the intent's while it is armed or confirmed
+        (not between an activation and its confirmation over a new login: only `confirm` renews that)."""
+        with self.mutex():
+            held = self._lock()
+            if not held or held.get("token") != token:
+                raise Refused(LOST, error="the lock is no longer this caller's")
+            held["lease"] = self.lease(seconds, held["lease"].get("reboot_grace", 0))
+            write_json(self.lock_path, held)
+            out: dict[str, Any] = {"lock": seconds}
+            if intent_id:
+                intent = self._intent()
+                if not intent or intent["intent_id"] != intent_id:
+                    raise Refused(LOST, error="the intent was decided", **self._decision(intent_id))
+                if intent.get("phase") != "activated" and self.left(intent["lease"]) > 0:
+                    intent["lease"] = self.lease(seconds, intent["lease"].get("reboot_grace", 0))
+                    write_json(self.intent_path, intent)
+                out["intent"] = self.left(intent["lease"])
+            return out
+
+    def open(self, intent: dict[str, Any], token: str, seconds: float, reboot_grace: float) -> dict[str, Any]:
+        """Journal the intent, fenced: the caller holds the lock, no intent is open, and the host runs
+        the generation the caller recorded (compare and swap); then start its watchdog."""
+        intent_id = str(intent.get("intent_id") or "")
+        if not _ID.match(intent_id):
+            raise Refused(2, error=f"bad intent id {intent_id!r}")
+        with self.mutex():
+            held = self._lock()
+            if not held or held.get("token") != token:
+                raise Refused(FENCED, error="the deploy lock is not this caller's (another controller took it)")
+            open_ = self._intent()
+            if open_:
+                raise Refused(BUSY, error=f"intent {open_['intent_id']} of run {open_.get('run_id')} is open")
+            previous = intent["previous"]
+            number, path = self.system.profile(intent["profile"])
+            running = self.system.running()
+            if path != previous["path"] or number != previous["generation"] or (
+                    intent["mode"] != "boot" and running != previous["path"]):
+                raise Refused(FENCED, error=f"the host is not on the recorded generation {previous['generation']} "
+                              f"(profile {number} {path}, running {running}): another deploy changed it",
+                              profile=path, running=running)
+            record = {**intent, "phase": "armed", "lease": self.lease(seconds, reboot_grace),
+                      "run_id": intent.get("run_id"), "steps": [["opened", time.time()]]}
+            write_json(self.intent_path, record)
+        self.arm(intent_id)
+        return {"opened": intent_id}
+
+    def arm(self, intent_id: str) -> bool:
+        """Start the intent's watchdog, detached (idempotent: a running one is left alone)."""
+        unit = f"ipex-fleet-watchdog-{intent_id}"
+        if self.system.unit_active(unit):
+            return True
+        return self.system.detach(unit, [sys.executable, self.script, "--root", self.root, "watch",
+                                         "--intent", intent_id], f"{self.root}/watchdog-{intent_id}.log")
+
+    def mark(self, intent_id: str, phase: str, seconds: float) -> dict[str, Any]:
+        """`activated` (only a confirmation over a new login renews it now) or `confirmed`."""
+        with self.mutex():
+            intent = self._intent()
+            if not intent or intent["intent_id"] != intent_id:
+                raise Refused(LOST, error="the intent was decided", **self._decision(intent_id))
+            if self.left(intent["lease"]) <= 0:
+                raise Refused(LOST, error="the lease ran out", **self._decision(intent_id))
+            intent["phase"] = phase
+            intent["lease"] = self.lease(seconds, intent["lease"].get("reboot_grace", 0))
+            intent.setdefault("steps", []).append([phase, time.time()])
+            write_json(self.intent_path, intent)
+            return {"phase": phase, "left": seconds}
+
+    def claim(self, intent_id: str, who: str) -> bool:
+        """Rename the intent to resolved/ID.WHO.json: exactly one claimant of an intent wins."""
+        with self.mutex():
+            intent = self._intent()
+            if not intent or intent["intent_id"] != intent_id:
+                return False
+            if who != COMMITTED and who != "reverting-controller" and self.left(intent["lease"]) > 0:
+                return False  # the watchdog and recovery act only on a spent lease
+            dest = self.resolved_path(intent_id, who)
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            intent["claimed"] = {"by": who, "at": time.time()}
+            write_json(self.intent_path, intent)
+            os.rename(self.intent_path, dest)  # the source is gone for every later claimant
+            fsync_dir(os.path.dirname(dest))
+            fsync_dir(self.root)
+            return True
+
+    def _decision(self, intent_id: str) -> dict[str, Any]:
+        found = self._resolved(intent_id)
+        if not found:
+            return {"decided_by": None}
+        who, data = found[0]
+        return {"decided_by": who, "outcome": data.get("outcome")}
+
+    def outcome(self, intent_id: str) -> dict[str, Any]:
+        with self.mutex():
+            intent = self._intent()
+            if intent and intent["intent_id"] == intent_id:
+                raise Refused(BUSY, open=True, left=self.left(intent["lease"]), phase=intent.get("phase"))
+            decision = self._decision(intent_id)
+            if decision["decided_by"] is None:
+                raise Refused(FAILED, error=f"no intent {intent_id} on this host")
+            if decision["decided_by"] != COMMITTED and not decision.get("outcome"):
+                raise Refused(BUSY, **decision)
+            return decision
+
+    def revert(self, intent_id: str, who: str, detach: bool = False) -> dict[str, Any]:
+        """Claim (or resume an unfinished claim of the same claimant) and restore the recorded
+        generation, verified; `detach`: restore in a unit of its own (a dropped session cannot stop it)."""
+        if who not in WHO_REVERTS:
+            raise Refused(2, error=f"who must be one of {', '.join(WHO_REVERTS)}")
+        path = self.resolved_path(intent_id, who)
+        if not self.claim(intent_id, who):
+            data = read_json(path)
+            if data is None:  # another claimant decided
+                raise Refused(LOST, error="another claimant decided", **self._decision(intent_id))
+        if detach:
+            return {"reverting": self._detach_revert(intent_id, who), "by": who}
+        return self._restore(path, who)
+
+    def _restore(self, path: str, who: str) -> dict[str, Any]:
+        # One restorer per claim: a second process (a boot's re-arm, a retried recovery) waits for the
+        # first, then reports its outcome.
+        with open(path[:-5] + ".restore", "a") as guard:
+            fcntl.flock(guard, fcntl.LOCK_EX)
+            data = read_json(path) or {}
+            if data.get("outcome"):
+                result = {"outcome": data["outcome"], "by": who, "problems": data.get("problems", []),
+                          "final": data.get("final")}
+                if data["outcome"] != "reverted":
+                    raise Refused(FAILED, **result)
+                return result
+            return self._restore_locked(path, who, data)
+
+    def _restore_locked(self, path: str, who: str, data: dict[str, Any]) -> dict[str, Any]:
+        previous, mode, profile = data["previous"], data["mode"], data["profile"]
+        log = path[:-5] + ".log"
+        waited = self._wait_activations(float(data.get("activation_timeout", 600)))
+        if mode in ("switch", "boot"):
+            self.system.set_profile(profile, previous.get("generation"), previous["path"])
+        # Activate the old generation wherever the new one runs; a boot-mode deploy that never
+        # rebooted only needs its boot entry back.
+        if mode == "test":
+            action = "test"
+        elif mode == "boot" and self.system.running() == previous["path"]:
+            action = "boot"
+        else:
+            action = "switch"
+        rc = self.system.activate(previous["path"], action, log)
+        number, current = self.system.profile(profile)
+        running = self.system.running()
+        boot = self.system.boot_default()
+        problems = []
+        if rc not in (0, 100):
+            problems.append(f"switch-to-configuration {action} of {previous['path']} exited {rc}")
+        if running != previous["path"]:
+            problems.append(f"running {running}, not {previous['path']}")
+        if mode in ("switch", "boot") and current != previous["path"]:
+            problems.append(f"profile on {current}, not {previous['path']}")
+        if mode in ("switch", "boot") and boot is not None and boot != previous.get("generation"):
+            problems.append(f"the boot loader's default is generation {boot}, not {previous.get('generation')}")
+        outcome = "revert-failed" if problems else "reverted"
+        data["outcome"] = outcome
+        data["verified"] = {"profile": current, "running": running, "boot_default": boot, "activation_rc": rc,
+                            "waited_for_activation": waited}
+        data["problems"] = problems
+        data["final"] = {"generation": number, "path": current}
+        data["ended"] = time.time()
+        write_json(path, data)
+        record = dict(data.get("record") or {})
+        if record:
+            record.update(status="revert-failed" if problems else "rolled_back", phase="revert",
+                          final={"generation": number, "path": current},
+                          error=f"{outcome} by {who}" + (f": {'; '.join(problems)}" if problems else ""))
+            _append(f"{self.root}/deploys.jsonl", record)
+        with self.mutex():  # the run's lock goes with its intent (fenced by the run's own token)
+            held = read_json(self.lock_path)
+            if held and held.get("owner", {}).get("run_id") == data.get("run_id"):
+                os.unlink(self.lock_path)
+        result = {"outcome": outcome, "by": who, "problems": problems, "final": {"generation": number,
+                                                                                  "path": current}}
+        if problems:
+            raise Refused(FAILED, **result)
+        return result
+
+    def _wait_activations(self, bound: float) -> float:
+        started = self.clock.now()
+        while self.system.activations_running() and self.clock.now() - started < bound:
+            self.clock.sleep(1)
+        return round(self.clock.now() - started, 3)
+
+    def watch(self, intent_id: str, poll: float = 1.0) -> dict[str, Any]:
+        """The watchdog: while the intent is open, revert once its lease runs out."""
+        while True:
+            with self.mutex():
+                intent = self._intent()
+                if not intent or intent["intent_id"] != intent_id:
+                    return {"watch": "ended", **self._decision(intent_id)}
+                spent = self.left(intent["lease"]) <= 0
+            if spent:
+                return self.revert(intent_id, "watchdog")
+            self.clock.sleep(poll)
+
+    def recover(self) -> dict[str, Any]:
+        """An unfinished revert is finished; an open intent whose lease ran out is reverted. Both by
+        `recovery`, detached from the caller's session: a dropped connection does not stop them."""
+        with self.mutex():
+            intent = self._intent()
+            unfinished = self._unfinished()
+        started = []
+        for u in unfinished:
+            started.append(self._detach_revert(u["intent_id"], u["claimed_by"]))
+        if intent and self.left(intent["lease"]) <= 0:
+            if self.claim(intent["intent_id"], "recovery"):
+                started.append(self._detach_revert(intent["intent_id"], "recovery"))
+        elif intent:
+            raise Refused(BUSY, error=f"run {intent.get('run_id')} holds an open intent whose lease runs "
+                          f"{self.left(intent['lease']):.0f}s more", intent_id=intent["intent_id"],
+                          run_id=intent.get("run_id"), left=self.left(intent["lease"]))
+        return {"reverting": started}
+
+    def _detach_revert(self, intent_id: str, who: str) -> str:
+        unit = f"ipex-fleet-revert-{intent_id}"
+        if not self.system.unit_active(unit):
+            self.system.detach(unit, [sys.executable, self.script, "--root", self.root, "finish",
+                                      "--intent", intent_id, "--who", who], f"{self.root}/revert-{intent_id}.log")
+        return intent_id
+
+    def finish(self, intent_id: str, who: str) -> dict[str, Any]:
+        path = self.resolved_path(intent_id, who)
+        data = read_json(path)
+        if data is None:
+            raise Refused(FAILED, error=f"no claim {intent_id}.{who}")
+        if data.get("outcome"):
+            return {"outcome": data["outcome"], "by": who}
+        return self._restore(path, who)
+
+    def boot(self) -> dict[str, Any]:
+        """At boot (a persistent unit; idempotent if it runs again at an activation): re-arm the lock's
+        and the intent's leases for this boot, finish reverts a crash interrupted, and start the open
+        intent's watchdog."""
+        with self.mutex():
+            self._lock()
+            intent = self._intent()
+            unfinished = self._unfinished()
+        finishing = [self._detach_revert(u["intent_id"], u["claimed_by"]) for u in unfinished]
+        armed = intent["intent_id"] if intent and self.arm(intent["intent_id"]) else None
+        return {"finishing": finishing, "watching": armed}
+
+
+def _append(path: str, record: dict[str, Any]) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+# -- command line -------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None, make: Any = None) -> int:
+    """The command line; `make(root)` builds the agent (tests give one with their clock and system)."""
+    parser = argparse.ArgumentParser(prog="ipex-fleet-agent", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", default="/var/lib/ipex-fleet")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("status", help="the lock, the open intent and unfinished reverts, with their leases")
+    p = sub.add_parser("lock-take", help="take the deploy lock (prints its token)")
+    p.add_argument("--owner", required=True, help="JSON: run_id, controller, pid")
+    p.add_argument("--for", dest="seconds", type=float, required=True)
+    p.add_argument("--reboot-grace", type=float, default=0)
+    p.add_argument("--force", action="store_true")
+    p.add_argument("--adopt-run", action="store_true", help="the same run id takes it over (a resumed run)")
+    p = sub.add_parser("lock-release")
+    p.add_argument("--token", required=True)
+    p = sub.add_parser("renew", help="the controller's heartbeat")
+    p.add_argument("--token", required=True)
+    p.add_argument("--for", dest="seconds", type=float, required=True)
+    p.add_argument("--intent")
+    p = sub.add_parser("open", help="journal an intent (fenced by the lock's token; CAS on the generation)")
+    p.add_argument("--intent-json", required=True)
+    p.add_argument("--token", required=True)
+    p.add_argument("--for", dest="seconds", type=float, required=True)
+    p.add_argument("--reboot-grace", type=float, default=0)
+    for name in ("activated", "confirm"):
+        p = sub.add_parser(name)
+        p.add_argument("--intent", required=True)
+        p.add_argument("--for", dest="seconds", type=float, required=True)
+    p = sub.add_parser("claim")
+    p.add_argument("--intent", required=True)
+    p.add_argument("--who", required=True, choices=[COMMITTED, "reverting-controller"])
+    for name in ("revert", "finish"):
+        p = sub.add_parser(name)
+        p.add_argument("--intent", required=True)
+        p.add_argument("--who", required=True, choices=WHO_REVERTS)
+        p.add_argument("--detach", action="store_true", help="restore in a unit of its own, then return")
+    for name in ("outcome", "watch", "rearm"):
+        p = sub.add_parser(name)
+        p.add_argument("--intent", required=True)
+    sub.add_parser("recover", help="finish or start reverts of dead runs, detached")
+    sub.add_parser("boot", help="at boot: re-arm leases, finish interrupted reverts, watch an open intent")
+    args = parser.parse_args(argv)
+    agent = make(args.root) if make else Agent(args.root)
+    try:
+        match args.command:
+            case "status":
+                out = agent.status()
+            case "lock-take":
+                out = agent.lock_take(json.loads(args.owner), args.seconds, args.reboot_grace, args.force,
+                                      args.adopt_run)
+            case "lock-release":
+                out = agent.lock_release(args.token)
+            case "renew":
+                out = agent.renew(args.token, args.seconds, args.intent)
+            case "open":
+                out = agent.open(json.loads(args.intent_json), args.token, args.seconds, args.reboot_grace)
+            case "activated" | "confirm":
+                out = agent.mark(args.intent, "activated" if args.command == "activated" else "confirmed",
+                                 args.seconds)
+            case "claim":
+                if not agent.claim(args.intent, args.who):
+                    raise Refused(LOST, error="another claimant decided", **agent._decision(args.intent))
+                out = {"won": True}
+            case "revert":
+                out = agent.revert(args.intent, args.who, args.detach)
+            case "finish":
+                out = agent.finish(args.intent, args.who)
+            case "outcome":
+                out = agent.outcome(args.intent)
+            case "watch":
+                out = agent.watch(args.intent)
+            case "rearm":
+                out = {"armed": agent.arm(args.intent)}
+            case "recover":
+                out = agent.recover()
+            case "boot":
+                out = agent.boot()
+            case _:
+                parser.error(f"unknown command {args.command}")
+    except Refused as exc:
+        print(json.dumps(exc.detail, sort_keys=True))
+        return exc.code
+    print(json.dumps(out, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

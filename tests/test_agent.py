@@ -1,0 +1,473 @@
+"""The host agent (ipex_fleet.host.agent), the real program against a model of a NixOS host's profile,
+activation and boot loader, on a host clock that tests move: leases, fencing, claims, reverts,
+reboots, and a Hypothesis state machine of everything interleaved."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from hypothesis import settings, strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from ipex_fleet.host import agent as A
+
+OLD, NEW = "/nix/store/aaa-nixos-system-1", "/nix/store/bbb-nixos-system-2"
+PROFILE = "/nix/var/nix/profiles/system"
+
+
+@dataclass
+class HostClock:
+    """CLOCK_BOOTTIME of one boot, and the boot id; sleeping moves it. Wall time is never read."""
+
+    t: float = 100.0
+    boot: str = "boot-1"
+
+    def now(self) -> float:
+        return self.t
+
+    def boot_id(self) -> str:
+        return self.boot
+
+    def sleep(self, s: float) -> None:
+        self.t += s
+
+    def reboot(self) -> None:
+        self.boot = f"boot-{int(self.boot.split('-')[1]) + 1}"
+        self.t = 5.0  # a new boot's clock starts near zero
+
+
+@dataclass
+class FakeSystem:
+    generations: dict[int, str] = field(default_factory=lambda: {1: OLD})
+    current: int = 1
+    running_path: str = OLD
+    boot_entry: int | None = 1
+    fail_activation: set[str] = field(default_factory=set)  # store paths whose activation exits 2
+    detached: list[tuple[str, list[str]]] = field(default_factory=list)
+    active_units: set[str] = field(default_factory=set)
+    activating_for: int = 0  # ticks an activation unit stays active
+
+    def profile(self, profile):
+        return self.current, self.generations[self.current]
+
+    def set_profile(self, profile, number, path):
+        if number in self.generations and self.generations[number] == path:
+            self.current = number
+        else:
+            self.current = max(self.generations) + 1
+            self.generations[self.current] = path
+        self.boot_entry = self.current
+        return True
+
+    def running(self):
+        return self.running_path
+
+    def activate(self, path, action, log):
+        if path in self.fail_activation:
+            return 2
+        if action in ("switch", "test"):
+            self.running_path = path
+        if action in ("switch", "boot"):
+            self.boot_entry = self.current
+        return 0
+
+    def boot_default(self):
+        return self.boot_entry
+
+    def activations_running(self):
+        if self.activating_for > 0:
+            self.activating_for -= 1
+            return ["ipex-fleet-switch-abc.service"]
+        return []
+
+    def detach(self, unit, argv, log):
+        self.detached.append((unit, argv))
+        self.active_units.add(unit)
+        return True
+
+    def unit_active(self, unit):
+        return unit in self.active_units
+
+    # what the controller does between agent calls
+    def switch_to(self, path):
+        self.set_profile(PROFILE, None, path)
+        self.running_path = path
+
+
+def make(tmp_path, clock=None, system=None):
+    return A.Agent(str(tmp_path / "state"), clock or HostClock(), system or FakeSystem())
+
+
+def intent(intent_id="i1", run_id="r1", mode="switch"):
+    return {"intent_id": intent_id, "run_id": run_id, "previous": {"generation": 1, "path": OLD},
+            "target": {"path": NEW}, "mode": mode, "profile": PROFILE, "activation_timeout": 60,
+            "record": {"host": "h", "run_id": run_id, "status": "rolled_back"}}
+
+
+def locked(agent, run_id="r1", seconds=30, grace=0):
+    return agent.lock_take({"run_id": run_id, "controller": "c", "pid": 1}, seconds, grace)["token"]
+
+
+# -- the lock -----------------------------------------------------------------------------------
+
+
+def test_the_lock_is_taken_once_and_released_only_with_its_token(tmp_path):
+    agent = make(tmp_path)
+    token = locked(agent)
+    with pytest.raises(A.Refused) as refused:
+        locked(agent, "r2")
+    assert refused.value.code == A.BUSY and refused.value.detail["holder"]["run_id"] == "r1"
+    with pytest.raises(A.Refused) as lost:
+        agent.lock_release("not-the-token")
+    assert lost.value.code == A.LOST and os.path.exists(agent.lock_path)
+    agent.lock_release(token)
+    assert not os.path.exists(agent.lock_path)
+    locked(agent, "r2")
+
+
+def test_a_dead_holders_lock_frees_itself_by_the_hosts_clock_alone(tmp_path, monkeypatch):
+    clock = HostClock()
+    agent = make(tmp_path, clock)
+    token = locked(agent, seconds=30)
+    # The controller's wall clock is an hour off, and NTP steps this host's wall clock: irrelevant.
+    monkeypatch.setattr(time, "time", lambda: 10**10)
+    clock.t += 29
+    with pytest.raises(A.Refused):
+        locked(agent, "r2")
+    clock.t += 2
+    new = agent.lock_take({"run_id": "r2"}, 30, 0)
+    assert new["took_over"]["run_id"] == "r1"
+    with pytest.raises(A.Refused) as lost:  # the old holder is fenced out of everything
+        agent.renew(token, 30)
+    assert lost.value.code == A.LOST
+
+
+def test_the_heartbeat_keeps_the_lock_for_as_long_as_it_beats(tmp_path):
+    clock = HostClock()
+    agent = make(tmp_path, clock)
+    token = locked(agent, seconds=10)
+    for _ in range(100):  # 500 s of a long build, renewed every 5 s
+        clock.t += 5
+        agent.renew(token, 10)
+    with pytest.raises(A.Refused):
+        locked(agent, "r2")
+
+
+# -- the intent ---------------------------------------------------------------------------------
+
+
+def test_opening_is_fenced_by_the_lock_and_by_the_recorded_generation(tmp_path):
+    system = FakeSystem()
+    agent = make(tmp_path, system=system)
+    token = locked(agent)
+    with pytest.raises(A.Refused) as fenced:
+        agent.open(intent(), "stale-token", 30, 0)
+    assert fenced.value.code == A.FENCED
+    system.switch_to("/nix/store/ccc-someone-elses")  # another deploy moved the host meanwhile
+    with pytest.raises(A.Refused) as moved:
+        agent.open(intent(), token, 30, 0)
+    assert moved.value.code == A.FENCED and "not on the recorded generation 1" in moved.value.detail["error"]
+    assert not os.path.exists(agent.intent_path)
+
+
+def test_one_intent_at_a_time_and_each_claimed_once(tmp_path):
+    agent = make(tmp_path)
+    token = locked(agent)
+    agent.open(intent("i1"), token, 30, 0)
+    with pytest.raises(A.Refused) as busy:
+        agent.open(intent("i2"), token, 30, 0)
+    assert busy.value.code == A.BUSY
+    assert agent.claim("i1", A.COMMITTED) is True
+    assert agent.claim("i1", "reverting-controller") is False, "rename(2): the second claim fails"
+    assert agent.outcome("i1")["decided_by"] == A.COMMITTED
+
+
+def test_the_watchdog_acts_only_on_a_spent_lease_and_restores_verified(tmp_path):
+    clock, system = HostClock(), FakeSystem()
+    agent = make(tmp_path, clock, system)
+    token = locked(agent)
+    agent.open(intent(), token, 30, 0)
+    assert system.detached[0][0] == "ipex-fleet-watchdog-i1"
+    system.switch_to(NEW)
+    assert agent.claim("i1", "watchdog") is False  # lease alive
+    clock.t += 31
+    result = agent.watch("i1", poll=1)
+    assert result["outcome"] == "reverted" and result["by"] == "watchdog"
+    assert (system.current, system.running_path, system.boot_entry) == (1, OLD, 1)
+    assert not os.path.exists(agent.lock_path), "the run's lock goes with its reverted intent"
+    record = json.loads(Path(agent.root, "deploys.jsonl").read_text().splitlines()[-1])
+    assert record["status"] == "rolled_back" and record["final"]["path"] == OLD
+
+
+def test_a_revert_whose_old_generation_fails_to_activate_is_revert_failed(tmp_path):
+    clock, system = HostClock(), FakeSystem(fail_activation={OLD})
+    agent = make(tmp_path, clock, system)
+    agent.open(intent(), locked(agent), 30, 0)
+    system.switch_to(NEW)
+    clock.t += 31
+    with pytest.raises(A.Refused) as failed:
+        agent.watch("i1")
+    assert failed.value.code == A.FAILED and failed.value.detail["outcome"] == "revert-failed"
+    assert agent.outcome("i1")["outcome"] == "revert-failed"
+    record = json.loads(Path(agent.root, "deploys.jsonl").read_text().splitlines()[-1])
+    assert record["status"] == "revert-failed" and "exited 2" in record["error"]
+
+
+def test_the_boot_entry_is_part_of_the_verification(tmp_path):
+    class StuckLoader(FakeSystem):
+        def activate(self, path, action, log):
+            rc = super().activate(path, action, log)
+            self.boot_entry = 2  # the boot loader kept the new default
+            return rc
+
+    clock, system = HostClock(), StuckLoader()
+    agent = make(tmp_path, clock, system)
+    agent.open(intent(), locked(agent), 30, 0)
+    system.switch_to(NEW)
+    with pytest.raises(A.Refused) as failed:
+        agent.revert("i1", "reverting-controller")
+    assert "boot loader's default is generation 2" in " ".join(failed.value.detail["problems"])
+
+
+def test_a_revert_waits_for_an_activation_that_still_runs(tmp_path):
+    clock, system = HostClock(), FakeSystem(activating_for=5)
+    agent = make(tmp_path, clock, system)
+    agent.open(intent(), locked(agent), 30, 0)
+    system.switch_to(NEW)
+    clock.t += 31
+    agent.watch("i1")
+    data = json.loads(Path(agent.resolved_path("i1", "watchdog")).read_text())
+    assert data["verified"]["waited_for_activation"] >= 5 and data["outcome"] == "reverted"
+
+
+def test_between_activation_and_confirmation_only_confirm_renews(tmp_path):
+    clock = HostClock()
+    agent = make(tmp_path, clock)
+    token = locked(agent)
+    agent.open(intent(), token, 30, 0)
+    agent.mark("i1", "activated", 10)
+    for _ in range(3):
+        clock.t += 4
+        agent.renew(token, 30, "i1")  # the heartbeat, over the old session, does not extend it
+    assert agent.status()["intent"]["left"] < 0
+    with pytest.raises(A.Refused):
+        agent.mark("i1", "confirmed", 30)
+
+
+def test_a_confirmed_intent_lives_while_the_heartbeat_beats_and_dies_without_it(tmp_path):
+    clock = HostClock()
+    agent = make(tmp_path, clock)
+    token = locked(agent, seconds=10)
+    agent.open(intent(), token, 10, 0)
+    agent.mark("i1", "activated", 10)
+    agent.mark("i1", "confirmed", 10)
+    for _ in range(60):  # a slow peer keeps pyinfra waiting for five minutes: no matter
+        clock.t += 5
+        agent.renew(token, 10, "i1")
+    assert agent.status()["intent"]["left"] > 0
+    clock.t += 11  # the controller died
+    assert agent.watch("i1")["outcome"] == "reverted"
+
+
+def test_a_reboot_rearms_the_lease_from_the_new_boot(tmp_path):
+    clock, system = HostClock(), FakeSystem()
+    agent = make(tmp_path, clock, system)
+    token = locked(agent, seconds=30, grace=120)
+    agent.open(intent(mode="boot"), token, 30, 120)
+    system.set_profile(PROFILE, None, NEW)
+    clock.reboot()
+    system.running_path = NEW  # it booted the new generation; the controller never came back
+    system.active_units.clear()  # a boot ends every transient unit
+    assert agent.boot()["watching"] == "i1"
+    assert 119 < agent.status()["intent"]["left"] <= 120
+    clock.t += 121
+    assert agent.watch("i1")["outcome"] == "reverted"
+    assert (system.current, system.running_path, system.boot_entry) == (1, OLD, 1)
+
+
+def test_a_revert_cut_by_a_crash_is_finished_at_boot_once(tmp_path):
+    clock, system = HostClock(), FakeSystem()
+    agent = make(tmp_path, clock, system)
+    agent.open(intent(), locked(agent), 30, 0)
+    system.switch_to(NEW)
+    assert agent.claim("i1", "reverting-controller")  # then the host crashed before restoring
+    clock.reboot()
+    system.active_units.clear()
+    booted = agent.boot()
+    assert booted["finishing"] == ["i1"]
+    unit, argv = system.detached[-1]
+    assert unit == "ipex-fleet-revert-i1" and argv[-4:] == ["--intent", "i1", "--who", "reverting-controller"]
+    assert agent.finish("i1", "reverting-controller")["outcome"] == "reverted"
+    assert agent.finish("i1", "reverting-controller")["outcome"] == "reverted"  # idempotent
+    assert len(Path(agent.root, "deploys.jsonl").read_text().splitlines()) == 1
+
+
+def test_recovery_refuses_a_live_intent_and_reverts_a_dead_one_detached(tmp_path):
+    clock, system = HostClock(), FakeSystem()
+    agent = make(tmp_path, clock, system)
+    agent.open(intent(), locked(agent), 30, 0)
+    system.switch_to(NEW)
+    with pytest.raises(A.Refused) as busy:
+        agent.recover()
+    assert busy.value.code == A.BUSY and busy.value.detail["run_id"] == "r1"
+    clock.t += 31
+    assert agent.recover() == {"reverting": ["i1"]}
+    assert system.detached[-1][0] == "ipex-fleet-revert-i1"
+    with pytest.raises(A.Refused) as pending:
+        agent.outcome("i1")
+    assert pending.value.code == A.BUSY
+    agent.finish("i1", "recovery")
+    assert agent.outcome("i1") == {"decided_by": "recovery", "outcome": "reverted"}
+
+
+def test_a_torn_write_leaves_the_old_file_whole(tmp_path, monkeypatch):
+    path = str(tmp_path / "intent.json")
+    A.write_json(path, {"intent_id": "old"})
+
+    def power_cut(*_a):
+        raise OSError("power cut")
+
+    monkeypatch.setattr(os, "replace", power_cut)
+    with pytest.raises(OSError):
+        A.write_json(path, {"intent_id": "new"})
+    assert json.loads(Path(path).read_text()) == {"intent_id": "old"}
+
+
+def test_the_command_line_prints_one_json_object_and_its_exit_code(tmp_path):
+    root = str(tmp_path / "state")
+    run = lambda *args: subprocess.run([sys.executable, A.__file__, "--root", root, *args],  # noqa: E731
+                                       capture_output=True, text=True, timeout=30)
+    took = run("lock-take", "--owner", json.dumps({"run_id": "r1"}), "--for", "30")
+    assert took.returncode == 0 and "token" in json.loads(took.stdout)
+    again = run("lock-take", "--owner", json.dumps({"run_id": "r2"}), "--for", "30")
+    assert again.returncode == A.BUSY and json.loads(again.stdout)["holder"] == {"run_id": "r1"}
+    status = json.loads(run("status").stdout)
+    assert status["lock"]["owner"] == {"run_id": "r1"} and 29 < status["lock"]["left"] <= 30
+    assert "token" not in json.dumps(status), "the token never leaves through status"
+
+
+# -- everything interleaved ---------------------------------------------------------------------
+
+
+class HostAgentMachine(RuleBasedStateMachine):
+    """A controller (or two), the watchdog, recovery and reboots, in any order: every intent is decided
+    exactly once, a decided host is on the recorded generation or committed on the target, and a lock
+    is never held by two."""
+
+    def __init__(self):
+        super().__init__()
+        import tempfile
+
+        self.dir = Path(tempfile.mkdtemp(prefix="agent-sm-"))
+        self.clock, self.system = HostClock(), FakeSystem()
+        self.agent = A.Agent(str(self.dir), self.clock, self.system)
+        self.tokens: dict[str, str] = {}
+        self.opened: list[str] = []
+        self.n = 0
+
+    @rule(run=st.sampled_from(["r1", "r2"]))
+    def take_lock(self, run):
+        try:
+            self.tokens[run] = self.agent.lock_take({"run_id": run}, 20, 60)["token"]
+        except A.Refused:
+            pass
+
+    @rule(run=st.sampled_from(["r1", "r2"]))
+    def open_and_switch(self, run):
+        if run not in self.tokens:
+            return
+        self.n += 1
+        iid = f"i{self.n}"
+        n, path = self.system.profile(PROFILE)
+        record = {**intent(iid, run), "previous": {"generation": n, "path": path}}
+        try:
+            self.agent.open(record, self.tokens[run], 20, 60)
+        except A.Refused:
+            return
+        self.opened.append(iid)
+        self.system.switch_to(f"/nix/store/{self.n:03d}-nixos-system")
+
+    @rule(run=st.sampled_from(["r1", "r2"]))
+    def heartbeat(self, run):
+        intent_ = self.agent.status()["intent"]
+        try:
+            self.agent.renew(self.tokens.get(run, "none"), 20,
+                             intent_["intent_id"] if intent_ and intent_["run_id"] == run else None)
+        except A.Refused:
+            pass
+
+    @rule(seconds=st.sampled_from([1, 5, 19, 21, 70]))
+    def time_passes(self, seconds):
+        self.clock.t += seconds
+
+    @rule()
+    def watchdog_looks(self):
+        intent_ = self.agent.status()["intent"]
+        if intent_ and intent_["left"] <= 0:
+            try:
+                self.agent.revert(intent_["intent_id"], "watchdog")
+            except A.Refused:
+                pass
+
+    @rule(who=st.sampled_from([A.COMMITTED, "reverting-controller"]))
+    def controller_decides(self, who):
+        intent_ = self.agent.status()["intent"]
+        if not intent_:
+            return
+        if who == A.COMMITTED:
+            self.agent.claim(intent_["intent_id"], who)
+        else:
+            try:
+                self.agent.revert(intent_["intent_id"], who)
+            except A.Refused:
+                pass
+
+    @rule()
+    def reboot(self):
+        self.clock.reboot()
+        self.system.active_units.clear()
+        self.agent.boot()
+
+    @rule()
+    def recovery(self):
+        try:
+            self.agent.recover()
+        except A.Refused:
+            pass
+        for u in list(self.system.detached):
+            if u[0].startswith("ipex-fleet-revert-"):
+                iid, who = u[1][-3], u[1][-1]
+                try:
+                    self.agent.finish(iid, who)
+                except A.Refused:
+                    pass
+
+    @invariant()
+    def each_intent_decided_at_most_once(self):
+        for iid in self.opened:
+            claims = list((self.dir / "resolved").glob(f"{iid}.*.json"))
+            open_ = (self.dir / "intent.json").exists() and json.loads(
+                (self.dir / "intent.json").read_text())["intent_id"] == iid
+            assert len(claims) + int(open_) <= 1, (iid, claims)
+
+    @invariant()
+    def a_reverted_intent_left_the_host_on_its_previous_generation(self):
+        last = self.opened[-1] if self.opened else None
+        if last is None:
+            return
+        for path in (self.dir / "resolved").glob(f"{last}.*.json"):
+            data = json.loads(path.read_text())
+            if data.get("outcome") == "reverted":
+                assert self.system.running_path == data["previous"]["path"]
+                assert self.system.generations[self.system.current] == data["previous"]["path"]
+
+
+TestHostAgentMachine = HostAgentMachine.TestCase
+TestHostAgentMachine.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
