@@ -10,12 +10,18 @@ catches, as a SIGKILL ends everything).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import shlex
+import tempfile
 from dataclasses import dataclass, field
 from types import SimpleNamespace
+from pathlib import Path
 from typing import Any
 
+from ipex_fleet import hostagent
+from ipex_fleet.host import agent as host_agent
 from ipex_fleet.remote import HostUnreachable, StepTimeout, _RC_MARK
 
 STATE = "/var/lib/ipex-fleet"
@@ -42,10 +48,12 @@ class ScriptedHost:
     running: str = "/nix/store/aaa-nixos-system-1"
     booted: str = "/nix/store/aaa-nixos-system-1"
     target_build: str = "/nix/store/bbb-nixos-system-2"
-    intent: dict[str, Any] | None = None
-    resolved: dict[str, str] = field(default_factory=dict)  # "RUN.WHO" -> outcome ("" while deciding)
-    watchdogs: set[str] = field(default_factory=set)
-    lock: dict[str, Any] | None = None
+    # The host agent: the real program (ipex_fleet.host.agent) on this host's own clock and directory.
+    host_clock: "HostClock" = field(default_factory=lambda: HostClock())
+    agent_dir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="scripted-agent-"))
+    agent_installed: bool = False
+    armed: dict[str, str] = field(default_factory=dict)  # intent id -> run id of each watchdog started
+    revert_fails: bool = False  # the old generation's activation fails (a revert that cannot verify)
     records: list[dict[str, Any]] = field(default_factory=list)
     fault: Fault | None = None
     second: Fault | None = None  # a second fault, for double faults (a gate fails, then the controller dies)
@@ -77,6 +85,54 @@ class ScriptedHost:
 
         rc, out = self.answer(command)
         return _result([*out, f"{_RC_MARK}{rc}"], [])
+
+    # -- the host agent's state, read from its own files ----------------------------------------
+
+    @property
+    def agent(self) -> host_agent.Agent:
+        return host_agent.Agent(self.agent_dir, host_agent.Clock(self.host_clock.now, self.host_clock.boot_id,
+                                                                  self.host_clock.sleep), ScriptedSystem(self))
+
+    @property
+    def intent(self) -> dict[str, Any] | None:
+        return host_agent.read_json(f"{self.agent_dir}/intent.json")
+
+    @property
+    def lock(self) -> dict[str, Any] | None:
+        held = host_agent.read_json(f"{self.agent_dir}/lock")
+        return None if held is None else {**held["owner"], "token": held["token"]}
+
+    @property
+    def resolved(self) -> dict[str, str]:
+        """"RUN.WHO" -> the revert's outcome ("" while deciding or committed)."""
+        out = {}
+        for path in sorted(Path(self.agent_dir, "resolved").glob("*.json")):
+            data = json.loads(path.read_text())
+            who = path.name[:-5].rsplit(".", 1)[1]
+            out[f"{data['run_id']}.{who}"] = data.get("outcome") or ""
+        return out
+
+    @property
+    def watchdogs(self) -> set[str]:
+        return set(self.armed.values())
+
+    def inject_intent(self, run_id: str, previous: dict[str, Any], target: dict[str, Any], mode: str = "switch",
+                      left: float = -1) -> None:
+        """An intent a dead run left (its lease `left` seconds from now on the host's clock)."""
+        host_agent.write_json(f"{self.agent_dir}/intent.json", {
+            "intent_id": f"{run_id}-dead", "run_id": run_id, "previous": previous, "target": target, "mode": mode,
+            "profile": PROFILE, "phase": "confirmed", "record": {"run_id": run_id},
+            "lease": {"boot_id": self.host_clock.boot_id(), "deadline": self.host_clock.now() + left,
+                      "reboot_grace": 60}})
+
+    def agent_call(self, command: str) -> tuple[int, list[str]]:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            rc = host_agent.main(agent_argv(command), make=lambda _root: self.agent)
+        return rc, out.getvalue().splitlines()
+
+    def agent_status_line(self) -> str:
+        return "agent=" + (json.dumps(self.agent.status()) if self.agent_installed else "missing")
 
     # -- the model -------------------------------------------------------------------------------
 
@@ -124,27 +180,23 @@ class ScriptedHost:
         return self.generations[self.current]
 
     def do_preflight(self, command: str) -> tuple[int, list[str]]:
-        intent = self.do_read_intent(command)[1] if "run_id=%s" in command else []
-        return 0, ["os_id=nixos", "nix=nix (Nix) 2.18", "free_kb=99999999", *intent]
+        return 0, ["os_id=nixos", "nix=nix (Nix) 2.18", "free_kb=99999999", self.agent_status_line()]
+
+    def do_agent_missing(self, _c: str) -> tuple[int, list[str]]:
+        return 0, [self.agent_status_line()]
+
+    def do_install_agent(self, _c: str) -> tuple[int, list[str]]:
+        self.agent_installed = True
+        return 0, [json.dumps(self.agent.status())]
 
     def do_read_intent(self, _c: str) -> tuple[int, list[str]]:
-        if not self.intent:
-            return 0, []
-        return 0, [f"run_id={self.intent['run_id']}", f"lease={self.intent['lease']}", "now=9999999999",
-                   "intent={}"]
+        return 0, [] if self.intent is None else [f"intent={json.dumps(self.intent)}"]
 
-    def do_lock(self, command: str) -> tuple[int, list[str]]:
-        owner = json.loads(shlex.split(command.split("printf '%s\\n' ", 1)[1])[0])
-        if self.lock is not None and "set -C" in command:
-            return 75, [json.dumps(self.lock)]
-        self.lock = owner
-        return 0, ["acquired"]
+    def do_agent(self, command: str) -> tuple[int, list[str]]:
+        return self.agent_call(command)
 
-    def do_release(self, command: str) -> tuple[int, list[str]]:
-        run_id = json.loads(shlex.split(command)[3])
-        if self.lock and self.lock.get("run_id") == run_id:
-            self.lock = None
-        return 0, []
+    do_lock = do_release = do_open_intent = do_renew = do_claim = do_revert = do_outcome = do_recover = do_agent
+    do_arm = do_agent_status = do_agent
 
     def do_profile_state(self, _c: str) -> tuple[int, list[str]]:
         lines = [f"system-{n}-link 1700000000 {p}" for n, p in sorted(self.generations.items())]
@@ -158,25 +210,6 @@ class ScriptedHost:
 
     def do_running(self, _c: str) -> tuple[int, list[str]]:
         return 0, [self.running]
-
-    def do_open_intent(self, command: str) -> tuple[int, list[str]]:
-        if self.intent is not None:
-            return 1, ["mv: cannot overwrite: Directory not empty"]
-        words = shlex.split(command)
-
-        def written_to(suffix: str) -> str:  # printf '%s\n' VALUE > DIR/suffix
-            return words[next(i for i, w in enumerate(words) if w.endswith(suffix)) - 2]
-
-        intent = json.loads(written_to("/intent.json"))
-        self.intent = {**intent, "run_id": written_to("/run_id"), "lease": int(written_to("/lease"))}
-        if "ipex-fleet-watchdog-" in command:  # the same round trip arms the watchdog
-            self.watchdogs.add(self.intent["run_id"])
-        return 0, []
-
-    def do_arm(self, _c: str) -> tuple[int, list[str]]:
-        if self.intent:
-            self.watchdogs.add(self.intent["run_id"])
-        return 0, []
 
     def do_set_profile(self, command: str) -> tuple[int, list[str]]:
         path = shlex.split(command)[-1]
@@ -201,35 +234,6 @@ class ScriptedHost:
             self.running = path
         return 0, [f"activating the configuration {path} ({action})"]
 
-    def do_renew(self, command: str) -> tuple[int, list[str]]:
-        words = shlex.split(command)
-        run_id = words[words.index("]") - 1]
-        if not self.intent or self.intent["run_id"] != run_id:
-            return 3, []
-        self.intent["lease"] = int(next(w for w in words if w.isdigit() and len(w) >= 9))
-        return 0, []
-
-    def do_claim(self, command: str) -> tuple[int, list[str]]:
-        dest = next(w for w in shlex.split(command) if "/resolved/" in w)
-        key = dest.rsplit("/", 1)[1]
-        run_id = key.rsplit(".", 1)[0]
-        if not self.intent or self.intent["run_id"] != run_id:
-            return 3, ["lost", *[k for k in self.resolved if k.startswith(run_id + ".")]]
-        self.intent = None
-        self.resolved[key] = ""
-        return 0, ["won"]
-
-    def do_outcome(self, command: str) -> tuple[int, list[str]]:
-        path = next(w for w in shlex.split(command) if w.endswith("/outcome"))
-        key = path.rsplit("/", 2)[1]
-        outcome = self.resolved.get(key)
-        return (0, [outcome]) if outcome else (75, [])
-
-    def do_revert_script(self, command: str) -> tuple[int, list[str]]:
-        """`sh intent/revert.sh WHO` (recovery)."""
-        self.revert_by(shlex.split(command)[-1])
-        return 0, []
-
     def do_probe(self, _c: str) -> tuple[int, list[str]]:
         return 0, [json.dumps({"result": "pass", "level": 2, "checks": [{"name": "units", "result": "pass"}]})]
 
@@ -241,7 +245,10 @@ class ScriptedHost:
                                "failed": [], "bytes_downloaded": 1, "bytes_hashed": 1})]
 
     def do_record(self, command: str) -> tuple[int, list[str]]:
-        self.records.append(json.loads(shlex.split(command.split("printf '%s\\n' ", 1)[1])[0]))
+        if "printf '%s\\n' " in command:
+            self.records.append(json.loads(shlex.split(command.split("printf '%s\\n' ", 1)[1])[0]))
+        if "lock-release" in command:  # the same round trip releases the lock (ours, by its token)
+            self.agent_call(command[command.index(hostagent.LAUNCHER):])
         return 0, []
 
     # -- maintenance ------------------------------------------------------------------------------
@@ -280,34 +287,136 @@ class ScriptedHost:
 
     # -- what the host does by itself ------------------------------------------------------------
 
-    def revert_by(self, who: str) -> bool:
-        """revert.sh: claim (unless decided), restore the intent's previous generation, verify, journal."""
-        if self.intent is None:
-            return False
-        intent, self.intent = self.intent, None
-        key = f"{intent['run_id']}.{who}"
-        previous = intent["previous"]
-        if intent["mode"] in ("switch", "boot"):
-            self.current = previous["generation"]
-        self.running = previous["path"]
-        ok = self.running == previous["path"] and self.profile_path == previous["path"]
-        self.resolved[key] = f"{'reverted' if ok else 'revert-failed'} 1700000000 {who}"
-        self.records.append({"run_id": intent["run_id"], "phase": "revert", "status": "rolled_back"})
-        if self.lock and self.lock.get("run_id") == intent["run_id"]:
-            self.lock = None
-        return True
-
     def lease_runs_out(self) -> bool:
-        """Time passes with no controller: an armed watchdog reverts (a reboot would have ended it)."""
+        """Time passes on the host with no controller: every lease runs out, an armed watchdog reverts."""
         self.dropped = False
         self.fault = self.second = None
-        if self.intent and self.intent["run_id"] in self.watchdogs:
-            return self.revert_by("watchdog")
+        self.host_clock.t += 10**6
+        intent = self.intent
+        if intent and intent["intent_id"] in self.armed:
+            try:
+                self.agent.watch(intent["intent_id"], poll=1)
+            except host_agent.Refused:
+                pass
+            return True
         return False
+
+    def watchdog_tick(self) -> None:
+        """The armed watchdog looks once (it polls every second on a real host)."""
+        intent = self.intent
+        if intent and intent["intent_id"] in self.armed and self.agent.left(intent["lease"]) <= 0:
+            try:
+                self.agent.revert(intent["intent_id"], "watchdog")
+            except host_agent.Refused:
+                pass
+
+    def reboot(self) -> None:
+        """A boot: transient units end; the boot unit re-arms what is open."""
+        self.host_clock.reboot()
+        self.armed.clear()
+        self.running = self.profile_path
+        self.agent.boot()
+
+
+class ScriptedSystem:
+    """The agent's view of the scripted host: profile, activation, running system."""
+
+    def __init__(self, host: ScriptedHost) -> None:
+        self.host = host
+
+    def profile(self, _profile: str) -> tuple[int | None, str | None]:
+        return self.host.current, self.host.generations.get(self.host.current)
+
+    def set_profile(self, _profile: str, number: int | None, path: str) -> bool:
+        if number is not None and self.host.generations.get(number) == path:
+            self.host.current = number
+        else:
+            self.host.current = max(self.host.generations) + 1
+            self.host.generations[self.host.current] = path
+        return True
+
+    def running(self) -> str:
+        return self.host.running
+
+    def activate(self, path: str, action: str, _log: str) -> int:
+        if self.host.revert_fails:
+            return 2
+        if action in ("switch", "test"):
+            self.host.running = path
+        return 0
+
+    def boot_default(self) -> int | None:
+        return None  # the scripted host has no boot loader
+
+    def activations_running(self) -> list[str]:
+        return []
+
+    def detach(self, unit: str, argv: list[str], _log: str) -> bool:
+        if unit.startswith("ipex-fleet-watchdog-"):
+            intent_id = unit[len("ipex-fleet-watchdog-"):]
+            self.host.armed[intent_id] = (self.host.intent or {}).get("run_id", "?")
+        elif unit.startswith("ipex-fleet-revert-"):  # the detached revert runs to its end at once
+            try:
+                self.host.agent.finish(argv[argv.index("--intent") + 1], argv[argv.index("--who") + 1])
+            except host_agent.Refused:
+                pass
+        return True
+
+    def unit_active(self, unit: str) -> bool:
+        return unit.startswith("ipex-fleet-watchdog-") and unit[len("ipex-fleet-watchdog-"):] in self.host.armed
+
+
+@dataclass
+class HostClock:
+    """The host's CLOCK_BOOTTIME and boot id (never the controller's clock)."""
+
+    t: float = 500.0
+    boot: int = 1
+
+    def now(self) -> float:
+        return self.t
+
+    def boot_id(self) -> str:
+        return f"boot-{self.boot}"
+
+    def sleep(self, seconds: float) -> None:
+        self.t += seconds
+
+    def reboot(self) -> None:
+        self.boot += 1
+        self.t = 3.0
+
+
+AGENT_KINDS = {"open": "open_intent", "claim": "claim", "activated": "renew", "confirm": "renew", "renew": "renew",
+               "lock-take": "lock", "lock-release": "release", "revert": "revert", "outcome": "outcome",
+               "recover": "recover", "status": "agent_status", "rearm": "arm"}
+
+
+def agent_argv(command: str) -> list[str]:
+    """The agent's argv in a command: the words after `LAUNCHER SCRIPT`, up to the shell's next operator."""
+    lexer = shlex.shlex(command[command.index(hostagent.LAUNCHER):], posix=True, punctuation_chars=";&|>)")
+    lexer.whitespace_split = True
+    words = []
+    for word in lexer:
+        if word and set(word) <= set(";&|>)"):
+            break
+        words.append(word)
+    return words[2:]
 
 
 def classify(command: str) -> str:
     """Which builder made this command (most specific first)."""
+    if command.startswith(f"mkdir -p {STATE} && printf") and "deploys.jsonl" in command:
+        return "record"  # before the rules below: a record's error text may quote any command
+    if "agent.py.tmp" in command:
+        return "install_agent"
+    if "os_id=" in command:
+        return "preflight"
+    if hostagent.LAUNCHER in command and "deploys.jsonl" not in command:
+        if "agent=missing" in command:
+            return "agent_missing"
+        args = agent_argv(command)
+        return AGENT_KINDS[args[args.index("--root") + 2]]
     rules = (
         # maintenance (ipex_fleet.nix.upkeep), before the deploy's builders whose words they share
         ("booted=%s", "upkeep_facts"),
@@ -317,17 +426,7 @@ def classify(command: str) -> str:
         ("journal_before_kb", "vacuum"),
         ("restarted=", "restart"),
         ("history.jsonl", "history"),
-        ("intent.tmp-", "open_intent"),
-        ("ipex-fleet-watchdog-", "arm"),
-        ("lease.new", "renew"),
-        ("echo won", "claim"),
-        ("/revert.sh recovery", "revert_script"),
-        ("set -C", "lock"),
-        ("exit 75", "outcome"),
-        ("os_id=", "preflight"),
-        ("run_id=%s", "read_intent"),
-        ("/lock 2>/dev/null && rm -f", "release"),
-        ("ipex-fleet/lock", "lock"),
+        ("intent.json", "read_intent"),
         ("deploys.jsonl", "record"),
         ("for l in ", "profile_state"),
         (" build --json", "build"),
@@ -343,6 +442,31 @@ def classify(command: str) -> str:
         if needle in command:
             return kind
     return "noop"  # mkdir, flake present, prune, rm of the plan: nothing the model keeps
+
+
+class FakeHeartbeat:
+    """The controller's heartbeat, without threads: what it would keep alive, renewed when a test says."""
+
+    def __init__(self) -> None:
+        self.kept: dict[str, tuple[Any, str, float, str | None]] = {}
+        self.stopped: list[str] = []
+
+    def keep(self, host: Any, token: str, lease: float, intent_id: str | None = None) -> None:
+        self.kept[host.name] = (host, token, lease, intent_id)
+
+    def stop(self, host_name: str) -> None:
+        if self.kept.pop(host_name, None) is not None:
+            self.stopped.append(host_name)
+
+    def lost(self, host_name: str) -> bool:
+        return False
+
+    def beat(self) -> None:
+        """One renewal of every kept host, as the real heartbeat sends it every few seconds."""
+        for host, token, lease, intent_id in list(self.kept.values()):
+            if not host.dropped:
+                host.agent_call(hostagent.command("renew", "--token", token, "--for", f"{lease:g}",
+                                                  *(["--intent", intent_id] if intent_id else [])))
 
 
 class FakeClock:
@@ -373,6 +497,7 @@ def scripted_controller(tmp_path: Any, monkeypatch: Any, *clocked: Any) -> tuple
     monkeypatch.setenv("IPEX_FLEET_STATE", str(tmp_path / "state"))
     monkeypatch.setattr("ipex_fleet.remote.privilege_args", lambda host: {})
     monkeypatch.setattr("ipex_fleet.transaction.run_fresh", lambda host, command, timeout: host.fresh(command))
+    monkeypatch.setattr("ipex_fleet.heartbeat.Heartbeat", FakeHeartbeat)
     clock = FakeClock()
     for module in (transaction, *clocked):
         monkeypatch.setattr(module, "time", clock)

@@ -9,10 +9,9 @@ import shlex
 import pytest
 from hypothesis import example, given, settings, strategies as st
 
-from ipex_fleet.domain import Action, Generation
+from ipex_fleet.domain import Action
 from ipex_fleet.errors import UserError
 from ipex_fleet.nix import commands as nixcmd
-from ipex_fleet.nix import journal
 from ipex_fleet.settings import check_host_name, from_host_data
 
 # Anything a user or a host could hand us: metacharacters, quotes, newlines, unicode, long values.
@@ -38,26 +37,25 @@ def test_activation_quotes_the_path(path):
 
 
 @given(st.dictionaries(st.sampled_from(["run_id", "controller", "since"]), NASTY, min_size=1))
-def test_lock_and_records_carry_values_as_json_in_one_word(owner):
-    tokens = words(nixcmd.acquire_lock(owner))
-    assert owner in [json.loads(t) for t in tokens if t.startswith("{")]
+def test_records_carry_values_as_json_in_one_word(owner):
     tokens = words(nixcmd.append_deploy_record(owner))
     assert owner in [json.loads(t) for t in tokens if t.startswith("{")]
-    assert json.dumps(owner.get("run_id", "x")) in words(nixcmd.release_lock(owner.get("run_id", "x")))
 
 
 @settings(max_examples=60)
-@given(NASTY, NASTY, NASTY)
-def test_the_journal_quotes_run_ids_steps_and_paths(run_id, step, path):
-    assert f"{journal.RESOLVED}/{run_id}.committed" in words(journal.claim(run_id, journal.COMMITTED))
-    renew = words(journal.renew(run_id, 1700000000, step))
-    assert run_id in renew and step in renew
-    script = journal.revert_script(run_id, "/nix/var/nix/profiles/system", Action.SWITCH, Generation(3, path),
-                                   {"error": "__OUTCOME__"})
-    assert f"{path}/bin/switch-to-configuration" in words(script)
-    opened = words(journal.open_intent(run_id, {"run_id": run_id}, script, 1700000000))
-    assert run_id in opened and script in opened
-    assert json.loads(next(w for w in opened if w.startswith("{"))) == {"run_id": run_id}
+@given(NASTY, NASTY, st.dictionaries(st.sampled_from(["run_id", "controller"]), NASTY, min_size=1))
+def test_agent_commands_carry_each_value_in_one_word(intent_id, token, owner):
+    """What the controller sends the host agent reaches its argv whole, whatever the bytes."""
+    from ipex_fleet import hostagent
+
+    owner_json = json.dumps(owner, sort_keys=True)
+    argv = words(hostagent.command("lock-take", "--owner", owner_json, "--for", "30"))
+    assert argv[:4] == [hostagent.LAUNCHER, hostagent.SCRIPT, "--root", "/var/lib/ipex-fleet"]
+    assert json.loads(argv[argv.index("--owner") + 1]) == owner
+    argv = words(hostagent.command("claim", "--intent", intent_id, "--who", "committed"))
+    assert argv[argv.index("--intent") + 1] == intent_id
+    argv = words(hostagent.command("lock-release", "--token", token))
+    assert argv[-1] == token
 
 
 @given(NASTY)

@@ -18,9 +18,11 @@ from .scripted_host import ControllerDied, Fault, ScriptedHost, scripted_control
 
 STEPS = (transaction.preflight, transaction.record_previous, transaction.push_flake, transaction.build,
          transaction.switch, modelsteps.install_models, gatesteps.health, gatesteps.bench_gate, transaction.record)
-# Every command from the journaled intent to the commit, in the order the transaction sends them.
-POINTS = [("open_intent", 1), ("set_profile", 1), ("activate", 1), ("renew", 1), ("renew", 2),
-          ("renew", 3), ("models", 1), ("renew", 4), ("probe", 1), ("renew", 5), ("bench", 1), ("claim", 1)]
+# Every command from the lock to the record, in the order the transaction sends them (the two
+# `renew` are the agent's `activated` and the confirmation over a new login; the heartbeat's
+# renewals do not wait for step boundaries).
+POINTS = [("lock", 1), ("open_intent", 1), ("set_profile", 1), ("activate", 1), ("renew", 1), ("renew", 2),
+          ("models", 1), ("probe", 1), ("bench", 1), ("claim", 1), ("record", 1)]
 HOWS = ("fail", "timeout", "drop", "die", "die_after")
 MODEL = {"kind": "checkpoints", "name": "a.safetensors", "url": "https://mirror.example/a.safetensors",
          "sha256": "a" * 64}
@@ -77,7 +79,7 @@ def test_a_healthy_deploy_commits(controller):
     assert alive and check_invariant(host, run_id, "-") == "committed"
     result = results.read_host_result(run_id, "h1")
     assert result.status is Status.OK and result.final.path == host.target_build and host.lock is None
-    assert host.watchdogs == {run_id} and not host.dropped
+    assert host.watchdogs == {run_id} and not host.dropped and host.agent_installed
 
 
 @pytest.mark.parametrize("how", HOWS)
@@ -100,7 +102,7 @@ def test_every_step_and_every_ending_leaves_the_host_safe(controller, kind, nth,
     if host.intent is not None:  # no watchdog ran (the controller died before arming it): recovery
         recovered, survived = deploy(host)
         assert survived
-        assert any(f"run {run_id} left an open intent" in line for line in host.logs)
+        assert any("a dead run left intent(s)" in line for line in host.logs), host.logs
         assert results.read_host_result(recovered, "h1").status is Status.OK
         host.running, host.current = previous, 1  # judge the dead run's outcome, not the new deploy's
         assert [k for k in host.resolved if k.startswith(run_id)] == [f"{run_id}.recovery"]
@@ -142,10 +144,11 @@ def test_a_second_run_in_the_same_process_starts_from_nothing(monkeypatch):
 
 
 @pytest.mark.parametrize("how", ("die", "die_after"))
-@pytest.mark.parametrize("kind,nth", [("renew", 3), ("switch_generation", 1), ("activate", 2), ("claim", 1)])
+@pytest.mark.parametrize("kind,nth", [("revert", 1), ("outcome", 1), ("profile_state", 3), ("probe", 2), ("record", 1)])
 def test_a_controller_that_dies_while_rolling_back_leaves_the_host_safe(controller, kind, nth, how):
     """A double fault: the health gate fails, then the controller dies during the rollback. The
-    intent stays open until the revert is done and claimed, so the host's watchdog finishes it."""
+    revert is claimed and run by the host agent itself (detached), or, before the claim, left to the
+    host's watchdog: either way it finishes without the controller."""
     deploy, make = controller
     host = make()
     previous = host.profile_path
@@ -159,7 +162,83 @@ def test_a_controller_that_dies_while_rolling_back_leaves_the_host_safe(controll
     decided = [k for k in host.resolved if k.startswith(run_id + ".")]
     assert len(decided) == 1 and not decided[0].endswith(".committed"), decided
     if host.lock and host.lock["run_id"] == run_id:  # died between the claim and the release:
-        clock = transaction.time  # a leased lock: once its lease runs out, the next run takes it
-        clock.sleep(host.lock["lease_until"] - clock.time() + 1)
+        host.host_clock.t += 31  # a leased lock: once its lease runs out (host clock), the next run takes it
     again, survived = deploy(host)
     assert survived and results.read_host_result(again, "h1").status is Status.OK
+
+
+def test_a_revert_that_does_not_verify_is_revert_failed_and_loud(controller):
+    deploy, make = controller
+    host = make()
+    host.fault = Fault("probe", 1, "fail")
+    host.revert_fails = True  # the old generation's activation fails
+    run_id, alive = deploy(host)
+    result = results.read_host_result(run_id, "h1")
+    assert alive and result.status is Status.REVERT_FAILED and not result.status.succeeded, result
+    assert "rollback FAILED" in result.error
+    assert [v for k, v in host.resolved.items() if k.startswith(run_id)] == ["revert-failed"]
+
+
+def test_a_won_commit_stands_when_recording_it_fails(controller):
+    deploy, make = controller
+    host = make()
+    host.fault = Fault("record", 1, "timeout")
+    run_id, alive = deploy(host)
+    result = results.read_host_result(run_id, "h1")
+    assert alive and result.status is Status.OK, result
+    assert [k for k in host.resolved if k.startswith(run_id)] == [f"{run_id}.committed"]
+
+
+def test_the_hosts_clock_alone_decides_a_skewed_or_stepped_wall_clock_changes_nothing(controller, monkeypatch):
+    """The controller's clock an hour off, the host's wall clock stepped by NTP mid-deploy: no lease
+    depends on either (the agent reads CLOCK_BOOTTIME only), so the deploy commits."""
+    from ipex_fleet.host import agent as host_agent
+
+    deploy, make = controller
+    host = make()
+    steps = iter([3600.0 * k for k in (1, -1, 2, -2, 5) * 100])
+    monkeypatch.setattr(host_agent.time, "time", lambda: 1_700_000_000 + next(steps))
+    monkeypatch.setattr(transaction.time, "time", lambda: 1_700_000_000 - 3600)
+    run_id, alive = deploy(host)
+    assert alive and results.read_host_result(run_id, "h1").status is Status.OK
+
+
+@pytest.mark.parametrize("beating", (True, False))
+def test_hosts_in_lockstep_a_slow_peer_never_reverts_a_healthy_host(controller, beating):
+    """pyinfra's lockstep: each step runs on every host before the next. host2's activation takes 300 s
+    of everyone's time while the watchdogs look every 5 s; the heartbeat renews host1's lease meanwhile
+    (as the real one does), so host1 is committed, never reverted. Without the heartbeat (the control)
+    host1's own watchdog reverts it: the step-boundary lease the issue saw."""
+    from ipex_fleet import heartbeat as hb
+
+    deploy, make = controller
+    hosts = [make(), make()]
+    hosts[1].name = "h2"
+    state = SimpleNamespace()
+    for h in hosts:
+        h.state = state
+    slow = hosts[1]
+    original = slow.do_activate
+
+    def slow_activation(command):
+        for _ in range(60):  # 300 s on every host's clock, with the heartbeat beating every 5 s
+            for h in hosts:
+                h.host_clock.t += 5
+            if beating:
+                runstate.of(state).heartbeat.beat()
+            hosts[0].watchdog_tick()
+        return original(command)
+
+    slow.do_activate = slow_activation
+    for step in STEPS:
+        for h in hosts:
+            transaction.run_step(None, h, step, step.__name__)
+    run_id = runstate.of(state).run_id
+    if not beating:
+        assert results.read_host_result(run_id, "h1").status is Status.ROLLED_BACK
+        assert any(k.endswith(".watchdog") for k in hosts[0].resolved)
+        return
+    for h in hosts:
+        assert results.read_host_result(run_id, h.name).status is Status.OK, h.name
+        assert not any(k.endswith(".watchdog") for k in h.resolved), h.resolved
+    assert isinstance(runstate.of(state).heartbeat, hb.Heartbeat)  # the scripted layer's stand-in

@@ -25,10 +25,34 @@ def fleet(fleet2):
 pytestmark = pytest.mark.usefixtures("healthy")
 
 
+def decisions(fleet, host: str, run_id: str) -> list[dict]:
+    """The host agent's decided intents of one run (resolved/ID.WHO.json), each with `who`."""
+    out = fleet.sh(host, "cd /var/lib/ipex-fleet/resolved 2>/dev/null && for f in *.json; do [ -e \"$f\" ] && "
+                         "printf '%s %s\\n' \"${f%.json}\" \"$(cat \"$f\")\"; done; true")
+    found = []
+    for line in out.splitlines():
+        name, _, data = line.partition(" ")
+        record = json.loads(data)
+        if record.get("run_id") == run_id:
+            found.append({**record, "who": name.rsplit(".", 1)[1]})
+    return found
+
+
 def resolved(fleet, host: str, run_id: str) -> list[str]:
-    """The decision directories of one run on the host (exactly one once it is decided)."""
-    out = fleet.sh(host, f"ls -1 /var/lib/ipex-fleet/resolved 2>/dev/null | grep -F '{run_id}.' || true")
-    return sorted(out.split())
+    """`RUN.WHO` for each decided intent of one run on the host (exactly one once it is decided)."""
+    return sorted(f"{run_id}.{d['who']}" for d in decisions(fleet, host, run_id))
+
+
+def reverted_by(fleet, host: str, run_id: str, bound: float) -> tuple[str, float, str]:
+    """Wait for the run's revert to end on the host: (outcome, when it ended, who reverted)."""
+    found: list[dict] = []
+
+    def ended() -> bool:
+        found[:] = [d for d in decisions(fleet, host, run_id) if d.get("outcome")]
+        return bool(found)
+
+    assert wait_for(ended, bound, 0.5), f"no revert of {run_id} ended within {bound:.0f}s"
+    return found[0]["outcome"], float(found[0]["ended"]), found[0]["who"]
 
 
 def test_retry_does_not_turn_a_rollback_into_success(fleet):
@@ -48,9 +72,9 @@ def test_a_committed_deploy_leaves_no_open_intent_and_no_watchdog(fleet):
     proc, run_id = fleet.deploy("--limit", "host2", *FAST)
     assert_ok(proc)
     assert resolved(fleet, "host2", run_id) == [f"{run_id}.committed"]
-    assert fleet.sh("host2", "test -e /var/lib/ipex-fleet/intent && echo open || echo none") == "none"
-    assert wait_for(lambda: fleet.sh("host2", f"systemctl is-active ipex-fleet-watchdog-{run_id} || true")
-                    in ("inactive", "unknown"), 10, 0.2)
+    assert fleet.sh("host2", "test -e /var/lib/ipex-fleet/intent.json && echo open || echo none") == "none"
+    assert wait_for(lambda: fleet.sh("host2", "systemctl list-units --no-legend --state=active,activating "
+                                              "'ipex-fleet-watchdog-*' | grep -c . || true") == "0", 10, 0.2)
     assert fleet.sh("host2", "test -e /var/lib/ipex-fleet/lock && echo held || echo free") == "free"
 
 
@@ -167,14 +191,13 @@ def test_controller_killed_in_a_gate_host_returns_by_itself(fleet, step, pattern
     grace = 3
     run_id, killed_at = _kill_controller_during(fleet, host, pattern, "--data", f"lease_grace={grace}", *extra)
     timeout = 10 if step == "health" else 15
-    bound = timeout + grace + 2 + 10  # the step's lease, the watchdog's poll, and the revert itself
-    outcome = f"/var/lib/ipex-fleet/resolved/{run_id}.watchdog/outcome"
-    assert wait_for(lambda: fleet.lab.ssh(host, f"test -s {outcome}", timeout=10, check=False).ok, bound + 20, 0.5)
-    reverted, at, who = fleet.sh(host, f"cat {outcome}").split()
+    # The lease is the controller's heartbeat, not the step: one lease_grace, the watchdog's poll, the revert.
+    bound = grace + 1 + 10
+    reverted, at, who = reverted_by(fleet, host, run_id, bound + 20)
     assert (reverted, who) == ("reverted", "watchdog")
-    took = int(at) - killed_at
+    took = at - killed_at
     print(f"\n{step}: the host was back on its recorded generation {took:.1f} s after the controller died "
-          f"(lease {timeout} s + grace {grace} s)")
+          f"(step timeout {timeout} s; lease grace {grace} s)")
     assert took <= bound
     assert fleet.system(host) == before
     record = json.loads(fleet.sh(host, "grep '\"phase\": \"revert\"' /var/lib/ipex-fleet/deploys.jsonl | tail -1"))
@@ -207,12 +230,9 @@ def test_controller_killed_during_models_host_returns_and_no_half_file_is_visibl
         bump(fleet, host)
         run_id, killed_at = _kill_controller_during(fleet, host, "ipex_fleet [m]odels install",
                                                     inventory=str(inventory))
-        outcome = f"/var/lib/ipex-fleet/resolved/{run_id}.watchdog/outcome"
-        bound = timeout + grace + 2 + 10
-        assert wait_for(lambda: fleet.lab.ssh(host, f"test -s {outcome}", timeout=10, check=False).ok,
-                        bound + 20, 0.5)
-        reverted, at, who = fleet.sh(host, f"cat {outcome}").split()
-        took = int(at) - killed_at
+        bound = grace + 1 + 10
+        reverted, at, who = reverted_by(fleet, host, run_id, bound + 20)
+        took = at - killed_at
         print(f"\nmodels: the host was back on its recorded generation {took:.1f} s after the controller died "
               f"(lease {timeout} s + grace {grace} s)")
         assert (reverted, who) == ("reverted", "watchdog") and took <= bound
@@ -239,48 +259,52 @@ def test_a_dead_runs_intent_is_recovered_by_the_next_deploy(fleet):
     fleet.deploy("--limit", host, *FAST)
     before = fleet.system(host)
     bump(fleet, host)
-    grace = 3
+    grace = 25
     run_id, _ = _kill_controller_during(fleet, host, "ipex_fleet [p]robe", "--data", "bench=false",
                                         "--data", f"lease_grace={grace}", "--data", "health_timeout=60")
-    fleet.sh(host, f"systemctl stop ipex-fleet-watchdog-{run_id}")  # as a reboot would end it
-    assert fleet.sh(host, "cat /var/lib/ipex-fleet/intent/run_id") == run_id
+    fleet.sh(host, "systemctl stop 'ipex-fleet-watchdog-*'")  # as a reboot without the boot unit would end it
+    assert json.loads(fleet.sh(host, "cat /var/lib/ipex-fleet/intent.json"))["run_id"] == run_id
     proc, refused = fleet.deploy("--limit", host, *FAST)
     assert proc.returncode != 0 and fleet.result(refused, host).status is Status.SKIPPED, "its lease still runs"
-    fleet.sh(host, "echo 0 > /var/lib/ipex-fleet/intent/lease")  # the lease ran out
+    assert f"run {run_id} is deploying this host" in fleet.result(refused, host).error
+    time.sleep(grace)  # the dead controller's lease runs out on the host's clock
     bump(fleet, host)
     proc, next_run = fleet.deploy("--limit", host, *FAST)
     assert_ok(proc)
-    assert f"run {run_id} left an open intent" in proc.stdout
-    assert fleet.sh(host, f"cut -d' ' -f1,3 /var/lib/ipex-fleet/resolved/{run_id}.recovery/outcome") == \
-        "reverted recovery"
+    assert "a dead run left intent(s)" in proc.stdout
+    assert [(d["who"], d["outcome"]) for d in decisions(fleet, host, run_id)] == [("recovery", "reverted")]
     result = fleet.result(next_run, host)
     assert result.status is Status.OK and result.previous.path == before[1]
 
 
 def test_commit_and_watchdog_race_has_exactly_one_winner(fleet):
-    """Both claimants started together, on the real host, again and again: one wins each time, and
-    the loser knows it lost."""
-    from ipex_fleet.domain import Action, Generation
-    from ipex_fleet.nix import journal
+    """Both claimants started together through the host agent on the real host, again and again: one
+    wins each time, and the loser knows it lost."""
+    from ipex_fleet import hostagent
 
     host = "host2"
+    bump(fleet, host)
+    assert_ok(fleet.deploy("--limit", host, *FAST)[0])  # the agent is in place
     gen, path, _ = fleet.system(host)
     for i in range(6):
         run_id = f"t-race-{i}-{time.monotonic_ns()}"
-        script = journal.revert_script(run_id, "/nix/var/nix/profiles/system", Action.SWITCH, Generation(gen, path),
-                                       {"run_id": run_id, "phase": "revert", "error": "__OUTCOME__"})
-        fleet.sh(host, journal.open_intent(run_id, {"run_id": run_id}, script, 0))
-        both = (f"( sh /var/lib/ipex-fleet/intent/revert.sh watchdog >/dev/null 2>&1 & "
-                f"{journal.claim(run_id, journal.COMMITTED)} ; wait ) 2>&1; true")
-        claimed = fleet.sh(host, both, timeout=60)
+        token = json.loads(fleet.sh(host, hostagent.command("lock-take", "--owner", json.dumps({"run_id": run_id}),
+                                                           "--for", "30")))["token"]
+        intent = {"intent_id": f"{run_id}-x", "run_id": run_id, "previous": {"generation": gen, "path": path},
+                  "target": {"path": path}, "mode": "switch", "profile": "/nix/var/nix/profiles/system",
+                  "record": {"run_id": run_id, "phase": "revert"}}
+        fleet.sh(host, hostagent.command("open", "--intent-json", json.dumps(intent), "--token", token, "--for", "0"))
+        both = (f"( {hostagent.command('revert', '--intent', f'{run_id}-x', '--who', 'watchdog')} >/dev/null 2>&1 & "
+                f"{hostagent.command('claim', '--intent', f'{run_id}-x', '--who', 'committed')}; wait ) 2>&1; true")
+        claimed = json.loads(fleet.sh(host, both, timeout=60).splitlines()[0])
         winners = resolved(fleet, host, run_id)
         assert len(winners) == 1, winners
-        if claimed.startswith("won"):
+        if claimed.get("won"):
             assert winners == [f"{run_id}.committed"]
+            fleet.sh(host, hostagent.command("lock-release", "--token", token))
         else:
-            assert claimed.startswith("lost") and winners == [f"{run_id}.watchdog"]
-            assert wait_for(lambda: fleet.lab.ssh(host, f"test -s /var/lib/ipex-fleet/resolved/{run_id}.watchdog/"
-                                                        "outcome", check=False).ok, 30, 0.2)
+            assert claimed.get("decided_by") == "watchdog" and winners == [f"{run_id}.watchdog"]
+            assert reverted_by(fleet, host, run_id, 30)[0] == "reverted"
     assert fleet.system(host) == (gen, path, path)
 
 
@@ -384,5 +408,5 @@ def test_a_run_stopped_by_pyinfra_leaves_every_host_reverted_with_a_result(fleet
         result = fleet.result(run_id, h)
         assert result.status is Status.ROLLED_BACK, (h, result)
         assert fleet.system(h) == before[h]
-        assert fleet.sh(h, "ls /var/lib/ipex-fleet/lock /var/lib/ipex-fleet/intent 2>/dev/null; true") == ""
+        assert fleet.sh(h, "ls /var/lib/ipex-fleet/lock /var/lib/ipex-fleet/intent.json 2>/dev/null; true") == ""
     assert "the run stopped before this host's transaction finished" in fleet.result(run_id, "host2").error

@@ -168,8 +168,24 @@ in
     boot.loader.systemd-boot.configurationLimit = lib.mkDefault cfg.bootEntriesKept;
     boot.loader.grub.configurationLimit = lib.mkDefault cfg.bootEntriesKept;
 
-    # Deploy state (pushed flakes, deploys.jsonl, bench baselines, the lock). The magic-rollback
-    # watchdog is armed per deploy as a transient systemd timer, so it needs no unit here.
+    # Deploy state (pushed flakes, deploys.jsonl, bench baselines, the lock, the host agent). The
+    # magic-rollback watchdog is armed per deploy by the host agent as a transient unit; this boot
+    # unit re-arms it after a reboot or a crash (its lease counted from the new boot) and finishes a
+    # revert a crash interrupted. It runs the agent the controller installed under
+    # /var/lib/ipex-fleet/agent, with an interpreter pinned there by a GC root: never anything of
+    # the generation being deployed.
+    systemd.services.ipex-fleet-agent = {
+      description = "ipex-fleet host agent at boot (re-arm an open deploy intent, finish interrupted reverts)";
+      wantedBy = [ "multi-user.target" ];
+      after = [ "local-fs.target" ];
+      unitConfig.ConditionPathExists = "/var/lib/ipex-fleet/agent/agent.py";
+      path = [ config.nix.package pkgs.coreutils ];
+      serviceConfig = {
+        Type = "oneshot";
+        RemainAfterExit = true;
+        ExecStart = "/var/lib/ipex-fleet/agent/run /var/lib/ipex-fleet/agent/agent.py boot";
+      };
+    };
     systemd.tmpfiles.rules = [
       "d /var/lib/ipex-fleet 0750 root root -"
       "d /var/lib/ipex-fleet/bench 0750 root root -"

@@ -35,6 +35,7 @@ class Status(str, enum.Enum):
     FAILED = "failed"
     UNREACHABLE = "unreachable"
     SKIPPED = "skipped"
+    REVERT_FAILED = "revert-failed"  # a revert that did not verify: loud, never a success
 
     @property
     def succeeded(self) -> bool:

@@ -185,17 +185,17 @@ def host_metrics(state_dir: str = STATE_DIR, profile: str = SYSTEM_PROFILE, root
     families.append(GaugeMetricFamily("ipex_fleet_boot_fallbacks", "Deploys whose reboot came up on the "
                                       "previous generation (boot counting fell back), as recorded.",
                                       value=float(fallbacks)))
-    intent = Path(at(state_dir), "intent")
+    intent = Path(at(state_dir), "intent.json")  # the host agent's open intent
     run = ""
-    if intent.is_dir():
+    if intent.is_file():
         try:
-            run = (intent / "run_id").read_text().strip()
-        except OSError:
+            run = str(json.loads(intent.read_text()).get("run_id") or "?")
+        except (OSError, ValueError):
             run = "?"
     open_intent = GaugeMetricFamily("ipex_fleet_intent_open", "1 while a deploy's intent is open on the host "
                                     "(a run that never finished, until it or the watchdog resolves it).",
                                     labels=["run_id"])
-    open_intent.add_metric([run], 1.0 if intent.is_dir() else 0.0)
+    open_intent.add_metric([run], 1.0 if intent.is_file() else 0.0)
     families.append(open_intent)
     return families
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from .domain import Action, Generation
 from .nix import commands as nixcmd
-from .nix import journal
+from . import hostagent
 from .results import run_dir, write_json_atomic
 from .transaction import HostTransaction, StepFailed, build, push_flake, record_previous, sh
 
@@ -155,14 +155,15 @@ def parse_dry_activate(lines: list[str] | tuple[str, ...]) -> dict[str, tuple[st
 
 def plan_host(tx: HostTransaction, host: Any) -> HostPlan:
     """Push, build and compare: nothing that runs on the host changes."""
-    found = nixcmd.parse_key_values(list(sh(tx, host, journal.read_open()).stdout_lines))
+    found = nixcmd.parse_key_values(list(sh(tx, host, hostagent.read_intent()).stdout_lines))
+    open_run = json.loads(found["intent"]).get("run_id") if found.get("intent") else None
     record_previous(tx, host)
     push_flake(tx, host)
     build(tx, host)
     current = tx.previous
     if tx.unchanged:
         return HostPlan(host.name, True, current, current.path, tx.settings.mode.value,
-                        open_intent=found.get("run_id") or None)
+                        open_intent=open_run)
     target = tx.target.path
     assert target is not None and current.path is not None
     report = sh(tx, host, nixcmd.change_report(current.path, target), tx.settings.build_timeout)
@@ -174,7 +175,7 @@ def plan_host(tx: HostTransaction, host: Any) -> HostPlan:
             raise StepFailed(f"dry-activate exited {dry.returncode}: {dry.last_error}")
         units = parse_dry_activate(dry.stdout_lines)
     return HostPlan(host.name, False, current, target, tx.settings.mode.value, parse_closure(sections),
-                    parse_reboot(sections), units, models_to_fetch(tx, host), found.get("run_id") or None)
+                    parse_reboot(sections), units, models_to_fetch(tx, host), open_run)
 
 
 def models_to_fetch(tx: HostTransaction, host: Any) -> tuple[str, ...]:

@@ -134,17 +134,19 @@ def _raise_for(host: Any, timeout: float, exc: BaseException) -> None:
                           f"the host is down or cut off") from None
 
 
-def run_fresh(host: Any, command: str, *, timeout: float) -> RemoteResult:
-    """Run a command over a new SSH connection, not the run's own (magic rollback confirms this way:
-    a generation that breaks new logins must not be confirmed through an old session).
-
-    It is pyinfra's own SSH client, configured from the same host data (keys, known_hosts).
-    """
+def host_command(host: Any, command: str) -> str:
+    """The command as pyinfra would run it on `host` (sudo, su, environment from its arguments)."""
     from pyinfra.api.command import StringCommand
-    from pyinfra.connectors.sshuserclient import SSHClient
     from pyinfra.connectors.util import make_unix_command_for_host
 
-    full = make_unix_command_for_host(host.state, host, StringCommand(_wrap(command)), **privilege_args(host))
+    return make_unix_command_for_host(host.state, host, StringCommand(command), **privilege_args(host)).get_raw_value()
+
+
+def connect_fresh(host: Any, timeout: float) -> Any:
+    """A new SSH connection to `host` by pyinfra's own client, from the same host data (keys,
+    known_hosts, ssh_config). Plain blocking: callable from a thread of its own."""
+    from pyinfra.connectors.sshuserclient import SSHClient
+
     kwargs = host.connector.make_paramiko_kwargs()
     hostname = kwargs.pop("hostname")
     kwargs["timeout"] = min(float(kwargs.get("timeout") or timeout), timeout)
@@ -152,13 +154,30 @@ def run_fresh(host: Any, command: str, *, timeout: float) -> RemoteResult:
     kwargs["auth_timeout"] = timeout
     client = SSHClient()
     try:
+        client.connect(hostname, **kwargs)
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
+def run_fresh(host: Any, command: str, *, timeout: float) -> RemoteResult:
+    """Run a command over a new SSH connection, not the run's own (magic rollback confirms this way:
+    a generation that breaks new logins must not be confirmed through an old session).
+
+    It is pyinfra's own SSH client, configured from the same host data (keys, known_hosts).
+    """
+    full = host_command(host, _wrap(command))
+    client = None
+    try:
         with gevent.Timeout(timeout + 5):
-            client.connect(hostname, **kwargs)
-            _stdin, stdout, stderr = client.exec_command(full.get_raw_value(), timeout=timeout)
+            client = connect_fresh(host, timeout)
+            _stdin, stdout, stderr = client.exec_command(full, timeout=timeout)
             out = stdout.read().decode(errors="replace").splitlines()
             err = stderr.read().decode(errors="replace").splitlines()
     except _CONNECTION_ERRORS as exc:
         raise HostUnreachable(f"no new SSH connection to {address(host)[0]} ({type(exc).__name__}: {exc})") from None
     finally:
-        client.close()
+        if client is not None:
+            client.close()
     return _result(out, err)

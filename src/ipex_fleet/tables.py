@@ -11,6 +11,7 @@ from typing import Any
 from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 
 def when(ts: float | None) -> str:
@@ -42,8 +43,8 @@ def render(columns: list[tuple[str, dict[str, Any]]], rows: list[list[str]], tit
     table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
     for name, options in columns:
         table.add_column(name, **{"overflow": "fold", **options})
-    for row in rows:
-        table.add_row(*row)
+    for row in rows:  # cells carry host-provided text: shown as written, never read as rich markup
+        table.add_row(*(Text(str(cell)) for cell in row))
     console.print(table)
     return "\n".join(line.rstrip() for line in console.file.getvalue().rstrip("\n").splitlines())
 

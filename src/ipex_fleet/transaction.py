@@ -22,11 +22,12 @@ from pyinfra import logger
 from pyinfra.api.state import BaseStateCallback
 
 from .domain import NO_GENERATION, Action, Generation, HostResult, Status
-from . import flakeinputs, progress, redact, runstate
+from . import flakeinputs, heartbeat, hostagent, progress, redact, runstate
 from .nix import commands as nixcmd
-from .nix import journal, upkeep
+from .nix import upkeep
+from .domain import STATE_DIR
 from .remote import HostUnreachable, RemoteResult, SessionLost, StepTimeout, put_bytes, run, run_fresh
-from .results import read_host_result, write_host_result
+from .results import write_host_result
 from .errors import UserError
 from .settings import DeploySettings, from_host_data
 
@@ -40,16 +41,21 @@ class LockRefused(StepFailed):
 
 
 class WatchdogReverted(StepFailed):
-    """The host's watchdog decided (the lease ran out) and restored the recorded generation."""
+    """The host decided by itself (its watchdog or a recovery: the lease ran out) and restored the
+    recorded generation, verified; or tried to and failed (`status` REVERT_FAILED)."""
 
-    def __init__(self, message: str, final: Generation) -> None:
+    def __init__(self, message: str, final: Generation, status: "Status") -> None:
         super().__init__(message)
-        self.final = final
+        self.final, self.status = final, status
 
     @classmethod
     def after(cls, tx: "HostTransaction", host: Any, why: str) -> "WatchdogReverted":
-        final = await_revert(tx, host, why)
-        return cls(f"{why}; the host's watchdog restored generation {final.number} by itself", final)
+        final, who, outcome = await_revert(tx, host, why)
+        if outcome != "reverted":
+            return cls(f"{why}; the host's {who} tried to restore generation {tx.previous.number} and its "
+                       f"revert FAILED ({outcome})", final, Status.REVERT_FAILED)
+        return cls(f"{why}; the host's {who} restored generation {final.number} by itself", final,
+                   Status.ROLLED_BACK)
 
 
 @dataclass
@@ -67,6 +73,9 @@ class HostTransaction:
     unchanged: bool = False
     reboot_required: bool = False
     locked: bool = False
+    lock_token: str | None = None  # the host's fencing token for this run's lock (host agent)
+    intent_id: str | None = None  # this transaction's own intent (never the run id: a resumed run opens anew)
+    agent_ready: bool = False  # this version of the host agent is installed on the host
     finished: bool = False
     phase: str = "deploy"  # deploy | rollback | check | status: how the ledger files it
     record_on_host: bool = True  # checks and status reads leave no line in deploys.jsonl
@@ -130,10 +139,7 @@ def run_step(state: Any, host: Any, step: Step, name: str) -> bool:
     started = time.monotonic()
     show_state(tx, progress.STEP_STATES.get(step.__name__, step.__name__))
     try:
-        lease = STEP_LEASES.get(step.__name__)
-        if tx.intent_open and lease and lease.runs(tx.settings, host.data):
-            renew_lease(tx, host, step.__name__, lease.seconds(tx.settings))
-        step(tx, host)
+        step(tx, host)  # the heartbeat keeps the lease alive meanwhile; the step's own timeouts bound it
         error: BaseException | None = None
     except Exception as exc:
         error = exc
@@ -148,7 +154,7 @@ def run_step(state: Any, host: Any, step: Step, name: str) -> bool:
         _finish(tx, host, Status.SKIPPED, tx.previous, str(error))
     elif isinstance(error, WatchdogReverted):
         host.log(f"magic rollback: {error}", logger.warning)
-        _finish(tx, host, Status.ROLLED_BACK, error.final, f"{name}: {error}")
+        _finish(tx, host, error.status, error.final, f"{name}: {error}")
     elif isinstance(error, (StepFailed, StepTimeout)):
         _fail(tx, host, f"{name}: {error}")
     else:  # a bug or an unexpected answer must still leave the host safe
@@ -194,52 +200,64 @@ def _fail(tx: HostTransaction, host: Any, error: str) -> None:
     started = time.monotonic()
     show_state(tx, "rolling back", to=tx.previous.number, why=redact.text(error))
     try:
-        # The intent stays open (the watchdog armed) until the revert is done and verified: a
-        # controller that dies mid-rollback leaves it to the host's watchdog, or to the next run.
-        # The lease covers the rollback; should it run out anyway, both restore the same generation.
-        renew_lease(tx, host, "rollback", tx.settings.activation_timeout + 4 * tx.settings.command_timeout)
-        final = rollback_to(tx, host, tx.previous)
-        if not claim(tx, host, "reverting-controller"):
-            final = await_revert(tx, host, "the host's watchdog decided first")
-            _finish(tx, host, Status.ROLLED_BACK, final, f"{error}; the host's watchdog restored the generation")
-            return
-    except WatchdogReverted as exc:
-        _finish(tx, host, Status.ROLLED_BACK, exc.final, f"{error}; {exc}")
-        return
+        # The host agent claims the revert and restores the recorded generation in a unit of its own:
+        # a controller that dies or loses its session mid-rollback leaves it running; should the
+        # watchdog have decided first, its outcome is awaited instead.
+        got = sh(tx, host, hostagent.command("revert", "--intent", str(tx.intent_id), "--who",
+                                             "reverting-controller", "--detach"))
+        if not got.ok and got.returncode != hostagent.LOST:
+            raise StepFailed(f"the host agent could not start the revert: {got.last_error}")
+        final, who, outcome = await_revert(tx, host, "rolling back" if got.ok else "the host decided first")
     except HostUnreachable as exc:
         _finish(tx, host, Status.UNREACHABLE, NO_GENERATION, f"{error}; rollback: {exc} (the host's watchdog "
                 f"restores generation {tx.previous.number} by itself when its lease runs out)")
         return
     except (StepFailed, StepTimeout) as exc:
-        _finish(tx, host, Status.FAILED, NO_GENERATION, f"{error}; rollback FAILED: {exc}")
+        _finish(tx, host, Status.REVERT_FAILED, NO_GENERATION, f"{error}; rollback FAILED: {exc}")
         return
     tx.timings["rollback"] = round(time.monotonic() - started, 3)
-    host.log(f"rolled back to generation {final.number} ({final.path})", logger.warning)
+    if outcome != "reverted":
+        _finish(tx, host, Status.REVERT_FAILED, final, f"{error}; rollback FAILED ({who}): {outcome}")
+        return
+    host.log(f"rolled back to generation {final.number} ({final.path}) by the {who}", logger.warning)
     from .gatesteps import recheck_after_rollback  # steps 7-8 live there; it imports this module
 
     recheck_after_rollback(tx, host)
     tx.timings["recheck"] = round(time.monotonic() - started, 3)
-    _finish(tx, host, Status.ROLLED_BACK, final, error)
+    suffix = "" if who == "reverting-controller" else f"; the host's {who} restored the generation"
+    _finish(tx, host, Status.ROLLED_BACK, final, error + suffix)
 
 
 def _finish(tx: HostTransaction, host: Any, status: Status, final: Generation, error: str | None) -> None:
-    """Record the result on the host (when it answers) and on the controller; release the lock."""
+    """Record the result on the host (when it answers) and on the controller; release the lock.
+    A decision already taken (a won commit, a verified revert) stands if recording fails."""
     tx.finished = True
     tx.final_status = status
+    _heartbeat(host).stop(host.name)
     error = redact.text(error) if error else error  # a token in a URL never reaches a record
     result = tx.result(status, final, error)
     if status != Status.UNREACHABLE:
-        try:
-            if tx.record_on_host:
-                record = nixcmd.append_deploy_record({**result.to_json(), "phase": tx.phase})
-                if tx.settings.metrics_dir:  # in the same round trip; best effort: it never fails a deploy
-                    record += (f"; {tx.settings.ipex_fleet_command} metrics --textfile-dir "
-                               f"{quote(tx.settings.metrics_dir)} >/dev/null 2>&1 || true")
-                sh(tx, host, record)
-            if tx.locked:
-                sh(tx, host, nixcmd.release_lock(tx.run_id))
-        except (HostUnreachable, StepTimeout) as exc:
-            result = tx.result(Status.UNREACHABLE, NO_GENERATION, f"{error or status.value}; recording: {exc}")
+        parts = []
+        if tx.record_on_host:
+            parts.append(nixcmd.append_deploy_record({**result.to_json(), "phase": tx.phase}))
+            if tx.settings.metrics_dir:  # in the same round trip; best effort: it never fails a deploy
+                parts.append(f"{{ {tx.settings.ipex_fleet_command} metrics --textfile-dir "
+                             f"{quote(tx.settings.metrics_dir)} >/dev/null 2>&1 || true; }}")
+        if tx.locked and tx.lock_token:
+            parts.append(f"{{ {hostagent.command('lock-release', '--token', tx.lock_token)} >/dev/null || true; }}")
+        for attempt in range(3):  # the record is retried; the decision does not depend on it
+            try:
+                if parts:
+                    sh(tx, host, "; ".join(parts))
+                break
+            except (HostUnreachable, StepTimeout) as exc:
+                if attempt == 2:
+                    host.log(f"warning: could not record the result on the host ({exc}); it stands as "
+                             f"{status.value} (the host's lock frees itself within {tx.settings.lease_grace:g}s)",
+                             logger.warning)
+                    result = tx.result(status, final, f"{error + '; ' if error else ''}not recorded on the host: {exc}")
+                else:
+                    time.sleep(1)
     write_host_result(result)
     _ledger_record(result, tx.phase)
     show_state(tx, result.status.value, previous=result.previous.number, generation=result.final.number,
@@ -248,6 +266,13 @@ def _finish(tx: HostTransaction, host: Any, status: Status, final: Generation, e
     if result.error:
         line += f" ({result.error})"
     host.log(line, logger.info if result.status.succeeded else logger.error)
+
+
+def _heartbeat(host: Any) -> heartbeat.Heartbeat:
+    run = runstate.of(host.state)
+    if run.heartbeat is None:
+        run.heartbeat = heartbeat.Heartbeat()
+    return run.heartbeat
 
 
 def _ledger_record(result: HostResult, phase: str) -> None:
@@ -263,40 +288,119 @@ def _ledger_record(result: HostResult, phase: str) -> None:
 
 
 def preflight(tx: HostTransaction, host: Any) -> None:
-    """Step 1: NixOS (or Nix present), enough free space on /nix, an earlier run's open intent
-    resolved, then the lock."""
-    # One round trip: the host's facts, and any open intent (journal.read_open's keys).
-    facts = nixcmd.parse_key_values(list(sh(tx, host, f"{nixcmd.preflight()}; ( {journal.read_open()} )").stdout_lines))
+    """Step 1: NixOS (or Nix present), enough free space on /nix, the host agent in place, an earlier
+    run's open intent resolved, then the lock."""
+    # One round trip: the host's facts, and the agent's view of the lock and any open intent.
+    facts = nixcmd.parse_key_values(list(sh(tx, host, f"{nixcmd.preflight()}; {hostagent.status_or_missing()}").stdout_lines))
     if facts.get("os_id") != "nixos" and not facts.get("nix"):
         raise StepFailed(f"not NixOS (ID={facts.get('os_id')}) and no nix on PATH")
     free_mb = int(facts.get("free_kb") or 0) // 1024
     if free_mb < tx.settings.min_free_mb:
         raise StepFailed(f"only {free_mb} MiB free on /nix, {tx.settings.min_free_mb} MiB needed "
                          "(host data min_free_mb); collect garbage with deploys/maintenance.py")
-    recover_open_intent(tx, host, facts)
+    status = hostagent.parse_status(facts.get("agent"))
+    if status is None:
+        status = install_agent(tx, host)
+    tx.agent_ready = True
+    recover_open_intent(tx, host, status)
     take_lock(tx, host)
 
 
-def recover_open_intent(tx: HostTransaction, host: Any, found: dict[str, str] | None = None) -> str | None:
-    """An intent left open by a run whose lease ran out (a dead controller, and a watchdog that did not
-    act: a reboot ends it) is reverted here, verified, and recorded, before anything else."""
-    if found is None:
-        found = nixcmd.parse_key_values(list(sh(tx, host, journal.read_open()).stdout_lines))
-    run_id = found.get("run_id")
-    if not run_id:
+def install_agent(tx: HostTransaction, host: Any) -> dict[str, Any]:
+    """Copy this version of the host agent to the host (by content hash); returns its status."""
+    upload = f"{hostagent.SCRIPT}.upload-{uuid.uuid4().hex[:8]}"
+    sh(tx, host, f"mkdir -p {quote(hostagent.DIR)}")
+    put_bytes(host, hostagent.SOURCE, upload, timeout=tx.settings.command_timeout)
+    got = sh(tx, host, f"{hostagent.install(upload)}; {hostagent.command('status')}")
+    if not got.ok:
+        raise StepFailed(f"could not install the host agent: {got.last_error}")
+    tx.agent_ready = True
+    return hostagent.parse(got.stdout_lines)
+
+
+def ensure_agent(tx: HostTransaction, host: Any) -> dict[str, Any]:
+    """The agent's status, installing it first where this version is missing."""
+    facts = nixcmd.parse_key_values(list(sh(tx, host, hostagent.status_or_missing()).stdout_lines))
+    status = hostagent.parse_status(facts.get("agent"))
+    if status is None:
+        return install_agent(tx, host)
+    tx.agent_ready = True
+    return status
+
+
+def recover_open_intent(tx: HostTransaction, host: Any, status: dict[str, Any] | None = None) -> str | None:
+    """What dead runs left is resolved before anything else: a revert a crash interrupted is finished,
+    an open intent whose lease ran out (by the host's clock) is reverted, both detached on the host
+    and verified there. An intent whose lease is alive belongs to a live controller: skip the host.
+    Returns the resolved intent's run id, if any."""
+    if status is None:
+        status = ensure_agent(tx, host)
+    intent, unfinished = status.get("intent"), list(status.get("unfinished") or [])
+    if intent and intent.get("left", 0) > 0:
+        if intent.get("run_id") != tx.run_id:
+            raise LockRefused(f"run {intent.get('run_id')} is deploying this host (its lease runs "
+                              f"{intent['left']:.0f}s more); if its controller died, the host reverts by "
+                              "itself when the lease runs out")
+        # This run's own earlier attempt (a resumed run): its lease runs out within one lease_grace.
+        wait_until(lambda: not (_agent_status(tx, host).get("intent") or {}).get("intent_id") == intent["intent_id"]
+                   or (_agent_status(tx, host).get("intent") or {}).get("left", 1) <= 0,
+                   intent["left"] + 5, f"run {tx.run_id}'s earlier intent to run out")
+        status = _agent_status(tx, host)
+        intent, unfinished = status.get("intent"), list(status.get("unfinished") or [])
+    if not intent and not unfinished:
         return None
-    lease, now = int(found.get("lease") or 0), int(found.get("now") or 0)
-    if lease >= now and run_id != tx.run_id:
-        raise LockRefused(f"run {run_id} is deploying this host (its lease runs {lease - now}s more); "
-                          "if its controller died, the host reverts by itself when the lease runs out")
-    host.log(f"run {run_id} left an open intent: reverting to its recorded generation", logger.warning)
-    reverted = sh(tx, host, f"sh {journal.INTENT}/revert.sh recovery", tx.settings.activation_timeout)
-    outcome = sh(tx, host, journal.outcome(run_id, "recovery")).stdout.strip()
-    if not outcome.startswith("reverted"):
-        raise StepFailed(f"recovering run {run_id}'s open intent failed ({outcome or reverted.last_error}); "
-                         f"see {journal.RESOLVED}/{run_id}.recovery/revert.log on the host")
-    host.log(f"run {run_id}'s intent reverted and verified")
-    return run_id
+    ids = unfinished + ([intent["intent_id"]] if intent else [])
+    run_id = intent.get("run_id") if intent else None
+    host.log(f"a dead run left intent(s) {', '.join(ids)}: reverting to the recorded generation", logger.warning)
+    got = sh(tx, host, hostagent.command("recover"))
+    if not got.ok:
+        raise StepFailed(f"recovering the open intent failed: {got.last_error}")
+    for intent_id in ids:
+        found = wait_for_outcome(tx, host, intent_id)
+        if found.get("outcome") != "reverted":
+            raise StepFailed(f"recovering intent {intent_id}: the revert ended {found.get('outcome')}; "
+                             f"see {STATE_DIR}/resolved/{intent_id}.*.log on the host")
+    host.log(f"intent(s) {', '.join(ids)} reverted and verified")
+    return run_id or ids[0]
+
+
+def _agent_status(tx: HostTransaction, host: Any) -> dict[str, Any]:
+    return hostagent.parse(sh(tx, host, hostagent.command("status")).stdout_lines)
+
+
+def wait_for_outcome(tx: HostTransaction, host: Any, intent_id: str, bound: float | None = None) -> dict[str, Any]:
+    """An intent's decision once final: who decided, and a revert's outcome once it ended (over new
+    connections when the run's session is gone). Raises HostUnreachable when none comes in time."""
+    found: dict[str, Any] = {}
+
+    def decided() -> bool:
+        try:
+            got = sh(tx, host, hostagent.command("outcome", "--intent", intent_id))
+        except (HostUnreachable, StepTimeout):
+            tx.fresh_connections = True
+            return False
+        if got.returncode in (0, hostagent.FAILED):
+            found.update(hostagent.parse(got.stdout_lines))
+            return got.ok or "error" in found
+        return False
+
+    bound = bound or tx.settings.activation_timeout + tx.settings.confirm_timeout + tx.settings.lease_grace + 30
+    if not wait_until(decided, bound, f"intent {intent_id}'s decision"):
+        raise HostUnreachable(f"the host did not report intent {intent_id}'s decision within {bound:g}s")
+    if "error" in found and "decided_by" not in found:
+        raise StepFailed(found["error"])
+    return found
+
+
+def wait_until(predicate: Callable[[], bool], bound: float, what: str, interval: float = 1.0) -> bool:
+    """The one polling loop: True once `predicate` holds, False when `bound` seconds passed."""
+    deadline = time.monotonic() + bound
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
 
 
 def recover(tx: HostTransaction, host: Any) -> None:
@@ -312,35 +416,38 @@ def recover(tx: HostTransaction, host: Any) -> None:
 
 
 def take_lock(tx: HostTransaction, host: Any) -> None:
-    lease = tx.settings.command_timeout * 4 + tx.settings.build_timeout + tx.settings.activation_timeout
+    """The host's deploy lock, taken atomically by the host agent and kept alive by this controller's
+    heartbeat: a dead controller's lock frees itself within one lease (host data lease_grace), by
+    the host's clock. Ours from an earlier attempt of the same run (a resume) is taken over."""
+    if not tx.agent_ready:
+        ensure_agent(tx, host)
     owner = {"run_id": tx.run_id, "controller": socket.gethostname(), "pid": os.getpid(),
-             "since": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-             "lease_until": _lease_until(tx, lease)}
-    got = sh(tx, host, nixcmd.acquire_lock(owner))
+             "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    args = ["lock-take", "--owner", json.dumps(owner, sort_keys=True), "--for", f"{tx.settings.lease_grace:g}",
+            "--reboot-grace", f"{_reboot_grace(tx):g}", "--adopt-run"]
+    if tx.settings.break_lock:
+        args.append("--force")
+    got = sh(tx, host, hostagent.command(*args))
+    answer = hostagent.parse(got.stdout_lines)
     if got.ok:
-        tx.locked = True
+        tx.locked, tx.lock_token = True, str(answer["token"])
+        _heartbeat(host).keep(host, tx.lock_token, tx.settings.lease_grace)
         return
-    if got.returncode != 75:
-        raise StepFailed(f"could not take the lock: {got.last_error}")
-    try:
-        holder = json.loads(got.stdout_lines[-1])
-    except (ValueError, IndexError):
-        holder = {}
-    holder_run = holder.get("run_id")
-    # Ours (a resumed run), a run whose result is recorded here, a holder whose lease ran out (no
-    # intent of it is open: that was resolved above), or forced: take it.
-    lease_spent = holder.get("lease_until") is not None and int(holder["lease_until"]) < time.time()
-    if holder_run == tx.run_id or tx.settings.break_lock or lease_spent or (
-        holder_run and read_host_result(holder_run, host.name) is not None
-    ):
-        sh(tx, host, nixcmd.force_lock(owner))
-        tx.locked = True
-        return
+    if got.returncode != hostagent.BUSY:
+        raise StepFailed(f"could not take the lock: {answer.get('error') or got.last_error}")
+    holder = answer.get("holder") or {}
     raise LockRefused(
-        f"locked by run {holder_run or '?'} (controller {holder.get('controller', '?')}, since "
-        f"{holder.get('since', '?')}): another deploy holds {nixcmd.LOCK_FILE}; wait for it, or, "
-        "if that run is dead, rerun with --data break_lock=true"
+        f"locked by run {holder.get('run_id', '?')} (controller {holder.get('controller', '?')} pid "
+        f"{holder.get('pid', '?')}, since {holder.get('since', '?')}; its lease runs {answer.get('left', 0):.0f}s "
+        f"more, renewed while that controller lives); wait for it, or, if that run is dead, its lock frees "
+        f"itself within {tx.settings.lease_grace:g}s (or rerun with --data break_lock=true)"
     )
+
+
+def _reboot_grace(tx: HostTransaction) -> float:
+    """How long a lease lives after a reboot, counted from the new boot: long enough for the controller
+    to see the boot and renew (a reboot it asked for), short enough that a crash ends on time."""
+    return tx.settings.reboot_timeout + tx.settings.lease_grace
 
 
 def record_previous(tx: HostTransaction, host: Any) -> None:
@@ -449,7 +556,7 @@ def switch(tx: HostTransaction, host: Any) -> None:
             host.log(line)
         tx.unchanged = tx.dry_run = True  # a report only: nothing else runs
         return
-    open_intent(tx, host, lease=tx.settings.activation_timeout + tx.settings.confirm_timeout)
+    open_intent(tx, host)
     if mode.sets_profile:
         set_ = sh(tx, host, nixcmd.set_profile(profile, path))
         if not set_.ok:
@@ -470,7 +577,7 @@ def switch(tx: HostTransaction, host: Any) -> None:
     check_activation(tx, host, activated)
     if mode.activates:
         # From here on only a new login proves the generation: a short lease until one renews it.
-        renew_lease(tx, host, "activated", tx.settings.confirm_timeout)
+        mark(tx, host, "activated", tx.settings.confirm_timeout)
         if tx.settings.magic_rollback:
             confirm(tx, host)
     elif mode == Action.BOOT and tx.settings.reboot:
@@ -481,87 +588,77 @@ def switch(tx: HostTransaction, host: Any) -> None:
                  "(host data reboot=true reboots now)")
 
 
-def open_intent(tx: HostTransaction, host: Any, lease: float) -> None:
-    """Before anything changes: the intent, with its own way back, and the watchdog that enforces it."""
-    record = tx.result(Status.ROLLED_BACK, tx.previous, "reverted: __OUTCOME__").to_json()
-    record["phase"] = "revert"
-    script = journal.revert_script(tx.run_id, tx.settings.profile, tx.settings.mode, tx.previous, record)
-    intent = {"run_id": tx.run_id, "previous": tx.previous.to_json(), "target": {"path": tx.target.path},
-              "mode": tx.settings.mode.value, "profile": tx.settings.profile,
+def open_intent(tx: HostTransaction, host: Any) -> None:
+    """Before anything changes: the intent, with its own id, fenced by this run's lock and by the
+    generation recorded in step 2 (compare and swap on the host), and the watchdog that enforces it."""
+    tx.intent_id = f"{tx.run_id[:24]}-{uuid.uuid4().hex[:10]}"
+    record = tx.result(Status.ROLLED_BACK, tx.previous, "reverted").to_json()
+    intent = {"intent_id": tx.intent_id, "run_id": tx.run_id, "previous": tx.previous.to_json(),
+              "target": {"path": tx.target.path}, "mode": tx.settings.mode.value, "profile": tx.settings.profile,
+              "activation_timeout": tx.settings.activation_timeout, "record": record,
               "opened": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    # One round trip: the intent, then (only once it is written) its watchdog; exit 90 says which failed.
-    opened = sh(tx, host, f"{journal.open_intent(tx.run_id, intent, script, _lease_until(tx, lease))} || exit 90; "
-                          f"{journal.arm_watchdog(tx.run_id)}")
-    if opened.returncode == 90:
-        raise StepFailed(f"could not journal the intent on the host: {opened.last_error}")
-    tx.intent_open = True
+    assert tx.lock_token is not None, "an intent is opened only under this run's lock"
+    opened = sh(tx, host, hostagent.command("open", "--intent-json", json.dumps(intent, sort_keys=True),
+                                            "--token", tx.lock_token, "--for", f"{tx.settings.lease_grace:g}",
+                                            "--reboot-grace", f"{_reboot_grace(tx):g}"))
+    answer = hostagent.parse(opened.stdout_lines)
+    if opened.returncode == hostagent.FENCED:
+        raise StepFailed(f"nothing was switched: {answer.get('error') or opened.last_error}")
     if not opened.ok:
-        raise StepFailed(f"could not arm the rollback watchdog: {opened.last_error}")
+        raise StepFailed(f"could not journal the intent on the host: {answer.get('error') or opened.last_error}")
+    tx.intent_open = True
+    _heartbeat(host).keep(host, tx.lock_token, tx.settings.lease_grace, tx.intent_id)
 
 
-def _lease_until(tx: HostTransaction, seconds: float) -> int:
-    return int(time.time() + seconds + tx.settings.lease_grace)
 
 
-def renew_lease(tx: HostTransaction, host: Any, step: str, seconds: float, fresh: bool = False) -> None:
-    """Extend the watchdog's lease for the next step; a lease already spent means the watchdog decided."""
-    command = journal.renew(tx.run_id, _lease_until(tx, seconds), step)
-    renewed = run_fresh(host, command, timeout=tx.settings.command_timeout) if fresh else sh(tx, host, command)
-    if renewed.returncode == journal.LOST:
+
+def mark(tx: HostTransaction, host: Any, phase: str, seconds: float, fresh: bool = False) -> None:
+    """Tell the agent the intent is `activated` (from now on only a confirmation over a new login
+    renews it) or `confirmed`; a lease already spent means the host decided."""
+    command = hostagent.command(phase, "--intent", str(tx.intent_id), "--for", f"{seconds:g}")
+    marked = run_fresh(host, command, timeout=tx.settings.command_timeout) if fresh else sh(tx, host, command)
+    if marked.returncode == hostagent.LOST:
         raise WatchdogReverted.after(tx, host, "the lease ran out before the controller renewed it")
-    if not renewed.ok:
-        raise StepFailed(f"could not renew the watchdog's lease: {renewed.last_error}")
+    if not marked.ok:
+        raise StepFailed(f"could not mark the intent {phase}: {marked.last_error}")
 
 
 def confirm(tx: HostTransaction, host: Any) -> None:
     """Confirm over a new SSH connection (a generation that breaks new logins must not be confirmed
-    through an old session): it renews the lease for the next step. Without one the watchdog reverts."""
+    through an old session); from then on the heartbeat keeps the intent. Without it the watchdog reverts."""
     try:
-        renew_lease(tx, host, "confirmed", tx.settings.command_timeout, fresh=True)
+        mark(tx, host, "confirm", tx.settings.lease_grace, fresh=True)
     except HostUnreachable as exc:
         raise WatchdogReverted.after(tx, host, f"no new SSH connection after activation ({exc})")
 
 
 def claim(tx: HostTransaction, host: Any, who: str) -> bool:
-    """Claim the decision for this run (commit or revert). False: another claimant decided first."""
-    got = sh(tx, host, journal.claim(tx.run_id, who))
+    """Claim the decision on this transaction's intent. False: another claimant decided first."""
+    got = sh(tx, host, hostagent.command("claim", "--intent", str(tx.intent_id), "--who", who))
     if got.ok:
         tx.intent_open = False
         return True
-    if got.returncode == journal.LOST:
+    if got.returncode == hostagent.LOST:
         tx.intent_open = False
         return False
     raise StepFailed(f"could not claim the decision on the host: {got.last_error}")
 
 
-def await_revert(tx: HostTransaction, host: Any, why: str) -> Generation:
-    """Wait (over new connections) for the host's watchdog to finish restoring the recorded generation,
-    then check it there. Raises HostUnreachable when it does not come back in time."""
-    host.log(f"{why}; waiting for the host's watchdog", logger.warning)
-    tx.fresh_connections = True
+def await_revert(tx: HostTransaction, host: Any, why: str) -> tuple[Generation, str, str]:
+    """Wait (over new connections if need be) for whoever claimed this intent's revert (the controller's
+    own detached revert, the watchdog, a recovery) to finish; the agent verified the result.
+    Returns (the generation the host is on, who reverted, the outcome)."""
+    host.log(f"{why}; waiting for the host's revert", logger.warning)
     started = time.monotonic()
-    deadline = started + tx.settings.activation_timeout + tx.settings.confirm_timeout + tx.settings.lease_grace + 30
-    outcome = ""
-    while time.monotonic() < deadline:
-        try:
-            got = sh(tx, host, journal.outcome(tx.run_id, "watchdog"))
-            if got.ok:
-                outcome = got.stdout.strip()
-                break
-        except (HostUnreachable, StepTimeout):
-            pass
-        time.sleep(1)
-    else:
-        raise HostUnreachable(f"{why}; the host did not report its watchdog's revert in time")
+    found = wait_for_outcome(tx, host, str(tx.intent_id))
     tx.intent_open = False
-    tx.timings["watchdog_revert"] = round(time.monotonic() - started, 3)
+    tx.timings["revert_wait"] = round(time.monotonic() - started, 3)
+    who = str(found.get("decided_by") or "?")
+    if who == hostagent.COMMITTED:
+        raise StepFailed(f"{why}; but intent {tx.intent_id} was committed")
     state = nixcmd.parse_profile_state(list(sh(tx, host, nixcmd.profile_state(tx.settings.profile)).stdout_lines))
-    running = sh(tx, host, nixcmd.running_system()).stdout.strip()
-    if not outcome.startswith("reverted") or state.current_generation.path != tx.previous.path or (
-            tx.settings.mode != Action.BOOT and running != tx.previous.path):
-        raise StepFailed(f"{why}; the watchdog's revert ended {outcome.split()[0] if outcome else '?'}, and the host "
-                         f"is on {running}, not {tx.previous.path}")
-    return state.current_generation
+    return state.current_generation, who, str(found.get("outcome") or "?")
 
 
 def reattach_activation(tx: HostTransaction, host: Any, call_id: str, started: float,
@@ -607,7 +704,6 @@ def _activation_error(activated: RemoteResult) -> str:
 def reboot_into_target(tx: HostTransaction, host: Any) -> None:
     """Mode boot with host data reboot: reboot, wait for a new boot id within reboot_timeout, and check
     that the target booted. A host that booted the previous generation fell back."""
-    renew_lease(tx, host, "rebooting", tx.settings.reboot_timeout)
     show_state(tx, "rebooting")
     before = sh(tx, host, nixcmd.boot_id()).stdout.strip()
     sh(tx, host, nixcmd.schedule_reboot(tx.run_id))
@@ -632,7 +728,9 @@ def reboot_into_target(tx: HostTransaction, host: Any) -> None:
     else:
         raise StepFailed(f"no completed boot within {tx.settings.reboot_timeout:g}s (host data reboot_timeout)")
     host.log(f"rebooted into {booted}")
-    sh(tx, host, journal.arm_watchdog(tx.run_id))  # the old watchdog ended with the old boot
+    # The boot unit re-armed the watchdog from the new boot; arm it here too, for a booted generation
+    # that lacks the unit (idempotent).
+    sh(tx, host, hostagent.command("rearm", "--intent", str(tx.intent_id)))
     if booted != tx.target.path:
         raise StepFailed(f"fell back: booted {booted or 'nothing'}, not the target {tx.target.path} "
                          "(its boot did not complete, so the boot loader chose the previous entry)")
@@ -671,30 +769,16 @@ def rollback_to(tx: HostTransaction, host: Any, gen: Generation) -> Generation:
 
 def record(tx: HostTransaction, host: Any) -> None:
     """Step 9, the commit: claim the decision, which disarms the watchdog; record; release the lock."""
-    if tx.intent_open and not claim(tx, host, journal.COMMITTED):
-        final = await_revert(tx, host, "the lease ran out before the commit")
-        _finish(tx, host, Status.ROLLED_BACK, final, "the host's watchdog reverted before the commit "
-                "(its lease ran out: the controller was too slow or cut off)")
+    if tx.intent_open and not claim(tx, host, hostagent.COMMITTED):
+        reverted = WatchdogReverted.after(tx, host, "the lease ran out before the commit")
+        _finish(tx, host, reverted.status, reverted.final, f"{reverted} (the controller was cut off or too slow "
+                "to renew its lease)")
         return
     status = Status.UNCHANGED if tx.unchanged else Status.OK
     final = tx.previous if tx.unchanged or tx.target.path is None else tx.target
     _finish(tx, host, status, final, None)
 
 
-@dataclass(frozen=True)
-class StepLease:
-    """What a gate needs of the watchdog's lease: its own bound, renewed only when the gate runs."""
-
-    seconds: Callable[[DeploySettings], float]
-    runs: Callable[[DeploySettings, Any], bool]
-
-
-STEP_LEASES: dict[str, StepLease] = {
-    "install_models": StepLease(lambda s: s.models_timeout,
-                                lambda s, data: bool(data.get("models") or data.get("models_manifest"))),
-    "health": StepLease(lambda s: s.health_timeout, lambda s, data: s.health_levels != ()),
-    "bench_gate": StepLease(lambda s: s.bench_timeout, lambda s, data: s.bench),
-}
 # Gates that have nothing to check where nothing changed (or in a dry run).
 GATES = ("health", "bench_gate")
 

@@ -362,8 +362,9 @@ class Agent:
             previous = intent["previous"]
             number, path = self.system.profile(intent["profile"])
             running = self.system.running()
-            if path != previous["path"] or number != previous["generation"] or (
-                    intent["mode"] != "boot" and running != previous["path"]):
+            # The profile is what the run recorded (the running system may differ legitimately: after
+            # a `test` deploy, or a `boot` one not yet rebooted).
+            if path != previous["path"] or number != previous["generation"]:
                 raise Refused(FENCED, error=f"the host is not on the recorded generation {previous['generation']} "
                               f"(profile {number} {path}, running {running}): another deploy changed it",
                               profile=path, running=running)

@@ -13,7 +13,7 @@ from shlex import quote
 
 from ..domain import STATE_DIR, Action, Generation, ProfileState
 
-LOCK_FILE = f"{STATE_DIR}/lock"
+LOCK_FILE = f"{STATE_DIR}/lock"  # the host agent owns it (ipex_fleet.host.agent)
 DEPLOY_LOG = f"{STATE_DIR}/deploys.jsonl"
 FLAKE_ROOT = f"{STATE_DIR}/flake"
 ACTIVATION_DIR = f"{STATE_DIR}/activation"
@@ -161,26 +161,6 @@ def activation_error(lines: tuple[str, ...] | list[str]) -> str | None:
         if "failed" in line.lower():
             return line.strip()
     return None
-
-
-def acquire_lock(owner: dict[str, object]) -> str:
-    """Create the lock atomically (noclobber); on refusal print the holder and exit 75."""
-    lock = quote(LOCK_FILE)
-    return (
-        f"mkdir -p {quote(STATE_DIR)}; "
-        f"if (set -C; printf '%s\\n' {quote(json.dumps(owner, sort_keys=True))} > {lock}) 2>/dev/null; "
-        f"then echo acquired; else cat {lock}; exit 75; fi"
-    )
-
-
-def release_lock(run_id: str) -> str:
-    """Remove the lock only when this run holds it."""
-    lock = quote(LOCK_FILE)
-    return f"grep -q -F {quote(json.dumps(run_id))} {lock} 2>/dev/null && rm -f {lock} || true"
-
-
-def force_lock(owner: dict[str, object]) -> str:
-    return f"mkdir -p {quote(STATE_DIR)}; printf '%s\\n' {quote(json.dumps(owner, sort_keys=True))} > {quote(LOCK_FILE)}"
 
 
 def append_deploy_record(record: dict[str, object]) -> str:

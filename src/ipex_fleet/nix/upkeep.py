@@ -7,7 +7,7 @@ from __future__ import annotations
 from shlex import quote
 
 from . import commands as nixcmd
-from . import journal
+from .. import hostagent
 
 ENTRIES = "/boot/loader/entries"
 INPUT_ROOTS = "/nix/var/nix/gcroots/ipex-fleet"
@@ -22,7 +22,7 @@ def facts(profile: str) -> str:
         'printf "running=%s\\nbooted=%s\\n" "$(readlink -f /run/current-system 2>/dev/null)" '
         '"$(readlink -f /run/booted-system 2>/dev/null)"; '
         f"for e in {ENTRIES}/*+*.conf; do [ -e \"$e\" ] && printf 'counted=%s\\n' \"${{e##*/}}\"; done; "
-        f"( {journal.read_open()} ); "
+        f"{hostagent.read_intent()}; "
         f"{{ {nixcmd.last_deploy_records(200)}; }} | sed 's/^/record=/'; "
         'printf "free_kb=%s\\n" "$(df -Pk /nix | awk \'NR==2{print $4}\')"'
     )
@@ -56,7 +56,7 @@ def prune_pushed(keep_days: float, current_hash: str | None) -> str:
     minutes = max(int(keep_days * 1440), 1)
     keep = f" ! -name {quote(current_hash)}" if current_hash else ""
     return (
-        f"for d in {nixcmd.FLAKE_ROOT} {INPUT_ROOTS} {journal.RESOLVED} {nixcmd.ACTIVATION_DIR}; do "
+        f"for d in {nixcmd.FLAKE_ROOT} {INPUT_ROOTS} {hostagent.RESOLVED} {nixcmd.ACTIVATION_DIR}; do "
         f'[ -d "$d" ] || continue; '
         f'find "$d" -mindepth 1 -maxdepth 1{keep} -mmin +{minutes} -print -exec rm -rf {{}} + '
         "| sed 's/^/removed=/'; done"

@@ -91,6 +91,23 @@
             [Install]
             WantedBy=multi-user.target
           '';
+          # The host agent's boot unit (as the fleet module declares it): at every boot, re-arm an open
+          # deploy intent's watchdog with its lease counted from this boot, and finish a revert that a
+          # crash interrupted. It runs the agent the controller installed, with the pinned interpreter.
+          agentUnit = ''
+            [Unit]
+            Description=ipex-fleet host agent at boot (re-arm an open deploy intent, finish interrupted reverts)
+            After=local-fs.target
+            ConditionPathExists=/var/lib/ipex-fleet/agent/agent.py
+
+            [Service]
+            Type=oneshot
+            RemainAfterExit=yes
+            ExecStart=/var/lib/ipex-fleet/agent/run /var/lib/ipex-fleet/agent/agent.py boot
+
+            [Install]
+            WantedBy=multi-user.target
+          '';
           cpuHog = ''
             [Unit]
             Description=A CPU hog beside the services (lab fault cpu_hog)
@@ -121,6 +138,7 @@
           ollamaUnit = service "ollama" 11434;
           comfyuiUnit = service "comfyui" 8188;
           cpuHogUnit = if settings.cpu_hog or false then cpuHog else "";
+          inherit agentUnit;
           nodeExporterUnit = if (controller.node_exporter or null) != null then nodeExporter else "";
           # Lab fault lock_ssh: an sshd configuration that refuses every login.
           sshLock = if settings.lock_ssh or false then "DenyUsers *\n" else "";

@@ -11,6 +11,7 @@ printf 'NAME=NixOS\nID=nixos\nVERSION_ID="%s"\nPRETTY_NAME="NixOS %s (ipex-fleet
 printf '%s' "$ollamaUnit" > "$out/etc/systemd/system/ollama.service"
 printf '%s' "$comfyuiUnit" > "$out/etc/systemd/system/comfyui.service"
 if [ -n "$nodeExporterUnit" ]; then printf '%s' "$nodeExporterUnit" > "$out/etc/systemd/system/prometheus-node-exporter.service"; fi
+printf '%s' "$agentUnit" > "$out/etc/systemd/system/ipex-fleet-agent.service"
 if [ -n "$cpuHogUnit" ]; then printf '%s' "$cpuHogUnit" > "$out/etc/systemd/system/cpu-hog.service"; fi
 if [ -n "$sshLock" ]; then
   mkdir -p "$out/etc/ssh/sshd_config.d"

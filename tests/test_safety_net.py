@@ -1,0 +1,88 @@
+"""The safety net decides on the right evidence, over real SSH and systemd (issue 21): a slow peer
+never reverts a healthy host (the lease is the controller's heartbeat, not a step boundary); a host
+that crashes with an open intent and no controller returns by itself from its next boot; two
+controllers never both deploy one host."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import pytest
+
+from ipex_fleet.domain import Status
+
+from .conftest import FAST, REPO, assert_ok, bump, wait_for
+from .test_transaction import _kill_controller_during, decisions, reverted_by
+
+
+@pytest.fixture(scope="module")
+def fleet(fleet2):
+    return fleet2
+
+
+pytestmark = pytest.mark.usefixtures("healthy")
+
+
+def test_a_slow_peer_never_reverts_a_healthy_host(fleet):
+    """host2's activation takes 25 s; host1's lease is 3 s. pyinfra waits for host2 at every step
+    boundary, and host1 still commits: the heartbeat keeps it while the controller lives."""
+    for h in ("host1", "host2"):
+        bump(fleet, h)
+    fleet.configure("host2", "slow_activation=25")
+    started = time.monotonic()
+    proc, run_id = fleet.deploy(*FAST, "--data", "lease_grace=3", "--data", "command_timeout=10", timeout=300)
+    assert_ok(proc)
+    print(f"\nmixed fleet: both hosts committed in {time.monotonic() - started:.1f} s "
+          "(host2's activation 25 s, lease 3 s)")
+    for h in ("host1", "host2"):
+        assert fleet.result(run_id, h).status is Status.OK, h
+        assert [d["who"] for d in decisions(fleet, h, run_id)] == ["committed"], h
+
+
+def test_a_host_crashed_with_an_open_intent_and_no_controller_returns_after_its_boot(fleet):
+    """The controller dies in the health step and the host crashes right after (its transient watchdog
+    dies with it). At boot the agent's boot unit re-arms the intent, its lease counted from the new
+    boot (reboot_timeout + lease_grace), and the host returns to the recorded generation by itself."""
+    host = "host1"
+    assert_ok(fleet.deploy("--limit", host, *FAST)[0])
+    before = fleet.system(host)
+    bump(fleet, host)
+    grace, reboot_timeout = 20, 10
+    run_id, _killed = _kill_controller_during(fleet, host, "ipex_fleet [p]robe", "--data", "bench=false",
+                                              "--data", f"lease_grace={grace}", "--data",
+                                              f"reboot_timeout={reboot_timeout}", "--data", "health_timeout=120")
+    assert json.loads(fleet.sh(host, "cat /var/lib/ipex-fleet/intent.json"))["run_id"] == run_id
+    fleet.lab.crash(host)
+    booted = time.time()
+    outcome, ended, who = reverted_by(fleet, host, run_id, grace + reboot_timeout + 40)
+    took = ended - booted
+    print(f"\ncrash with an open intent: back on the recorded generation {took:.1f} s after the boot "
+          f"(bound: reboot_timeout {reboot_timeout} s + lease_grace {grace} s)")
+    assert (outcome, who) == ("reverted", "watchdog")
+    assert took <= grace + reboot_timeout + 12
+    assert wait_for(lambda: fleet.system(host) == before, 30, 0.5)
+    assert fleet.sh(host, "test -e /var/lib/ipex-fleet/lock && echo held || echo free") == "free"
+
+
+def test_two_controllers_at_once_exactly_one_deploys(fleet):
+    """Two pyinfra processes deploy host2 at the same moment: one deploys, the other is skipped naming
+    the holder, and nothing records a stale `previous`."""
+    host = "host2"
+    bump(fleet, host)
+    before = fleet.system(host)
+    runs = [f"t-two-{i}-{time.monotonic_ns()}" for i in range(2)]
+    procs = [subprocess.Popen(fleet.pyinfra_argv("deploys/prod.py", "--limit", host, *FAST), cwd=REPO,
+                              env=fleet.env(IPEX_FLEET_RUN_ID=r), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for r in runs]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    results = [fleet.result(r, host) for r in runs]
+    statuses = sorted(r.status.value for r in results)
+    assert statuses == ["ok", "skipped"], (statuses, [o[-2000:] for o in outputs])
+    ok = next(r for r in results if r.status is Status.OK)
+    skipped = next(r for r in results if r.status is Status.SKIPPED)
+    assert ok.previous.path == before[1]
+    assert f"locked by run {ok.run_id}" in skipped.error or f"run {ok.run_id} is deploying" in skipped.error, \
+        skipped.error
+    assert fleet.system(host)[1] == ok.final.path
