@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from ipex_fleet import hostagent
 from ipex_fleet.domain import Status
 
 from .conftest import REPO, wait_for, assert_ok
@@ -102,7 +103,7 @@ def test_host_cut_mid_run_fails_fast_as_unreachable(fleet3):
         bump(fleet3, h)
     lock = fleet3.host_path("host3", "/var/lib/ipex-fleet/lock")
     argv = fleet3.pyinfra_argv("deploys/prod.py", "--data", "command_timeout=4", "--data",
-                               "activation_timeout=4", "--data", "build_timeout=4")
+                               "activation_timeout=4", "--data", "build_timeout=4", "--data", "lease_grace=5")
     env = fleet3.env(IPEX_FLEET_RUN_ID="t-cut")
     started = time.monotonic()
     proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -121,7 +122,9 @@ def test_host_cut_mid_run_fails_fast_as_unreachable(fleet3):
     assert result.status is Status.UNREACHABLE, out
     for h in ("host1", "host2"):
         assert fleet3.result("t-cut", h).status is Status.OK
-    # Healed, the host deploys again: the cut run's lock is recognised as finished and taken over.
+    # Healed, the host deploys again: the cut run's lock is recognised as finished and taken over (an
+    # intent it may have opened ran out with its heartbeat's lease: 5 s, on the host's clock).
+    time.sleep(6)
     proc2, run_id = fleet3.deploy()
     assert_ok(proc2)
     assert fleet3.result(run_id, "host3").status.succeeded
@@ -132,7 +135,8 @@ def test_second_deploy_is_refused_by_the_lock(fleet3):
     before = fleet3.system("host1")
     bump(fleet3, "host1")
     owner = json.dumps({"run_id": "other-run", "controller": "ops-laptop", "since": "2026-11-21T10:00:00+00:00"})
-    fleet3.sh("host1", f"mkdir -p /var/lib/ipex-fleet && echo '{owner}' > /var/lib/ipex-fleet/lock")
+    # Another controller's lock, taken through the host agent with a live lease (its heartbeat runs).
+    fleet3.sh("host1", hostagent.command("lock-take", "--owner", owner, "--for", "600"))
     try:
         proc, run_id = fleet3.deploy("--limit", "host1")
         assert proc.returncode != 0

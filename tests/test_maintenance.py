@@ -76,9 +76,11 @@ def test_retention_keeps_the_policy_and_every_anchor_and_gc_frees_the_rest(fleet
     fleet.sh("host1", " ".join(f"touch -h -d @{old} {PROFILE}-{n}-link;" for n in range(1, 8)))
     # Anchors: 1 is booted; an open intent of a dead run names 3; 5's boot entry is being counted
     # (a try used, not blessed); 7 is the last deploy's recorded rollback target; 8 is current.
-    intent = {"run_id": "dead-run", "previous": {"generation": 3, "path": gens[3]}, "target": {"path": gens[8]}}
-    fleet.sh("host1", "mkdir -p /var/lib/ipex-fleet/intent && cd /var/lib/ipex-fleet/intent && "
-                      f"echo dead-run > run_id && echo {old} > lease && echo '{json.dumps(intent)}' > intent.json")
+    boot_id = fleet.sh("host1", "cat /proc/sys/kernel/random/boot_id")
+    intent = {"intent_id": "dead-run-1", "run_id": "dead-run", "previous": {"generation": 3, "path": gens[3]},
+              "target": {"path": gens[8]}, "mode": "switch", "lease": {"boot_id": boot_id, "deadline": 0,
+                                                                        "reboot_grace": 0}}
+    fleet.sh("host1", f"mkdir -p /var/lib/ipex-fleet && echo '{json.dumps(intent)}' > /var/lib/ipex-fleet/intent.json")
     fleet.sh("host1", "cd /boot/loader/entries && mv nixos-generation-5+*.conf nixos-generation-5+2-1.conf")
     assert fleet.sh("host1", "readlink -f /run/booted-system") == gens[1]
 
@@ -103,7 +105,7 @@ def test_retention_keeps_the_policy_and_every_anchor_and_gc_frees_the_rest(fleet
     (ARTIFACTS / "maintenance-retention.json").write_text(json.dumps(
         {"seconds": round(took, 1), "generations_before": 8, "report": report}, indent=2))
     # The intent stays for the host's recovery to resolve; remove the fake one, then go to every kept one.
-    fleet.sh("host1", "rm -rf /var/lib/ipex-fleet/intent")
+    fleet.sh("host1", "rm -f /var/lib/ipex-fleet/intent.json")
     for n in (1, 3, 5, 7, 8):
         proc, run_id = fleet.deploy("--data", f"generation={n}", deploy="deploys/rollback.py", inventory=str(inv))
         assert_ok(proc)
@@ -191,7 +193,7 @@ def test_maintenance_skips_or_waits_for_a_deploy_and_never_interleaves(fleet, tm
                               env=fleet.env(IPEX_FLEET_RUN_ID="slow-deploy"), stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
     try:
-        assert wait_for(lambda: fleet.host_path("host3", "/var/lib/ipex-fleet/intent").exists(), 120)
+        assert wait_for(lambda: fleet.host_path("host3", "/var/lib/ipex-fleet/intent.json").exists(), 120)
         proc, skipped = maintain(fleet, inv)  # no wait: skipped, with the reason
         assert_ok(proc)
         result = fleet.result(skipped, "host3")

@@ -43,8 +43,7 @@ def host(tmp_path: Path, *, records: list, current: int, booted_kernel: str = "6
     lines = [json.dumps(r) for r in records] + (['{"status": "ok", "fin'] if torn else [])
     (state / "deploys.jsonl").write_text("\n".join(lines) + "\n")
     if intent:
-        (state / "intent").mkdir()
-        (state / "intent" / "run_id").write_text(intent + "\n")
+        (state / "intent.json").write_text(json.dumps({"intent_id": f"{intent}-1", "run_id": intent}) + "\n")
     out = tmp_path / "out" / metrics.DEPLOY_FILE
     metrics.write(str(out), metrics.host_metrics(root=str(root)))
     parsed = {}

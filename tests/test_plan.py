@@ -18,7 +18,7 @@ def _footprint(fleet, host: str) -> tuple:
     return (fleet.system(host), fleet.sh(host, "readlink -f /run/booted-system; ls /boot/loader/entries; "
                                              "cat /var/lib/ipex-fleet/lock 2>/dev/null; "
                                              "wc -l < /var/lib/ipex-fleet/deploys.jsonl 2>/dev/null; "
-                                             "ls /var/lib/ipex-fleet/intent 2>/dev/null; true"))
+                                             "ls /var/lib/ipex-fleet/intent.json 2>/dev/null; true"))
 
 
 @pytest.fixture(scope="module")

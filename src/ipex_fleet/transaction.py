@@ -27,7 +27,7 @@ from .nix import commands as nixcmd
 from .nix import upkeep
 from .domain import STATE_DIR
 from .remote import HostUnreachable, RemoteResult, SessionLost, StepTimeout, put_bytes, run, run_fresh
-from .results import write_host_result
+from .results import read_host_result, write_host_result
 from .errors import UserError
 from .settings import DeploySettings, from_host_data
 
@@ -436,6 +436,14 @@ def take_lock(tx: HostTransaction, host: Any) -> None:
     if got.returncode != hostagent.BUSY:
         raise StepFailed(f"could not take the lock: {answer.get('error') or got.last_error}")
     holder = answer.get("holder") or {}
+    if holder.get("run_id") and read_host_result(str(holder["run_id"]), host.name) is not None:
+        # A run of this controller that already finished with this host (it was cut off before it
+        # could release): its heartbeat stopped with it, so its lock is ours to take over now.
+        got = sh(tx, host, hostagent.command(*args, "--force"))
+        if got.ok:
+            tx.locked, tx.lock_token = True, str(hostagent.parse(got.stdout_lines)["token"])
+            _heartbeat(host).keep(host, tx.lock_token, tx.settings.lease_grace)
+            return
     raise LockRefused(
         f"locked by run {holder.get('run_id', '?')} (controller {holder.get('controller', '?')} pid "
         f"{holder.get('pid', '?')}, since {holder.get('since', '?')}; its lease runs {answer.get('left', 0):.0f}s "
