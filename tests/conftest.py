@@ -20,7 +20,24 @@ from ipex_fleet.lab.layout import LabSpec
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-_nets = itertools.count(20)
+_net_locks: list = []
+
+
+def _free_net() -> str:
+    """A loopback /24 no other test process on this machine holds (each holds its nets' flocks for its
+    whole life: parallel pytest runs never share addresses)."""
+    import fcntl
+
+    for n in range(20, 60):
+        handle = open(f"/tmp/.ipex-fleet-test-net-{n}.lock", "w")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            continue
+        _net_locks.append(handle)
+        return f"127.0.{n}"
+    raise RuntimeError("no free loopback /24 for a test lab (127.0.20-59 all held)")
 
 
 # CI (.ci/run) sets this: there a test that cannot run is a broken suite, not a skip.
@@ -143,7 +160,7 @@ def make_fleet(lab_roots: list, count: int, tmp_path_factory, deploy_user: str |
     reason = lab_available()
     if reason:
         skip_or_fail(reason)
-    net = f"127.0.{next(_nets)}"
+    net = _free_net()
     root = f"/srv/ipex-fleet-test-{os.getpid()}-{net.rsplit('.', 1)[1]}"
     lab = Lab(root)
     lab.destroy()
