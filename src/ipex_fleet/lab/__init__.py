@@ -1,6 +1,19 @@
-"""The lab: a fleet of NixOS-like hosts on one machine, with real sshd and real Nix (LAB.md)."""
+"""The lab: a fleet of NixOS-like hosts on one machine, with real sshd and real Nix (LAB.md).
 
-from .fleet import Lab
-from .layout import DEFAULT_NET, DEFAULT_ROOT, LabLayout
+Names load lazily: each host's supervisor (`python -m ipex_fleet.lab.supervise`) imports this
+package, and must not pay for the controller's imports (pyinfra) once per host.
+"""
 
-__all__ = ["DEFAULT_NET", "DEFAULT_ROOT", "Lab", "LabLayout"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {"Lab": "fleet", "DEFAULT_NET": "layout", "DEFAULT_ROOT": "layout", "LabLayout": "layout"}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(name)

@@ -48,6 +48,22 @@ def ensure_lab_cgroup(spec: LabSpec) -> None:
         (base / lab_cgroup_rel(spec)).mkdir(parents=True, exist_ok=True)
 
 
+def running_hosts_elsewhere(spec: LabSpec) -> int:
+    """Hosts with processes in every other lab on this machine (they share its kernel limits)."""
+    _v1, v2 = _hierarchies()
+    mine = v2 / lab_cgroup_rel(spec)
+    count = 0
+    for host in (v2 / CGROUP_TOP).glob("*/host*"):
+        if host.parent == mine:
+            continue
+        try:
+            if "populated 1" in (host / "cgroup.events").read_text():
+                count += 1
+        except OSError:
+            continue
+    return count
+
+
 def host_cgroups(spec: LabSpec, host: LabHost) -> list[Path]:
     v1, v2 = _hierarchies()
     rel = f"{lab_cgroup_rel(spec)}/{host.name}"
@@ -82,7 +98,9 @@ def start(layout: LabLayout, spec: LabSpec, host: LabHost, template: Path, binds
     h = layout.host_dir(host.name)
     (h / "want").write_text("up\n")
     (h / "crash").unlink(missing_ok=True)
-    argv = ["unshare", "--mount", "--propagation", "private", sys.executable, "-m", "ipex_fleet.lab.supervise",
+    (h / "ready").unlink(missing_ok=True)
+    # -S: the supervisor needs the standard library only (one runs per host: start-up time counts).
+    argv = ["unshare", "--mount", "--propagation", "private", sys.executable, "-S", "-m", "ipex_fleet.lab.supervise",
             "--host-dir", str(h), "--template", str(template), "--machine", machine_name(spec, host),
             "--hostname", host.name, *(f"--cgroup={c}" for c in host_cgroups(spec, host)),
             *(f"--bind-ro={b}" for b in binds_ro), *(f"--bind={b}" for b in binds)]
@@ -223,8 +241,9 @@ def _alive(pid: int) -> bool:
         return False
     if state == "Z":
         try:  # our own child: reap it
-            os.waitpid(pid, os.WNOHANG)
+            reaped, _status = os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:
-            pass
-        return False
+            return False  # another's: its parent reaps it
+        # 0: a thread group leader whose other threads are still exiting shows as Z, not yet reapable.
+        return reaped == 0
     return True

@@ -17,14 +17,14 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
-from ..domain import SYSTEM_PROFILE, Action
+from ..domain import SYSTEM_PROFILE
 from ..errors import CommandFailed, UserError
 from ..nix import commands as nixcmd
 from ..runner import Completed, run, run_attached
-from .. import flakeinputs
-from ..flakepush import flake_hash, flake_tarball, materialize
-from . import container, faults, knobs, sshmaterial, template
+from ..flakepush import flake_hash, flake_tarball
+from . import bootlog, container, faults, install, knobs, limits, sshmaterial, template
 from .layout import DEFAULT_NET, LabHost, LabLayout, LabSpec, check_net, read_spec, write_spec
 
 FLAKE_SOURCE = Path(__file__).parent / "flake"
@@ -35,7 +35,22 @@ LABPKGS_URL_MARK = "@LABPKGS_URL@"
 NODE_EXPORTER = "/usr/bin/prometheus-node-exporter"
 GUEST_SOURCE = Path(__file__).parent / "guest"
 NIX_CONF = template.NIX_CONF
-INSTALL_FLAKE = "/var/lib/ipex-fleet-lab/install-flake"
+# `lab up`: hosts prepared and installed at once (threads; the work is in subprocesses and files),
+# hosts booting at once (all of them: the boots share the CPU either way, and waiting on each
+# boot's own READY=1 costs nothing), and how long a boot and the first login may take.
+PARALLEL = 8
+MAX_BOOTING = 253
+BOOT_TIMEOUT = 60.0
+BOOT_TIMEOUT_PER_HOST = 0.5  # the boots share the machine's cores
+FATAL_GRACE = 5.0  # a host whose log names an exhausted resource this long after its start is failed
+LOGIN_TIMEOUT = 30.0
+# systemd's generators find nothing to do in a lab host (no fstab, crypttab, GPT root, kernel command
+# line, or SysV script without a native unit); each runs at every boot and every daemon-reload, which
+# was about a fifth of a host's boot CPU. Masked in each host's /etc, as a system administrator would.
+IDLE_GENERATORS = ("systemd-cryptsetup-generator", "systemd-debug-generator", "systemd-fstab-generator",
+                   "systemd-getty-generator", "systemd-gpt-auto-generator", "systemd-hibernate-resume-generator",
+                   "systemd-integritysetup-generator", "systemd-rc-local-generator", "systemd-run-generator",
+                   "systemd-system-update-generator", "systemd-sysv-generator", "systemd-veritysetup-generator")
 # A lab host has its own /tmp, /root, /var/lib, /run, /etc and /nix: a controller path under one of
 # them is hidden from it, whatever is bound there (scripts/bootstrap puts such a checkout's
 # environment under /srv).
@@ -137,8 +152,14 @@ class Lab:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    def up(self, count: int, net: str | None = None, deploy_user: str | None = None) -> list[str]:
-        """Boot hosts 1..count (those already running are left alone) and give each its first generation."""
+    def up(self, count: int, net: str | None = None, deploy_user: str | None = None,
+           say: Callable[[str], None] | None = None) -> list[str]:
+        """Boot hosts 1..count (those already running are left alone), each into its first generation.
+
+        Raises the kernel limits the hosts need first (`say` gets one line naming what changed; by
+        default it goes to stderr). A host that does not boot fails `up` with one line per such host,
+        quoting the line of its host.log that says why; those hosts are stopped, the others left up."""
+        say = say or _say
         if not 1 <= count <= 253:
             raise UserError(f"lab up {count}: the lab holds 1 to 253 hosts (.254 serves its binary cache)")
         if deploy_user is not None and (not _USER_RE.match(deploy_user) or deploy_user == "root"):
@@ -153,6 +174,10 @@ class Lab:
         rootfs = template.ensure_template()
         spec = LabSpec(net=net, count=max(count, existing.count if existing else 0),
                        deploy_user=deploy_user or (existing.deploy_user if existing else None))
+        machine_hosts = count + container.running_hosts_elsewhere(spec)
+        changed = limits.ensure(machine_hosts)
+        if changed:
+            say(limits.describe(machine_hosts, changed))
         write_spec(self.layout, spec)
         released = self._install_flake(spec)
         self.layout.nix_conf_dir.mkdir(parents=True, exist_ok=True)
@@ -165,18 +190,120 @@ class Lab:
         self._start_cache(spec)
         self._lock_flake(update=released)
         wanted = spec.hosts[:count]
-        started = []
-        for host in wanted:
-            if container.supervisor_pid(self.layout, host) is None:
-                self._prepare_host(spec, host)
-                container.start(self.layout, spec, host, rootfs, *self._binds())
-                started.append(host)
+        running = {h for h in wanted if container.supervisor_pid(self.layout, h) is not None}
+        # A running host without a generation (its install never finished) is installed afresh.
+        self._power_off([h for h in wanted if h in running and self._generation_number(h) is None])
+        running = {h for h in running if container.supervisor_pid(self.layout, h) is not None}
+        to_start = [h for h in wanted if h not in running]
+        fresh = [h for h in to_start if self._generation_number(h) is None]
+        with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
+            list(pool.map(lambda h: self._prepare_host(spec, h), to_start))
+            toplevels, inputs = install.build(self.layout, fresh)
+            list(pool.map(lambda h: install.install(self.layout, h, toplevels[h.name], inputs), fresh))
         sshmaterial.write_client_side(self.layout, spec)
-        for host in wanted:
-            self._wait_booted(spec, host, timeout=60)
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            list(pool.map(self._bootstrap, wanted))
-        return [h.name for h in started]
+        failed = self._boot(spec, rootfs, wanted, to_start, {h.name for h in fresh})
+        if failed:
+            self._power_off([h for h in failed if failed[h][0] == "boot"], kill=True)
+            booted = len(wanted) - len(failed)
+            lines = [f"{h.name}: {why}" for h, (_kind, why) in sorted(failed.items(), key=lambda kv: int(
+                kv[0].name[4:]))]
+            raise UserError(f"lab up {count}: {len(failed)} of {len(wanted)} host(s) failed; those that did not "
+                            f"boot are stopped, the {booted} other(s) are left up (`lab up {count}` again starts "
+                            f"the rest):\n" + "\n".join(lines))
+        return [h.name for h in to_start]
+
+    def _boot(self, spec: LabSpec, rootfs: Path, wanted: tuple[LabHost, ...], to_start: list[LabHost],
+              fresh: set[str]) -> dict[LabHost, tuple[str, str]]:
+        """Start `to_start`, wait for each boot's end (the supervisor's `ready`, from the host's own
+        READY=1), then log in to every wanted host once. Returns the hosts that failed: host -> (kind,
+        line), kind "boot" (did not boot; its log's reason quoted) or "login"."""
+        failed: dict[LabHost, tuple[str, str]] = {}
+        logins = []
+        binds = self._binds()
+        started_at: dict[LabHost, float] = {}
+        offsets: dict[LabHost, int] = {}
+        waiting = list(to_start)
+        booting: list[LabHost] = []
+        timeout = BOOT_TIMEOUT + BOOT_TIMEOUT_PER_HOST * len(to_start)
+        with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
+            for host in wanted:
+                if host not in to_start:
+                    logins.append((host, pool.submit(self._login, host, False)))
+            while waiting or booting:
+                while waiting and len(booting) < MAX_BOOTING:
+                    host = waiting.pop(0)
+                    log = self.layout.host_dir(host.name) / "host.log"
+                    offsets[host] = log.stat().st_size if log.exists() else 0
+                    container.start(self.layout, spec, host, rootfs, *binds)
+                    started_at[host] = time.monotonic()
+                    booting.append(host)
+                time.sleep(0.05)
+                for host in list(booting):
+                    state = self._boot_state(host, offsets[host], started_at[host], timeout)
+                    if state is None:
+                        continue
+                    booting.remove(host)
+                    if state == "ready":
+                        logins.append((host, pool.submit(self._login, host, host.name in fresh)))
+                    else:
+                        failed[host] = ("boot", state)
+            for host, future in logins:
+                why = future.result()
+                if why is not None:
+                    failed[host] = ("login", why)
+        return failed
+
+    def _boot_state(self, host: LabHost, offset: int, started: float, timeout: float) -> str | None:
+        """None while the host boots; "ready" once its startup finished; else why it will not boot."""
+        h = self.layout.host_dir(host.name)
+        if (h / "ready").exists():
+            return "ready"
+        log = h / "host.log"
+        text = ""
+        gone = container.supervisor_pid(self.layout, host) is None
+        waited = time.monotonic() - started
+        if gone or waited > timeout or waited > FATAL_GRACE:
+            text = _read_from(log, offset)
+        if gone:
+            why = bootlog.reason(text) or "its supervisor exited and left no log line"
+            return f"did not boot: {why} (see {log})"
+        if waited > timeout:
+            why = bootlog.reason(text) or "no log line"
+            return f"did not boot within {timeout:.0f} s: {why} (see {log})"
+        if waited > FATAL_GRACE and bootlog.fatal(text):
+            return f"did not boot: {bootlog.reason(text)} (see {log})"
+        return None
+
+    def _login(self, host: LabHost, fresh: bool) -> str | None:
+        """One login with the lab's key, checked against the host's own key; on a host just installed,
+        until its first generation's services are active. None when it works, else why not."""
+        command = "systemctl is-active --quiet ollama.service comfyui.service" if fresh else "true"
+        deadline = time.monotonic() + LOGIN_TIMEOUT
+        got = None
+        while time.monotonic() < deadline:
+            got = self.ssh(host.name, command, timeout=15, check=False)
+            if got.ok:
+                return None
+            time.sleep(0.2)
+        if got is not None and got.returncode != 255:
+            return (f"booted, but {', '.join(('ollama.service', 'comfyui.service'))} did not start; "
+                    f"see `ipex-fleet lab exec {host.name} -- journalctl -b`")
+        last = (got.stderr.strip().splitlines() or ["no answer"])[-1] if got is not None else "no answer"
+        return f"booted, but SSH to {host.address}:22 did not work: {last}"
+
+    def _power_off(self, hosts: list[LabHost], kill: bool = False) -> None:
+        """Stop these hosts (cleanly, or at once with kill) and wait until they are gone."""
+        if not hosts:
+            return
+        spec = self.spec
+        pids = [p for h in hosts if (p := container.stop(self.layout, spec, h)) is not None]
+        if kill:
+            for host in hosts:
+                container.kill_all(spec, host)
+        if container.wait_gone(pids, timeout=5 if kill else 20):
+            for host in hosts:
+                container.kill_all(spec, host)
+            container.wait_gone(pids, timeout=10)
 
     def down(self) -> None:
         """Power every host off cleanly; their disks (stores, profiles, journals) stay for the next `up`."""
@@ -400,19 +527,6 @@ class Lab:
         except CommandFailed as exc:
             raise UserError(f"locking the lab flake failed ({exc}); see {self.layout.root}/cache.log") from None
 
-    def _carry_inputs(self, host: LabHost, flake: str) -> None:
-        """As the deploy does: the locked inputs the host lacks, from the controller's store."""
-        conf = str(self.layout.nix_conf_dir)
-        paths = flakeinputs.resolve(flake, conf).store_paths
-        if not paths:
-            return
-        listed = self.ssh(host.name, flakeinputs.missing_command(paths), timeout=60).stdout.split()
-        missing = [p for p in paths if p in listed]
-        if missing:
-            upload = self.layout.shared_dir / f".inputs-{host.name}.gz"
-            upload.write_bytes(flakeinputs.export(missing, conf))
-            self.ssh(host.name, flakeinputs.import_command(str(upload)), timeout=300)
-
     def _cache_pid(self) -> int | None:
         pid_file = self.layout.root / "cache.pid"
         try:
@@ -456,7 +570,7 @@ class Lab:
         machine_id = etc / "machine-id"
         if not machine_id.exists() or not machine_id.read_text().strip():
             machine_id.write_text(uuid.uuid4().hex + "\n")
-        if not (etc / "os-release").exists():
+        if not (etc / "os-release").is_symlink() and not (etc / "os-release").exists():  # a generation links it
             (etc / "os-release").write_text('NAME=NixOS\nID=nixos\nPRETTY_NAME="NixOS (ipex-fleet lab)"\n')
         sshmaterial.write_host_side(self.layout, host)
         lib = upper / "usr" / "local" / "lib" / "ipex-fleet-lab"
@@ -471,12 +585,17 @@ class Lab:
             link = units / wanted_by / unit
             if not link.is_symlink():
                 link.symlink_to(f"/etc/systemd/system/{unit}")
+        # The console is host.log: errors logged once journald runs land there too (bootlog).
+        journald = etc / "systemd" / "journald.conf.d"
+        journald.mkdir(parents=True, exist_ok=True)
+        (journald / "50-lab-console.conf").write_text(bootlog.JOURNALD_CONSOLE)
+        generators = etc / "systemd" / "system-generators"
+        generators.mkdir(parents=True, exist_ok=True)
+        for name in IDLE_GENERATORS:
+            if not (generators / name).is_symlink():
+                (generators / name).symlink_to("/dev/null")
         if spec.deploy_user:
             self._add_deploy_user(upper, spec.deploy_user)
-        if self._generation_number(host) is None:
-            # The installer's copy of the flake (as `nixos-install --flake` has one) for the first generation.
-            shutil.rmtree(upper / INSTALL_FLAKE.lstrip("/"), ignore_errors=True)
-            shutil.copytree(materialize(str(self.layout.flake_dir)), upper / INSTALL_FLAKE.lstrip("/"))
 
     def _add_deploy_user(self, upper: Path, user: str) -> None:
         """A non-root user that logs in with the lab's key and uses sudo, as many real fleets do.
@@ -502,20 +621,6 @@ class Lab:
             os.chown(path, 1500, 1500)
         os.chmod(ssh_dir, 0o700)
 
-    def _wait_booted(self, spec: LabSpec, host: LabHost, timeout: float) -> None:
-        """Until sshd answers a real login (the host's own key, checked against known_hosts)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.ssh(host.name, "true", timeout=10, check=False).ok:
-                return
-            if container.supervisor_pid(self.layout, host) is None:
-                break
-            time.sleep(0.1)
-        log = self.layout.host_dir(host.name) / "host.log"
-        tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
-        raise UserError(f"{host.name}: did not boot to sshd on {host.address}:22 "
-                        f"({tail[0] if tail else 'no log'}); see {log}")
-
     def _generation_number(self, host: LabHost) -> int | None:
         link = self.layout.host_dir(host.name) / "upper" / SYSTEM_PROFILE.lstrip("/")
         try:
@@ -525,29 +630,18 @@ class Lab:
         parsed = nixcmd.parse_profile_state([f"current {target}"])
         return parsed.current
 
-    def _bootstrap(self, host: LabHost) -> None:
-        """Give a new host its first generation as an installer does: build it, make it the boot
-        entry, and boot it (stage 2 then activates it and /run/booted-system names it)."""
-        if self._generation_number(host) is not None:
-            return
-        self._carry_inputs(host, materialize(str(self.layout.flake_dir)))
-        flake = f"path:{INSTALL_FLAKE}"
-        built = self.ssh(host.name, nixcmd.build_toplevel(flake, host.name), timeout=300)
-        path = nixcmd.parse_build_output(built.stdout)
-        self.ssh(host.name, f"{nixcmd.set_profile(SYSTEM_PROFILE, path)} && "
-                            f"{nixcmd.activate(path, Action.BOOT)} && rm -rf {INSTALL_FLAKE}", timeout=120)
-        self.reboot(host.name)
-        self._wait_active(host, ("ollama.service", "comfyui.service"), timeout=30)
 
-    def _wait_active(self, host: LabHost, units: tuple[str, ...], timeout: float) -> None:
-        check = " && ".join(f"systemctl is-active --quiet {u}" for u in units)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.ssh(host.name, check, timeout=10, check=False).ok:
-                return
-            time.sleep(0.1)
-        raise UserError(f"{host.name}: {', '.join(units)} did not start after its first boot; "
-                        f"see `ipex-fleet lab exec {host.name} -- journalctl -b`")
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _read_from(path: Path, offset: int) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def _write_if_changed(path: Path, data: bytes) -> None:

@@ -1,7 +1,10 @@
 #!/usr/bin/python3
 """What a NixOS machine's firmware side does at boot, for an ipex-fleet lab host.
 
-stage2: as systemd-boot picks an entry (the default, unless its tries are spent: then the newest
+stage2: on a host's very first boot, when `lab up` installed a first generation into its store
+        (its system profile, no boot entry yet), first runs that generation's
+        `switch-to-configuration boot`, as nixos-install does in the new system before its first
+        boot; then, as systemd-boot picks an entry (the default, unless its tries are spent: then the newest
         entry that still has tries or is blessed) and counts a try down by renaming it
         (name+LEFT-DONE.conf); then, as NixOS stage 2 does, points /run/booted-system at the
         entry's generation and runs that generation's `activate`.
@@ -17,6 +20,7 @@ import sys
 ENTRIES = "/boot/loader/entries"
 LOADER_CONF = "/boot/loader/loader.conf"
 BOOTED_ENTRY = "/run/lab-boot/entry"
+SYSTEM_PROFILE = "/nix/var/nix/profiles/system"
 _NAME = re.compile(r"^(?P<id>nixos-generation-(?P<gen>\d+))(?:\+(?P<left>\d+)(?:-(?P<done>\d+))?)?\.conf$")
 
 
@@ -67,7 +71,19 @@ def atomic_symlink(target, link):
     os.replace(tmp, link)
 
 
+def install_bootloader():
+    """nixos-install's last step, for a generation installed into the store before the first boot."""
+    if entries() or not os.path.exists(SYSTEM_PROFILE):
+        return 0
+    stc = os.path.join(SYSTEM_PROFILE, "bin", "switch-to-configuration")
+    print(f"lab-boot: installing the boot loader of {os.path.realpath(SYSTEM_PROFILE)}")
+    return subprocess.run([stc, "boot"]).returncode
+
+
 def stage2():
+    if install_bootloader() != 0:
+        print("lab-boot: installing the boot loader failed", file=sys.stderr)
+        return 1
     entry = choose(entries())
     if entry is None:
         print("lab-boot: no boot entry yet (a host before its first generation)")

@@ -1,0 +1,112 @@
+"""The kernel limits a lab of N hosts needs, raised (never lowered) before any host starts.
+
+Every lab host runs its own systemd, journald, logind, dbus and sshd as root of the machine's own
+user namespace, so they all draw on root's per-user budgets. LAB.md ("Kernel limits at 20+ hosts"):
+with Debian's `fs.inotify.max_user_instances = 128` about 20 hosts boot and the next stop at once
+with "Failed to allocate manager object: Too many open files". What an idle host takes, counted on
+this machine's lab: 6-7 inotify instances and about 25 watches, 6 processes; a deploy adds a login
+session (and root's user manager: more instances), Nix and Python for a while. The budgets below
+leave room for that, per host, on top of what the machine itself needs (`base`).
+
+The hosts counted are this lab's and every host running in another lab on the machine: the limits
+are the machine's, shared by all its labs.
+
+`IPEX_FLEET_LAB_KERNEL_LIMITS=keep` leaves the kernel's limits as they are (hosts beyond them then
+fail to boot, and `lab up` names each with the line of its log that says why).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import UserError
+
+PROC_SYS = Path("/proc/sys")
+ENV = "IPEX_FLEET_LAB_KERNEL_LIMITS"
+
+
+@dataclass(frozen=True)
+class Limit:
+    key: str  # sysctl name, dotted
+    base: int  # what the machine itself needs, with no lab host
+    per_host: int
+    why: str
+
+    def needed(self, hosts: int) -> int:
+        return self.base + self.per_host * hosts
+
+    @property
+    def path(self) -> Path:
+        return PROC_SYS / self.key.replace(".", "/")
+
+
+LIMITS = (
+    Limit("fs.inotify.max_user_instances", 128, 64,
+          "systemd, journald, logind and each login's user manager take inotify instances"),
+    Limit("fs.inotify.max_user_watches", 8192, 1024, "the watches on those instances"),
+    Limit("kernel.pid_max", 4096, 256, "processes and threads of every host"),
+    # Root's own keys are counted against root_maxkeys (a million); these bind a non-root user,
+    # such as `--deploy-user`, which is the same user in every host: each of its sessions and
+    # services takes a keyring.
+    Limit("kernel.keys.maxkeys", 200, 16, "keyrings of the deploy user's sessions in every host"),
+    Limit("kernel.keys.maxbytes", 20000, 1600, "the bytes of those keys"),
+)
+
+
+@dataclass(frozen=True)
+class Change:
+    key: str
+    before: int
+    after: int
+
+    def __str__(self) -> str:
+        return f"{self.key} {self.before} -> {self.after}"
+
+
+def read(limit: Limit) -> int | None:
+    try:
+        return int(limit.path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None  # not on this kernel
+
+
+def short(hosts: int, limits: tuple[Limit, ...] = LIMITS) -> list[Change]:
+    """Each limit below what `hosts` lab hosts need: (key, now, needed)."""
+    out = []
+    for limit in limits:
+        now = read(limit)
+        if now is not None and now < limit.needed(hosts):
+            out.append(Change(limit.key, now, limit.needed(hosts)))
+    return out
+
+
+def ensure(hosts: int, limits: tuple[Limit, ...] = LIMITS) -> list[Change]:
+    """Raise every limit below what `hosts` lab hosts need; return what changed (from -> to).
+
+    Nothing is ever lowered. A limit this process may not write (a container's read-only
+    /proc/sys, say) fails `lab up` in one line, before any host starts, saying what to run."""
+    if os.environ.get(ENV) == "keep":
+        return []
+    changes = short(hosts, limits)
+    done: list[Change] = []
+    for change in changes:
+        path = PROC_SYS / change.key.replace(".", "/")
+        try:
+            now = int(path.read_text().split()[0])
+            if now >= change.after:  # raised meanwhile, by another lab
+                continue
+            path.write_text(f"{change.after}\n")
+        except OSError as exc:
+            missing = " ".join(f"{c.key}={c.after}" for c in changes)
+            raise UserError(f"{hosts} lab host(s) need {change.key} >= {change.after} (it is {change.before}) "
+                            f"and it cannot be raised here ({exc.strerror or exc}): run `sysctl -w {missing}` "
+                            f"as root, or set {ENV}=keep to start them anyway") from None
+        done.append(Change(change.key, now, change.after))
+    return done
+
+
+def describe(hosts: int, changes: list[Change]) -> str:
+    """The one line `lab up` prints when it raised anything."""
+    return f"kernel limits raised for {hosts} lab host(s): " + ", ".join(str(c) for c in changes)
