@@ -1,0 +1,255 @@
+#!/usr/bin/env python3
+"""A randomized fault campaign against the safety net, on a lab of its own (loopback only, bounded).
+
+Each run deploys a new version to every host of a 4-host lab with one or two faults drawn at random:
+the controller SIGKILLed at a random instant, a host crashed or rebooted at a random instant, a
+host's SSH cut then healed, a peer slowed, an activation or a health check failing. After each run
+(and the bounds the README states: one lease, a boot's re-armed lease, a revert) every host is
+checked against the invariant:
+
+- no open intent and no lock is left;
+- the host is committed on this run's target (a `committed` claim of this run names what it runs),
+  or on the generation recorded before the run, verified: profile, running system and boot default;
+- when the controller survived, the host's result says which (`ok` on the target, `rolled_back` or
+  an earlier failure on the recorded generation, `unreachable` with the host's own claim saying it).
+
+It prints each run's faults and outcome, then the count of runs, faults and violations, with the
+seed of every violation (`--seed S --runs 1` replays it).
+
+    .venv/bin/python benchmarks/chaos.py --runs 20 [--seed 1] [--budget 1800]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "src"))
+
+from ipex_fleet.lab import Lab  # noqa: E402
+
+HOSTS = ("host1", "host2", "host3", "host4")
+LEASE, REBOOT_TIMEOUT = 5, 30
+DATA = ("bench=false", f"lease_grace={LEASE}", f"reboot_timeout={REBOOT_TIMEOUT}", "command_timeout=20",
+        "activation_timeout=60", "health_timeout=30", "confirm_timeout=10")
+# After the run: a dead controller's lease, a boot's re-armed lease, a revert, with room for a slow box.
+SETTLE = LEASE + REBOOT_TIMEOUT + LEASE + 40
+
+
+@dataclass
+class Fault:
+    kind: str
+    host: str | None = None
+    at: float = 0.0  # seconds after the deploy starts
+
+    def __str__(self) -> str:
+        where = f" {self.host}" if self.host else ""
+        when = f" at {self.at:.1f}s" if self.kind in ("kill", "crash", "reboot", "cut") else ""
+        return f"{self.kind}{where}{when}"
+
+
+@dataclass
+class Outcome:
+    seed: int
+    faults: list[Fault]
+    results: dict[str, str] = field(default_factory=dict)
+    violations: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def draw(rng: random.Random, window: float) -> list[Fault]:
+    faults = []
+    for _ in range(rng.choice((1, 1, 2))):
+        kind = rng.choice(("kill", "crash", "reboot", "cut", "slow", "fail_activation", "fail_health"))
+        host = None if kind == "kill" else rng.choice(HOSTS)
+        faults.append(Fault(kind, host, round(rng.uniform(0.5, window), 1)))
+    return faults
+
+
+def host_state(lab: Lab, host: str) -> dict:
+    """Profile generation and path, running system, boot default, lock, intent, this host's claims."""
+    out = lab.ssh(host, "readlink /nix/var/nix/profiles/system; readlink -f /nix/var/nix/profiles/system; "
+                        "readlink -f /run/current-system; sed -n 's/^default nixos-generation-//p' "
+                        "/boot/loader/loader.conf; test -e /var/lib/ipex-fleet/lock && echo lock=held; "
+                        "test -e /var/lib/ipex-fleet/intent.json && echo intent=open; "
+                        "cd /var/lib/ipex-fleet/resolved 2>/dev/null && for f in *.json; do [ -e \"$f\" ] && "
+                        "printf 'claim %s %s\\n' \"${f%.json}\" \"$(cat \"$f\")\"; done; true",
+                  timeout=30).stdout.splitlines()
+    state = {"generation": int(out[0].split("-")[1]), "profile": out[1], "running": out[2],
+             "boot_default": out[3].replace(".conf", ""), "lock": "lock=held" in out,
+             "intent": "intent=open" in out, "claims": []}
+    for line in out[4:]:
+        if line.startswith("claim "):
+            _, name, data = line.split(" ", 2)
+            state["claims"].append({**json.loads(data), "who": name.rsplit(".", 1)[1]})
+    return state
+
+
+def settled(lab: Lab, host: str, timeout: float) -> dict:
+    """The host's state once it answers and holds no intent and no lock (or the bound ran out)."""
+    deadline = time.monotonic() + timeout
+    state: dict = {}
+    while time.monotonic() < deadline:
+        try:
+            state = host_state(lab, host)
+        except Exception:  # still booting
+            time.sleep(1)
+            continue
+        if not state["intent"] and not state["lock"]:
+            return state
+        time.sleep(1)
+    return state
+
+
+def run_once(lab: Lab, seed: int, state_dir: Path) -> Outcome:
+    rng = random.Random(seed)
+    faults = draw(rng, window=20.0)  # a healthy 4-host deploy here takes about 25 s
+    outcome = Outcome(seed, faults)
+    before = {h: host_state(lab, h) for h in HOSTS}
+    for h in HOSTS:
+        knobs = [f"version=chaos-{seed}-{time.monotonic_ns()}", "slow_activation=", "fail_activation=", "fail_service="]
+        for f in faults:
+            if f.host == h and f.kind == "slow":
+                knobs.append(f"slow_activation={rng.choice((8, 15))}")
+            if f.host == h and f.kind == "fail_activation":
+                knobs.append("fail_activation=true")
+            if f.host == h and f.kind == "fail_health":
+                knobs.append("fail_service=ollama")
+        lab.config(h, knobs)
+    run_id = f"chaos-{seed}"
+    env = {**os.environ, "IPEX_FLEET_LAB_ROOT": str(lab.layout.root), "IPEX_FLEET_STATE": str(state_dir),
+           "IPEX_FLEET_RUN_ID": run_id}
+    argv = [str(Path(sys.executable).parent / "pyinfra"), "inventories/lab.py", "deploys/prod.py", "-y",
+            *[a for d in DATA for a in ("--data", d)]]
+    started = time.monotonic()
+    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    killed = threading.Event()
+
+    def inject(f: Fault) -> None:
+        time.sleep(f.at)
+        if proc.poll() is not None:
+            print(f"  (fault {f}: the deploy had already ended)")
+            return
+        try:
+            if f.kind == "kill":
+                os.killpg(proc.pid, signal.SIGKILL)
+                killed.set()
+            elif f.kind == "crash":
+                lab.crash(f.host, wait=False)
+            elif f.kind == "reboot":
+                lab.reboot(f.host, wait=False)
+            elif f.kind == "cut":
+                lab.cut(f.host)
+                time.sleep(rng.choice((3, 8, 15)))
+                lab.heal(f.host)
+        except Exception as exc:  # a fault that could not be injected is reported, not a violation
+            print(f"  (fault {f} not injected: {exc})")
+
+    timed = [threading.Thread(target=inject, args=(f,), daemon=True) for f in faults
+             if f.kind in ("kill", "crash", "reboot", "cut")]
+    for t in timed:
+        t.start()
+    try:
+        proc.wait(timeout=400)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        outcome.violations.append("the deploy did not end within 400 s")
+    for t in timed:
+        t.join(timeout=60)
+    for h in HOSTS:
+        lab.heal(h)
+    survived = not killed.is_set()
+    for h in HOSTS:
+        state = settled(lab, h, SETTLE)
+        mine = [c for c in state.get("claims", []) if c.get("run_id") == run_id]
+        committed = [c for c in mine if c["who"] == "committed"]
+        result_file = state_dir / "runs" / run_id / "hosts" / f"{h}.json"
+        result = json.loads(result_file.read_text()) if result_file.exists() else None
+        outcome.results[h] = result["status"] if result else ("-" if not survived else "missing")
+        problems = []
+        if not state:
+            problems.append("never answered again")
+        else:
+            if state["intent"]:
+                problems.append("an intent is still open")
+            if state["lock"]:
+                problems.append("the lock is still held")
+            old = before[h]
+            on_old = (state["profile"], state["running"]) == (old["profile"], old["running"])
+            on_target = bool(committed) and state["running"] == committed[-1]["target"]["path"] == state["profile"]
+            if not (on_old or on_target):
+                problems.append(f"on {state['running']} (profile {state['profile']}), neither the recorded "
+                                f"{old['running']} nor a committed target")
+            if on_old and not on_target and state["boot_default"] and state["boot_default"] != str(old["generation"]):
+                problems.append(f"boot default {state['boot_default']}, not the recorded {old['generation']}")
+            if len(mine) > 1:
+                problems.append(f"{len(mine)} decisions for one run: {[c['who'] for c in mine]}")
+            if [c for c in mine if c.get("outcome") == "revert-failed"]:
+                problems.append("a revert failed")
+            if survived and result is None:
+                problems.append("the controller survived but wrote no result")
+            if result and result["status"] == "ok" and not on_target:
+                problems.append("result ok, but the host is not on a committed target")
+            if result and result["status"] == "rolled_back" and not on_old:
+                problems.append("result rolled_back, but the host is not on the recorded generation")
+        outcome.violations += [f"{h}: {p}" for p in problems]
+    for h in HOSTS:  # back to healthy knobs for the next run
+        lab.config(h, ["slow_activation=", "fail_activation=", "fail_service="])
+    outcome.seconds = round(time.monotonic() - started, 1)
+    return outcome
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=1, help="the first run's seed (run i uses seed+i)")
+    parser.add_argument("--budget", type=float, default=3600, help="stop starting runs after this many seconds")
+    parser.add_argument("--root", default="/srv/ipex-fleet-chaos")
+    parser.add_argument("--net", default="127.0.85")
+    args = parser.parse_args()
+    lab = Lab(args.root)
+    lab.destroy()
+    state_dir = Path(tempfile.mkdtemp(prefix="ipex-fleet-chaos-"))
+    started = time.monotonic()
+    outcomes: list[Outcome] = []
+    try:
+        lab.up(len(HOSTS), args.net)
+        for i in range(args.runs):
+            if time.monotonic() - started > args.budget:
+                print(f"budget of {args.budget:.0f}s spent after {i} runs")
+                break
+            o = run_once(lab, args.seed + i, state_dir)
+            outcomes.append(o)
+            verdict = "ok" if not o.violations else "VIOLATION"
+            print(f"run {i + 1} seed {o.seed}: {', '.join(map(str, o.faults))} -> "
+                  f"{' '.join(f'{h}={s}' for h, s in o.results.items())} ({o.seconds}s) {verdict}", flush=True)
+            for v in o.violations:
+                print(f"    {v}", flush=True)
+        leaks = lab.leaks()["leaks"]
+    finally:
+        lab.destroy()
+        shutil.rmtree(state_dir, ignore_errors=True)
+    faults = sum(len(o.faults) for o in outcomes)
+    bad = [o for o in outcomes if o.violations]
+    print(f"\nruns {len(outcomes)}, faults {faults}, runs with violations {len(bad)}, "
+          f"packets off loopback {leaks}, {time.monotonic() - started:.0f}s")
+    for o in bad:
+        print(f"  replay: .venv/bin/python benchmarks/chaos.py --seed {o.seed} --runs 1")
+    return 1 if bad or leaks else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
