@@ -1,9 +1,10 @@
 """Why a lab host did not boot: the line of its host.log that says so.
 
-host.log has what the host's console shows: nspawn's own lines, systemd's until journald runs,
-and afterwards every message of priority err or worse (journald forwards them to the console; see
-`JOURNALD_CONSOLE`). Every boot prints a few lines that never explain a failure ("Some capabilities
-will not be set...", cgroup symlinks nspawn cannot make); the last line is often one of those.
+host.log has what the host's console shows (nspawn --console=read-only): nspawn's own lines,
+PID 1's (its status lines for failed units only, `SYSTEM_CONSOLE`), and every message of priority
+err or worse once journald runs (it forwards them to the console, `JOURNALD_CONSOLE`). Every boot
+prints a few lines that never explain a failure ("Some capabilities will not be set...", cgroup
+symlinks PID 1 cannot make); the last line is often one of those.
 So: a line naming an exhausted resource first (the usual cause, a kernel limit), PID 1's own fatal
 line before other lines with the same cause; then the last line that reads as an error; then the
 last line that is not noise.
@@ -13,8 +14,10 @@ from __future__ import annotations
 
 import re
 
-# In the host's overlay: journald forwards err and worse to the console, which is host.log.
+# In the host's overlay: journald forwards err and worse to the console, which is host.log, and
+# systemd shows the status of failed units only there (not a line per unit started at each boot).
 JOURNALD_CONSOLE = "[Journal]\nForwardToConsole=yes\nMaxLevelConsole=err\n"
+SYSTEM_CONSOLE = "[Manager]\nShowStatus=error\n"
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Za-z0-9]|[\x00-\x08\x0b-\x1f\x7f]")
 # errno texts of exhausted limits: inotify instances or fds (EMFILE), inotify watches (ENOSPC),
@@ -34,7 +37,11 @@ _NOISE = re.compile(
     r"|Welcome to |systemd \d+\S* running in |Detected (?:virtualization|architecture)"
     r"|supervisor: nspawn exited|Exiting PID 1|Container \S+ (?:failed with error code|exited)"
     r"|\[!!!!!!\] |Failed to allocate manager object\.$|Set hostname to |Hostname set to "
-    r"|Initializing machine ID|Queued start job|lab-boot: )")
+    r"|Initializing machine ID|Queued start job|lab-boot: |\[  OK  \] |Sending SIG\w+ to remaining"
+    r"|All filesystems, swaps|Halting system|Rebooting|Powering off)")
+
+
+_EXIT = re.compile(r"^Container \S+ failed with error code|^supervisor: ")
 
 
 def clean(line: str) -> str:
@@ -52,7 +59,10 @@ def reason(text: str) -> str | None:
     errors = [l for l in meaningful if _ERROR.search(l)]
     if errors:
         return errors[-1]
-    return meaningful[-1] if meaningful else None
+    if meaningful:
+        return meaningful[-1]
+    exits = [l for l in lines if _EXIT.search(l)]  # nspawn's own word, when nothing says more
+    return exits[-1] if exits else None
 
 
 def fatal(text: str) -> str | None:

@@ -256,9 +256,11 @@ class Lab:
     def _boot_state(self, host: LabHost, offset: int, started: float, timeout: float) -> str | None:
         """None while the host boots; "ready" once its startup finished; else why it will not boot."""
         h = self.layout.host_dir(host.name)
-        if (h / "ready").exists():
-            return "ready"
         log = h / "host.log"
+        if (h / "ready").exists():
+            # Its startup finished; one that ran out of a kernel resource on the way is not a sound host.
+            exhausted = bootlog.fatal(_read_from(log, offset))
+            return "ready" if exhausted is None else f"booted, but ran short: {exhausted} (see {log})"
         text = ""
         gone = container.supervisor_pid(self.layout, host) is None
         waited = time.monotonic() - started
@@ -585,10 +587,15 @@ class Lab:
             link = units / wanted_by / unit
             if not link.is_symlink():
                 link.symlink_to(f"/etc/systemd/system/{unit}")
-        # The console is host.log: errors logged once journald runs land there too (bootlog).
-        journald = etc / "systemd" / "journald.conf.d"
-        journald.mkdir(parents=True, exist_ok=True)
-        (journald / "50-lab-console.conf").write_text(bootlog.JOURNALD_CONSOLE)
+        # The console is host.log (nspawn --console=read-only): PID 1's own lines, its status lines of
+        # failed units only, and every message of priority err or worse once journald runs (bootlog).
+        for conf, text in (("journald.conf.d", bootlog.JOURNALD_CONSOLE), ("system.conf.d", bootlog.SYSTEM_CONSOLE)):
+            (etc / "systemd" / conf).mkdir(parents=True, exist_ok=True)
+            (etc / "systemd" / conf / "50-lab-console.conf").write_text(text)
+        # pam_env reads it at every login, and logs an error when Debian's minbase has none.
+        (etc / "default").mkdir(parents=True, exist_ok=True)
+        if not (etc / "default" / "locale").exists():
+            (etc / "default" / "locale").write_text("")
         generators = etc / "systemd" / "system-generators"
         generators.mkdir(parents=True, exist_ok=True)
         for name in IDLE_GENERATORS:

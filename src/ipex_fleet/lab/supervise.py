@@ -55,7 +55,7 @@ def main(argv: list[str]) -> int:
     subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
                     f"lowerdir={args.template},upperdir={upper},workdir={work}", str(rootfs)], check=True)
     argv_nspawn = [
-        "systemd-nspawn", "--boot", "--register=no", "--keep-unit", "--console=passive", "--link-journal=no",
+        "systemd-nspawn", "--boot", "--register=no", "--keep-unit", "--console=read-only", "--link-journal=no",
         "--resolv-conf=off", "--timezone=off", "--notify-ready=yes", f"--directory={rootfs}", f"--machine={args.machine}",
         f"--hostname={args.hostname}",
         *(f"--bind-ro={p}" for p in args.bind_ro), *(f"--bind={p}" for p in args.bind),
