@@ -324,7 +324,7 @@ def test_recovery_refuses_a_live_intent_and_reverts_a_dead_one_detached(tmp_path
         agent.outcome("i1")
     assert pending.value.code == A.BUSY
     agent.finish("i1", "recovery")
-    assert agent.outcome("i1") == {"decided_by": "recovery", "outcome": "reverted"}
+    assert agent.outcome("i1") == {"decided_by": "recovery", "outcome": "reverted", "problems": []}
 
 
 def test_a_torn_write_leaves_the_old_file_whole(tmp_path, monkeypatch):

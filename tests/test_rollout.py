@@ -32,7 +32,7 @@ def inventory(fleet, tmp_path) -> Path:
     path.write_text(
         "from ipex_fleet.lab.inventory import lab_hosts\n"
         f"_all = [(n, {{**d, 'health_levels': [1], 'bench': False, 'min_free_mb': 64, 'command_timeout': 20,"
-        f" 'activation_timeout': 60}}) for n, d in lab_hosts({str(fleet.lab.layout.root)!r})]\n"
+        f" 'activation_timeout': 60, 'lease_grace': 5}}) for n, d in lab_hosts({str(fleet.lab.layout.root)!r})]\n"
         "canary = _all[:1]\nwave1 = _all[1:3]\nwave2 = _all[3:6]\n")
     return path
 
@@ -157,6 +157,54 @@ def test_killed_controller_resumes_without_redeploying_done_hosts(fleet, invento
     assert "done before, skipped" in resumed.stdout
     for h, (system, lines) in done.items():
         assert fleet.system(h) == system and deploy_lines(fleet, h) == lines, f"{h} was deployed again"
+    rows = {r["host"]: r["status"] for r in ledger(fleet).execute(
+        "SELECT host, status FROM host_results WHERE run_id=? AND phase='deploy'", (run_id,))}
+    assert set(rows) == set(HOSTS) and all(s in ("ok", "unchanged") for s in rows.values()), rows
+
+
+def test_a_rollout_killed_twice_at_the_same_wave_resolves_each_intent_once(fleet, inventory):
+    """Killed while host2's intent is open, resumed, killed again at the same wave, resumed: each of
+    host2's intents is decided exactly once, by its own id (the dead attempts' by the host itself),
+    one of them committed, and the rollout ends with every host deployed."""
+    bump_all(fleet)
+    intent = fleet.host_path("host2", "/var/lib/ipex-fleet/intent.json")
+
+    def killed_when_open(args: list[str], not_this: str | None = None) -> str:
+        proc = subprocess.Popen([str(BIN / "ipex-fleet"), "rollout", *args], cwd=REPO, env=fleet.env(),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        def opened() -> str | None:
+            try:
+                found = json.loads(intent.read_text())["intent_id"]
+            except (OSError, ValueError, KeyError):
+                return None
+            return found if found != not_this else None
+
+        try:
+            assert wait_for(lambda: opened() is not None, 180, 0.05), "host2's intent never opened"
+            return str(opened())
+        finally:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+
+    first = killed_when_open([str(inventory), "deploys/prod.py", "--waves", "1,2,3"])
+    run_id = next(r["run_id"] for r in ledger(fleet).execute(
+        "SELECT run_id FROM runs WHERE kind='rollout' ORDER BY started DESC LIMIT 1"))
+    time.sleep(1)  # the killed wave's pyinfra child dies with its parent
+    second = killed_when_open(["--resume", run_id], not_this=first)
+    time.sleep(1)
+    resumed = rollout(fleet, "--resume", run_id)
+    assert_ok(resumed)
+    claims = [json.loads(line) for line in fleet.sh("host2", "cat /var/lib/ipex-fleet/resolved/*.json").splitlines()]
+    mine = [c for c in claims if c["run_id"] == run_id]
+    ids = [c["intent_id"] for c in mine]
+    assert len(ids) == len(set(ids)) >= 3 and {first, second} <= set(ids), ids
+    committed = [c for c in mine if c.get("claimed", {}).get("by") == "committed"]
+    assert len(committed) == 1, mine
+    for c in mine:
+        if c is not committed[0]:
+            assert c["claimed"]["by"] in ("watchdog", "recovery") and c["outcome"] == "reverted", c
+    assert fleet.system("host2")[2] == committed[0]["target"]["path"]
     rows = {r["host"]: r["status"] for r in ledger(fleet).execute(
         "SELECT host, status FROM host_results WHERE run_id=? AND phase='deploy'", (run_id,))}
     assert set(rows) == set(HOSTS) and all(s in ("ok", "unchanged") for s in rows.values()), rows

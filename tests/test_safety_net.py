@@ -6,6 +6,8 @@ controllers never both deploy one host."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import time
 
@@ -13,7 +15,7 @@ import pytest
 
 from ipex_fleet.domain import Status
 
-from .conftest import FAST, REPO, assert_ok, bump, wait_for
+from .conftest import BIN, FAST, REPO, assert_ok, bump, wait_for
 from .test_transaction import _kill_controller_during, decisions, reverted_by
 
 
@@ -86,3 +88,64 @@ def test_two_controllers_at_once_exactly_one_deploys(fleet):
     assert f"locked by run {ok.run_id}" in skipped.error or f"run {ok.run_id} is deploying" in skipped.error, \
         skipped.error
     assert fleet.system(host)[1] == ok.final.path
+
+
+def test_boot_mode_reboot_and_a_controller_that_never_returns_the_host_reverts_by_itself(fleet):
+    """mode=boot with reboot: the controller is killed once the host rebooted into the new generation.
+    The boot unit re-armed the intent from the new boot; with no controller to renew it, the host
+    returns to the recorded generation by itself: profile, running system and boot entry."""
+    host = "host2"
+    assert_ok(fleet.deploy("--limit", host, *FAST)[0])
+    before = fleet.system(host)
+    bump(fleet, host)
+    grace, reboot_timeout = 5, 20
+    boot_id = fleet.lab.boot_id(host)
+    run_id = f"t-bootkill-{time.monotonic_ns()}"
+    proc = subprocess.Popen(fleet.pyinfra_argv("deploys/prod.py", "--limit", host, "--data", "mode=boot",
+                                               "--data", "reboot=true", "--data", f"lease_grace={grace}",
+                                               "--data", f"reboot_timeout={reboot_timeout}", *FAST),
+                            cwd=REPO, env=fleet.env(IPEX_FLEET_RUN_ID=run_id), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        assert wait_for(lambda: fleet.lab.boot_id(host) not in (None, boot_id), 120, 0.2), "it never rebooted"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    booted = time.time()
+    outcome, ended, who = reverted_by(fleet, host, run_id, reboot_timeout + grace + 60)
+    print(f"\nboot mode, controller gone after the reboot: back on the recorded generation "
+          f"{ended - booted:.1f} s after the reboot (bound: reboot_timeout {reboot_timeout} s + lease_grace {grace} s)")
+    assert (outcome, who) == ("reverted", "watchdog")
+    assert ended - booted <= reboot_timeout + grace + 15
+    gen, path, running = fleet.system(host)
+    assert (gen, path, running) == before
+    default = fleet.sh(host, "sed -n 's/^default //p' /boot/loader/loader.conf")
+    assert default == f"nixos-generation-{before[0]}.conf"
+
+
+def test_a_revert_whose_old_generation_fails_to_activate_is_revert_failed(fleet):
+    """host1 runs a generation that activates once only (lab knob fail_reactivation); the next deploy
+    fails its health check, and the revert to it cannot activate: `revert-failed`, non-zero, recorded
+    on the host and in `ipex-fleet status`, never `rolled_back`."""
+    host = "host1"
+    bump(fleet, host)
+    fleet.configure(host, "fail_reactivation=true")
+    assert_ok(fleet.deploy("--limit", host, *FAST)[0])
+    fleet.configure(host, "fail_reactivation=", "fail_service=ollama")
+    bump(fleet, host)
+    proc, run_id = fleet.deploy("--limit", host, *FAST)
+    assert proc.returncode != 0
+    result = fleet.result(run_id, host)
+    assert result.status is Status.REVERT_FAILED, result
+    assert "rollback FAILED" in result.error and "exited 2" in result.error, result.error
+    record = json.loads(fleet.sh(host, "grep '\"phase\": \"revert\"' /var/lib/ipex-fleet/deploys.jsonl | tail -1"))
+    assert record["status"] == "revert-failed" and record["run_id"] == run_id
+    status = subprocess.run([str(BIN / "ipex-fleet"), "status", "inventories/lab.py"], cwd=REPO, env=fleet.env(),
+                            capture_output=True, text=True, timeout=60)
+    assert "revert-failed" in status.stdout, status.stdout
+    # A healthy deploy puts the host right.
+    fleet.reset()
+    bump(fleet, host)
+    again, again_id = fleet.deploy("--limit", host, *FAST)
+    assert_ok(again)
+    assert fleet.result(again_id, host).status is Status.OK

@@ -51,7 +51,7 @@ class WatchdogReverted(StepFailed):
     @classmethod
     def after(cls, tx: "HostTransaction", host: Any, why: str) -> "WatchdogReverted":
         final, who, outcome = await_revert(tx, host, why)
-        if outcome != "reverted":
+        if not outcome.startswith("reverted"):
             return cls(f"{why}; the host's {who} tried to restore generation {tx.previous.number} and its "
                        f"revert FAILED ({outcome})", final, Status.REVERT_FAILED)
         return cls(f"{why}; the host's {who} restored generation {final.number} by itself", final,
@@ -216,7 +216,7 @@ def _fail(tx: HostTransaction, host: Any, error: str) -> None:
         _finish(tx, host, Status.REVERT_FAILED, NO_GENERATION, f"{error}; rollback FAILED: {exc}")
         return
     tx.timings["rollback"] = round(time.monotonic() - started, 3)
-    if outcome != "reverted":
+    if not outcome.startswith("reverted"):
         _finish(tx, host, Status.REVERT_FAILED, final, f"{error}; rollback FAILED ({who}): {outcome}")
         return
     host.log(f"rolled back to generation {final.number} ({final.path}) by the {who}", logger.warning)
@@ -666,7 +666,10 @@ def await_revert(tx: HostTransaction, host: Any, why: str) -> tuple[Generation, 
     if who == hostagent.COMMITTED:
         raise StepFailed(f"{why}; but intent {tx.intent_id} was committed")
     state = nixcmd.parse_profile_state(list(sh(tx, host, nixcmd.profile_state(tx.settings.profile)).stdout_lines))
-    return state.current_generation, who, str(found.get("outcome") or "?")
+    outcome = str(found.get("outcome") or "?")
+    if found.get("problems"):
+        outcome += f" ({'; '.join(found['problems'])})"
+    return state.current_generation, who, outcome
 
 
 def reattach_activation(tx: HostTransaction, host: Any, call_id: str, started: float,

@@ -418,7 +418,7 @@ class Agent:
         if not found:
             return {"decided_by": None}
         who, data = found[0]
-        return {"decided_by": who, "outcome": data.get("outcome")}
+        return {"decided_by": who, "outcome": data.get("outcome"), "problems": data.get("problems") or []}
 
     def outcome(self, intent_id: str) -> dict[str, Any]:
         with self.mutex():

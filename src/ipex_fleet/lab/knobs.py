@@ -17,6 +17,7 @@ _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 SERVICES = ("ollama", "comfyui")
 BOOLEAN_KNOBS = {
     "fail_activation": "the activation script fails (switch-to-configuration exits 2)",
+    "fail_reactivation": "the generation activates once; activating it again (a revert to it) exits 2",
     "hide_accelerator": "the generation's environment hides the accelerator from torch and services",
     "cpu_hog": "the generation runs a CPU hog beside the services, starving benchmarks",
     "lock_ssh": "activation cuts SSH off, as a broken network or sshd config would",

@@ -174,6 +174,14 @@ def activate(settings, old_toplevel, stop_old):
     if settings.get("fail_activation"):
         print("Activation script snippet 'lab-fail-activation' failed (1)", file=sys.stderr)
         status = 2
+    if settings.get("fail_reactivation") and stop_old:  # lab knob: a generation that cannot come back
+        marker = os.path.join("/var/lib/ipex-fleet-lab/activated", os.path.basename(TOPLEVEL))
+        if os.path.exists(marker):
+            print("Activation script snippet 'lab-fail-reactivation' failed (1)", file=sys.stderr)
+            status = 2
+        else:
+            os.makedirs(os.path.dirname(marker), exist_ok=True)
+            open(marker, "w").close()
     install_etc()
     atomic_symlink(TOPLEVEL, "/run/current-system")
     systemctl("daemon-reload", check=True)
