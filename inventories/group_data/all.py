@@ -36,6 +36,9 @@ ssh_strict_host_key_checking = "yes"
 bench = True
 health_timeout = 300
 bench_timeout = 300
+# A benchmark that is neither within tolerance nor slower with confidence: fail the deploy (canaries)
+# or warn and let it pass (later waves may choose warn).
+bench_inconclusive = "fail"
 # How hosts run ipex-fleet (the flake's fleet module puts it on PATH).
 ipex_fleet_command = "ipex-fleet"
 # Maintenance (deploys/maintenance.py, ipex-fleet maintain). Generations: the last N and every one

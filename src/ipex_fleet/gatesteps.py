@@ -101,29 +101,52 @@ def bench_command(s: Any, quick: bool = True, rebaseline: bool = False) -> str:
 
 
 def bench_summary(document: dict[str, Any]) -> dict[str, Any]:
-    """What a result keeps of a benchmark run: the verdict, each value, and the comparisons off baseline."""
+    """What a result keeps of a benchmark run: the verdict and its confidence, each value, the
+    comparisons that did not pass, and the device's other users."""
     gate = document.get("gate", {})
+    shared = (gate.get("occupants") or {}).get("processes") or []
     return {
         "result": gate.get("result"),
+        "confidence": gate.get("confidence"),
         "baseline_recorded": gate.get("baseline_recorded"),
         "tolerance": gate.get("tolerance"),
+        "alpha": gate.get("alpha"),
         "device": document.get("device", {}).get("name"),
         "duration_s": document.get("duration_s"),
-        "results": {r["name"]: {"value": r["value"], "unit": r["unit"], "cv": r["cv"]} for r in document["results"]},
-        "comparisons": [c for c in gate.get("comparisons", []) if c["verdict"] != "pass"],
+        "schema": document.get("schema"),
+        "results": {r["name"]: {"value": r["value"], "unit": r["unit"], "cv": r["cv"], "samples": r.get("runs")}
+                    for r in document["results"]},
+        "comparisons": [{k: v for k, v in c.items() if k != "baseline_runs"}
+                        for c in gate.get("comparisons", []) if c["verdict"] != "pass"],
+        "retest": gate.get("retest"),
+        "shared_with": [{k: p.get(k) for k in ("pid", "name", "memory_mib", "cpu") if p.get(k) is not None}
+                        for p in shared],
+        "shared": gate.get("shared"),
     }
 
 
 def bench_gate(tx: HostTransaction, host: Any) -> None:
-    """Step 8: the quick benchmark against the host's baseline (recorded at its first run)."""
+    """Step 8: the quick benchmark against the host's baseline (recorded at its first run, several runs).
+
+    `fail` fails the step; `pass` passes; `inconclusive` follows host data bench_inconclusive (fail, the
+    default, or warn). The error names the slow cases with their figures and the device's other users.
+    """
     s = tx.settings
     if not s.bench:
         return
     document = _document(sh(tx, host, bench_command(s), s.bench_timeout), "the benchmark")
     tx.bench = bench_summary(document)
-    if tx.bench["result"] == "fail":
-        slow = [f"{c['name']}: {c['message']}" for c in tx.bench["comparisons"] if c["verdict"] == "fail"]
-        raise StepFailed("benchmark gate failed: " + "; ".join(slow))
+    verdict = tx.bench["result"]
+    if verdict not in ("fail", "inconclusive"):
+        return
+    slow = [f"{c['name']}: {c['message']}" for c in tx.bench["comparisons"] if c["verdict"] == verdict]
+    why = "; ".join(slow + ([tx.bench["shared"]] if tx.bench.get("shared") else []))
+    if verdict == "fail":
+        raise StepFailed("benchmark gate failed: " + why)
+    if s.bench_inconclusive == "fail":
+        raise StepFailed("benchmark gate inconclusive (host data bench_inconclusive=fail): " + why)
+    tx.bench["inconclusive_accepted"] = True
+    host.log(f"warning: benchmark gate inconclusive, passed as bench_inconclusive=warn: {why}", logger.warning)
 
 
 def recheck_after_rollback(tx: HostTransaction, host: Any) -> None:

@@ -188,6 +188,9 @@ class DeploySettings(BaseModel):
     bench_tolerance: Annotated[float, BeforeValidator(_number), AfterValidator(_at_least(0.01)),
                                AfterValidator(lambda v: v if v < 1 else _below_one())] | None = None
     bench_timeout: Seconds() = 300
+    # An inconclusive benchmark (neither within tolerance nor beyond it with confidence) fails the
+    # deploy (fail, the default: canaries) or is a warning that lets it pass (warn).
+    bench_inconclusive: Annotated[str, BeforeValidator(_one_of("fail", "warn"))] = "fail"
     bench_lock: PlainPath | None = None
     # node_exporter's textfile directory: the deploy's probe and `ipex-fleet metrics` write there
     # (the flake's services.ipex-fleet.metrics.directory); None turns it off.
