@@ -112,32 +112,59 @@ def test_bench_json_follows_the_contract():
         assert r["value"] > 0 and r["median"] > 0 and r["cv"] >= 0 and r["runs"] >= 5
 
 
-def test_gate_compares_with_tolerance_and_never_fails_on_noise():
-    base = {"results": {"a": 100.0, "b": 100.0, "c": 100.0}}
+def scale_baseline(baseline: dict, name: str, speed: float) -> dict:
+    """A copy of the baseline as if its device had been `speed` times as fast for `name` (samples shortened)."""
+    baseline = json.loads(json.dumps(baseline))
+    case = baseline["cases"][name]
+    case["runs"] = [[t / speed for t in run] for run in case["runs"]]
+    case["value"] *= speed
+    baseline["results"][name] = case["value"]
+    return baseline
+
+
+def test_gate_judges_samples_and_noise_is_no_shield():
+    import random
+
+    rng = random.Random(5)
+
+    def samples(level: float, cv: float, n: int = 30) -> list[float]:
+        return [level * (1 + rng.gauss(0, cv)) for _ in range(n)]
+
+    def entry(runs):
+        return {"unit": "x", "metric": "m", "work": 1.0, "repeat": 1, "value": 1.0, "runs": runs}
+
+    baseline = {"cases": {n: entry([samples(1.0, 0.02) for _ in range(3)]) for n in "abc"}}
     results = [
-        {"name": "a", "value": 90.0, "unit": "x", "cv": 0.01},   # 10% slower: within 15%
-        {"name": "b", "value": 70.0, "unit": "x", "cv": 0.01},   # 30% slower, steady: fail
-        {"name": "c", "value": 70.0, "unit": "x", "cv": 0.20},   # 30% slower, noisy: warn
-        {"name": "d", "value": 5.0, "unit": "x", "cv": 0.01},    # no baseline yet
+        {"name": "a", "value": 0.9, "unit": "x", "cv": 0.02, "work": 1.0, "samples": samples(1 / 0.9, 0.02)},
+        {"name": "b", "value": 0.7, "unit": "x", "cv": 0.02, "work": 1.0, "samples": samples(1 / 0.7, 0.02)},
+        # 30% slower and noisy: the old gate called this a warn and let the deploy pass.
+        {"name": "c", "value": 0.7, "unit": "x", "cv": 0.2, "work": 1.0, "samples": samples(1 / 0.7, 0.2)},
+        {"name": "d", "value": 5.0, "unit": "x", "cv": 0.01, "work": 1.0, "samples": samples(0.2, 0.01)},
     ]
-    verdicts = {c["name"]: c["verdict"] for c in gate.compare(results, base, 0.15, 0.10)}
-    assert verdicts == {"a": "pass", "b": "fail", "c": "warn", "d": "pass"}
-    assert gate.verdict_of(gate.compare(results[:1], base, 0.15, 0.10)) == "pass"
+    compared = {c["name"]: c for c in gate.compare(results, baseline, 0.15)}
+    assert {n: c["verdict"] for n, c in compared.items()} == {"a": "pass", "b": "fail", "c": "fail", "d": "baseline"}
+    assert compared["b"]["ci"][1] < 0.85 and compared["b"]["confidence"] >= 0.995
+    assert compared["a"]["ci"][0] >= 0.85 and compared["a"]["p_slower"] <= 0.005
+    assert gate.verdict_of(list(compared.values())) == "fail"
+    assert gate.verdict_of([compared["a"], compared["d"]]) == "pass"
 
 
 def test_bench_gate_records_a_baseline_then_fails_a_real_slowdown(tmp_path):
     rc, doc = bench("--quick", "--only", "matmul_fp32", "--gate", "--dir", str(tmp_path))
     assert rc == 0 and doc["gate"]["baseline_recorded"] is True
     baseline = json.loads((tmp_path / "baseline.json").read_text())
-    measured = baseline["results"]["matmul_fp32_1024"]
+    runs = baseline["cases"]["matmul_fp32_1024"]["runs"]
+    assert baseline["schema"] == 2 and len(runs) == 3 and all(len(r) >= 5 for r in runs)
     # A baseline 3x faster than this machine can reach: the gate must fail, after re-measuring.
-    baseline["results"]["matmul_fp32_1024"] = measured * 3
-    (tmp_path / "baseline.json").write_text(json.dumps(baseline))
+    (tmp_path / "baseline.json").write_text(json.dumps(scale_baseline(baseline, "matmul_fp32_1024", 3)))
     rc, doc = bench("--quick", "--only", "matmul_fp32", "--gate", "--dir", str(tmp_path))
     assert rc == 1 and doc["gate"]["result"] == "fail"
+    (c,) = doc["gate"]["comparisons"]
+    assert c["verdict"] == "fail" and c["ci"][1] < 0.85 and c["confidence"] >= 0.995
+    assert doc["gate"]["retest"]["cases"] == ["matmul_fp32_1024"]  # measured again before the verdict
+    assert doc["results"][0]["rounds"] == 2
     # And one it easily beats passes.
-    baseline["results"]["matmul_fp32_1024"] = measured / 3
-    (tmp_path / "baseline.json").write_text(json.dumps(baseline))
+    (tmp_path / "baseline.json").write_text(json.dumps(scale_baseline(baseline, "matmul_fp32_1024", 1 / 3)))
     rc, doc = bench("--quick", "--only", "matmul_fp32", "--gate", "--dir", str(tmp_path))
     assert rc == 0 and doc["gate"]["result"] == "pass"
     history = (tmp_path / "history.jsonl").read_text().splitlines()
@@ -175,8 +202,7 @@ def test_a_torch_upgrade_is_held_against_the_old_baseline_not_rerecorded(tmp_pat
     baseline = json.loads((tmp_path / "baseline.json").read_text())
     # The baseline was taken with an older torch and was 3x faster: the upgrade's regression shows.
     baseline["device"]["torch"] = "2.0.0"
-    baseline["results"]["matmul_fp32_1024"] *= 3
-    (tmp_path / "baseline.json").write_text(json.dumps(baseline))
+    (tmp_path / "baseline.json").write_text(json.dumps(scale_baseline(baseline, "matmul_fp32_1024", 3)))
     rc, doc = bench("--quick", "--only", "matmul_fp32", "--gate", "--dir", str(tmp_path))
     assert rc == 1 and doc["gate"]["baseline_recorded"] is False and doc["gate"]["result"] == "fail"
     assert doc["gate"]["torch_changed"] == {"baseline": "2.0.0", "now": doc["device"]["torch"]}

@@ -118,3 +118,78 @@ def time_runs(torch: Any, device: Device, fn: Callable[[], Any], runs: int, warm
             synchronize(torch, device)
             times.append(time.perf_counter() - t0)
     return times[1:]
+
+
+def capture_graph(torch: Any, device: Device, fn: Callable[[], Any], warmup: int = 3) -> Callable[[], Any] | None:
+    """`fn` captured once as a device graph (torch.cuda.CUDAGraph, torch.xpu.XPUGraph where this torch has
+    it) and returned as its replay: one launch instead of one per kernel, so the host's launch rate and
+    jitter leave the measurement. None on the CPU, or where this torch or driver cannot capture `fn`."""
+    if device.type == "cpu":
+        return None
+    module = getattr(torch, device.type, None)
+    graph_type = getattr(module, "CUDAGraph", None) or getattr(module, "XPUGraph", None)
+    if graph_type is None or not hasattr(module, "graph") or not hasattr(module, "Stream"):
+        return None
+    try:
+        side = module.Stream()
+        side.wait_stream(module.current_stream())
+        with module.stream(side):  # capture wants its allocations and lazy inits done first, off the main stream
+            for _ in range(warmup):
+                fn()
+        module.current_stream().wait_stream(side)
+        graph = graph_type()
+        with module.graph(graph):
+            fn()
+        graph.replay()
+        synchronize(torch, device)
+        return graph.replay
+    except Exception:  # noqa: BLE001 - not capturable here (an op, a driver): measure it eagerly
+        try:
+            synchronize(torch, device)
+        except Exception:  # noqa: BLE001
+            pass
+        return None
+
+
+def time_samples(torch: Any, device: Device, fn: Callable[[], Any], repeat: int, count: int,
+                 deadline: float | None = None, chunk: int = 8) -> list[float]:
+    """Seconds of up to `count` samples of `repeat` calls each, timed with device events (wall clock on cpu).
+
+    On a device the samples are queued back to back, the next chunk before the last one is read, so
+    the device never waits for the host between samples. Past `deadline` (time.monotonic()) no new
+    chunk is queued; at least one chunk is always taken.
+    """
+    times: list[float] = []
+    if device.type == "cpu" or not hasattr(torch, "Event"):
+        for _ in range(count):
+            t0 = time.perf_counter()
+            for _ in range(repeat):
+                fn()
+            synchronize(torch, device)
+            times.append(time.perf_counter() - t0)
+            if deadline is not None and time.monotonic() > deadline and len(times) >= min(chunk, count):
+                break
+        return times
+
+    def enqueue(n: int) -> list[tuple[Any, Any]]:
+        pairs = []
+        for _ in range(n):
+            start, end = torch.Event(enable_timing=True), torch.Event(enable_timing=True)
+            start.record()
+            for _ in range(repeat):
+                fn()
+            end.record()
+            pairs.append((start, end))
+        return pairs
+
+    queued = enqueue(min(chunk, count))
+    left = count - len(queued)
+    while queued:
+        upcoming: list[tuple[Any, Any]] = []
+        if left > 0 and (deadline is None or time.monotonic() <= deadline):
+            upcoming = enqueue(min(chunk, left))
+            left -= len(upcoming)
+        queued[-1][1].synchronize()
+        times += [start.elapsed_time(end) / 1000.0 for start, end in queued]
+        queued = upcoming
+    return times

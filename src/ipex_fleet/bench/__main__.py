@@ -1,4 +1,7 @@
-"""python -m ipex_fleet.bench [--quick] [--json] [--gate --tolerance 0.15 --dir DIR]"""
+"""python -m ipex_fleet.bench [--quick] [--json] [--gate --tolerance 0.15 --dir DIR] [--rebaseline]
+
+Exit status: 0 pass (or a baseline recorded), 1 fail, 3 inconclusive, 2 a usage error.
+"""
 
 from __future__ import annotations
 
@@ -6,30 +9,43 @@ import argparse
 import fcntl
 import json
 import sys
+import time
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 from .. import fleetconfig
 from ..device import load_generation_environment
 from ..results import write_json_atomic
-from . import gate
+from . import Bench, gate, occupants, pooled, stats
+
+EXIT = {stats.PASS: 0, stats.FAIL: 1, stats.INCONCLUSIVE: 3}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ipex-fleet bench", description=__doc__)
+    p = argparse.ArgumentParser(prog="ipex-fleet bench", description=__doc__.split("\n\n")[0],
+                                epilog=__doc__.split("\n\n")[1])
     p.add_argument("--quick", action="store_true", help="the post-deploy run (at most 30 s on a 2-core CPU)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.add_argument("--only", action="append", help="run only cases whose name starts with this")
-    p.add_argument("--gate", action="store_true", help="hold results against the baseline in --dir")
+    p.add_argument("--gate", action="store_true",
+                   help="judge the samples against the baseline in --dir: pass, fail or inconclusive")
     p.add_argument("--tolerance", type=float,
                    help="allowed slowdown against the baseline (default: the fleet config's, else 0.15)")
     p.add_argument("--config", default=fleetconfig.CONFIG_FILE, help="the fleet config written by the flake")
     p.add_argument("--dir", default=gate.BENCH_DIR, help="baseline.json and history.jsonl live here")
-    p.add_argument("--rebaseline", action="store_true", help="make this run the new baseline")
+    p.add_argument("--rebaseline", action="store_true",
+                   help="take a new baseline of several runs (the old one is kept in the history)")
+    p.add_argument("--baseline-runs", type=int, help="runs a new baseline holds (default 3)")
     p.add_argument("--lock", help="flock this file while measuring (hosts sharing one machine)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's own choice)")
     p.add_argument("--textfile", help="also write node-exporter textfile metrics to this file")
     return p
+
+
+def _error(text: str) -> int:
+    print(f"ipex-fleet bench: error: {text}", file=sys.stderr)
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,63 +54,28 @@ def main(argv: list[str] | None = None) -> int:
         try:
             config = fleetconfig.load(args.config)
         except fleetconfig.FleetConfigError as exc:
-            print(f"ipex-fleet bench: error: {args.config}: {exc}", file=sys.stderr)
-            return 2
+            return _error(f"{args.config}: {exc}")
         args.tolerance = config.health.bench_tolerance if config else fleetconfig.DEFAULTS["health"]["bench_tolerance"]
     if not 0 < args.tolerance < 1:
-        print("ipex-fleet bench: error: --tolerance must lie between 0 and 1, e.g. 0.15", file=sys.stderr)
-        return 2
+        return _error("--tolerance must lie between 0 and 1, e.g. 0.15")
+    if args.baseline_runs is not None and not 1 <= args.baseline_runs <= 20:
+        return _error("--baseline-runs must lie between 1 and 20, e.g. 3")
+    if args.threads is not None and args.threads < 1:
+        return _error("--threads must be at least 1")
     load_generation_environment()
     if args.threads is not None:
-        if args.threads < 1:
-            print("ipex-fleet bench: error: --threads must be at least 1", file=sys.stderr)
-            return 2
         import torch
 
         torch.set_num_threads(args.threads)
-    from . import cv_bound, run
-    from ..device import Device
-
     with open(args.lock, "a") if args.lock else nullcontext() as lock:
         if lock is not None:
             fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        document = run(args.quick, args.only)
-    verdict = "pass"
-    if args.gate or args.rebaseline:
-        baseline = gate.read_baseline(args.dir)
-        if args.rebaseline:
-            if baseline is not None:  # the old baseline stays in the history
-                gate.archive_baseline(args.dir, baseline)
-            baseline = None
-        bound = cv_bound(Device(document["device"]["type"], None))
-        if baseline is None or not gate.same_hardware(baseline.get("device") or {}, document["device"]):
-            # No baseline, or one taken on other hardware or thread count: start anew. A new torch
-            # on the same hardware is compared, so that its regressions show (--rebaseline accepts them).
-            write_json_atomic(Path(args.dir) / "baseline.json",
-                                   {"device": document["device"], "quick": document["quick"],
-                                    "results": {r["name"]: r["value"] for r in document["results"]}})
-            document["gate"] = {"result": "pass", "baseline_recorded": True, "tolerance": args.tolerance,
-                                "comparisons": []}
+        bench = Bench(args.quick, args.only)
+        if args.gate or args.rebaseline:
+            document = gated(bench, args)
         else:
-            comparisons = gate.compare(document["results"], baseline, args.tolerance, bound)
-            # Noise only ever slows a run: confirm a slowdown twice more and keep the best value.
-            for _ in range(2):
-                failed = [c["name"] for c in comparisons if c["verdict"] == "fail"]
-                if not failed:
-                    break
-                retry = {r["name"]: r for r in run(args.quick, failed)["results"]}
-                document["results"] = [
-                    retry[r["name"]] if r["name"] in retry and retry[r["name"]]["value"] > r["value"] else r
-                    for r in document["results"]
-                ]
-                comparisons = gate.compare(document["results"], baseline, args.tolerance, bound)
-            verdict = gate.verdict_of(comparisons)
-            document["gate"] = {"result": verdict, "baseline_recorded": False, "tolerance": args.tolerance,
-                                "cv_bound": bound, "comparisons": comparisons}
-            if baseline["device"].get("torch") != document["device"].get("torch"):
-                document["gate"]["torch_changed"] = {"baseline": baseline["device"].get("torch"),
-                                                     "now": document["device"].get("torch")}
-        gate.append_history(args.dir, document, verdict)
+            document = bench.document([bench.measure(name) for name in bench.cases])
+    verdict = (document.get("gate") or {}).get("result", stats.PASS)
     if args.textfile:
         from ..metrics import bench_metrics, write
 
@@ -102,12 +83,135 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(document))
     else:
-        for r in document["results"]:
-            eff = f"  {r['efficiency']:.0%} of peak" if "efficiency" in r else ""
-            print(f"{r['name']:<24} {r['value']:>12.4f} {r['unit']:<8} cv {r['cv']:.1%}{eff}")
-        if "gate" in document:
-            print(f"gate: {document['gate']['result']}")
-    return 1 if verdict == "fail" else 0
+        print(render(document))
+    return EXIT.get(verdict, 0)
+
+
+def gated(bench: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """Measure every case once, then: record a baseline of several runs, or judge against it with
+    retests of what looks slower; the verdict names the device's other users."""
+    plan = bench.plan
+    found = occupants.scan(bench.device.type)
+    device = bench.document([])["device"]
+    baseline = gate.read_baseline(args.dir)
+    if args.rebaseline and baseline is not None:
+        gate.archive_baseline(args.dir, baseline)  # the old baseline stays in the history
+        baseline = None
+    ok, why = gate.usable(baseline, device)
+    if args.rebaseline:
+        why = "--rebaseline"
+    known = (baseline or {}).get("cases", {}) if ok else {}
+    rounds: dict[str, list[dict[str, Any]]] = {
+        name: [bench.measure(name, repeat=(known.get(name) or {}).get("repeat"))] for name in bench.cases}
+    new = [name for name in bench.cases if name not in known]
+    runs = args.baseline_runs or plan.baseline_runs
+    for _ in range(runs - 1):  # a baseline is several runs: more rounds, interleaved across the cases
+        for name in new:
+            rounds[name].append(bench.measure(name, repeat=rounds[name][0]["repeat"]))
+    entries = {name: gate.baseline_case(rounds[name], plan.trim) for name in new}
+    results = {name: _pooled(rounds[name], plan.trim) if name in new else rounds[name][0]
+               for name in bench.cases}
+    summary: dict[str, Any] = {"tolerance": args.tolerance, "alpha": stats.ALPHA, "trim": plan.trim,
+                               "occupants": found}
+    if not ok:
+        baseline = gate.new_baseline(bench.document([]), entries, found)
+        write_json_atomic(Path(args.dir) / "baseline.json", baseline)
+        summary.update(result=stats.PASS, baseline_recorded=True, reason=why, baseline_runs=runs,
+                       confidence=None, comparisons=[])
+    else:
+        if entries:
+            baseline = gate.add_cases(baseline, entries)
+            write_json_atomic(Path(args.dir) / "baseline.json", baseline)
+        comparisons, retest = judge(bench, baseline, rounds, results, args.tolerance, new)
+        verdict = gate.verdict_of(comparisons) if any(c["verdict"] != "baseline" for c in comparisons) else stats.PASS
+        summary.update(result=verdict, baseline_recorded=False, baseline_added=new,
+                       confidence=gate.confidence_of(comparisons, verdict), comparisons=comparisons, retest=retest)
+        if verdict != stats.PASS:  # a neighbour that came during the run is named too
+            after = occupants.scan(bench.device.type)
+            seen = {p["pid"] for p in found.get("processes", [])}
+            found["processes"] = found.get("processes", []) + [
+                {**p, "seen": "after"} for p in after.get("processes", []) if p["pid"] not in seen]
+        if baseline.get("device", {}).get("torch") != device.get("torch"):
+            summary["torch_changed"] = {"baseline": baseline["device"].get("torch"), "now": device.get("torch")}
+    shared = occupants.describe(found)
+    if shared:
+        summary["shared"] = shared
+    document = bench.document([results[n] for n in bench.cases])
+    document["gate"] = summary
+    gate.append_history(args.dir, document, summary["result"])
+    return document
+
+
+def _pooled(rounds: list[dict[str, Any]], trim: float) -> dict[str, Any]:
+    return pooled(rounds, trim) if len(rounds) > 1 else rounds[0]
+
+
+def judge(bench: Any, baseline: dict[str, Any], rounds: dict[str, list[dict[str, Any]]],
+          results: dict[str, dict[str, Any]], tolerance: float,
+          new: list[str]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Each case against the baseline, with retests on suspicion: a case that fails or is inconclusive
+    is measured again (a fresh round, its samples pooled with the first), inconclusive ones first, for
+    at most plan.retest_rounds more rounds within plan.retest_s seconds for the whole run. Retesting
+    stops once a failure is confirmed (it failed again with its retest's samples): the run fails
+    whatever the others say."""
+    plan = bench.plan
+    cases = baseline["cases"]
+    effects = gate.run_effects(baseline, plan.trim)
+    judged = {n: gate.compare_one(results[n], cases[n], tolerance, plan.trim, effects)
+              for n in bench.cases if n not in new}
+    started = time.monotonic()
+    deadline = started + plan.retest_s
+    retested: list[str] = []
+    for _ in range(plan.retest_rounds):
+        if any(c["verdict"] == stats.FAIL and len(rounds[n]) > 1 for n, c in judged.items()):
+            break  # a confirmed failure
+        suspicious = ([n for n, c in judged.items() if c["verdict"] == stats.INCONCLUSIVE] +
+                      [n for n, c in judged.items() if c["verdict"] == stats.FAIL])
+        if not suspicious or time.monotonic() >= deadline:
+            break
+        for name in suspicious:
+            if time.monotonic() >= deadline:
+                break
+            rounds[name].append(bench.measure(name, repeat=rounds[name][0]["repeat"]))
+            results[name] = _pooled(rounds[name], plan.trim)
+            judged[name] = gate.compare_one(results[name], cases[name], tolerance, plan.trim, effects)
+            retested.append(name)
+            if judged[name]["verdict"] == stats.FAIL:
+                break  # confirmed: the next round's check ends the retests
+    comparisons = [judged.get(n) or {"name": n, "verdict": "baseline",
+                                     "message": "no baseline for this case yet: this run's rounds are its baseline"}
+                   for n in bench.cases]
+    return comparisons, {"cases": retested, "seconds": round(time.monotonic() - started, 3),
+                         "budget_s": plan.retest_s, "max_rounds": plan.retest_rounds}
+
+
+def render(document: dict[str, Any]) -> str:
+    """The human output: each case with its spread and, gated, its verdict; then the run's verdict."""
+    gate_doc = document.get("gate") or {}
+    by_name = {c["name"]: c for c in gate_doc.get("comparisons", [])}
+    lines = []
+    for r in document["results"]:
+        eff = f"  {r['efficiency']:.0%} of peak" if "efficiency" in r else ""
+        line = f"{r['name']:<22} {r['value']:>11.4g} {r['unit']:<8} cv {r['cv']:>5.1%} n {r['runs']:<3}{eff}"
+        c = by_name.get(r["name"])
+        if c and c.get("ratio") is not None:
+            line += (f"  {c['verdict']:<12} {c['ratio']:.0%} of baseline [{c['ci'][0]:.0%}, {c['ci'][1]:.0%}]"
+                     f" confidence {c['confidence']:.1%}")
+        elif c:
+            line += "  baseline recorded"
+        lines.append(line)
+    if gate_doc:
+        if gate_doc.get("baseline_recorded"):
+            lines.append(f"gate: pass (baseline recorded: {gate_doc.get('reason')}; "
+                         f"{gate_doc.get('baseline_runs')} runs per case)")
+        else:
+            conf = gate_doc.get("confidence")
+            shown = f" (confidence {conf:.1%})" if conf is not None else ""
+            lines.append(f"gate: {gate_doc['result']}{shown}, tolerance {gate_doc['tolerance']:.0%}, "
+                         f"false-alarm rate {gate_doc['alpha']:.1%} per case")
+        if gate_doc.get("shared"):
+            lines.append(gate_doc["shared"])
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

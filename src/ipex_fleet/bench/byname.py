@@ -2,9 +2,11 @@
 
     ipex-benchmark [--quick] [--json] [--tensor-only] [--conv-only] [--sd-only]
                    [--memory-only] [--throughput-only] [--threads N]
+                   [--gate [--tolerance 0.15] [--dir DIR]] [--textfile FILE]
 
 The same cases and the same JSON document as `ipex-fleet bench` (it runs that bench); a category
-flag keeps only that category's cases, and several flags add up.
+flag keeps only that category's cases, and several flags add up. With `--gate` it judges the run
+against the host's baseline and prints the verdict (pass, fail, inconclusive) with its confidence.
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{name}-only", dest="categories", action="append_const", const=name,
                        help=f"only the {name} cases ({', '.join(p + '*' for p in CATEGORIES[name])})")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--gate", action="store_true", help="judge the run against the host's baseline")
+    p.add_argument("--tolerance", type=float, help="allowed slowdown against the baseline (gated)")
+    p.add_argument("--dir", help="where baseline.json and history.jsonl live (gated)")
+    p.add_argument("--textfile", help="also write node-exporter textfile metrics to this file")
     return p
 
 
@@ -43,6 +49,11 @@ def bench_argv(args: argparse.Namespace) -> list[str]:
         argv += ["--only", prefix]
     if args.threads is not None:
         argv += ["--threads", str(args.threads)]
+    if args.gate:
+        argv.append("--gate")
+    for flag, value in (("--tolerance", args.tolerance), ("--dir", args.dir), ("--textfile", args.textfile)):
+        if value is not None:
+            argv += [flag, str(value)]
     return argv
 
 

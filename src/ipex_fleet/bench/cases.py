@@ -1,6 +1,10 @@
 """The benchmark workloads (the seeds' categories), device-generic.
 
 Each case builds its tensors once and returns (fn, work) where work converts seconds to the metric.
+Each says what it bounds (`bounds`): the device's arithmetic, its memory bandwidth, its host link,
+or, for the UNet block, the whole mix. On GPUs each call is captured as a device graph where torch
+can (bench.measure), and sized so that one call keeps the device busy far longer than a launch
+takes: the numbers are the device's, not the host's launch rate or jitter.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ class Case:
     unit: str
     setup: Callable[[Any, Device], tuple[Callable[[], Any], float]]  # -> (fn, units of work per call)
     peak: str | None = None  # the key of bench.peaks.PEAKS this result is measured against
+    bounds: str = ""  # what limits this case's speed: what a slowdown of it points at
 
 
 def _dtype(torch: Any, name: str) -> Any:
@@ -33,7 +38,9 @@ def matmul(n: int, dtype: str) -> Case:
         b = torch.randn(n, n, device=dev.torch_device, dtype=_dtype(torch, dtype))
         return (lambda: torch.mm(a, b)), 2.0 * n * n * n / 1e12
 
-    return Case(f"matmul_{dtype}_{n}", dtype, f"{n}x{n}x{n}", "tflops", "TFLOP/s", setup, f"tflops_{dtype}")
+    bounds = ("FLOPs: dense fp32 arithmetic (the vector units)" if dtype == "fp32" else
+              f"FLOPs: dense {dtype} on the matrix engines (tensor cores, XMX, AMX)")
+    return Case(f"matmul_{dtype}_{n}", dtype, f"{n}x{n}x{n}", "tflops", "TFLOP/s", setup, f"tflops_{dtype}", bounds)
 
 
 def conv(batch: int, channels: int, size: int, dtype: str) -> Case:
@@ -49,7 +56,7 @@ def conv(batch: int, channels: int, size: int, dtype: str) -> Case:
         return fn, flops
 
     return Case(f"conv3x3_{dtype}_b{batch}", dtype, f"{batch}x{channels}x{size}x{size}", "tflops", "TFLOP/s", setup,
-                f"tflops_{dtype}")
+                f"tflops_{dtype}", "FLOPs through the convolution library (cuDNN, oneDNN)")
 
 
 def unet_step(batch: int, channels: int, latent: int, dtype: str) -> Case:
@@ -89,7 +96,9 @@ def unet_step(batch: int, channels: int, latent: int, dtype: str) -> Case:
 
         return fn, 1.0
 
-    return Case(f"sd_unet_step_{dtype}", dtype, f"{batch}x{channels}x{latent}x{latent}", "its", "it/s", setup)
+    return Case(f"sd_unet_step_{dtype}", dtype, f"{batch}x{channels}x{latent}x{latent}", "its", "it/s", setup,
+                bounds="a UNet block end to end: convolution and attention FLOPs, the norms' memory bandwidth, "
+                       "and (where no device graph captures it) the host's kernel launch rate")
 
 
 def memory_copy(mib: int) -> Case:
@@ -99,7 +108,8 @@ def memory_copy(mib: int) -> Case:
         y = torch.empty_like(x)
         return (lambda: y.copy_(x)), 2.0 * n * 4 / 1e9
 
-    return Case(f"mem_copy_{mib}MiB", "fp32", f"{mib}MiB", "gbps", "GB/s", setup, "mem_gbps")
+    return Case(f"mem_copy_{mib}MiB", "fp32", f"{mib}MiB", "gbps", "GB/s", setup, "mem_gbps",
+                "memory bandwidth (bytes read plus written)")
 
 
 def transfer(mib: int, direction: str) -> Case:
@@ -111,7 +121,9 @@ def transfer(mib: int, direction: str) -> Case:
             return (lambda: device.copy_(host, non_blocking=True)), n * 4 / 1e9
         return (lambda: host.copy_(device, non_blocking=True)), n * 4 / 1e9
 
-    return Case(f"{direction}_{mib}MiB", "fp32", f"{mib}MiB", "gbps", "GB/s", setup)
+    return Case(f"{direction}_{mib}MiB", "fp32", f"{mib}MiB", "gbps", "GB/s", setup,
+                bounds=f"the host link ({'host to device' if direction == 'h2d' else 'device to host'}, "
+                       "pinned memory: PCIe or the like)")
 
 
 def plan(device: Device, quick: bool) -> list[Case]:
@@ -124,21 +136,13 @@ def plan(device: Device, quick: bool) -> list[Case]:
             unet_step(1, 64, 32, "fp32"),
             memory_copy(128 if quick else 512),
         ]
+    # Every call keeps a GPU busy for a tenth of a millisecond or more (an H200: matmul 4096 bf16
+    # 0.2 ms, the conv 0.1 ms, the UNet block 1 ms, the copies 0.1-5 ms), and is replayed from a graph.
     n = 4096 if quick else 8192
     return [
         matmul(n, "fp32"), matmul(n, "bf16"), matmul(n, "fp16"),
-        conv(8 if quick else 32, 128, 64, "fp16"),
-        unet_step(1 if quick else 2, 320, 64, "fp16"),
+        conv(32 if quick else 64, 128, 64, "fp16"),
+        unet_step(4 if quick else 8, 320, 64, "fp16"),
         memory_copy(256 if quick else 1024),
         transfer(256, "h2d"), transfer(256, "d2h"),
     ]
-
-
-def stats(times: list[float]) -> tuple[float, float]:
-    """(median, coefficient of variation) of the run times."""
-    ordered = sorted(times)
-    mid = len(ordered) // 2
-    median = ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
-    mean = sum(times) / len(times)
-    var = sum((t - mean) ** 2 for t in times) / max(1, len(times) - 1)
-    return median, (math.sqrt(var) / mean if mean else 0.0)

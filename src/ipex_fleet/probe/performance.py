@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from ..bench import cv_bound, run
-from ..bench.gate import compare, read_baseline, verdict_of
+from ..bench import plan_for, run
 from ..device import Device
+from ..bench.gate import compare, read_baseline, usable, verdict_of
 from ..fleetconfig import FleetConfig
 from .model import Outcome, failed, passed, warned
 
@@ -18,18 +18,18 @@ def performance_check(bench_dir: str, config: FleetConfig | None) -> Callable[[A
         document = run(quick=False)
         effs = {r["name"]: r["efficiency"] for r in document["results"] if "efficiency" in r}
         baseline = read_baseline(bench_dir)
-        if baseline is None:
-            return passed(f"no baseline yet; efficiency vs peak: {effs or 'unknown device'}",
-                          results=document["results"])
-        comparisons = compare(document["results"], baseline, tolerance,
-                              cv_bound(Device(document["device"]["type"], None)))
+        ok, why = usable(baseline, document["device"])
+        if not ok:
+            return passed(f"{why}; efficiency vs peak: {effs or 'unknown device'}", results=document["results"])
+        trim = plan_for(Device(document["device"]["type"], None), quick=False).trim
+        comparisons = compare(document["results"], baseline, tolerance, trim)
         verdict = verdict_of(comparisons)
-        slow = [c["message"] for c in comparisons if c["verdict"] != "pass"]
+        slow = [f"{c['name']}: {c['message']}" for c in comparisons if c["verdict"] not in ("pass", "baseline")]
         data = {"results": document["results"], "comparisons": comparisons}
         if verdict == "fail":
             return failed("; ".join(slow), **data)
-        if verdict == "warn":
-            return warned("; ".join(slow), **data)
+        if verdict == "inconclusive":  # the probe reports; the deploy's gate decides what it costs
+            return warned("inconclusive: " + "; ".join(slow), **data)
         return passed(f"every result within {tolerance:.0%} of baseline", **data)
 
     return check
