@@ -1,6 +1,10 @@
 """Benchmark drift across maintenance runs: each result against the host's baseline and against its
 own history (bench/history.jsonl on the host), as a trend, not one point. GPUs drift (drivers,
-thermals, dust): a result past tolerance is a warning with its figures, never a rollback."""
+thermals, dust): a result past tolerance is a warning with its figures, never a rollback.
+
+The verdict is the benchmark gate's own (bench.stats: the run's samples against the baseline's,
+with the same false-alarm rate): `fail` is drift established with confidence, `inconclusive` a
+possible drift, both warnings; the trend is each past run's ratio to the baseline."""
 
 from __future__ import annotations
 
@@ -50,11 +54,19 @@ def assess(document: dict[str, Any], history: list[dict[str, Any]]) -> Drift:
         case = {"name": r["name"], "value": r["value"], "unit": r["unit"], "baseline": base,
                 "ratio": compared.get("ratio"), "verdict": compared.get("verdict"), "trend": trend,
                 "slope_per_run": round(per_run, 4) if per_run is not None else None}
+        for key in ("ci", "p_slower", "confidence"):
+            if compared.get(key) is not None:
+                case[key] = compared[key]
         cases.append(case)
-        if compared.get("verdict") == "fail":
+        if compared.get("verdict") in ("fail", "inconclusive"):
             shown = " ".join(f"{t:.0%}" for t in trend)
-            warnings.append(f"benchmark drift: {r['name']}: {compared.get('message')}; trend over {len(trend)} "
+            kind = "benchmark drift" if compared["verdict"] == "fail" else "possible benchmark drift (inconclusive)"
+            warnings.append(f"{kind}: {r['name']}: {compared.get('message')}; trend over {len(trend)} "
                             f"run(s): {shown}" + (f" ({per_run:+.1%} per run)" if per_run is not None else ""))
-    report = {"result": gate.get("result"), "rebaselined": bool(gate.get("baseline_recorded")),
-              "tolerance": gate.get("tolerance"), "quick": document.get("quick"), "cases": cases}
+    if warnings and gate.get("shared"):
+        warnings.append(f"benchmark drift: {gate['shared']}")
+    report = {"result": gate.get("result"), "confidence": gate.get("confidence"),
+              "rebaselined": bool(gate.get("baseline_recorded")), "tolerance": gate.get("tolerance"),
+              "alpha": gate.get("alpha"), "quick": document.get("quick"), "cases": cases,
+              "shared_with": (gate.get("occupants") or {}).get("processes") or []}
     return Drift(bench_summary(document), report, tuple(warnings))

@@ -6,7 +6,9 @@ unit suffixes, `_info` gauges that carry identity as labels, and a check's resul
 
 - `probe_metrics`: each check's state, the probe's success and time, each device's memory and
   temperature where torch or sysfs gave them.
-- `bench_metrics`: each benchmark case's value, and its ratio to the baseline with the tolerance.
+- `bench_metrics`: each benchmark case's value, and its ratio to the baseline with the tolerance;
+  gated, the verdict (run and case, as state sets), its confidence, each case's interval and
+  probability of being slower than the tolerance, and how many other processes used the device.
 - `host_metrics` (`ipex-fleet metrics`): the deployment as the host records it: the deployed
   generation, toplevel and run (`_info`), the last good generation beside the current one, the last
   deploy's failure, a pending reboot, boots that fell back, and an open intent (a run that never
@@ -33,6 +35,7 @@ from .nix.commands import BOOT_LINKS, parse_profile_state
 
 TEXTFILE_DIR = "/var/lib/prometheus-node-exporter-text"
 CHECK_STATES = ("pass", "warn", "fail", "skip")
+BENCH_VERDICTS = ("pass", "fail", "inconclusive")
 GOOD = ("ok", "unchanged")
 
 
@@ -111,6 +114,41 @@ def bench_metrics(document: dict[str, Any]) -> list[Any]:
         families.append(GaugeMetricFamily("ipex_fleet_benchmark_tolerance_ratio",
                                           "The slowdown against the baseline that the gate allows.",
                                           value=float(gate["tolerance"])))
+    if gate.get("result") in BENCH_VERDICTS:
+        verdict = GaugeMetricFamily("ipex_fleet_benchmark_verdict",
+                                    "The benchmark gate's verdict, as a state set (pass, fail, inconclusive).",
+                                    labels=["result"])
+        for state in BENCH_VERDICTS:
+            verdict.add_metric([state], 1.0 if gate["result"] == state else 0.0)
+        families.append(verdict)
+    if gate.get("confidence") is not None:
+        families.append(GaugeMetricFamily("ipex_fleet_benchmark_confidence_ratio",
+                                          "How sure the gate is of its verdict (0 to 1).",
+                                          value=float(gate["confidence"])))
+    judged = [c for c in gate.get("comparisons") or [] if c.get("verdict") in BENCH_VERDICTS]
+    if judged:
+        case_verdict = GaugeMetricFamily("ipex_fleet_benchmark_case_verdict",
+                                         "Each case's verdict against its baseline, as a state set.",
+                                         labels=["case", "result"])
+        slower = GaugeMetricFamily("ipex_fleet_benchmark_slower_probability",
+                                   "Each case's probability of being slower than the baseline past the tolerance.",
+                                   labels=["case"])
+        bound = GaugeMetricFamily("ipex_fleet_benchmark_baseline_ratio_bound",
+                                  "Each case's interval of value / baseline (the gate's 1 - 2 alpha interval).",
+                                  labels=["case", "bound"])
+        for c in judged:
+            for state in BENCH_VERDICTS:
+                case_verdict.add_metric([c["name"], state], 1.0 if c["verdict"] == state else 0.0)
+            if c.get("p_slower") is not None:
+                slower.add_metric([c["name"]], float(c["p_slower"]))
+            if c.get("ci"):
+                bound.add_metric([c["name"], "low"], float(c["ci"][0]))
+                bound.add_metric([c["name"], "high"], float(c["ci"][1]))
+        families += [f for f in (case_verdict, slower, bound) if f.samples]
+    if gate.get("occupants") is not None:
+        families.append(GaugeMetricFamily("ipex_fleet_benchmark_device_processes",
+                                          "Other processes that used the device while the benchmark ran.",
+                                          value=float(len(gate["occupants"].get("processes") or []))))
     families.append(GaugeMetricFamily("ipex_fleet_benchmark_timestamp_seconds", "When the benchmark ran.",
                                       value=time.time()))
     return families
