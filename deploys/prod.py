@@ -12,11 +12,12 @@ from roles.models import models
 from roles.preflight import preflight
 from roles.record import record
 from roles.system import system
-from roles.transaction import validate_once
+from roles.transaction import host_pace, validate_once
 
 validate_once(plan_when_dry=True)  # --dry: each host's plan (ipex_fleet.plan), nothing runs
-preflight()
-system()
-models()
-health()
-record()
+with host_pace():  # host data pace=host: one operation per host, each at its own pace
+    preflight()
+    system()
+    models()
+    health()
+    record()

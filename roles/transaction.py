@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 
 import click
 from pyinfra import host, inventory, state
@@ -41,9 +42,39 @@ def _pyinfra_dry() -> bool:
 
 
 def step(name: str, function: transaction.Step) -> None:
-    if runstate.of(state).dry:
+    run = runstate.of(state)
+    if run.dry:
         return  # planned at prepare time instead (validate_once)
+    pending = run.paced.get(host.name)
+    if pending is not None:  # pace=host: collected, then run as one operation (host_pace)
+        pending.append((name, function))
+        return
     python.call(name=name, function=_runner(function, name))
+
+
+@contextmanager
+def host_pace(name: str = "Deploy (each host at its own pace)"):
+    """With host data pace=host, the steps added inside run as one pyinfra operation per host: each host
+    moves through them at its own pace instead of waiting at every step for the slowest host."""
+    run = runstate.of(state)
+    if run.dry or host.data.get("pace") != "host":
+        yield
+        return
+    run.paced[host.name] = []
+    try:
+        yield
+    finally:
+        steps = run.paced.pop(host.name)
+    if steps:
+        python.call(name=name, function=_all(steps))
+
+
+def _all(steps: list[tuple[str, transaction.Step]]):
+    def run(state, host) -> bool:
+        return all(transaction.run_step(state, host, function, name) for name, function in steps)
+
+    run.__name__ = run.__qualname__ = "transaction_steps[" + ",".join(f.__name__ for _, f in steps) + "]"
+    return run
 
 
 def _runner(function: transaction.Step, name: str):

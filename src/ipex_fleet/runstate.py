@@ -30,6 +30,7 @@ class RunState:
     _exports: dict[tuple[str, ...], bytes] = field(default_factory=dict)
     inputs_lock: gevent.lock.BoundedSemaphore = field(default_factory=lambda: gevent.lock.BoundedSemaphore(1))
     heartbeat: Any = None  # ipex_fleet.heartbeat.Heartbeat, made at the first lock
+    paced: dict[str, list] = field(default_factory=dict)  # host -> steps collected for pace=host
 
     def flake_hash(self, path: str) -> str:
         """Read once per run: every host of the run pushes the same content."""

@@ -169,9 +169,13 @@ class DeploySettings(BaseModel):
     cache_push: Text | None = None
     controller_nix_conf_dir: Text | None = None
     confirm_timeout: Seconds() = 30
-    # The watchdog's lease is each step's own bound plus this margin: a dead controller's host
-    # returns by itself within (the step's timeout + lease_grace).
+    # The lease the controller's heartbeat renews while it runs the host's transaction: a dead
+    # controller's host returns by itself within lease_grace (plus the revert).
     lease_grace: Seconds(2) = 30
+    # lockstep: each step is a pyinfra operation, run on every host before the next (pyinfra's
+    # --fail-percent and its prompt stop the fleet between steps); host: the whole transaction is one
+    # operation per host, each host at its own pace (faster on a mixed fleet).
+    pace: Annotated[str, BeforeValidator(_one_of("lockstep", "host"))] = "lockstep"
     models_timeout: Seconds() = 3600
     models_verify: YesNo = False  # re-hash every declared model file, not only its marker
     # Mode boot: reboot into the new generation, then run the gates (within reboot_timeout).
