@@ -18,9 +18,13 @@ command_timeout = 60
 build_timeout = 3600
 activation_timeout = 600
 models_timeout = 3600
-# From the switch to the commit the host's watchdog holds a lease: each step's own timeout plus
-# this margin. A host whose controller died is back on its recorded generation within it.
+# While the controller runs a host's transaction, its heartbeat renews the host's lock and open
+# intent every quarter of this lease (on the host's own clock). A host whose controller died is back
+# on its recorded generation within it (plus the revert); its lock frees itself within it too.
 lease_grace = 30
+# lockstep: each step one pyinfra operation, every host waits for the slowest at each step (pyinfra's
+# --fail-percent and prompt stop the fleet between steps); host: each host at its own pace.
+pace = "lockstep"
 # Mode boot: reboot into the new generation now and run the gates on it (within reboot_timeout).
 reboot = False
 reboot_timeout = 600
