@@ -180,7 +180,12 @@ class ScriptedHost:
         return self.generations[self.current]
 
     def do_preflight(self, command: str) -> tuple[int, list[str]]:
-        return 0, ["os_id=nixos", "nix=nix (Nix) 2.18", "free_kb=99999999", self.agent_status_line()]
+        lines = ["os_id=nixos", "nix=nix (Nix) 2.18", "free_kb=99999999", self.agent_status_line()]
+        if "last_deploy=" in command:  # what the last deploy left (the no-change fast path)
+            deploys = [r for r in self.records if r.get("phase") == "deploy"]
+            lines += [f"profile={self.profile_path}", f"running={self.running}"]
+            lines += [f"last_deploy={json.dumps(deploys[-1])}"] if deploys else []
+        return 0, lines
 
     def do_agent_missing(self, _c: str) -> tuple[int, list[str]]:
         return 0, [self.agent_status_line()]

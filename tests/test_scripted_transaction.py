@@ -242,3 +242,20 @@ def test_hosts_in_lockstep_a_slow_peer_never_reverts_a_healthy_host(controller, 
         assert results.read_host_result(run_id, h.name).status is Status.OK, h.name
         assert not any(k.endswith(".watchdog") for k in h.resolved), h.resolved
     assert isinstance(runstate.of(state).heartbeat, hb.Heartbeat)  # the scripted layer's stand-in
+
+
+def test_nothing_to_do_is_unchanged_after_one_round_trip_and_any_doubt_takes_the_full_path(controller):
+    deploy, make = controller
+    host = make(models=[])
+    first, _ = deploy(host)
+    assert results.read_host_result(first, "h1").status is Status.OK
+    host.kinds.clear()
+    again, _ = deploy(host)
+    result = results.read_host_result(again, "h1")
+    assert result.status is Status.UNCHANGED and result.final.path == host.target_build
+    assert host.kinds == ["preflight"], host.kinds  # no lock, no build, no record
+    # Doubt: the host runs something else than its last deploy committed: the full path.
+    host.running = "/nix/store/zzz-hand-made"
+    host.kinds.clear()
+    third, _ = deploy(host)
+    assert "lock" in host.kinds and "build" in host.kinds, host.kinds

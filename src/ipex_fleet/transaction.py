@@ -76,6 +76,7 @@ class HostTransaction:
     lock_token: str | None = None  # the host's fencing token for this run's lock (host agent)
     intent_id: str | None = None  # this transaction's own intent (never the run id: a resumed run opens anew)
     agent_ready: bool = False  # this version of the host agent is installed on the host
+    fast_unchanged: bool = False  # nothing to do, known after one round trip: no lock, no record
     finished: bool = False
     phase: str = "deploy"  # deploy | rollback | check | status: how the ledger files it
     record_on_host: bool = True  # checks and status reads leave no line in deploys.jsonl
@@ -134,7 +135,8 @@ def run_step(state: Any, host: Any, step: Step, name: str) -> bool:
     if tx.finished:  # pyinfra's --retry runs a failed step again: the host's result stands
         return tx.final_status is not None and tx.final_status.succeeded
     if (tx.dry_run and step.__name__ != "record") or (
-            (tx.unchanged or tx.boot_pending) and step.__name__ in GATES):
+            (tx.unchanged or tx.boot_pending) and step.__name__ in GATES) or (
+            tx.fast_unchanged and step.__name__ != "record"):
         return True
     started = time.monotonic()
     show_state(tx, progress.STEP_STATES.get(step.__name__, step.__name__))
@@ -239,7 +241,8 @@ def _finish(tx: HostTransaction, host: Any, status: Status, final: Generation, e
     if status != Status.UNREACHABLE:
         parts = []
         if tx.record_on_host:
-            parts.append(nixcmd.append_deploy_record({**result.to_json(), "phase": tx.phase}))
+            parts.append(nixcmd.append_deploy_record({**result.to_json(), "phase": tx.phase,
+                                                      "nixos_config": tx.settings.nixos_config}))
             if tx.settings.metrics_dir:  # in the same round trip; best effort: it never fails a deploy
                 parts.append(f"{{ {tx.settings.ipex_fleet_command} metrics --textfile-dir "
                              f"{quote(tx.settings.metrics_dir)} >/dev/null 2>&1 || true; }}")
@@ -290,8 +293,13 @@ def _ledger_record(result: HostResult, phase: str) -> None:
 def preflight(tx: HostTransaction, host: Any) -> None:
     """Step 1: NixOS (or Nix present), enough free space on /nix, the host agent in place, an earlier
     run's open intent resolved, then the lock."""
-    # One round trip: the host's facts, and the agent's view of the lock and any open intent.
-    facts = nixcmd.parse_key_values(list(sh(tx, host, f"{nixcmd.preflight()}; {hostagent.status_or_missing()}").stdout_lines))
+    # One round trip: the host's facts, the agent's view of the lock and any open intent, and what
+    # the last deploy left (for the no-change fast path).
+    fast = _fast_path_possible(tx, host)
+    command = f"{nixcmd.preflight()}; {hostagent.status_or_missing()}"
+    if fast:
+        command += f"; {nixcmd.deployed_state(tx.settings.profile)}"
+    facts = nixcmd.parse_key_values(list(sh(tx, host, command).stdout_lines))
     if facts.get("os_id") != "nixos" and not facts.get("nix"):
         raise StepFailed(f"not NixOS (ID={facts.get('os_id')}) and no nix on PATH")
     free_mb = int(facts.get("free_kb") or 0) // 1024
@@ -299,11 +307,44 @@ def preflight(tx: HostTransaction, host: Any) -> None:
         raise StepFailed(f"only {free_mb} MiB free on /nix, {tx.settings.min_free_mb} MiB needed "
                          "(host data min_free_mb); collect garbage with deploys/maintenance.py")
     status = hostagent.parse_status(facts.get("agent"))
+    if fast and status is not None and _nothing_to_do(tx, host, facts, status):
+        return  # unchanged, after this one round trip
     if status is None:
         status = install_agent(tx, host)
     tx.agent_ready = True
     recover_open_intent(tx, host, status)
     take_lock(tx, host)
+
+
+def _fast_path_possible(tx: HostTransaction, host: Any) -> bool:
+    """Only a plain switch built on the target, with no models to verify, may skip the full path."""
+    s = tx.settings
+    return (tx.phase == "deploy" and s.mode == Action.SWITCH and s.build == "target"
+            and not (host.data.get("models") or host.data.get("models_manifest"))
+            and host.data.get("rollback_plan") is None and host.data.get("generation") in (None, ""))
+
+
+def _nothing_to_do(tx: HostTransaction, host: Any, facts: dict[str, str], status: dict[str, Any]) -> bool:
+    """The pushed flake (by content hash) and this host's configuration are what its last committed
+    deploy built, and the host runs exactly that, with nothing open: `unchanged`, without evaluating
+    the flake, taking the lock or writing a record. Any doubt takes the full path."""
+    try:
+        record = json.loads(facts.get("last_deploy") or "null")
+    except ValueError:
+        return False
+    if not isinstance(record, dict) or status.get("intent") or status.get("lock") or status.get("unfinished"):
+        return False
+    digest = runstate.of(host.state).flake_hash(tx.settings.flake)
+    final = Generation.from_json(record.get("final"))
+    if not (record.get("status") in (Status.OK.value, Status.UNCHANGED.value) and record.get("flake_hash") == digest
+            and record.get("nixos_config") == tx.settings.nixos_config and final.path
+            and facts.get("profile") == facts.get("running") == final.path):
+        return False
+    tx.previous = tx.target = final
+    tx.flake_hash = digest
+    tx.unchanged = tx.fast_unchanged = True
+    tx.record_on_host = False
+    return True
 
 
 def install_agent(tx: HostTransaction, host: Any) -> dict[str, Any]:

@@ -61,6 +61,15 @@ def preflight(min_free_path: str = "/nix") -> str:
     )
 
 
+def deployed_state(profile: str) -> str:
+    """key=value lines: the profile's and the running system's store paths, and the last deploy record
+    (what the no-change fast path compares with the pushed flake)."""
+    return (
+        f'printf "profile=%s\\nrunning=%s\\n" "$(readlink -f {quote(profile)})" "$(readlink -f /run/current-system)"; '
+        f"tail -n 20 {quote(DEPLOY_LOG)} 2>/dev/null | grep -F '\"phase\": \"deploy\"' | tail -n 1 | sed 's/^/last_deploy=/'"
+    )
+
+
 def parse_key_values(lines: list[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for line in lines:
