@@ -225,10 +225,11 @@ class Lab:
         waiting = list(to_start)
         booting: list[LabHost] = []
         timeout = BOOT_TIMEOUT + BOOT_TIMEOUT_PER_HOST * len(to_start)
+        login_timeout = LOGIN_TIMEOUT + BOOT_TIMEOUT_PER_HOST * len(wanted)  # the logins share the cores too
         with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
             for host in wanted:
                 if host not in to_start:
-                    logins.append((host, pool.submit(self._login, host, False)))
+                    logins.append((host, pool.submit(self._login, host, False, login_timeout)))
             while waiting or booting:
                 while waiting and len(booting) < MAX_BOOTING:
                     host = waiting.pop(0)
@@ -244,7 +245,7 @@ class Lab:
                         continue
                     booting.remove(host)
                     if state == "ready":
-                        logins.append((host, pool.submit(self._login, host, host.name in fresh)))
+                        logins.append((host, pool.submit(self._login, host, host.name in fresh, login_timeout)))
                     else:
                         failed[host] = ("boot", state)
             for host, future in logins:
@@ -276,21 +277,27 @@ class Lab:
             return f"did not boot: {bootlog.reason(text)} (see {log})"
         return None
 
-    def _login(self, host: LabHost, fresh: bool) -> str | None:
+    def _login(self, host: LabHost, fresh: bool, timeout: float) -> str | None:
         """One login with the lab's key, checked against the host's own key; on a host just installed,
         until its first generation's services are active. None when it works, else why not."""
         command = "systemctl is-active --quiet ollama.service comfyui.service" if fresh else "true"
-        deadline = time.monotonic() + LOGIN_TIMEOUT
-        got = None
+        deadline = time.monotonic() + timeout
+        last, services = "no answer", False
         while time.monotonic() < deadline:
-            got = self.ssh(host.name, command, timeout=15, check=False)
+            try:
+                got = self.ssh(host.name, command, timeout=max(5.0, min(60.0, deadline - time.monotonic())),
+                               check=False)
+            except CommandFailed as exc:  # this attempt timed out: a loaded machine, try again
+                last = str(exc)
+                continue
             if got.ok:
                 return None
+            services = got.returncode != 255  # logged in, the units are not active (yet)
+            last = (got.stderr.strip().splitlines() or [f"exit {got.returncode}"])[-1]
             time.sleep(0.2)
-        if got is not None and got.returncode != 255:
-            return (f"booted, but {', '.join(('ollama.service', 'comfyui.service'))} did not start; "
+        if services:
+            return (f"booted, but ollama.service, comfyui.service did not start; "
                     f"see `ipex-fleet lab exec {host.name} -- journalctl -b`")
-        last = (got.stderr.strip().splitlines() or ["no answer"])[-1] if got is not None else "no answer"
         return f"booted, but SSH to {host.address}:22 did not work: {last}"
 
     def _power_off(self, hosts: list[LabHost], kill: bool = False) -> None:
