@@ -38,7 +38,8 @@ class Plan:
     window_s: float  # ...and a round of samples stops queueing after this long (at least one chunk)
     warmup_max_s: float  # the warm-up stops here, steady or not (and says which)
     steady_band: float  # steady: the last samples within this spread, and no longer speeding up
-    trim: float  # cut from each end of the samples for the trimmed mean (bench.stats)
+    trim: float  # cut from each end of the samples for the mean (bench.stats)
+    tail: float | None  # the tail statistic's quantile (bench.stats), or none
     baseline_runs: int  # rounds a baseline holds
     retest_rounds: int  # at most this many more rounds of a suspicious case...
     retest_s: float  # ...within this many seconds for the whole run
@@ -47,12 +48,17 @@ class Plan:
 
 def plan_for(device: Device, quick: bool) -> Plan:
     if device.type == "cpu":
-        # Scheduler slices are milliseconds: samples of 20 ms and more, a heavier trim.
+        # Scheduler slices are milliseconds and a CPU's timings carry the host's scheduler: samples of
+        # 20 ms and more, a trimmed mean, no tail statistic.
         return Plan(samples=30, sample_s=0.02 if quick else 0.04, window_s=1.0 if quick else 2.5,
-                    warmup_max_s=0.6 if quick else 1.5, steady_band=0.25, trim=0.2, baseline_runs=3,
+                    warmup_max_s=0.6 if quick else 1.5, steady_band=0.25, trim=0.2, tail=None, baseline_runs=3,
                     retest_rounds=2, retest_s=6.0 if quick else 20.0, graphs=False)
-    return Plan(samples=60 if quick else 100, sample_s=0.005 if quick else 0.01, window_s=0.45 if quick else 1.5,
-                warmup_max_s=0.3 if quick else 1.0, steady_band=0.05, trim=0.1, baseline_runs=3,
+    # Device events on a full queue: a slow sample is the device's. The plain mean (an H200's clean
+    # samples have no outliers to trim: 0.2-3 % cv) and the tail, where a neighbour shows first: many
+    # short samples, so that the share of them it slows is well measured (a process on the GPU 15 % of
+    # the time slowed a fifth to a quarter of an H200's samples about twice).
+    return Plan(samples=120 if quick else 200, sample_s=0.003 if quick else 0.006, window_s=0.45 if quick else 1.5,
+                warmup_max_s=0.3 if quick else 1.0, steady_band=0.05, trim=0.0, tail=stats.TAIL, baseline_runs=3,
                 retest_rounds=2, retest_s=3.0 if quick else 15.0, graphs=True)
 
 
@@ -155,7 +161,7 @@ class Bench:
             "quick": self.quick,
             "duration_s": round(time.monotonic() - self.started, 3),
             "plan": {"samples": self.plan.samples, "sample_s": self.plan.sample_s, "trim": self.plan.trim,
-                     "warmup_max_s": self.plan.warmup_max_s, "graphs": self.plan.graphs},
+                     "tail": self.plan.tail, "warmup_max_s": self.plan.warmup_max_s, "graphs": self.plan.graphs},
             "results": results,
         }
 

@@ -112,7 +112,7 @@ def gated(bench: Any, args: argparse.Namespace) -> dict[str, Any]:
     results = {name: _pooled(rounds[name], plan.trim) if name in new else rounds[name][0]
                for name in bench.cases}
     summary: dict[str, Any] = {"tolerance": args.tolerance, "alpha": stats.ALPHA, "trim": plan.trim,
-                               "occupants": found}
+                               "tail": plan.tail, "occupants": found}
     if not ok:
         baseline = gate.new_baseline(bench.document([]), entries, found)
         write_json_atomic(Path(args.dir) / "baseline.json", baseline)
@@ -157,7 +157,7 @@ def judge(bench: Any, baseline: dict[str, Any], rounds: dict[str, list[dict[str,
     plan = bench.plan
     cases = baseline["cases"]
     effects = gate.run_effects(baseline, plan.trim)
-    judged = {n: gate.compare_one(results[n], cases[n], tolerance, plan.trim, effects)
+    judged = {n: gate.compare_one(results[n], cases[n], tolerance, plan.trim, plan.tail, effects)
               for n in bench.cases if n not in new}
     started = time.monotonic()
     deadline = started + plan.retest_s
@@ -174,7 +174,7 @@ def judge(bench: Any, baseline: dict[str, Any], rounds: dict[str, list[dict[str,
                 break
             rounds[name].append(bench.measure(name, repeat=rounds[name][0]["repeat"]))
             results[name] = _pooled(rounds[name], plan.trim)
-            judged[name] = gate.compare_one(results[name], cases[name], tolerance, plan.trim, effects)
+            judged[name] = gate.compare_one(results[name], cases[name], tolerance, plan.trim, plan.tail, effects)
             retested.append(name)
             if judged[name]["verdict"] == stats.FAIL:
                 break  # confirmed: the next round's check ends the retests

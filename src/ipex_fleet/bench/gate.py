@@ -49,7 +49,7 @@ def baseline_case(rounds: list[dict[str, Any]], trim: float) -> dict[str, Any]:
     runs = [list(r["samples"]) for r in rounds]
     per_unit = [t / last["work"] for run in runs for t in run]
     return {"unit": last["unit"], "metric": last["metric"], "work": last["work"], "repeat": last["repeat"],
-            "graph": last.get("graph"), "value": round(1.0 / stats.trimmed_mean(per_unit, trim), 6), "runs": runs,
+            "graph": last.get("graph"), "value": float(f"{1.0 / stats.trimmed_mean(per_unit, trim):.6g}"), "runs": runs,
             "recorded": time.time()}
 
 
@@ -96,22 +96,26 @@ def run_effects(baseline: dict[str, Any], trim: float) -> list[float]:
 
 
 def compare_one(result: dict[str, Any], base: dict[str, Any], tolerance: float, trim: float,
-                effects: list[float] | None = None, alpha: float = stats.ALPHA) -> dict[str, Any]:
+                tail: float | None = None, effects: list[float] | None = None,
+                alpha: float = stats.ALPHA) -> dict[str, Any]:
     """A result's samples against its baseline entry's (both turned into seconds per unit of work)."""
     now = [t / result["work"] for t in result["samples"]]
     runs = [[t / base["work"] for t in run] for run in base["runs"]]
-    d = stats.decide(now, runs, tolerance, alpha=alpha, trim=trim, seed=stats.seed_for(result["name"]),
+    d = stats.decide(now, runs, tolerance, alpha=alpha, trim=trim, tail=tail, seed=stats.seed_for(result["name"]),
                      effects=effects)
     ref = base["value"]
     message = (f"{result['value']:.4g} {result['unit']} is {d.ratio:.0%} of baseline {ref:.4g} "
-               f"({1 - 2 * alpha:.0%} interval {d.low:.0%}-{d.high:.0%}; P(slower than {1 - tolerance:.0%}) "
-               f"{d.p_slower:.1%})")
+               f"(interval {d.low:.0%}-{d.high:.0%})")
+    if d.tail is not None:
+        message += (f", its slowest {1 - tail:.0%} at {d.tail.ratio:.0%} of the baseline's "
+                    f"(interval {d.tail.low:.0%}-{d.tail.high:.0%})")
+    message += f"; P(slower than {1 - tolerance:.0%} of baseline) {d.p_slower:.1%}"
     return {"name": result["name"], **d.as_dict(), "baseline": ref, "value": result["value"],
             "cv": result.get("cv"), "rounds": result.get("rounds", 1), "message": message}
 
 
 def compare(results: list[dict[str, Any]], baseline: dict[str, Any], tolerance: float,
-            trim: float = stats.TRIM) -> list[dict[str, Any]]:
+            trim: float = stats.TRIM, tail: float | None = None) -> list[dict[str, Any]]:
     """Every result with samples and a baseline entry; the others say why they were not judged."""
     cases = baseline.get("cases") or {}
     effects = run_effects(baseline, trim)
@@ -122,7 +126,7 @@ def compare(results: list[dict[str, Any]], baseline: dict[str, Any], tolerance: 
             out.append({"name": r["name"], "verdict": "baseline",
                         "message": "no baseline for this case yet: this run's rounds are its baseline"})
             continue
-        out.append(compare_one(r, base, tolerance, trim, effects))
+        out.append(compare_one(r, base, tolerance, trim, tail, effects))
     return out
 
 

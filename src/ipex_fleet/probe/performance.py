@@ -21,8 +21,8 @@ def performance_check(bench_dir: str, config: FleetConfig | None) -> Callable[[A
         ok, why = usable(baseline, document["device"])
         if not ok:
             return passed(f"{why}; efficiency vs peak: {effs or 'unknown device'}", results=document["results"])
-        trim = plan_for(Device(document["device"]["type"], None), quick=False).trim
-        comparisons = compare(document["results"], baseline, tolerance, trim)
+        plan = plan_for(Device(document["device"]["type"], None), quick=False)
+        comparisons = compare(document["results"], baseline, tolerance, plan.trim, plan.tail)
         verdict = verdict_of(comparisons)
         slow = [f"{c['name']}: {c['message']}" for c in comparisons if c["verdict"] not in ("pass", "baseline")]
         data = {"results": document["results"], "comparisons": comparisons}
