@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 
-from ipex_fleet.lab import Lab, container, install, template  # noqa: E402
+from ipex_fleet.lab import Lab, container, install, limits, template  # noqa: E402
 from ipex_fleet.lab import fleet as labfleet  # noqa: E402
 
 
@@ -93,6 +93,28 @@ def pss_mib(pids: list[int]) -> float:
     return total / 1024
 
 
+def in_use() -> dict[str, int]:
+    """What the whole machine uses now of each resource the lab's limits bound (and of keys and ptys)."""
+    instances: dict[int, int] = {}
+    watches = tasks = 0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            uid = int(next(l for l in (proc / "status").read_text().splitlines() if l.startswith("Uid:")).split()[1])
+            tasks += len(os.listdir(proc / "task"))
+            for fd in os.listdir(proc / "fd"):
+                if os.readlink(proc / "fd" / fd) == "anon_inode:inotify":
+                    instances[uid] = instances.get(uid, 0) + 1
+                    watches += (proc / "fdinfo" / fd).read_text().count("inotify wd:")
+        except (OSError, StopIteration):
+            continue
+    keys = sum(int(line.split()[2].split("/")[0]) for line in Path("/proc/key-users").read_text().splitlines())
+    return {"inotify instances (root)": instances.get(0, 0), "inotify instances (all users)": sum(instances.values()),
+            "inotify watches": watches, "tasks (processes and threads)": tasks, "keys": keys,
+            "ptys": int(Path("/proc/sys/kernel/pty/nr").read_text())}
+
+
 def cpu_seconds() -> float:
     fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
     ticks = os.sysconf("SC_CLK_TCK")
@@ -100,14 +122,33 @@ def cpu_seconds() -> float:
     return busy / ticks
 
 
-def deploy(lab: Lab, state: Path, count: int) -> tuple[float, int, str]:
-    """(wall seconds, peak RSS in KiB, summary) of one deploy of every host."""
+PEAKS: list[dict[str, int]] = []
+
+
+def deploy(lab: Lab, state: Path, count: int, sample: bool = False) -> tuple[float, int, str]:
+    """(wall seconds, peak RSS in KiB, summary) of one deploy of every host; with `sample`, what
+    the machine uses meanwhile is sampled each second (which costs a little CPU) into PEAKS."""
     env = {**os.environ, "IPEX_FLEET_LAB_ROOT": str(lab.layout.root), "IPEX_FLEET_STATE": str(state)}
     argv = ["/usr/bin/time", "-v", str(Path(sys.executable).parent / "pyinfra"), "inventories/lab.py",
             "deploys/prod.py", "-y", "--data", "bench=false"]
+    peaks: dict[str, int] = {}
+    done = threading.Event()
+
+    def sample() -> None:  # what the deploy's logins, Nix and Python add, at its peak
+        while sample and not done.wait(1.0):
+            for key, value in in_use().items():
+                peaks[key] = max(peaks.get(key, 0), value)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     started = time.monotonic()
-    proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
+    try:
+        proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
+    finally:
+        done.set()
+        sampler.join()
     wall = time.monotonic() - started
+    PEAKS.append(peaks)
     output = proc.stdout + proc.stderr
     rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
     unchanged = output.count(" unchanged: generation")
@@ -118,7 +159,7 @@ def deploy(lab: Lab, state: Path, count: int) -> tuple[float, int, str]:
 
 def one_size(lab: Lab, net: str, count: int) -> dict:
     lab.destroy()
-    before_mem, before_cpu = meminfo(), cpu_seconds()
+    before_mem, before_cpu, before_use = meminfo(), cpu_seconds(), in_use()
     said: list[str] = []
     phases = Phases()
     t0 = time.monotonic()
@@ -131,6 +172,10 @@ def one_size(lab: Lab, net: str, count: int) -> dict:
     print(f"lab up {count}: {took:.1f} s from a warm cache ({cpu:.0f} CPU-seconds on {os.cpu_count()} cores)")
     phases.report(t0)
     print(f"  kernel limits: {said[0] if said else 'nothing to raise (already enough)'}")
+    machine_hosts = count + container.running_hosts_elsewhere(lab.spec)
+    for limit in limits.LIMITS:
+        print(f"    {limit.key}: {machine_hosts} lab host(s) need {limit.needed(machine_hosts)}, "
+              f"it is {limits.read(limit)}")
     time.sleep(5)  # let boots settle before measuring memory
     spec = lab.spec
     pids = [p for h in spec.hosts for p in container.host_pids(spec, h)]
@@ -139,15 +184,22 @@ def one_size(lab: Lab, net: str, count: int) -> dict:
     pss = pss_mib(pids)
     print(f"  memory: {used:.0f} MiB less available on the machine; the hosts' {len(pids)} processes: "
           f"{pss:.0f} MiB PSS ({pss / count:.1f} MiB a host)")
+    now = in_use()
+    print("  in use on the whole machine, idle lab (before it / now): "
+          + ", ".join(f"{k} {before_use[k]} / {v}" for k, v in now.items()), flush=True)
     state = lab.layout.root / "controller-state"
-    first = deploy(lab, state, count)
-    print(f"  first deploy after lab up: {first[0]:.1f} s, controller peak RSS {first[1] / 1024:.0f} MiB ({first[2]})")
+    first = deploy(lab, state, count, sample=True)
+    print(f"  first deploy after lab up (sampled): {first[0]:.1f} s, controller peak RSS {first[1] / 1024:.0f} MiB ({first[2]})")
     again = deploy(lab, state, count)
     print(f"  no-change deploy: {again[0]:.1f} s, controller peak RSS {again[1] / 1024:.0f} MiB ({again[2]})")
+    peaks = PEAKS[-2]
+    print("  in use on the whole machine, at the first deploy's peak (sampled each second): "
+          + ", ".join(f"{k} {v}" for k, v in peaks.items()), flush=True)
     t1 = time.monotonic()
     lab.destroy()
     print(f"  lab destroy: {time.monotonic() - t1:.1f} s", flush=True)
     return {"hosts": count, "lab_up_s": round(took, 1), "lab_up_cpu_s": round(cpu), "limits": said,
+            "in_use_before": before_use, "in_use": now, "in_use_deploy_peak": peaks,
             "mem_used_mib": round(used), "hosts_pss_mib": round(pss), "first_deploy_s": round(first[0], 1),
             "first_deploy_rss_mib": round(first[1] / 1024), "nochange_deploy_s": round(again[0], 1),
             "nochange_deploy_rss_mib": round(again[1] / 1024)}
