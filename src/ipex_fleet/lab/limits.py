@@ -1,12 +1,14 @@
 """The kernel limits a lab of N hosts needs, raised (never lowered) before any host starts.
 
-Every lab host runs its own systemd, journald, logind, dbus and sshd as root of the machine's own
-user namespace, so they all draw on root's per-user budgets. LAB.md ("Kernel limits at 20+ hosts"):
-with Debian's `fs.inotify.max_user_instances = 128` about 20 hosts boot and the next stop at once
-with "Failed to allocate manager object: Too many open files". What an idle host takes, counted on
-this machine's lab: 6-7 inotify instances and about 25 watches, 10 processes; a deploy adds a login
-session (and root's user manager: more instances), Nix and Python for a while. The budgets below
-leave room for that, per host, on top of what the machine itself needs (`base`).
+Every lab host runs its own systemd, journald, logind, dbus and sshd in the machine's own user
+namespace, so they all draw on per-user budgets of the machine (root's, and messagebus's for dbus).
+LAB.md ("Kernel limits at 20+ hosts"): with Debian's `fs.inotify.max_user_instances = 128` about 20
+hosts boot and the next stop at once with "Failed to allocate manager object: Too many open files".
+Measured on this machine's lab (benchmarks/lab_scale.py, 100 hosts, idle and at a deploy's peak): 6
+to 7 inotify instances of root's a host, about 30 watches, 15 to 20 tasks (processes and threads).
+The budgets below are four times that or more, per host, on top of what the machine itself needs
+(`base`). A deploy user (`lab up --deploy-user`) is one user in every host, with its own count of
+the same limit: its budget is the same value.
 
 The hosts counted are this lab's and every host running in another lab on the machine: the limits
 are the machine's, shared by all its labs.
@@ -43,14 +45,14 @@ class Limit:
 
 
 LIMITS = (
-    Limit("fs.inotify.max_user_instances", 128, 64,
-          "systemd, logind and dbus take inotify instances, and so does each login's user manager"),
-    Limit("fs.inotify.max_user_watches", 8192, 1024, "the watches on those instances"),
-    Limit("kernel.pid_max", 4096, 256, "processes and threads of every host, a deploy's included"),
+    Limit("fs.inotify.max_user_instances", 128, 32, "systemd, logind and dbus take inotify instances"),
+    Limit("fs.inotify.max_user_watches", 8192, 128, "the watches on those instances"),
+    Limit("kernel.pid_max", 4096, 128, "processes and threads of every host, a deploy's included"),
 )
-# Not here: kernel.keys.maxkeys and maxbytes (200 and 20000 on Debian). nspawn's seccomp filter
-# refuses add_key, keyctl and request_key inside a container (the keyring is not namespaced), so a
-# lab host creates no key: /proc/key-users stays as it was with 100 hosts up and deploy-user logins.
+# Checked, not raised: nspawn gives each container one session keyring of root's, counted against
+# kernel.keys.root_maxkeys (a million), and refuses the key system calls inside it, so nothing in a
+# host counts against kernel.keys.maxkeys (200, for other users). Each host holds one pty (its
+# console) of kernel.pty.max (4096). Neither binds below the lab's 253 hosts.
 
 
 @dataclass(frozen=True)
