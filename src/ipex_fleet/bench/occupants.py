@@ -25,10 +25,13 @@ SMI_TIMEOUT_S = 5.0
 
 
 def _comm(pid: int) -> str:
+    """The process's command line, each absolute path shortened to its last part (`python3 cpu-hog.py
+    --seconds 300`, not two store paths), at most 120 characters."""
     try:
-        args = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        words = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
     except OSError:
-        args = ""
+        words = []
+    args = " ".join(os.path.basename(w.rstrip("/")) if w.startswith("/") else w for w in words if w).strip()
     if not args:
         try:
             args = Path(f"/proc/{pid}/comm").read_text().strip()
