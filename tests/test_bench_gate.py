@@ -163,3 +163,14 @@ def test_maintenance_drift_uses_the_gates_verdicts():
     assert "trend over 3 run(s): 100% 93% 81%" in found.warnings[0]
     assert found.warnings[1] == "benchmark drift: the device is shared with pid 4242 python3 hog.py 900 MiB"
     assert found.report["result"] == "inconclusive" and found.report["shared_with"][0]["pid"] == 4242
+
+
+def test_a_doubtful_new_baseline_says_why():
+    from ipex_fleet.bench.__main__ import baseline_warnings
+
+    shared = {"processes": [{"pid": 7, "name": "python3 train.py", "memory_mib": 5000}]}
+    rounds = {"m": [{"warmup": {"steady": True}}, {"warmup": {"steady": False}}], "c": [{"warmup": {"steady": True}}]}
+    first, second = baseline_warnings(shared, rounds)
+    assert first.startswith("the baseline was taken while the device is shared with pid 7 python3 train.py 5000 MiB")
+    assert "--rebaseline" in first and second == "the warm-up of m never became steady within its bound"
+    assert baseline_warnings({"processes": []}, {"c": rounds["c"]}) == []

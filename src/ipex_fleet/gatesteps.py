@@ -122,6 +122,7 @@ def bench_summary(document: dict[str, Any]) -> dict[str, Any]:
         "shared_with": [{k: p.get(k) for k in ("pid", "name", "memory_mib", "cpu") if p.get(k) is not None}
                         for p in shared],
         "shared": gate.get("shared"),
+        "warnings": gate.get("warnings") or [],
     }
 
 
@@ -136,6 +137,8 @@ def bench_gate(tx: HostTransaction, host: Any) -> None:
         return
     document = _document(sh(tx, host, bench_command(s), s.bench_timeout), "the benchmark")
     tx.bench = bench_summary(document)
+    for warning in tx.bench["warnings"]:  # a doubtful new baseline: say so, it judges every later deploy
+        host.log(f"warning: benchmark: {warning}", logger.warning)
     verdict = tx.bench["result"]
     if verdict not in ("fail", "inconclusive"):
         return

@@ -117,11 +117,12 @@ def gated(bench: Any, args: argparse.Namespace) -> dict[str, Any]:
         baseline = gate.new_baseline(bench.document([]), entries, found)
         write_json_atomic(Path(args.dir) / "baseline.json", baseline)
         summary.update(result=stats.PASS, baseline_recorded=True, reason=why, baseline_runs=runs,
-                       confidence=None, comparisons=[])
+                       confidence=None, comparisons=[], warnings=baseline_warnings(found, rounds))
     else:
         if entries:
             baseline = gate.add_cases(baseline, entries)
             write_json_atomic(Path(args.dir) / "baseline.json", baseline)
+            summary["warnings"] = baseline_warnings(found, {n: rounds[n] for n in new})
         comparisons, retest = judge(bench, baseline, rounds, results, args.tolerance, new)
         verdict = gate.verdict_of(comparisons) if any(c["verdict"] != "baseline" for c in comparisons) else stats.PASS
         summary.update(result=verdict, baseline_recorded=False, baseline_added=new,
@@ -140,6 +141,19 @@ def gated(bench: Any, args: argparse.Namespace) -> dict[str, Any]:
     document["gate"] = summary
     gate.append_history(args.dir, document, summary["result"])
     return document
+
+
+def baseline_warnings(found: dict[str, Any], rounds: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """What makes a new baseline doubtful: a device shared while it was taken (a slow baseline hides
+    the regressions after it), or a case whose warm-up never became steady."""
+    out = []
+    if found.get("processes"):
+        out.append(f"the baseline was taken while {occupants.describe(found)}: take it again with --rebaseline "
+                   "when the device is free")
+    unsteady = sorted({n for n, rs in rounds.items() for r in rs if not r["warmup"]["steady"]})
+    if unsteady:
+        out.append(f"the warm-up of {', '.join(unsteady)} never became steady within its bound")
+    return out
 
 
 def _pooled(rounds: list[dict[str, Any]], trim: float) -> dict[str, Any]:
@@ -211,6 +225,7 @@ def render(document: dict[str, Any]) -> str:
                          f"false-alarm rate {gate_doc['alpha']:.1%} per case")
         if gate_doc.get("shared"):
             lines.append(gate_doc["shared"])
+        lines += [f"warning: {w}" for w in gate_doc.get("warnings") or []]
     return "\n".join(lines)
 
 
