@@ -168,9 +168,73 @@ def test_maintenance_drift_uses_the_gates_verdicts():
 def test_a_doubtful_new_baseline_says_why():
     from ipex_fleet.bench.__main__ import baseline_warnings
 
+    def run(steady: bool, level: float = 1.0) -> dict:
+        return {"warmup": {"steady": steady}, "samples": [level] * 5, "work": 1.0}
+
     shared = {"processes": [{"pid": 7, "name": "python3 train.py", "memory_mib": 5000}]}
-    rounds = {"m": [{"warmup": {"steady": True}}, {"warmup": {"steady": False}}], "c": [{"warmup": {"steady": True}}]}
-    first, second = baseline_warnings(shared, rounds)
+    rounds = {"m": [run(True), run(False)], "c": [run(True), run(True, 1.3)]}
+    first, second, third = baseline_warnings(shared, rounds, 0.15, 0.0)
     assert first.startswith("the baseline was taken while the device is shared with pid 7 python3 train.py 5000 MiB")
     assert "--rebaseline" in first and second == "the warm-up of m never became steady within its bound"
-    assert baseline_warnings({"processes": []}, {"c": rounds["c"]}) == []
+    assert third.startswith("the baseline's runs disagree (c 30% apart")
+    assert baseline_warnings({"processes": []}, {"m": [run(True), run(True, 1.05)]}, 0.15, 0.0) == []
+
+
+def test_a_baseline_keeps_the_runs_that_agree_after_measuring_a_doubtful_case_again():
+    from ipex_fleet.bench.__main__ import settle
+
+    levels = iter([1.0, 1.01])  # the two extra runs of the disturbed case
+
+    class Bench:
+        plan = SimpleNamespace(trim=0.0, retest_s=5.0)
+        measured: list[str] = []
+
+        def measure(self, name, repeat=None):
+            self.measured.append(name)
+            return {"samples": [next(levels)] * 4, "work": 1.0, "repeat": repeat}
+
+    rounds = {"a": [{"samples": [x] * 4, "work": 1.0, "repeat": 3} for x in (1.4, 1.0, 0.99)],  # a transient
+              "b": [{"samples": [x] * 4, "work": 1.0, "repeat": 3} for x in (1.0, 1.02, 1.01)]}
+    bench = Bench()
+    assert settle(bench, rounds, ["a", "b"], 3, 0.15) == {"a": 1}
+    assert bench.measured == ["a"]  # one more run made the case agree; b's runs agreed from the start
+    assert [r["samples"][0] for r in rounds["a"]] == [1.0, 0.99, 1.0]
+    assert len(rounds["b"]) == 3
+
+
+def test_a_retest_confirms_a_slowdown_and_unmasks_a_transient():
+    import random
+
+    from ipex_fleet.bench.__main__ import judge
+
+    rng = random.Random(3)
+
+    def round_at(level: float) -> dict:
+        return {"name": "m", "unit": "x", "value": 1 / level, "work": 1.0, "repeat": 1, "cv": 0.01,
+                "samples": [level * (1 + rng.gauss(0, 0.01)) for _ in range(30)]}
+
+    baseline = {"cases": {"m": {"work": 1.0, "value": 1.0, "runs": [round_at(1.0)["samples"] for _ in range(3)]}}}
+
+    class Bench:
+        plan = SimpleNamespace(trim=0.0, tail=None, retest_rounds=2, retest_s=30.0)
+        cases = {"m": None}
+
+        def __init__(self, levels):
+            self.levels = iter(levels)
+
+        def measure(self, name, repeat=None):
+            return round_at(next(self.levels))
+
+    def gated(first: float, retests: list[float]) -> tuple[dict, dict]:
+        rounds = {"m": [round_at(first)]}
+        results = {"m": rounds["m"][0]}
+        (c,), retest = judge(Bench(retests), baseline, rounds, results, 0.15, [])
+        return c, retest
+
+    slow, retest = gated(1.6, [1.6, 1.6])  # a device that stays slow: confirmed after one retest
+    assert slow["verdict"] == "fail" and slow["rounds"] == 2 and retest["cases"] == ["m"]
+    transient, retest = gated(1.6, [1.0, 1.0])  # slow once, then itself again: never a fail
+    assert transient["verdict"] == "inconclusive" and transient.get("transient") is True
+    assert retest["cases"] == ["m", "m"]  # measured once more: the pool of all three, still not a fail
+    fine, retest = gated(1.0, [])  # a pass is never retested
+    assert fine["verdict"] == "pass" and retest["cases"] == []

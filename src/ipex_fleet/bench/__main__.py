@@ -108,7 +108,10 @@ def gated(bench: Any, args: argparse.Namespace) -> dict[str, Any]:
     for _ in range(runs - 1):  # a baseline is several runs: more rounds, interleaved across the cases
         for name in new:
             rounds[name].append(bench.measure(name, repeat=rounds[name][0]["repeat"]))
+    settled = settle(bench, rounds, new, runs, args.tolerance)
     entries = {name: gate.baseline_case(rounds[name], plan.trim) for name in new}
+    for name, dropped in settled.items():
+        entries[name]["discarded_runs"] = dropped
     results = {name: _pooled(rounds[name], plan.trim) if name in new else rounds[name][0]
                for name in bench.cases}
     summary: dict[str, Any] = {"tolerance": args.tolerance, "alpha": stats.ALPHA, "trim": plan.trim,
@@ -117,12 +120,13 @@ def gated(bench: Any, args: argparse.Namespace) -> dict[str, Any]:
         baseline = gate.new_baseline(bench.document([]), entries, found)
         write_json_atomic(Path(args.dir) / "baseline.json", baseline)
         summary.update(result=stats.PASS, baseline_recorded=True, reason=why, baseline_runs=runs,
-                       confidence=None, comparisons=[], warnings=baseline_warnings(found, rounds))
+                       confidence=None, comparisons=[],
+                       warnings=baseline_warnings(found, rounds, args.tolerance, plan.trim))
     else:
         if entries:
             baseline = gate.add_cases(baseline, entries)
             write_json_atomic(Path(args.dir) / "baseline.json", baseline)
-            summary["warnings"] = baseline_warnings(found, {n: rounds[n] for n in new})
+            summary["warnings"] = baseline_warnings(found, {n: rounds[n] for n in new}, args.tolerance, plan.trim)
         comparisons, retest = judge(bench, baseline, rounds, results, args.tolerance, new)
         verdict = gate.verdict_of(comparisons) if any(c["verdict"] != "baseline" for c in comparisons) else stats.PASS
         summary.update(result=verdict, baseline_recorded=False, baseline_added=new,
@@ -143,7 +147,47 @@ def gated(bench: Any, args: argparse.Namespace) -> dict[str, Any]:
     return document
 
 
-def baseline_warnings(found: dict[str, Any], rounds: dict[str, list[dict[str, Any]]]) -> list[str]:
+def _spread(rounds: list[dict[str, Any]], trim: float) -> float:
+    means = [stats.trimmed_mean(r["samples"], trim) / r["work"] for r in rounds]
+    return max(means) / min(means) - 1.0
+
+
+def settle(bench: Any, rounds: dict[str, list[dict[str, Any]]], new: list[str], runs: int,
+           tolerance: float) -> dict[str, int]:
+    """A baseline's runs must agree with each other: a case whose runs differ by more than half the
+    tolerance (a transient: another process, a clock that had not settled) gets more runs, at most 2
+    more within twice the retest budget, and keeps the `runs` of them that agree best (never simply the
+    fastest). Returns how many runs each such case discarded."""
+    plan = bench.plan
+    deadline = time.monotonic() + 2 * plan.retest_s
+    if runs < 2:
+        return {}
+
+    def best(taken: list[dict[str, Any]]) -> list[int]:
+        """The `runs` of them that agree best (consecutive in order of speed, the narrowest window)."""
+        order = sorted(range(len(taken)), key=lambda i: stats.trimmed_mean(taken[i]["samples"], plan.trim))
+        return min((order[i:i + runs] for i in range(len(order) - runs + 1)),
+                   key=lambda w: _spread([taken[i] for i in w], plan.trim))
+
+    for _ in range(2):
+        doubtful = [n for n in new if _spread([rounds[n][i] for i in best(rounds[n])], plan.trim) > tolerance / 2]
+        if not doubtful or time.monotonic() >= deadline:
+            break
+        for name in doubtful:
+            if time.monotonic() >= deadline:
+                break
+            rounds[name].append(bench.measure(name, repeat=rounds[name][0]["repeat"]))
+    dropped = {}
+    for name in new:
+        taken = rounds[name]
+        if len(taken) > runs:
+            rounds[name] = [taken[i] for i in sorted(best(taken))]
+            dropped[name] = len(taken) - runs
+    return dropped
+
+
+def baseline_warnings(found: dict[str, Any], rounds: dict[str, list[dict[str, Any]]],
+                      tolerance: float, trim: float) -> list[str]:
     """What makes a new baseline doubtful: a device shared while it was taken (a slow baseline hides
     the regressions after it), or a case whose warm-up never became steady."""
     out = []
@@ -153,6 +197,12 @@ def baseline_warnings(found: dict[str, Any], rounds: dict[str, list[dict[str, An
     unsteady = sorted({n for n, rs in rounds.items() for r in rs if not r["warmup"]["steady"]})
     if unsteady:
         out.append(f"the warm-up of {', '.join(unsteady)} never became steady within its bound")
+    apart = {n: _spread(rs, trim) for n, rs in rounds.items() if len(rs) > 1}
+    apart = {n: v for n, v in apart.items() if v > tolerance / 2}
+    if apart:
+        shown = ", ".join(f"{n} {v:.0%}" for n, v in sorted(apart.items()))
+        out.append(f"the baseline's runs disagree ({shown} apart, more than half the tolerance): a busy device? "
+                   "take it again with --rebaseline")
     return out
 
 
@@ -164,10 +214,11 @@ def judge(bench: Any, baseline: dict[str, Any], rounds: dict[str, list[dict[str,
           results: dict[str, dict[str, Any]], tolerance: float,
           new: list[str]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Each case against the baseline, with retests on suspicion: a case that fails or is inconclusive
-    is measured again (a fresh round, its samples pooled with the first), inconclusive ones first, for
-    at most plan.retest_rounds more rounds within plan.retest_s seconds for the whole run. Retesting
-    stops once a failure is confirmed (it failed again with its retest's samples): the run fails
-    whatever the others say."""
+    is measured again (a fresh round, its samples pooled with the earlier ones), inconclusive ones
+    first, for at most plan.retest_rounds more rounds within plan.retest_s seconds for the whole run.
+    A failure is confirmed when it still fails with its retest's samples and the retest alone is not
+    within tolerance (one that is: a transient, so inconclusive, and measured again if time is left).
+    Retesting stops once a failure is confirmed: the run fails whatever the others say."""
     plan = bench.plan
     cases = baseline["cases"]
     effects = gate.run_effects(baseline, plan.trim)
@@ -188,10 +239,18 @@ def judge(bench: Any, baseline: dict[str, Any], rounds: dict[str, list[dict[str,
                 break
             rounds[name].append(bench.measure(name, repeat=rounds[name][0]["repeat"]))
             results[name] = _pooled(rounds[name], plan.trim)
+            seen_transient = judged[name].get("transient")
             judged[name] = gate.compare_one(results[name], cases[name], tolerance, plan.trim, plan.tail, effects)
+            if seen_transient:
+                judged[name]["transient"] = True
             retested.append(name)
             if judged[name]["verdict"] == stats.FAIL:
-                break  # confirmed: the next round's check ends the retests
+                alone = gate.compare_one(rounds[name][-1], cases[name], tolerance, plan.trim, plan.tail, effects)
+                if alone["verdict"] == stats.PASS:  # the new round alone is within tolerance: a transient?
+                    judged[name].update(verdict=stats.INCONCLUSIVE, transient=True, message=judged[name]["message"]
+                                        + "; not confirmed: its retest alone was within tolerance")
+                else:
+                    break  # confirmed: the next round's check ends the retests
     comparisons = [judged.get(n) or {"name": n, "verdict": "baseline",
                                      "message": "no baseline for this case yet: this run's rounds are its baseline"}
                    for n in bench.cases]
