@@ -81,16 +81,20 @@ def draw(rng: random.Random, window: float) -> list[Fault]:
 def host_state(lab: Lab, host: str) -> dict:
     """Profile generation and path, running system, boot default, lock, intent, this host's claims."""
     out = lab.ssh(host, "readlink /nix/var/nix/profiles/system; readlink -f /nix/var/nix/profiles/system; "
-                        "readlink -f /run/current-system; sed -n 's/^default nixos-generation-//p' "
-                        "/boot/loader/loader.conf; test -e /var/lib/ipex-fleet/lock && echo lock=held; "
-                        "test -e /var/lib/ipex-fleet/intent.json && echo intent=open; "
+                        "readlink -f /run/current-system; printf 'boot=%s\\n' \"$(sed -n 's/^default nixos-generation-//p' "
+                        "/boot/loader/loader.conf)\"; "
+                        # the agent's own view: a lock whose lease ran out (its controller gone) is free
+                        "/var/lib/ipex-fleet/agent/run /var/lib/ipex-fleet/agent/agent.py status 2>/dev/null "
+                        "| sed 's/^/agent=/'; test -e /var/lib/ipex-fleet/intent.json && echo intent=open; "
                         "cd /var/lib/ipex-fleet/resolved 2>/dev/null && for f in *.json; do [ -e \"$f\" ] && "
                         "printf 'claim %s %s\\n' \"${f%.json}\" \"$(cat \"$f\")\"; done; true",
                   timeout=30).stdout.splitlines()
+    agent = next((json.loads(line[len("agent="):]) for line in out if line.startswith("agent={")), {})
+    lock = agent.get("lock")
     state = {"generation": int(out[0].split("-")[1]), "profile": out[1], "running": out[2],
-             "boot_default": out[3].replace(".conf", ""), "lock": "lock=held" in out,
+             "boot_default": out[3][len("boot="):].replace(".conf", ""), "lock": bool(lock and lock.get("left", 0) > 0),
              "intent": "intent=open" in out, "claims": []}
-    for line in out[4:]:
+    for line in out[3:]:
         if line.startswith("claim "):
             _, name, data = line.split(" ", 2)
             state["claims"].append({**json.loads(data), "who": name.rsplit(".", 1)[1]})
