@@ -93,7 +93,7 @@ WRONG = {
     "break_lock": ["maybe", 2], "magic_rollback": ["sometimes"], "build": ["remote"],
     "cache": [["http://a", "http://b"]], "cache_public_key": [{"k": 1}], "cache_secret_key": [["x"]],
     "cache_push": [{"to": "x"}], "controller_nix_conf_dir": [["a"]], "confirm_timeout": ["never"],
-    "lease_grace": [0, "x"], "models_timeout": ["x"], "models_verify": ["full"], "reboot": ["later"],
+    "lease_grace": [0, "x"], "pace": ["fast", 1], "models_timeout": ["x"], "models_verify": ["full"], "reboot": ["later"],
     "reboot_timeout": [1], "ipex_fleet_command": ['"unclosed', "", ["a", "b\nc"]],
     "accelerator": ["gpu", ["xpu"]], "min_devices": [0, "two"], "smoke_model": ["a b", "x;y"],
     "health_levels": [[4], "1,5", "abc", {"1": 2}], "health_timeout": [-5], "bench": [2, "always"],
