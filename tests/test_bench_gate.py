@@ -238,3 +238,17 @@ def test_a_retest_confirms_a_slowdown_and_unmasks_a_transient():
     assert retest["cases"] == ["m", "m"]  # measured once more: the pool of all three, still not a fail
     fine, retest = gated(1.0, [])  # a pass is never retested
     assert fine["verdict"] == "pass" and retest["cases"] == []
+
+
+def test_cpu_pressure_says_when_a_cpu_run_shared_its_cores(tmp_path):
+    psi = tmp_path / "cpu"
+    psi.write_text("some avg10=49.69 avg60=48.28 avg300=48.79 total=3846131718\n"
+                   "full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n")
+    assert occupants.cpu_pressure(str(psi)) == 0.497
+    assert occupants.cpu_pressure(str(tmp_path / "absent")) is None
+    assert occupants.describe({"processes": [], "pressure": 0.497}) == \
+        "the CPU is contended (some task waited 50% of the last 10 s)"
+    assert occupants.describe({"processes": [], "pressure": 0.05}) is None
+    both = occupants.describe({"processes": [{"pid": 9, "name": "python3 cpu-hog.py", "cpu": 0.4}], "pressure": 0.6})
+    assert both == ("the device is shared with pid 9 python3 cpu-hog.py 40% of a core; "
+                    "the CPU is contended (some task waited 60% of the last 10 s)")

@@ -122,6 +122,7 @@ def bench_summary(document: dict[str, Any]) -> dict[str, Any]:
         "shared_with": [{k: p.get(k) for k in ("pid", "name", "memory_mib", "cpu") if p.get(k) is not None}
                         for p in shared],
         "shared": gate.get("shared"),
+        "cpu_pressure": (gate.get("occupants") or {}).get("pressure"),
         "warnings": gate.get("warnings") or [],
     }
 

@@ -136,6 +136,8 @@ def gated(bench: Any, args: argparse.Namespace) -> dict[str, Any]:
             seen = {p["pid"] for p in found.get("processes", [])}
             found["processes"] = found.get("processes", []) + [
                 {**p, "seen": "after"} for p in after.get("processes", []) if p["pid"] not in seen]
+            if after.get("pressure") is not None:
+                found["pressure"] = max(found.get("pressure") or 0.0, after["pressure"])
         if baseline.get("device", {}).get("torch") != device.get("torch"):
             summary["torch_changed"] = {"baseline": baseline["device"].get("torch"), "now": device.get("torch")}
     shared = occupants.describe(found)

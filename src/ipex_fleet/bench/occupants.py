@@ -4,7 +4,10 @@ verdict can name its likely cause ("the device is shared with pid 4242 python3 .
 - NVIDIA: NVML (the `pynvml` module of nvidia-ml-py) when importable, else
   `nvidia-smi --query-compute-apps`; with NVML, the device's utilisation too.
 - Intel: the processes holding `/dev/dri/renderD*` open (read from /proc; as root, every process).
-- CPU: the processes that used more than MIN_CPU of a core over a short window (from /proc).
+- CPU: the processes that used more than MIN_CPU of a core over a short window (from /proc), and
+  the kernel's CPU pressure (`/proc/pressure/cpu`: the share of the last 10 s in which some task
+  waited for a CPU), which also sees what a container cannot list: other containers, other VMs' load
+  on the same kernel.
 
 This process and its children are left out. Every path is bounded in time and never raises: a
 listing that could not be made says why in `error`.
@@ -162,7 +165,24 @@ def cpu(window_s: float = CPU_WINDOW_S) -> dict[str, Any]:
         if pid not in ours and share >= MIN_CPU:
             processes.append({"pid": pid, "name": _comm(pid), "cpu": round(share, 2)})
     processes.sort(key=lambda p: -p["cpu"])
-    return {"method": f"/proc cpu time over {window_s:g}s (at least {MIN_CPU:.0%} of a core)", "processes": processes}
+    out: dict[str, Any] = {"method": f"/proc cpu time over {window_s:g}s (at least {MIN_CPU:.0%} of a core)",
+                           "processes": processes}
+    pressure = cpu_pressure()
+    if pressure is not None:
+        out["pressure"] = pressure
+    return out
+
+
+def cpu_pressure(path: str = "/proc/pressure/cpu") -> float | None:
+    """The share of the last 10 s in which some runnable task waited for a CPU (PSI), 0 to 1."""
+    try:
+        for line in Path(path).read_text().splitlines():
+            if line.startswith("some "):
+                fields = dict(f.split("=", 1) for f in line.split()[1:])
+                return round(float(fields["avg10"]) / 100, 3)
+    except (OSError, ValueError, KeyError):
+        pass
+    return None
 
 
 def scan(device_type: str) -> dict[str, Any]:
@@ -181,15 +201,21 @@ def scan(device_type: str) -> dict[str, Any]:
     return found
 
 
+CONTENDED = 0.2  # CPU pressure from which a CPU run says it shared its cores
+
+
 def describe(found: dict[str, Any] | None) -> str | None:
     """One line naming the other users, or None when there are none."""
     processes = (found or {}).get("processes") or []
+    pressure = (found or {}).get("pressure")
+    contended = (f"the CPU is contended (some task waited {pressure:.0%} of the last 10 s)"
+                 if pressure is not None and pressure >= CONTENDED else None)
     if not processes:
-        return None
+        return contended
     parts = []
     for p in processes[:5]:
         extra = (f" {p['memory_mib']} MiB" if p.get("memory_mib") is not None else
                  f" {p['cpu']:.0%} of a core" if p.get("cpu") is not None else "")
         parts.append(f"pid {p['pid']} {p['name'][:60]}{extra}")
     more = f" and {len(processes) - 5} more" if len(processes) > 5 else ""
-    return "the device is shared with " + "; ".join(parts) + more
+    return "the device is shared with " + "; ".join(parts) + more + (f"; {contended}" if contended else "")
