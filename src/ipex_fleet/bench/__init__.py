@@ -50,9 +50,9 @@ def plan_for(device: Device, quick: bool) -> Plan:
     if device.type == "cpu":
         # Scheduler slices are milliseconds and a CPU's timings carry the host's scheduler: samples of
         # 20 ms and more, a trimmed mean, no tail statistic.
-        return Plan(samples=30, sample_s=0.02 if quick else 0.04, window_s=0.8 if quick else 2.5,
-                    warmup_max_s=0.4 if quick else 1.5, steady_band=0.25, trim=0.2, tail=None, baseline_runs=3,
-                    retest_rounds=2, retest_s=4.0 if quick else 20.0, graphs=False)
+        return Plan(samples=30, sample_s=0.02 if quick else 0.03, window_s=0.8 if quick else 1.2,
+                    warmup_max_s=0.4 if quick else 0.8, steady_band=0.25, trim=0.2, tail=None, baseline_runs=3,
+                    retest_rounds=2, retest_s=4.0 if quick else 8.0, graphs=False)
     # Device events on a full queue: a slow sample is the device's. The plain mean (an H200's clean
     # samples have no outliers to trim: 0.2-3 % cv) and the tail, where a neighbour shows first: many
     # short samples, so that the share of them it slows is well measured (a process on the GPU 15 % of
