@@ -31,17 +31,44 @@ def bump(fleet, host: str, *knobs: str) -> None:
     fleet.configure(host, f"version=v{time.monotonic_ns()}", *knobs)
 
 
+# The benchmark gate's false alarms over N = 15 clean gated reruns (5 deploys of 3 hosts): at most
+# FALSE_FAILS. Each case's false-alarm rate is 0.5 % (bench.stats). A run that shared its CPU (a busy
+# process on its host, or the kernel's CPU pressure at 20 % or more: other labs and test runs on the
+# same two cores) was not clean: the gate names the contention, and a fail there is a real slowdown,
+# counted apart. An inconclusive run passes here (group_data/lab.py: bench_inconclusive = "warn").
+FALSE_FAILS = 1
+
+
+@pytest.mark.timeout(1200)  # 15 gated benchmarks, taking turns on two shared cores
 def test_healthy_generations_pass_five_times_in_a_row(fleet):
+    verdicts, contended_fails, false_fails = [], 0, 0
     for attempt in range(5):
         for h in ("host1", "host2", "host3"):
             bump(fleet, h)
         proc, run_id = fleet.deploy()
+        results = {h: fleet.result(run_id, h) for h in ("host1", "host2", "host3")}
+        verdicts += [r.bench["result"] for r in results.values() if r.bench]
+        failed = [h for h, r in results.items() if r.bench and r.bench["result"] == "fail"]
+        for h in failed:  # rolled back, and the error says why
+            assert results[h].status is Status.ROLLED_BACK and "benchmark gate failed" in results[h].error
+            if results[h].bench["shared"]:
+                assert results[h].bench["shared"] in results[h].error
+                contended_fails += 1
+            else:
+                false_fails += 1
+        if failed:
+            continue
         assert_ok(proc, f"attempt {attempt}")
-        for h in ("host1", "host2", "host3"):
-            result = fleet.result(run_id, h)
+        for h, result in results.items():
             assert result.status is Status.OK
-            assert result.health["result"] in ("pass", "warn") and result.bench["result"] in ("pass", "warn")
+            assert result.health["result"] in ("pass", "warn") and result.bench["result"] in ("pass", "inconclusive")
+            if result.bench["result"] == "inconclusive":
+                assert result.bench["inconclusive_accepted"] is True
             assert result.health["checks"]["generation"] == "pass"
+    assert len(verdicts) == 15, verdicts
+    print(f"15 clean gated reruns: {verdicts.count('pass')} pass, {verdicts.count('inconclusive')} inconclusive, "
+          f"{verdicts.count('fail')} fail ({contended_fails} on a contended CPU, {false_fails} false alarms)")
+    assert false_fails <= FALSE_FAILS, verdicts
 
 
 @pytest.mark.parametrize("knob,check,message", [
@@ -70,9 +97,14 @@ def test_starved_cpu_is_caught_by_the_benchmark_gate(fleet):
     assert proc.returncode != 0
     result = fleet.result(run_id, "host1")
     assert result.status is Status.ROLLED_BACK
-    assert "benchmark gate failed" in result.error
+    assert "benchmark gate failed" in result.error and result.bench["result"] == "fail"
     failing = [c for c in result.bench["comparisons"] if c["verdict"] == "fail"]
-    assert failing and all(c["ratio"] <= 0.75 for c in failing)
+    # Established with confidence: each failing case's whole interval below 1 - tolerance (0.75).
+    assert failing and all(c["ratio"] <= 0.75 and c["ci"][1] < 0.75 and c["confidence"] >= 0.995 for c in failing)
+    assert result.bench["confidence"] >= 0.995
+    # ...and the verdict names the cause: the hog's processes were busy on the host's CPU.
+    assert any("cpu-hog.py" in p["name"] for p in result.bench["shared_with"]), result.bench["shared_with"]
+    assert "the device is shared with" in result.error
     assert fleet.system("host1") == before
     # The hog went with its generation.
     assert "cpu-hog" not in fleet.sh("host1", "ps ax -o args")
