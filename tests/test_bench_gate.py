@@ -133,6 +133,14 @@ def test_a_baseline_without_samples_or_from_other_hardware_is_taken_anew():
     assert not gate.usable(good, {**device, "name": "NVIDIA H100"})[0]
 
 
+def test_a_torn_baseline_is_taken_anew_not_a_traceback(tmp_path):
+    (tmp_path / "baseline.json").write_text('{"schema": 2, "cases": {')
+    baseline = gate.read_baseline(str(tmp_path))
+    ok, why = gate.usable(baseline, {"type": "cpu"})
+    assert not ok and why.startswith("the baseline could not be read (")
+    assert gate.read_baseline(str(tmp_path / "none")) is None
+
+
 def test_metrics_carry_the_verdict_its_confidence_and_each_case(tmp_path):
     from prometheus_client.parser import text_string_to_metric_families
 

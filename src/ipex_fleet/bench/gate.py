@@ -26,16 +26,22 @@ def same_hardware(baseline: dict[str, Any], now: dict[str, Any]) -> bool:
 
 
 def read_baseline(directory: str) -> dict[str, Any] | None:
+    """The baseline, None when there is none, or {"unreadable": why} (a torn or foreign file)."""
     try:
-        return json.loads((Path(directory) / "baseline.json").read_text())
+        baseline = json.loads((Path(directory) / "baseline.json").read_text())
     except FileNotFoundError:
         return None
+    except (OSError, ValueError) as exc:
+        return {"unreadable": str(exc)}
+    return baseline if isinstance(baseline, dict) else {"unreadable": "not a JSON object"}
 
 
 def usable(baseline: dict[str, Any] | None, device: dict[str, Any]) -> tuple[bool, str]:
     """Whether this baseline can judge a run on `device`, and if not, why a new one is taken."""
     if baseline is None:
         return False, "no baseline yet"
+    if "unreadable" in baseline:
+        return False, f"the baseline could not be read ({baseline['unreadable']})"
     if baseline.get("schema") != BASELINE_SCHEMA or not isinstance(baseline.get("cases"), dict):
         return False, "the baseline holds no samples (schema 1)"
     if not same_hardware(baseline.get("device") or {}, device):
