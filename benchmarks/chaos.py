@@ -93,7 +93,7 @@ def host_state(lab: Lab, host: str) -> dict:
     lock = agent.get("lock")
     state = {"generation": int(out[0].split("-")[1]), "profile": out[1], "running": out[2],
              "boot_default": out[3][len("boot="):].replace(".conf", ""), "lock": bool(lock and lock.get("left", 0) > 0),
-             "intent": "intent=open" in out, "claims": []}
+             "intent": "intent=open" in out, "reverting": bool(agent.get("unfinished")), "claims": []}
     for line in out[3:]:
         if line.startswith("claim "):
             _, name, data = line.split(" ", 2)
@@ -102,7 +102,8 @@ def host_state(lab: Lab, host: str) -> dict:
 
 
 def settled(lab: Lab, host: str, timeout: float) -> dict:
-    """The host's state once it answers and holds no intent and no lock (or the bound ran out)."""
+    """The host's state once it answers and holds no intent, no lock and no revert still running (or the
+    bound ran out)."""
     deadline = time.monotonic() + timeout
     state: dict = {}
     while time.monotonic() < deadline:
@@ -111,7 +112,7 @@ def settled(lab: Lab, host: str, timeout: float) -> dict:
         except Exception:  # still booting
             time.sleep(1)
             continue
-        if not state["intent"] and not state["lock"]:
+        if not state["intent"] and not state["lock"] and not state["reverting"]:
             return state
         time.sleep(1)
     return state
@@ -191,6 +192,8 @@ def run_once(lab: Lab, seed: int, state_dir: Path) -> Outcome:
                 problems.append("an intent is still open")
             if state["lock"]:
                 problems.append("the lock is still held")
+            if state["reverting"]:
+                problems.append("a claimed revert has not ended")
             old = before[h]
             on_old = (state["profile"], state["running"]) == (old["profile"], old["running"])
             on_target = bool(committed) and state["running"] == committed[-1]["target"]["path"] == state["profile"]
