@@ -260,3 +260,21 @@ def test_cpu_pressure_says_when_a_cpu_run_shared_its_cores(tmp_path):
     both = occupants.describe({"processes": [{"pid": 9, "name": "python3 cpu-hog.py", "cpu": 0.4}], "pressure": 0.6})
     assert both == ("the device is shared with pid 9 python3 cpu-hog.py 40% of a core; "
                     "the CPU is contended (some task waited 60% of the last 10 s)")
+
+
+def test_a_cpu_contended_from_outside_the_host_is_inconclusive_but_its_own_hog_still_fails():
+    from ipex_fleet.bench.__main__ import not_ours
+
+    def failing() -> list[dict]:
+        return [{"name": "m", "verdict": "fail", "message": "0.3 is 30% of baseline 1"},
+                {"name": "c", "verdict": "pass", "message": "ok"}]
+
+    outside = {"processes": [], "pressure": 0.8}
+    assert occupants.contended_from_outside(outside)
+    comparisons = failing()
+    assert not_ours(comparisons, outside) == "inconclusive"
+    assert comparisons[0]["contended"] is True and "contended from outside this host" in comparisons[0]["message"]
+    hog = {"processes": [{"pid": 9, "name": "python3 cpu-hog.py", "cpu": 0.4}], "pressure": 0.9}
+    assert not occupants.contended_from_outside(hog)  # the host's own process: its fail stands
+    assert not occupants.contended_from_outside({"processes": [], "pressure": 0.05})
+    assert not occupants.contended_from_outside({"processes": []})  # no pressure file: no excuse

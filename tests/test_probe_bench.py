@@ -155,8 +155,8 @@ def test_bench_gate_records_a_baseline_then_fails_a_real_slowdown(tmp_path):
     baseline = json.loads((tmp_path / "baseline.json").read_text())
     runs = baseline["cases"]["matmul_fp32_1024"]["runs"]
     assert baseline["schema"] == 2 and len(runs) == 3 and all(len(r) >= 5 for r in runs)
-    # A baseline 3x faster than this machine can reach: the gate must fail, after re-measuring.
-    (tmp_path / "baseline.json").write_text(json.dumps(scale_baseline(baseline, "matmul_fp32_1024", 3)))
+    # A baseline 10x faster than this machine can reach: the gate must fail, after re-measuring.
+    (tmp_path / "baseline.json").write_text(json.dumps(scale_baseline(baseline, "matmul_fp32_1024", 10)))
     rc, doc = bench("--quick", "--only", "matmul_fp32", "--gate", "--dir", str(tmp_path))
     assert rc == 1 and doc["gate"]["result"] == "fail"
     (c,) = doc["gate"]["comparisons"]
@@ -164,7 +164,7 @@ def test_bench_gate_records_a_baseline_then_fails_a_real_slowdown(tmp_path):
     assert doc["gate"]["retest"]["cases"] == ["matmul_fp32_1024"]  # measured again before the verdict
     assert doc["results"][0]["rounds"] == 2
     # And one it easily beats passes.
-    (tmp_path / "baseline.json").write_text(json.dumps(scale_baseline(baseline, "matmul_fp32_1024", 1 / 3)))
+    (tmp_path / "baseline.json").write_text(json.dumps(scale_baseline(baseline, "matmul_fp32_1024", 1 / 10)))
     rc, doc = bench("--quick", "--only", "matmul_fp32", "--gate", "--dir", str(tmp_path))
     assert rc == 0 and doc["gate"]["result"] == "pass"
     history = (tmp_path / "history.jsonl").read_text().splitlines()
@@ -200,9 +200,9 @@ def test_a_torch_upgrade_is_held_against_the_old_baseline_not_rerecorded(tmp_pat
     rc, doc = bench("--quick", "--only", "matmul_fp32", "--gate", "--dir", str(tmp_path))
     assert rc == 0 and doc["gate"]["baseline_recorded"] is True
     baseline = json.loads((tmp_path / "baseline.json").read_text())
-    # The baseline was taken with an older torch and was 3x faster: the upgrade's regression shows.
+    # The baseline was taken with an older torch and was 10x faster: the upgrade's regression shows.
     baseline["device"]["torch"] = "2.0.0"
-    (tmp_path / "baseline.json").write_text(json.dumps(scale_baseline(baseline, "matmul_fp32_1024", 3)))
+    (tmp_path / "baseline.json").write_text(json.dumps(scale_baseline(baseline, "matmul_fp32_1024", 10)))
     rc, doc = bench("--quick", "--only", "matmul_fp32", "--gate", "--dir", str(tmp_path))
     assert rc == 1 and doc["gate"]["baseline_recorded"] is False and doc["gate"]["result"] == "fail"
     assert doc["gate"]["torch_changed"] == {"baseline": "2.0.0", "now": doc["device"]["torch"]}

@@ -129,8 +129,6 @@ def gated(bench: Any, args: argparse.Namespace) -> dict[str, Any]:
             summary["warnings"] = baseline_warnings(found, {n: rounds[n] for n in new}, args.tolerance, plan.trim)
         comparisons, retest = judge(bench, baseline, rounds, results, args.tolerance, new)
         verdict = gate.verdict_of(comparisons) if any(c["verdict"] != "baseline" for c in comparisons) else stats.PASS
-        summary.update(result=verdict, baseline_recorded=False, baseline_added=new,
-                       confidence=gate.confidence_of(comparisons, verdict), comparisons=comparisons, retest=retest)
         if verdict != stats.PASS:  # a neighbour that came during the run is named too
             after = occupants.scan(bench.device.type)
             seen = {p["pid"] for p in found.get("processes", [])}
@@ -138,6 +136,10 @@ def gated(bench: Any, args: argparse.Namespace) -> dict[str, Any]:
                 {**p, "seen": "after"} for p in after.get("processes", []) if p["pid"] not in seen]
             if after.get("pressure") is not None:
                 found["pressure"] = max(found.get("pressure") or 0.0, after["pressure"])
+            if bench.device.type == "cpu" and occupants.contended_from_outside(found):
+                verdict = not_ours(comparisons, found)
+        summary.update(result=verdict, baseline_recorded=False, baseline_added=new,
+                       confidence=gate.confidence_of(comparisons, verdict), comparisons=comparisons, retest=retest)
         if baseline.get("device", {}).get("torch") != device.get("torch"):
             summary["torch_changed"] = {"baseline": baseline["device"].get("torch"), "now": device.get("torch")}
     shared = occupants.describe(found)
@@ -147,6 +149,19 @@ def gated(bench: Any, args: argparse.Namespace) -> dict[str, Any]:
     document["gate"] = summary
     gate.append_history(args.dir, document, summary["result"])
     return document
+
+
+def not_ours(comparisons: list[dict[str, Any]], found: dict[str, Any]) -> str:
+    """A CPU slowed while the kernel reports contention that no process of this host explains: each
+    failing case becomes inconclusive (the slowdown is real, its cause is not this host's: another
+    container or VM on the same kernel). A process of the host's own, such as a hog the generation
+    started, is listed and keeps the fail."""
+    for c in comparisons:
+        if c["verdict"] == stats.FAIL:
+            c.update(verdict=stats.INCONCLUSIVE, contended=True, message=c["message"] + (
+                f"; the CPU was contended from outside this host (some task waited {found['pressure']:.0%} "
+                "of the last 10 s, no process of its own busy)"))
+    return gate.verdict_of(comparisons)
 
 
 def _spread(rounds: list[dict[str, Any]], trim: float) -> float:

@@ -204,6 +204,13 @@ def scan(device_type: str) -> dict[str, Any]:
 CONTENDED = 0.2  # CPU pressure from which a CPU run says it shared its cores
 
 
+def contended_from_outside(found: dict[str, Any] | None) -> bool:
+    """The CPU was contended (pressure) while no process this host can list was busy on it: the cause
+    is elsewhere (another container or VM on the same kernel), not this host's to answer for."""
+    pressure = (found or {}).get("pressure")
+    return pressure is not None and pressure >= CONTENDED and not (found or {}).get("processes")
+
+
 def describe(found: dict[str, Any] | None) -> str | None:
     """One line naming the other users, or None when there are none."""
     processes = (found or {}).get("processes") or []
