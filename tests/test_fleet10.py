@@ -74,6 +74,7 @@ def test_a_ten_host_rollout_reads_in_80_columns(fleet, tmp_path):
     assert re.match(r"rollout rollout-\S+: done_with_failures$", lines[-1])
 
 
+@pytest.mark.timeout(1200)  # ten hosts take turns on two cores for their benchmarks (bench_lock)
 def test_a_maintenance_run_with_nothing_to_do_on_ten_hosts(fleet):
     def maintain(*args: str) -> tuple[subprocess.CompletedProcess, float]:
         started = time.monotonic()
