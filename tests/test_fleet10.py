@@ -46,6 +46,7 @@ def in_tmux(fleet, tmp_path, command: list[str], timeout: float = 480) -> tuple[
     return int(done.read_text()), screen
 
 
+@pytest.mark.timeout(1200)  # ten hosts' benchmarks take turns on two cores
 def test_a_ten_host_rollout_reads_in_80_columns(fleet, tmp_path):
     for host in HOSTS:
         fleet.configure(host, f"version=v{time.monotonic_ns()}")
