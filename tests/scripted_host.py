@@ -463,9 +463,6 @@ class FakeHeartbeat:
         if self.kept.pop(host_name, None) is not None:
             self.stopped.append(host_name)
 
-    def lost(self, host_name: str) -> bool:
-        return False
-
     def beat(self) -> None:
         """One renewal of every kept host, as the real heartbeat sends it every few seconds."""
         for host, token, lease, intent_id in list(self.kept.values()):

@@ -27,7 +27,6 @@ class Beat:
     interval: float
     connect: Any  # () -> a connected paramiko client
     stop: threading.Event = field(default_factory=threading.Event)
-    lost: bool = False  # the host says the lock is no longer ours
     beats: int = 0
     last_ok: float | None = None
     errors: int = 0
@@ -43,10 +42,8 @@ class Beat:
                     raise TimeoutError("renewal did not answer")
                 rc = out.channel.recv_exit_status()
                 self.beats += 1
-                if rc == 0:
+                if rc == 0:  # LOST (fenced out) needs nothing here: the transaction learns at its next step
                     self.last_ok = time.monotonic()
-                elif rc == hostagent.LOST:
-                    self.lost = True  # fenced out: the host decided; the transaction learns at its next step
             except Exception:  # a dead or cut connection: a new one next beat; the lease bounds the rest
                 self.errors += 1
                 if client is not None:
@@ -79,10 +76,6 @@ class Heartbeat:
         beat = self._beats.pop(host_name, None)
         if beat is not None:
             beat.stop.set()
-
-    def lost(self, host_name: str) -> bool:
-        beat = self._beats.get(host_name)
-        return bool(beat and beat.lost)
 
     def stop_all(self) -> None:
         for name in list(self._beats):

@@ -383,9 +383,11 @@ def recover_open_intent(tx: HostTransaction, host: Any, status: dict[str, Any] |
                               f"{intent['left']:.0f}s more); if its controller died, the host reverts by "
                               "itself when the lease runs out")
         # This run's own earlier attempt (a resumed run): its lease runs out within one lease_grace.
-        wait_until(lambda: not (_agent_status(tx, host).get("intent") or {}).get("intent_id") == intent["intent_id"]
-                   or (_agent_status(tx, host).get("intent") or {}).get("left", 1) <= 0,
-                   intent["left"] + 5, f"run {tx.run_id}'s earlier intent to run out")
+        def spent() -> bool:  # one round trip per look
+            now = _agent_status(tx, host).get("intent") or {}
+            return now.get("intent_id") != intent["intent_id"] or now.get("left", 1) <= 0
+
+        wait_until(spent, intent["left"] + 5, f"run {tx.run_id}'s earlier intent to run out")
         status = _agent_status(tx, host)
         intent, unfinished = status.get("intent"), list(status.get("unfinished") or [])
     if not intent and not unfinished:
