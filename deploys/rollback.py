@@ -12,7 +12,7 @@ from roles.record import record
 from roles.rollback import rollback
 from roles.transaction import validate_once
 
-validate_once()
+validate_once(phase="rollback")
 preflight()
 rollback()
 record()

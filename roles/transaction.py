@@ -13,7 +13,7 @@ from pyinfra.operations import python
 from ipex_fleet import runstate, transaction
 
 
-def validate_once(plan_when_dry: bool = False) -> None:
+def validate_once(plan_when_dry: bool = False, phase: str = "deploy") -> None:
     """Validate every host's data at the first host's prepare, before any operation runs.
 
     Under `pyinfra --dry` nothing executes, so the plan (ipex_fleet.plan) is made here, at prepare
@@ -25,7 +25,9 @@ def validate_once(plan_when_dry: bool = False) -> None:
         run.dry = plan_when_dry and _pyinfra_dry()
         state.add_callback_handler(transaction.StoppedRunGuard())
         run.validated = True
-    transaction.transaction_for(host)
+    # The phase is known before any step runs: a rollback's preflight must not take a deploy's
+    # no-change fast path (the host is "unchanged" only as far as deploying goes).
+    transaction.transaction_for(host).phase = phase
     if run.dry:
         from ipex_fleet.plan import plan_step
 

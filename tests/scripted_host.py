@@ -256,6 +256,9 @@ class ScriptedHost:
             self.agent_call(command[command.index(hostagent.LAUNCHER):])
         return 0, []
 
+    def do_deploy_log(self, _c: str) -> tuple[int, list[str]]:
+        return 0, [json.dumps(r) for r in self.records]
+
     # -- maintenance ------------------------------------------------------------------------------
 
     def do_upkeep_facts(self, command: str) -> tuple[int, list[str]]:
@@ -432,6 +435,7 @@ def classify(command: str) -> str:
         ("restarted=", "restart"),
         ("history.jsonl", "history"),
         ("intent.json", "read_intent"),
+        ("tail -n ", "deploy_log"),
         ("deploys.jsonl", "record"),
         ("for l in ", "profile_state"),
         (" build --json", "build"),

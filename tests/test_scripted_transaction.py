@@ -259,3 +259,21 @@ def test_nothing_to_do_is_unchanged_after_one_round_trip_and_any_doubt_takes_the
     host.kinds.clear()
     third, _ = deploy(host)
     assert "lock" in host.kinds and "build" in host.kinds, host.kinds
+
+
+def test_a_rollback_after_a_committed_deploy_moves_the_host_back_despite_the_fast_path(controller, monkeypatch):
+    """The rollback deploy shares the deploy's preflight; with nothing left to deploy, the preflight's
+    no-change fast path must still not stop a rollback (the lab caught exactly that)."""
+    deploy, make = controller
+    host = make(models=[])
+    first, _ = deploy(host)
+    assert results.read_host_result(first, "h1").status is Status.OK and host.current == 2
+    monkeypatch.setenv("IPEX_FLEET_RUN_ID", "run-rollback")
+    host.state = SimpleNamespace()
+    transaction.transaction_for(host).phase = "rollback"  # what deploys/rollback.py declares at prepare
+    for step in (transaction.preflight, transaction.rollback_requested, transaction.record):
+        assert transaction.run_step(None, host, step, step.__name__)
+    result = results.read_host_result("run-rollback", "h1")
+    assert result.status is Status.OK, result.error
+    assert host.current == 1 and host.running == host.generations[1] == "/nix/store/aaa-nixos-system-1"
+    assert host.records[-1]["phase"] == "rollback"
