@@ -25,9 +25,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     ro.add_argument("deploy", nargs="?")
     ro.add_argument("--waves", help="groups (canary,wave1,...) or a spec like 1,10%%,100%% (default: the "
                                     "inventory's canary, wave1, wave2, ... groups)")
-    ro.add_argument("--max-fail", default="0", help="failures a wave may have, N or P%%; spent when exceeded (default 0)")
-    ro.add_argument("--canary-max-fail", default="0", help="the first wave's budget (default 0)")
-    ro.add_argument("--soak", type=float, default=0, help="seconds to wait after each wave before re-probing promoted hosts")
+    ro.add_argument("--max-fail", default="0", help="hosts a wave may have rolled back or failed, N or P%%; "
+                                                     "spent when exceeded (default 0)")
+    ro.add_argument("--canary-max-fail", default="0", help="the first wave's --max-fail (default 0)")
+    ro.add_argument("--max-unreachable", default="0",
+                    help="hosts a wave may have that never took the change (unreachable, or skipped because "
+                         "another run held them), N or P%% (default 0); a revert-failed host always halts")
+    ro.add_argument("--bake", "--soak", dest="soak", type=float, default=0,
+                    help="seconds to wait after each wave before re-probing its promoted hosts; a failure "
+                         "there counts against that wave (alias --soak)")
     ro.add_argument("--rollback-scope", default="wave", choices=("wave", "all"),
                     help="on a spent budget, roll back the failed wave's changed hosts, or every wave's")
     ro.add_argument("--parallel", type=int, help="hosts deployed at once within a wave (pyinfra --parallel)")
@@ -124,7 +130,7 @@ def _rollout(args: argparse.Namespace) -> int:
         for needed in (ROLLBACK_DEPLOY, "deploys/check.py"):
             _deploy_file(needed)
         return RolloutOptions(args.inventory, args.deploy, args.waves, args.max_fail, args.canary_max_fail,
-                              args.soak, args.rollback_scope, args.parallel)
+                              args.soak, args.rollback_scope, args.parallel, max_unreachable=args.max_unreachable)
 
     return _run_waves(options, args.resume, args.json, args.dry_run)
 
@@ -143,7 +149,8 @@ def _maintain(args: argparse.Namespace) -> int:
                 raise UserError("--lock-wait must be zero or more seconds")
             data["maintenance_lock_wait"] = f"{args.lock_wait:g}"
         return RolloutOptions(args.inventory, _deploy_file("deploys/maintenance.py"), args.waves, args.max_fail,
-                              args.max_fail, parallel=args.parallel, kind="maintain", data=data)
+                              args.max_fail, parallel=args.parallel, kind="maintain", data=data,
+                              max_unreachable=args.max_fail)
 
     return _run_waves(options, args.resume, args.json, args.dry_run)
 

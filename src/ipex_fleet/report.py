@@ -22,7 +22,7 @@ from .tables import when
 
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 STATUS_COLOUR = {"ok": "#2ca02c", "unchanged": "#7f7f7f", "rolled_back": "#d62728", "failed": "#d62728",
-                 "unreachable": "#ff7f0e", "skipped": "#bcbd22"}
+                 "unreachable": "#ff7f0e", "skipped": "#bcbd22", "revert-failed": "#8b0000"}
 
 
 @dataclass(frozen=True)
@@ -144,9 +144,12 @@ def render(model: dict[str, Any]) -> str:
         members = by_wave.get(w["idx"], []) if model["waves"] else hosts
         chips = "".join(f'<span class="chip" style="background:{STATUS_COLOUR.get(h.status, "#999")}" '
                         f'title="{escape(h.status)}">{escape(h.host)}</span>' for h in members)
+        counts = json.loads(w["tally"]) if w.get("tally") else {}
+        trouble = ", ".join(f"{k} {n}" for k, n in counts.items() if n)
+        tally = f' <span class="tally">{escape(trouble)}</span>' if trouble else ""
         timeline.append(f'<li class="wave" data-status="{escape(str(w["status"]))}"><b>{escape(str(w["name"]))}</b> '
                         f'<span class="muted">{escape(str(w["status"]))}, {when(w.get("started"))} &rarr; '
-                        f'{when(w.get("finished"))}</span><div>{chips}</div></li>')
+                        f'{when(w.get("finished"))}</span>{tally}<div>{chips}</div></li>')
     rows, cards = [], []
     for h in hosts:
         failing = "".join(f'<li class="failing-check">{escape(f)}</li>' for f in h.failing)

@@ -19,6 +19,8 @@ from ..results import read_host_result, run_dir, write_host_result
 from . import pyinfra_run
 from .inventory import load
 from .ledger import Ledger
+from .metrics import write_metrics
+from .tally import Budgets, Tally
 from .waves import Budget, Wave, plan
 
 ROLLBACK_DEPLOY = "deploys/rollback.py"
@@ -33,11 +35,12 @@ class RolloutOptions:
     waves: str | None = None
     max_fail: str = "0"
     canary_max_fail: str = "0"
-    soak: float = 0.0
+    soak: float = 0.0  # the bake time between waves (--bake, alias --soak)
     rollback_scope: str = "wave"
     parallel: int | None = None
     kind: str = "rollout"  # or "maintain": the same waves, with a deploy that changes no generation
     data: dict[str, str] = field(default_factory=dict)  # pyinfra --data for every wave
+    max_unreachable: str = "0"  # hosts per wave that may never take the change (unreachable, skipped)
 
 
 def new_run_id(kind: str = "rollout") -> str:
@@ -67,7 +70,8 @@ class Rollout:
         if options.rollback_scope not in ("wave", "all"):
             raise UserError(f"--rollback-scope {options.rollback_scope!r}: use wave or all")
         if options.soak < 0:
-            raise UserError("--soak must be zero or more seconds")
+            raise UserError("--bake must be zero or more seconds")
+        Budget.parse(options.max_unreachable, "--max-unreachable")
         if not Path(options.deploy).is_file():
             raise UserError(f"deploy file {options.deploy} does not exist; give one such as deploys/prod.py")
         view = load(options.inventory)
@@ -88,11 +92,11 @@ class Rollout:
     def describe(self, waves: list[Wave]) -> None:
         for wave in waves:
             self.say(f"wave {wave.index + 1} {wave.name}: {len(wave.hosts)} host(s), budget {wave.max_fail} "
-                     f"failed: {', '.join(wave.hosts)}")
+                     f"failed, {self.options.max_unreachable} unreachable: {', '.join(wave.hosts)}")
             self.say("  " + " ".join(pyinfra_run.argv(self.options.inventory, self.options.deploy, wave.hosts,
                                                        self.options.parallel, self.options.data)))
         if self.options.soak:
-            self.say(f"after each wave: wait {self.options.soak:g}s, then probe every promoted host again")
+            self.say(f"after each wave: bake {self.options.soak:g}s, then probe every promoted host again")
         if self.maintenance:
             self.say("on a spent budget: stop; maintenance never rolls a deployment back")
         else:
@@ -171,22 +175,33 @@ class Rollout:
             if pending:
                 self._pyinfra(self.options.deploy, pending, self.run_id, f"wave{wave.index + 1}", self.options.data)
             results = self._results(self.run_id, wave.hosts, self.phase, wave.index)
-        failed = [h for h, r in results.items() if self.failed(r)]
-        budget = Budget(wave.max_fail)
-        soak_failed: list[str] = []
-        if self.options.soak and not budget.exceeded(len(failed), len(wave.hosts)):
-            soak_failed = self._soak(wave, waves)
-            failed += [h for h in soak_failed if h not in failed]
-        if budget.exceeded(len(failed), len(wave.hosts)):
-            self.say(f"== wave {wave.index + 1} {wave.name}: {len(failed)} of {len(wave.hosts)} failed "
-                     f"({', '.join(failed)}), budget {wave.max_fail}: halting")
+        budgets = Budgets(wave.max_fail, self.options.max_unreachable)
+        tally = Tally.of(results, self.maintenance)
+        soak_failed: tuple[str, ...] = ()
+        if self.options.soak and budgets.halts(tally, len(wave.hosts)) is None:
+            soak_failed = tuple(self._soak(wave, waves))  # a failure in the bake counts against this wave
+            tally = Tally.of(results, self.maintenance, soak_failed)
+        self._judged(wave, tally)
+        why = budgets.halts(tally, len(wave.hosts))
+        if why is not None:
+            self.say(f"== wave {wave.index + 1} {wave.name}: {why}: halting")
             self.ledger.set_wave(self.run_id, wave.index, wave.name, wave.hosts, wave.max_fail, "halted")
             if not self.maintenance:
-                self._revert(wave, waves, extra=soak_failed)
-            self.ledger.finish_run(self.run_id, "halted", f"wave {wave.name} spent its failure budget")
+                self._revert(wave, waves, extra=list(soak_failed))
+            self.ledger.finish_run(self.run_id, "halted", f"wave {wave.name}: {why}")
             return True
         self.ledger.set_wave(self.run_id, wave.index, wave.name, wave.hosts, wave.max_fail, "done")
         return False
+
+    def _judged(self, wave: Wave, tally: Tally) -> None:
+        """Each kind of trouble apart: in the ledger, a line (or a JSON object), and the run's metrics."""
+        counts = tally.counts()
+        self.ledger.set_tally(self.run_id, wave.index, counts)
+        self.live.document({"type": "tally", "wave": wave.name, "counts": counts,
+                            "hosts": {k: list(v) for k, v in tally.hosts.items()}})
+        if self.live.form != "json":
+            self.say(f"   wave {wave.name}: {tally.text()}")
+        write_metrics(self.run_id, self.options.kind, self.ledger.waves(self.run_id))
 
     def _deploy_results(self, waves: list[Wave], upto: int | None = None) -> dict[str, HostResult]:
         out = {}
@@ -250,10 +265,13 @@ class Rollout:
             return self._maintenance_summary(waves, status)
         rows = self.rows(waves)
         if self.live.form == "json":
-            self.live.document({"type": "summary", "run_id": self.run_id, "status": status, "hosts": rows})
+            tallies = [{"wave": w["name"], "status": w["status"], "tally": json.loads(w["tally"]) if w["tally"] else None}
+                       for w in self.ledger.waves(self.run_id)]
+            self.live.document({"type": "summary", "run_id": self.run_id, "status": status, "hosts": rows,
+                                "waves": tallies})
             return
         table = [[r["wave"], r["host"], r["status"], "", "", "", ""] if r["phase"] is None else
-                 [r["wave"], r["host"], r["status"] if r["phase"] == "deploy" else f"{r['phase']}:{r['status']}",
+                 [r["wave"], r["host"], _status_cell(r),
                   f"{_gen(r['previous'])}→{_gen(r['final'])}", r["health"] or "-", bench_cell(r["bench"]),
                   f"{r['seconds']:.0f}s" if r["seconds"] is not None else "-"] for r in rows]
         self.say("")
@@ -264,6 +282,10 @@ class Rollout:
             if r["error"]:
                 for line in wrap(f"{r['host']}: {r['error']}", width(), indent="    "):
                     self.say(line)
+        for wave in self.ledger.waves(self.run_id):
+            if wave["tally"] and any(json.loads(wave["tally"]).values()):
+                counts = json.loads(wave["tally"])
+                self.say(f"wave {wave['name']}: " + ", ".join(f"{k} {n}" for k, n in counts.items() if n))
         self.say(f"{self.options.kind} {self.run_id}: {status}")
 
     def _maintenance_summary(self, waves: list[Wave], status: str) -> None:
@@ -298,8 +320,15 @@ class Rollout:
                             "previous": r["previous_generation"], "final": r["final_generation"],
                             "health": (json.loads(r["health"]) if r["health"] else {}).get("result"),
                             "bench": deployed.bench if deployed else None,
-                            "seconds": _seconds(timings), "error": r["error"]})
+                            "seconds": _seconds(timings), "error": r["error"],
+                            "inconclusive": bool(deployed and (deployed.bench or {}).get("inconclusive_accepted"))})
         return out
+
+
+def _status_cell(row: dict) -> str:
+    """The host's status; a later phase (rollback, soak) named before it; an inconclusive gate marked."""
+    cell = row["status"] if row["phase"] == "deploy" else f"{row['phase']}:{row['status']}"
+    return cell + " (inconclusive)" if row.get("inconclusive") else cell
 
 
 def _seconds(timings: dict[str, float]) -> float | None:

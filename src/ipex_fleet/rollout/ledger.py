@@ -31,8 +31,9 @@ CREATE TABLE IF NOT EXISTS host_results (
     final_generation INTEGER, final_path TEXT, flake_hash TEXT, health TEXT, timings TEXT, error TEXT,
     recorded REAL NOT NULL, PRIMARY KEY (run_id, host, phase));
 """
-# Columns added since the first ledger: added to an older file on open.
-ADDED_COLUMNS = {"host_results": (("report", "TEXT"),)}
+# Columns added since the first ledger: added to an older file on open (so inserts name their columns).
+WAVE_COLUMNS = "(run_id, idx, name, hosts, max_fail, status, started, finished)"
+ADDED_COLUMNS = {"host_results": (("report", "TEXT"),), "waves": (("tally", "TEXT"),)}
 
 
 @dataclass(frozen=True)
@@ -84,16 +85,20 @@ class Ledger:
 
     def plan_wave(self, run_id: str, idx: int, name: str, hosts: tuple[str, ...], max_fail: str) -> None:
         """Journal a wave once; a resumed rollout keeps the states already reached."""
-        self._execute("INSERT OR IGNORE INTO waves VALUES (?,?,?,?,?,?,?,?)",
+        self._execute(f"INSERT OR IGNORE INTO waves {WAVE_COLUMNS} VALUES (?,?,?,?,?,?,?,?)",
                       (run_id, idx, name, json.dumps(list(hosts)), max_fail, "planned", None, None))
 
     def set_wave(self, run_id: str, idx: int, name: str, hosts: tuple[str, ...], max_fail: str, status: str) -> None:
         now = time.time()
         self._execute(
-            "INSERT INTO waves VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(run_id, idx) DO UPDATE SET status=excluded.status,"
+            f"INSERT INTO waves {WAVE_COLUMNS} VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(run_id, idx) DO UPDATE SET status=excluded.status,"
             " started=COALESCE(waves.started, excluded.started),"
             " finished=CASE WHEN excluded.status IN ('done','halted') THEN excluded.finished ELSE NULL END",
             (run_id, idx, name, json.dumps(list(hosts)), max_fail, status, now, now))
+
+    def set_tally(self, run_id: str, idx: int, counts: dict[str, Any]) -> None:
+        """Each kind of trouble the wave counted (rollout.tally), as judged at its end."""
+        self._execute("UPDATE waves SET tally=? WHERE run_id=? AND idx=?", (json.dumps(counts), run_id, idx))
 
     def record(self, result: HostResult, phase: str = "deploy", wave: int | None = None,
                run_id: str | None = None) -> None:

@@ -24,11 +24,11 @@ class Budget:
     spec: str
 
     @classmethod
-    def parse(cls, text: str) -> "Budget":
+    def parse(cls, text: str, flag: str = "--max-fail") -> "Budget":
         if not re.fullmatch(r"\d+%?", text or ""):
-            raise UserError(f"--max-fail {text!r}: give a host count (2) or a percentage (10%)")
+            raise UserError(f"{flag} {text!r}: give a host count (2) or a percentage (10%)")
         if text.endswith("%") and int(text[:-1]) > 100:
-            raise UserError(f"--max-fail {text}: a percentage is at most 100%")
+            raise UserError(f"{flag} {text}: a percentage is at most 100%")
         return cls(text)
 
     def exceeded(self, failed: int, size: int) -> bool:
