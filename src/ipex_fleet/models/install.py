@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import redact
+from . import ollama
 from .manifest import FileModel, ModelPlan
 
 CHUNK = 1 << 20
@@ -218,40 +219,30 @@ def prune(root: Path, plan: ModelPlan, report: Report, say: Callable[[str], None
             say(f"{kind}/{path.name}: pruned (no longer declared)")
 
 
-def _ollama(url: str, path: str, body: dict[str, Any] | None, timeout: float):
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(f"{url}{path}", data=data, headers={"Content-Type": "application/json"})
-    return urllib.request.urlopen(request, timeout=timeout)
-
-
-def install_ollama(url: str, names: list[str], report: Report, say: Callable[[str], None], timeout: float) -> None:
+def install_ollama(url: str, names: list[str], report: Report, say: Callable[[str], None], timeout: float,
+                   retry_delay: float = 1.0) -> None:
+    api = ollama.Api(url, timeout)
     try:
-        with _ollama(url, "/api/tags", None, timeout) as resp:
-            tags = {m["name"]: m.get("digest") for m in json.load(resp).get("models", [])}
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise InstallError(f"Ollama at {url} does not answer: {exc}") from None
+        tags = ollama.tags(api)
+    except ollama.OllamaError as exc:
+        raise InstallError(str(exc)) from None
     for name in names:
         full = name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
         if tags.get(full):
             report.present.append(f"ollama/{full}")
             continue
-        progress: Progress | None = None
+        progress: list[Progress] = []
+
+        def show(done: int, total: int, full: str = full, progress: list[Progress] = progress) -> None:
+            if not progress or progress[0].total != total:  # each layer has its own total
+                progress[:] = [Progress(f"ollama/{full}", total, say)]
+            progress[0].update(done)
+
         try:
-            with _ollama(url, "/api/pull", {"model": full, "stream": True}, timeout) as resp:
-                for raw in resp:
-                    line = json.loads(raw)
-                    if "error" in line:
-                        raise InstallError(f"ollama pull {full}: {line['error']}")
-                    if line.get("total"):
-                        progress = progress or Progress(f"ollama/{full}", line["total"], say)
-                        progress.update(line.get("completed") or 0)
-                    last = line.get("status")
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            raise InstallError(f"ollama pull {full}: {exc}") from None
-        if last != "success":
-            raise InstallError(f"ollama pull {full}: the stream ended with {last!r}, not success")
-        with _ollama(url, "/api/tags", None, timeout) as resp:
-            after = {m["name"]: m.get("digest") for m in json.load(resp).get("models", [])}
+            ollama.pull(api, full, say, show, delay=retry_delay)
+            after = ollama.tags(api)
+        except ollama.OllamaError as exc:
+            raise InstallError(str(exc)) from None
         if not after.get(full):
             raise InstallError(f"ollama pull {full} said success, but /api/tags has no digest for it")
         report.installed.append(f"ollama/{full}")
