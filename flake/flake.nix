@@ -91,11 +91,10 @@
         };
 
       nixosConfigurations = lib.mapAttrs
-        (name: hostModule: lib.nixosSystem {
+        (name: hostModules: lib.nixosSystem {
           inherit system;
-          modules = [
-            self.nixosModules.default
-            hostModule
+          # hosts/<name>/default.nix and its hardware-configuration.nix (lib/hosts.nix).
+          modules = [ self.nixosModules.default ] ++ hostModules ++ [
             { networking.hostName = lib.mkDefault name; }
           ];
         })

@@ -52,6 +52,44 @@ def test_prod_inventory_and_nixos_configurations_match():
         f"only in flake/hosts: {sorted(configurations - inventory)}")
 
 
+def _host_names(flake: Path) -> list[str]:
+    proc = subprocess.run(["nix-instantiate", "--eval", "--strict", "--json", "-E",
+                           f"(import {flake}/lib/hosts.nix).names"], capture_output=True, text=True, timeout=60)
+    assert_ok(proc)
+    return json.loads(proc.stdout)
+
+
+def test_hosts_are_folders_and_nothing_else_makes_a_host(tmp_path):
+    """hosts/<name>/default.nix makes a host; a stray file (the old advice's `<h>-hardware.nix`), a
+    folder without default.nix, or a hardware file alone make none."""
+    import shutil
+
+    flake = tmp_path / "flake"
+    shutil.copytree(FLAKE, flake)
+    hosts = flake / "hosts"
+    (hosts / "arc-a770-01-hardware.nix").write_text("{ }\n")
+    (hosts / "notes").mkdir()
+    (hosts / "notes" / "README.md").write_text("not a host\n")
+    (hosts / "half").mkdir()
+    (hosts / "half" / "hardware-configuration.nix").write_text("{ }\n")
+    (hosts / "new-01").mkdir()
+    (hosts / "new-01" / "default.nix").write_text("{ }\n")
+    assert sorted(_host_names(flake)) == sorted(_inventory_hosts() | {"new-01"})
+    proc = subprocess.run(["nix-instantiate", "--eval", "--strict", "--json", "-E",
+                           f"map toString (import {flake}/lib/hosts.nix).modules.new-01"],
+                          capture_output=True, text=True, timeout=60)
+    assert_ok(proc)
+    assert json.loads(proc.stdout) == [f"{flake}/hosts/new-01/default.nix"]  # no hardware file: the assertion says so
+
+
+def test_every_example_host_has_a_marked_example_hardware_file():
+    for name in _host_names(FLAKE):
+        default = (FLAKE / "hosts" / name / "default.nix").read_text()
+        hardware = (FLAKE / "hosts" / name / "hardware-configuration.nix").read_text()
+        assert hardware.startswith("# EXAMPLE hardware configuration, not this host's"), name
+        assert 'fileSystems."/"' in hardware and "boot.loader.systemd-boot.enable = true;" in default, name
+
+
 def test_inventory_nixos_config_names_exist():
     text = (REPO / "inventories/prod.py").read_text()
     for name in _inventory_hosts():

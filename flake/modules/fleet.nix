@@ -137,8 +137,8 @@ in
       {
         assertion = config.fileSystems ? "/";
         message = "host ${config.networking.hostName} has no hardware configuration (no fileSystems.\"/\"): run "
-          + "`nixos-generate-config --show-hardware-config` on it, save the output as "
-          + "flake/hosts/${config.networking.hostName}-hardware.nix and import it from flake/hosts/${config.networking.hostName}.nix";
+          + "`ipex-fleet enroll HOST --name ${config.networking.hostName}`, or save the output of "
+          + "`nixos-generate-config --show-hardware-config` on it as flake/hosts/${config.networking.hostName}/hardware-configuration.nix";
       }
       {
         assertion = !config.boot.loader.systemd-boot.enable

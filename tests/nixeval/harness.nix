@@ -3,7 +3,8 @@
 # facts the checks judge (tests/nixeval/run.py). A target is `host:NAME` (a nixosConfiguration),
 # `module:NAME` (one of nixosModules, alone), or `package` (packages.<system>.ipex-fleet).
 #   libPath:   nixpkgs' lib/ directory (nix-community/nixpkgs.lib), given by the caller
-#   hardware:  add a stand-in hardware configuration (root filesystem, ESP, systemd-boot)
+#   hardware:  add a stand-in hardware configuration (root filesystem, ESP, systemd-boot) to a
+#              single module; hosts carry their own (hosts/<name>/hardware-configuration.nix)
 #   variant:   an extra module by name (see `variants`)
 { libPath, flakeDir, target, hardware ? true, variant ? null, pkgsHost ? "arc-a770-01", intelXpu ? "full" }:
 let
@@ -52,13 +53,17 @@ let
     comfyui-bad-workflows = { programs.comfyui-ipex = { enable = true; workflows.enable = "yes"; }; };
     comfyui-outside-home = { programs.comfyui-ipex = { enable = true; workspace.directory = "/srv/comfyui"; }; };
   };
-  extraModules = lib.optional hardware hardwareModule ++ lib.optional (variant != null) variants.${variant};
+  # Hosts bring their own hardware-configuration.nix (run.py evaluates a copy without them for
+  # hardware = false); single modules get the stand-in.
+  extraModules = lib.optional (hardware && kind != "host") hardwareModule
+    ++ lib.optional (variant != null) variants.${variant};
 
   # nixpkgs' flake exports lib.nixosSystem; this one evaluates the skeleton instead of nixos/.
   nixosSystem = { system ? "x86_64-linux", modules, specialArgs ? { }, ... }:
     let
       evaluated = lib.evalModules {
-        specialArgs = { modulesPath = "/nixos/modules"; } // specialArgs;
+        # The modules hardware-configuration.nix imports (installer/scan/not-detected.nix) as nixpkgs has them.
+        specialArgs = { modulesPath = ./modules; } // specialArgs;
         modules = skeleton ++ modules ++ extraModules ++ [{ nixpkgs.system = system; }];
       };
     in evaluated // { inherit (evaluated._module.args) pkgs; };

@@ -13,9 +13,11 @@ nix-community/nixpkgs.lib. Without it the harness says so and evaluates nothing 
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,6 +30,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 LIB_ENV = "IPEX_FLEET_NIXPKGS_LIB"
+# The example hosts (hosts/<name>/default.nix); the checks evaluate every host the flake has.
 HOSTS = ("arc-a770-01", "arc-a770-02", "arc-b580-01", "cpu-01", "h100-01", "max-1550-01")
 MODULES = ("ipex", "ollama", "comfyui", "models", "fleet", "default")
 # ComfyUI's command-line flags that exist upstream today (REFERENCE.md), and --database-url.
@@ -66,13 +69,38 @@ class Harness:
     lib: Path
     flake: Path
     seen: dict[tuple[str, bool, str | None, tuple[tuple[str, str], ...]], Evaluation] = field(default_factory=dict)
+    _bare: Path | None = None
+    _hosts: tuple[str, ...] | None = None
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        """The flake's hosts as its lib/hosts.nix finds them (hosts/<name>/default.nix)."""
+        if self._hosts is None:
+            proc = subprocess.run(["nix-instantiate", "--eval", "--strict", "--json", "-E",
+                                   f"(import {self.flake}/lib/hosts.nix).names"],
+                                  capture_output=True, text=True, timeout=60)
+            self._hosts = tuple(json.loads(proc.stdout)) if proc.returncode == 0 else HOSTS
+        return self._hosts
+
+    def bare(self) -> Path:
+        """A copy of the flake whose hosts have no hardware-configuration.nix (as a new host's folder)."""
+        if self._bare is None:
+            tmp = tempfile.mkdtemp(prefix="ipex-fleet-eval-bare-")
+            atexit.register(shutil.rmtree, tmp, True)
+            self._bare = Path(tmp) / "flake"
+            shutil.copytree(self.flake, self._bare, symlinks=True)
+            for hardware in (self._bare / "hosts").glob("*/hardware-configuration.nix"):
+                hardware.unlink()
+        return self._bare
 
     def eval(self, target: str, hardware: bool = True, variant: str | None = None, **extra: str) -> Evaluation:
-        """`extra`: more string arguments of harness.nix (pkgsHost, intelXpu)."""
+        """`extra`: more string arguments of harness.nix (pkgsHost, intelXpu, ollamaShape, comfyuiShape).
+        A host without `hardware` is evaluated from a copy of the flake without its hardware files."""
         key = (target, hardware, variant, tuple(sorted(extra.items())))
         if key not in self.seen:
+            flake = self.bare() if not hardware and target.startswith("host:") else self.flake
             argv = ["nix-instantiate", "--eval", "--strict", "--json", str(HERE / "harness.nix"),
-                    "--arg", "libPath", str(self.lib), "--argstr", "flakeDir", str(self.flake),
+                    "--arg", "libPath", str(self.lib), "--argstr", "flakeDir", str(flake),
                     "--argstr", "target", target, "--arg", "hardware", "true" if hardware else "false"]
             if variant:
                 argv += ["--argstr", "variant", variant]
@@ -101,7 +129,7 @@ Problems = list[str]
 
 def _hosts(h: Harness, each: Callable[[str, dict[str, Any]], Problems], **kw: Any) -> Problems:
     out: Problems = []
-    for name in HOSTS:
+    for name in h.hosts:
         ev = h.host(name, **kw)
         if ev.error:
             out.append(f"{name}: {ev.error}")
@@ -207,9 +235,12 @@ def check_node_exporter(h: Harness) -> Problems:
 
 def check_hardware_required(h: Harness) -> Problems:
     """10. A host without a hardware configuration is refused by an assertion that says what to add."""
-    def each(_: str, f: dict[str, Any]) -> Problems:
+    def each(name: str, f: dict[str, Any]) -> Problems:
         said = [m for m in f["failedAssertions"] if "hardware configuration" in m]
-        return [] if said else ["without a hardware configuration it is not refused (a placeholder root filesystem?)"]
+        if not said:
+            return ["without a hardware configuration it is not refused (a placeholder root filesystem?)"]
+        where = f"flake/hosts/{name}/hardware-configuration.nix"
+        return [] if where in said[0] else [f"the refusal does not name {where}: {said[0]}"]
     return _hosts(h, each, hardware=False)
 
 

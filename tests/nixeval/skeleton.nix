@@ -212,6 +212,30 @@ in
     };
   })
 
+  # What nixos-generate-config's output sets: system/boot/kernel.nix, stage-1.nix, config/swap.nix,
+  # tasks/network-interfaces.nix, hardware/cpu/*-microcode.nix, hardware/all-firmware.nix.
+  {
+    options.boot = {
+      initrd.availableKernelModules = mkOption { type = types.listOf types.str; default = [ ]; };
+      initrd.kernelModules = mkOption { type = types.listOf types.str; default = [ ]; };
+      kernelModules = mkOption { type = types.listOf types.str; default = [ ]; };
+      extraModulePackages = mkOption { type = types.listOf types.package; default = [ ]; };
+      kernelParams = mkOption { type = types.listOf types.str; default = [ ]; };
+    };
+    options.swapDevices = mkOption { type = types.listOf (types.submodule {
+      options.device = mkOption { type = types.str; };
+      options.size = mkOption { type = types.nullOr types.int; default = null; };
+    }); default = [ ]; };
+    options.networking.useDHCP = mkOption { type = types.bool; default = true; };
+    options.networking.interfaces = mkOption {
+      type = types.attrsOf (types.submodule { options.useDHCP = mkOption { type = types.nullOr types.bool; default = null; }; });
+      default = { };
+    };
+    options.hardware.enableRedistributableFirmware = mkOption { type = types.bool; default = false; };
+    options.hardware.cpu.intel.updateMicrocode = mkOption { type = types.bool; default = false; };
+    options.hardware.cpu.amd.updateMicrocode = mkOption { type = types.bool; default = false; };
+  }
+
   # services/networking/ssh/sshd.nix
   {
     options.services.openssh = {
