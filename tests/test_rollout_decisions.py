@@ -12,10 +12,12 @@ import pytest
 
 from ipex_fleet.domain import Generation, HostResult, Status
 from ipex_fleet.errors import UserError
+from ipex_fleet.flakepush import flake_hash
 from ipex_fleet.live import Live
 from ipex_fleet.results import run_dir, write_host_result
 from ipex_fleet.rollout import engine
 from ipex_fleet.rollout.ledger import Ledger
+from ipex_fleet.rollout import breaker
 from ipex_fleet.rollout.tally import Budgets, Tally, kind_of
 
 HOSTS = ("h1", "h2", "h3", "h4", "h5")
@@ -61,6 +63,8 @@ class ScriptedRollout(engine.Rollout):
 
     script: dict[str, Status] = {}
     runs: list[tuple[str, tuple[str, ...]]] = []
+    flake_hash: str | None = None
+    failing: str = "units: ollama.service failed (exit 1) at 12:00:01"
 
     def _pyinfra(self, deploy, hosts, run_id, label, data=None, phase=None) -> int:
         self.runs.append((deploy, hosts))
@@ -70,18 +74,27 @@ class ScriptedRollout(engine.Rollout):
                 status = Status.OK
             if status is Status.UNREACHABLE:
                 continue  # never connected: no result of ours, as with a real unreachable host
+            health = None if status is Status.OK else {"result": "fail", "failing": [self.failing]}
             write_host_result(HostResult(host, run_id, status, Generation(1, "/nix/store/a"),
                                          Generation(2, "/nix/store/b"),
                                          Generation(2, "/nix/store/b") if status is Status.OK
-                                         else Generation(1, "/nix/store/a")))
+                                         else Generation(1, "/nix/store/a"), health=health,
+                                         flake_hash=self.flake_hash))
         return 0
 
 
 @pytest.fixture
 def scripted(tmp_path, monkeypatch):
     monkeypatch.setenv("IPEX_FLEET_STATE", str(tmp_path / "state"))
+    monkeypatch.setattr(ScriptedRollout, "failing", ScriptedRollout.failing)  # restored after each test
+    flake = tmp_path / "flake"
+    flake.mkdir()
+    (flake / "flake.nix").write_text("{ outputs = _: { }; }\n")
+    ScriptedRollout.flake_hash = flake_hash(str(flake))
+    data = f"{{'flake': {str(flake)!r}}}"
     inventory = tmp_path / "fleet.py"
-    inventory.write_text("canary = [('h1', {})]\nwave1 = [('h2', {}), ('h3', {})]\nwave2 = [('h4', {}), ('h5', {})]\n")
+    inventory.write_text(f"canary = [('h1', {data})]\nwave1 = [('h2', {data}), ('h3', {data})]\n"
+                         f"wave2 = [('h4', {data}), ('h5', {data})]\n")
     deploy = tmp_path / "deploy.py"
     deploy.write_text("")
 
@@ -142,3 +155,52 @@ def test_a_bad_budget_is_one_line_before_anything_runs(scripted):
     with pytest.raises(UserError, match=r"--max-unreachable 'x': give a host count"):
         scripted({}, max_unreachable="x")
     assert ScriptedRollout.runs == []
+
+
+def test_the_same_failure_twice_opens_the_breaker_and_a_third_rollout_refuses_in_one_line(scripted, tmp_path):
+    # Run 1: the canary fails its health check (the time in the message differs from run to run).
+    code, out, first, ledger = scripted({"h1": Status.ROLLED_BACK})
+    assert code == 1 and "circuit breaker" not in out
+    # Run 2: the same check fails the same way on the canary again: the breaker opens.
+    ScriptedRollout.failing = "units: ollama.service failed (exit 1) at 12:07:43"
+    code, out, second, ledger = scripted({"h1": Status.ROLLED_BACK})
+    assert code == 1 and "== circuit breaker open for flake" in out
+    assert f"h1 (run {first}), h1 (run {second})" in out
+    # Run 3 refuses before any host is touched, naming the hosts and runs and what to do.
+    with pytest.raises(UserError) as refused:
+        scripted({})
+    line = str(refused.value)
+    assert "\n" not in line and "'units: ollama.service failed (exit <n>) at <n>:<n>:<n>'" in line
+    assert f"run {first}" in line and "ipex-fleet breaker reset" in line
+    assert ScriptedRollout.runs == []
+    # Reset: the flake may go out again, and earlier failures no longer count toward the next opening.
+    assert ledger.reset_breakers(ScriptedRollout.flake_hash[:8]) == 1
+    code, out, third, ledger = scripted({"h1": Status.ROLLED_BACK})
+    assert "circuit breaker" not in out and breaker.all_open(ledger) == []
+
+
+def test_the_breaker_counts_across_waves_and_ignores_what_is_not_the_flakes_fault(scripted):
+    # Two hosts of wave1 fail alike within one run (budget 2): the breaker opens and halts the run.
+    code, out, run_id, ledger = scripted({"h2": Status.ROLLED_BACK, "h3": Status.ROLLED_BACK}, max_fail="2")
+    assert code == 1 and "the circuit breaker opened: halting" in out
+    assert [w["status"] for w in ledger.waves(run_id)] == ["done", "halted", "planned"]
+    ledger.reset_breakers()
+    # Unreachable hosts and different checks never open it; --breaker 0 turns it off.
+    code, out, _, ledger = scripted({"h2": Status.UNREACHABLE, "h3": Status.UNREACHABLE}, max_unreachable="2")
+    ScriptedRollout.failing = "gpu: no device"
+    code, out, _, ledger = scripted({"h2": Status.ROLLED_BACK}, max_fail="1")
+    assert breaker.all_open(ledger) == []
+    ScriptedRollout.failing = "gpu: no device"
+    code, out, _, ledger = scripted({"h2": Status.ROLLED_BACK, "h3": Status.ROLLED_BACK}, max_fail="2",
+                                    breaker_threshold=0)
+    assert breaker.all_open(ledger) == [] and "circuit breaker" not in out
+
+
+def test_a_signature_keeps_the_check_and_drops_the_particulars():
+    a = result("h1", Status.ROLLED_BACK, health={"failing": ["ollama: model llama3 on cpu (size_vram 0 of 4200000)"]})
+    b = result("h2", Status.FAILED, health={"failing": ["ollama: model llama3 on cpu (size_vram 0 of 4100000)"]})
+    assert breaker.signature(a) == breaker.signature(b) == "ollama: model llama<n> on cpu (size_vram <n> of <n>)"
+    c = result("h3", Status.FAILED, error="switch-to-configuration switch exited 4: /nix/store/"
+                                          + "a" * 32 + "-x failed; rollback: ...")
+    assert breaker.signature(c) == "step: switch-to-configuration switch exited <n>: <store path> failed"
+    assert breaker.signature(result("h4", Status.UNREACHABLE)) is None

@@ -12,7 +12,7 @@ from .errors import UserError
 from .live import Live
 from .tables import health_cell, render, when
 from .results import read_host_result, run_dir
-from .rollout import pyinfra_run
+from .rollout import breaker, pyinfra_run
 from .rollout.engine import ROLLBACK_DEPLOY, Rollout, RolloutOptions, new_run_id, write_plan
 from .rollout.inventory import load
 from .rollout.ledger import Ledger
@@ -34,6 +34,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     ro.add_argument("--bake", "--soak", dest="soak", type=float, default=0,
                     help="seconds to wait after each wave before re-probing its promoted hosts; a failure "
                          "there counts against that wave (alias --soak)")
+    ro.add_argument("--breaker", type=int, default=breaker.DEFAULT_THRESHOLD, metavar="K",
+                    help="the same failure (check, message, flake) K times, in this run or earlier ones, opens "
+                         "the circuit breaker for that flake: the run halts and later rollouts of it refuse to "
+                         "start until `ipex-fleet breaker reset` (default 2; 0 turns it off)")
     ro.add_argument("--rollback-scope", default="wave", choices=("wave", "all"),
                     help="on a spent budget, roll back the failed wave's changed hosts, or every wave's")
     ro.add_argument("--parallel", type=int, help="hosts deployed at once within a wave (pyinfra --parallel)")
@@ -87,6 +91,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=_status)
 
+    br = sub.add_parser("breaker", help="the circuit breakers: which flakes are stopped, and why; reset one",
+                        description="Without an action: every open breaker. `reset [FLAKE_HASH]` closes one "
+                                    "(a hash prefix will do) or all, so the flake may be rolled out again.")
+    br.add_argument("action", nargs="?", choices=("list", "reset"), default="list")
+    br.add_argument("flake_hash", nargs="?")
+    br.add_argument("--json", action="store_true")
+    br.set_defaults(func=_breaker)
+
     rc = sub.add_parser("recover", help="finish what dead runs left on hosts: open intents and stale locks",
                         description="Runs deploys/recover.py on every host of INVENTORY (or --limit).")
     rc.add_argument("inventory")
@@ -130,7 +142,8 @@ def _rollout(args: argparse.Namespace) -> int:
         for needed in (ROLLBACK_DEPLOY, "deploys/check.py"):
             _deploy_file(needed)
         return RolloutOptions(args.inventory, args.deploy, args.waves, args.max_fail, args.canary_max_fail,
-                              args.soak, args.rollback_scope, args.parallel, max_unreachable=args.max_unreachable)
+                              args.soak, args.rollback_scope, args.parallel, max_unreachable=args.max_unreachable,
+                              breaker_threshold=args.breaker)
 
     return _run_waves(options, args.resume, args.json, args.dry_run)
 
@@ -330,7 +343,31 @@ def _status(args: argparse.Namespace) -> int:
                      [[r["host"], _g(r["generation"]) if r["reachable"] else "unreachable",
                        {True: "yes", False: f"no (was {r['last_good_generation']})", None: "-"}[r["matches_last_good"]],
                        r["last_good_run"] or "-", r["last_status"] or "-", r["last_health"] or "-"] for r in rows]))
+        for found in breaker.all_open(ledger):
+            print(found.line())
     return 0 if all(r["reachable"] for r in rows) else 1
+
+
+def _breaker(args: argparse.Namespace) -> int:
+    ledger = Ledger()
+    if args.action == "reset":
+        closed = ledger.reset_breakers(args.flake_hash)
+        if not closed:
+            raise UserError(f"no open circuit breaker{' for flake ' + args.flake_hash if args.flake_hash else ''}; "
+                            "`ipex-fleet breaker` lists the open ones")
+        print(f"closed {closed} circuit breaker(s)")
+        return 0
+    found = breaker.all_open(ledger)
+    if args.json:
+        print(json.dumps([{"flake_hash": b.flake_hash, "signature": b.signature,
+                           "seen": [{"host": h, "run_id": r} for h, r in b.seen], "opened": b.opened}
+                          for b in found], indent=2))
+    else:
+        for b in found:
+            print(b.line())
+        if not found:
+            print("no circuit breaker is open")
+    return 0
 
 
 def _report(args: argparse.Namespace) -> int:

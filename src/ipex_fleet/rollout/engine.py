@@ -12,13 +12,16 @@ import secrets
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Iterable
 from ..domain import HostResult, Status
 from ..errors import UserError
+from ..flakepush import FlakeError, flake_hash
 from ..live import Live
 from ..results import read_host_result, run_dir, write_host_result
 from . import pyinfra_run
 from .inventory import load
 from .ledger import Ledger
+from . import breaker
 from .metrics import write_metrics
 from .tally import Budgets, Tally
 from .waves import Budget, Wave, plan
@@ -41,6 +44,7 @@ class RolloutOptions:
     kind: str = "rollout"  # or "maintain": the same waves, with a deploy that changes no generation
     data: dict[str, str] = field(default_factory=dict)  # pyinfra --data for every wave
     max_unreachable: str = "0"  # hosts per wave that may never take the change (unreachable, skipped)
+    breaker_threshold: int = breaker.DEFAULT_THRESHOLD  # the same failure this often opens the breaker (0: off)
 
 
 def new_run_id(kind: str = "rollout") -> str:
@@ -74,8 +78,12 @@ class Rollout:
         Budget.parse(options.max_unreachable, "--max-unreachable")
         if not Path(options.deploy).is_file():
             raise UserError(f"deploy file {options.deploy} does not exist; give one such as deploys/prod.py")
+        if options.breaker_threshold < 0:
+            raise UserError("--breaker must be 0 (off) or more failures")
         view = load(options.inventory)
         waves = plan(view, options.waves, options.max_fail, options.canary_max_fail)
+        if options.kind == "rollout":
+            refuse_if_breaker_open(ledger, view.data.values())
         return cls(options, new_run_id(options.kind), ledger, live), waves
 
     @classmethod
@@ -183,6 +191,12 @@ class Rollout:
             tally = Tally.of(results, self.maintenance, soak_failed)
         self._judged(wave, tally)
         why = budgets.halts(tally, len(wave.hosts))
+        if not self.maintenance:
+            opened = breaker.record_failures(self.ledger, self.run_id, results.values(),
+                                             self.options.breaker_threshold)
+            for found in opened:
+                self.say(f"== {found.line()}")
+            why = why or ("the circuit breaker opened" if opened else None)
         if why is not None:
             self.say(f"== wave {wave.index + 1} {wave.name}: {why}: halting")
             self.ledger.set_wave(self.run_id, wave.index, wave.name, wave.hosts, wave.max_fail, "halted")
@@ -323,6 +337,20 @@ class Rollout:
                             "seconds": _seconds(timings), "error": r["error"],
                             "inconclusive": bool(deployed and (deployed.bench or {}).get("inconclusive_accepted"))})
         return out
+
+
+def refuse_if_breaker_open(ledger: Ledger, hosts_data: Iterable[dict]) -> None:
+    """One line, before any host is touched, when a breaker is open for a flake these hosts would get."""
+    hashes = set()
+    for data in hosts_data:
+        path = data.get("flake")
+        if path and Path(str(path), "flake.nix").is_file():
+            try:
+                hashes.add(flake_hash(str(path)))
+            except (OSError, FlakeError):
+                continue  # the deploy's own validation names what is wrong with it
+    for found in breaker.open_for(ledger, hashes):
+        raise UserError(found.line())
 
 
 def _status_cell(row: dict) -> str:

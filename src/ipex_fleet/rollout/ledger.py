@@ -30,6 +30,12 @@ CREATE TABLE IF NOT EXISTS host_results (
     previous_generation INTEGER, previous_path TEXT, target_generation INTEGER, target_path TEXT,
     final_generation INTEGER, final_path TEXT, flake_hash TEXT, health TEXT, timings TEXT, error TEXT,
     recorded REAL NOT NULL, PRIMARY KEY (run_id, host, phase));
+CREATE TABLE IF NOT EXISTS failure_signatures (
+    flake_hash TEXT NOT NULL, signature TEXT NOT NULL, host TEXT NOT NULL, run_id TEXT NOT NULL,
+    recorded REAL NOT NULL, PRIMARY KEY (flake_hash, signature, host, run_id));
+CREATE TABLE IF NOT EXISTS breakers (
+    flake_hash TEXT PRIMARY KEY, signature TEXT NOT NULL, seen TEXT NOT NULL, opened REAL NOT NULL,
+    reset REAL);
 """
 # Columns added since the first ledger: added to an older file on open (so inserts name their columns).
 WAVE_COLUMNS = "(run_id, idx, name, hosts, max_fail, status, started, finished)"
@@ -112,6 +118,38 @@ class Ledger:
              json.dumps(result.health) if result.health is not None else None,
              json.dumps(result.timings), result.error, time.time(),
              json.dumps(result.report) if result.report is not None else None))
+
+    # -- the circuit breaker (rollout.breaker) ---------------------------------------------------
+
+    def add_failure_signature(self, flake_hash: str, signature: str, host: str, run_id: str) -> None:
+        self._execute("INSERT OR IGNORE INTO failure_signatures VALUES (?,?,?,?,?)",
+                      (flake_hash, signature, host, run_id, time.time()))
+
+    def failure_signatures(self, flake_hash: str, signature: str) -> list[tuple[str, str]]:
+        """(host, run id) of each failure with this signature since the flake's breaker was last reset."""
+        rows = self._rows(
+            "SELECT host, run_id FROM failure_signatures WHERE flake_hash=? AND signature=? AND recorded >"
+            " COALESCE((SELECT reset FROM breakers WHERE flake_hash=?), 0) ORDER BY recorded",
+            (flake_hash, signature, flake_hash))
+        return [(r["host"], r["run_id"]) for r in rows]
+
+    def set_breaker(self, flake_hash: str, signature: str, seen: list[tuple[str, str]]) -> None:
+        self._execute("INSERT OR REPLACE INTO breakers VALUES (?,?,?,?,NULL)",
+                      (flake_hash, signature, json.dumps(seen), time.time()))
+
+    def open_breaker(self, flake_hash: str) -> sqlite3.Row | None:
+        rows = self._rows("SELECT * FROM breakers WHERE flake_hash=? AND reset IS NULL", (flake_hash,))
+        return rows[0] if rows else None
+
+    def open_breakers(self) -> list[sqlite3.Row]:
+        return self._rows("SELECT * FROM breakers WHERE reset IS NULL ORDER BY opened")
+
+    def reset_breakers(self, flake_hash: str | None = None) -> int:
+        """Close the breaker of one flake (a hash prefix will do), or all; the count closed."""
+        with self._db() as db:
+            cursor = db.execute("UPDATE breakers SET reset=? WHERE reset IS NULL AND flake_hash LIKE ?",
+                                (time.time(), (flake_hash or "") + "%"))
+            return cursor.rowcount
 
     def run(self, run_id: str) -> RunRow | None:
         rows = self._rows("SELECT * FROM runs WHERE run_id=?", (run_id,))
