@@ -126,7 +126,7 @@ def run_install(url: str, timeout: float = 5) -> tuple[list[str], list[str], lis
 
     report = installer.Report()
     try:
-        installer.install_ollama(url, [m.name for m in plan.ollama], report, lines.append, timeout, retry_delay=0.01)
+        installer.install_ollama(url, list(plan.ollama), report, lines.append, timeout, retry_delay=0.01)
     except installer.InstallError as exc:
         report.failed.append(str(exc))
     return report.installed, report.failed, lines
@@ -260,3 +260,80 @@ def test_the_host_command_prints_one_failed_line_and_exits_1(tmp_path, capsys):
     assert f"FAILED ollama pull {MODEL}: pull model manifest: 412: this model needs a newer Ollama" in out.out.splitlines()
     assert json.loads(out.out.splitlines()[-1])["failed"] == [
         f"ollama pull {MODEL}: pull model manifest: 412: this model needs a newer Ollama"]
+
+
+# -- pinned models: the digest /api/tags shows must be the declared one ---------------------------
+
+OTHER = "b" * 64
+
+
+def run_pinned(script: dict[str, list[Reply]], digest: str = DIGEST) -> tuple[list[str], list[str], list[str],
+                                                                              list[str], Scripted]:
+    from ipex_fleet.models import install as installer
+
+    report, lines = installer.Report(), []
+    with ollama(script) as (url, server):
+        try:
+            installer.install_ollama(url, [manifest.OllamaModel(MODEL, digest)], report, lines.append, 5,
+                                     retry_delay=0.01)
+        except installer.InstallError as exc:
+            report.failed.append(str(exc))
+    return report.installed + report.present, report.failed, report.drifted, lines, server
+
+
+def test_a_pinned_model_with_its_digest_is_pulled_and_kept():
+    script = {"/api/tags": [tags(), tags(MODEL, digest=DIGEST)], "/api/pull": [stream(pulling(0, 100) + SUCCESS)]}
+    ok, failed, drifted, _, _ = run_pinned(script)
+    assert ok == [f"ollama/{MODEL}"] and failed == [] and drifted == []
+
+
+def test_a_retagged_upstream_model_is_refused_and_deleted():
+    deleted = response(200, b"")
+    script = {"/api/tags": [tags(), tags(MODEL, digest=OTHER)], "/api/pull": [stream(pulling(0, 100) + SUCCESS)],
+              "/api/delete": [deleted]}
+    ok, failed, _, _, server = run_pinned(script)
+    assert ok == []
+    assert one_line(failed) == (f"ollama pull {MODEL}: got digest {OTHER[:12]}, but {DIGEST[:12]} is declared (the tag "
+                                "now names another model upstream; it was deleted again); pin the new digest once it "
+                                "is checked, or keep the old model")
+    assert server.calls == ["/api/tags", "/api/pull", "/api/tags", "/api/delete"]
+
+
+def test_a_drifted_model_is_reported_and_pulled_back_to_its_pin():
+    script = {"/api/tags": [tags(MODEL, digest=OTHER), tags(MODEL, digest=DIGEST)],
+              "/api/pull": [stream(pulling(0, 100) + SUCCESS)]}
+    ok, failed, drifted, lines, _ = run_pinned(script)
+    assert ok == [f"ollama/{MODEL}"] and failed == []
+    assert drifted == [f"ollama/{MODEL}: /api/tags has digest {OTHER[:12]}, declared {DIGEST[:12]}"]
+    assert any("drifted from the declared" in l for l in lines)
+
+
+def test_a_present_model_with_its_pin_is_not_pulled():
+    ok, failed, drifted, _, server = run_pinned({"/api/tags": [tags(MODEL, digest="sha256:" + DIGEST)]})
+    assert ok == [f"ollama/{MODEL}"] and failed == drifted == [] and server.calls == ["/api/tags"]
+
+
+@pytest.mark.parametrize("entry,pin", [
+    ({"ollama": f"llama3.2:1b@sha256:{DIGEST}"}, DIGEST),
+    ({"ollama": "llama3.2:1b", "digest": f"sha256:{DIGEST.upper()}"}, DIGEST),
+    ({"ollama": "llama3.2:1b", "digest": DIGEST}, DIGEST),
+    ({"ollama": "llama3.2:1b"}, None),
+])
+def test_the_manifest_reads_a_pin_either_way_and_the_plan_carries_it(entry, pin):
+    plan = manifest.parse([entry], "m")
+    assert plan.ollama == (manifest.OllamaModel("llama3.2:1b", pin),)
+    assert ModelPlan.from_json(json.loads(json.dumps(plan.to_json()))).ollama == plan.ollama
+
+
+@pytest.mark.parametrize("entry,message", [
+    ({"ollama": "llama3.2:1b@sha256:abc"}, "digest 'sha256:abc' must be sha256:<64 hex digits>"),
+    ({"ollama": "llama3.2:1b", "digest": "md5:" + "a" * 32}, "must be sha256:<64 hex digits>"),
+    ({"ollama": f"llama3.2:1b@sha256:{DIGEST}", "digest": DIGEST}, "give the digest once"),
+    ({"ollama": "llama3.2:1b", "sha256": DIGEST}, "unknown key(s) sha256"),
+])
+def test_a_bad_pin_is_refused_in_one_line(entry, message):
+    from ipex_fleet.errors import UserError
+
+    with pytest.raises(UserError) as err:
+        manifest.parse([entry], "m")
+    assert message in str(err.value) and "\n" not in str(err.value)

@@ -6,6 +6,7 @@ its lock is released, or (the controller died) held under a lease that a later r
 from __future__ import annotations
 
 import itertools
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -111,3 +112,17 @@ def test_every_command_and_every_ending_leaves_the_deployment_alone(maintain, ki
         again, survived = run(host)
         assert survived and results.read_host_result(again, "h1").status is Status.OK
         assert host.lock is None
+
+
+def test_a_pinned_model_whose_digest_drifted_is_a_warning_in_the_report(maintain):
+    run, make = maintain
+    host = make()
+    drift = "ollama/llama3.2:1b: /api/tags has digest bbbbbbbbbbbb, declared aaaaaaaaaaaa"
+    host.do_models = lambda _c: (0, [json.dumps({"installed": ["ollama/llama3.2:1b"], "present": [], "pruned": [],
+                                                 "failed": [], "drifted": [drift], "bytes_downloaded": 0,
+                                                 "bytes_hashed": 0})])
+    run_id, alive = run(host)
+    result = results.read_host_result(run_id, "h1")
+    assert alive and result.status is Status.OK, result
+    assert result.report["models"]["drifted"] == [drift]
+    assert f"model digest drifted: {drift}" in result.report["warnings"]

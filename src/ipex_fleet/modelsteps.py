@@ -47,11 +47,15 @@ def install_models(tx: HostTransaction, host: Any) -> None:
     if report is None:
         raise StepFailed(f"model installer gave no report (exit {out.returncode}): {out.last_error}")
     tx.health = {**(tx.health or {}), "models": {k: report[k] for k in ("installed", "present", "pruned", "failed",
-                                                                       "bytes_downloaded", "bytes_hashed")
+                                                                       "drifted", "bytes_downloaded", "bytes_hashed")
                                                     if k in report}}
-    if tx.report is not None:  # maintenance: each folder's space too
-        tx.report["models"] = {k: report.get(k) for k in ("installed", "present", "pruned", "failed",
+    if tx.report is not None:  # maintenance: each folder's space too, and drifted pins as warnings
+        tx.report["models"] = {k: report.get(k) for k in ("installed", "present", "pruned", "failed", "drifted",
                                                           "bytes_downloaded", "bytes_hashed", "space")}
+        from .maintsteps import warn  # it imports the transaction, as this module does
+
+        for line in report.get("drifted") or ():
+            warn(tx, host, f"model digest drifted: {line}")
     if report["failed"]:
         raise StepFailed("models: " + "; ".join(report["failed"]))
 

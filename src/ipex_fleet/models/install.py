@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from .. import redact
 from . import ollama
-from .manifest import FileModel, ModelPlan
+from .manifest import FileModel, ModelPlan, OllamaModel
 
 CHUNK = 1 << 20
 MARKER_DIR = ".ipex-fleet"
@@ -37,6 +37,7 @@ class Report:
     present: list[str] = field(default_factory=list)
     pruned: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    drifted: list[str] = field(default_factory=list)  # pinned Ollama models found under another digest
     bytes_downloaded: int = 0
     bytes_hashed: int = 0
     space: dict[str, int] = field(default_factory=dict)  # bytes in each model folder, afterwards
@@ -219,18 +220,28 @@ def prune(root: Path, plan: ModelPlan, report: Report, say: Callable[[str], None
             say(f"{kind}/{path.name}: pruned (no longer declared)")
 
 
-def install_ollama(url: str, names: list[str], report: Report, say: Callable[[str], None], timeout: float,
+def _digest(value: str | None) -> str:
+    return (value or "").lower().removeprefix("sha256:")
+
+
+def install_ollama(url: str, models: list[OllamaModel], report: Report, say: Callable[[str], None], timeout: float,
                    retry_delay: float = 1.0) -> None:
+    """Pull what /api/tags lacks; a pinned model must then show its declared digest there, or it fails
+    (and a model this run pulled under the wrong digest is deleted, so it never serves)."""
     api = ollama.Api(url, timeout)
     try:
         tags = ollama.tags(api)
     except ollama.OllamaError as exc:
         raise InstallError(str(exc)) from None
-    for name in names:
-        full = name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
-        if tags.get(full):
+    for model in models:
+        full = model.name if ":" in model.name.rsplit("/", 1)[-1] else f"{model.name}:latest"
+        had = _digest(tags.get(full))
+        if had and (not model.digest or had == model.digest):
             report.present.append(f"ollama/{full}")
             continue
+        if had:  # pinned, and the host holds another digest under that tag
+            report.drifted.append(f"ollama/{full}: /api/tags has digest {had[:12]}, declared {model.digest[:12]}")
+            say(f"ollama/{full}: digest {had[:12]} drifted from the declared {model.digest[:12]}; pulling it again")
         progress: list[Progress] = []
 
         def show(done: int, total: int, full: str = full, progress: list[Progress] = progress) -> None:
@@ -240,13 +251,23 @@ def install_ollama(url: str, names: list[str], report: Report, say: Callable[[st
 
         try:
             ollama.pull(api, full, say, show, delay=retry_delay)
-            after = ollama.tags(api)
+            got = _digest(ollama.tags(api).get(full))
         except ollama.OllamaError as exc:
             raise InstallError(str(exc)) from None
-        if not after.get(full):
+        if not got:
             raise InstallError(f"ollama pull {full} said success, but /api/tags has no digest for it")
+        if model.digest and got != model.digest:
+            kept = "the model it replaced is gone too" if had else "it was deleted again"
+            if not had:
+                try:
+                    ollama.delete(api, full)
+                except ollama.OllamaError as exc:
+                    kept = f"deleting it failed: {exc}"
+            raise InstallError(f"ollama pull {full}: got digest {got[:12]}, but {model.digest[:12]} is declared "
+                               f"(the tag now names another model upstream; {kept}); pin the new digest once "
+                               "it is checked, or keep the old model")
         report.installed.append(f"ollama/{full}")
-        say(f"ollama/{full}: pulled, digest {after[full][:12]}")
+        say(f"ollama/{full}: pulled, digest {got[:12]}")
 
 
 def install(plan: ModelPlan, root: Path, ollama_url: str | None, say: Callable[[str], None],
@@ -263,7 +284,7 @@ def install(plan: ModelPlan, root: Path, ollama_url: str | None, say: Callable[[
             report.failed.append("Ollama models are declared, but this host has no Ollama service configured")
         else:
             try:
-                install_ollama(ollama_url, [m.name for m in plan.ollama], report, say, timeout)
+                install_ollama(ollama_url, list(plan.ollama), report, say, timeout)
             except InstallError as exc:
                 report.failed.append(str(exc))
                 say(f"FAILED {exc}")

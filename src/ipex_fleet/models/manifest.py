@@ -33,6 +33,15 @@ class FileModel:
 @dataclass(frozen=True)
 class OllamaModel:
     name: str
+    digest: str | None = None  # the manifest digest it must have (64 hex), as /api/tags shows it
+
+    def to_json(self) -> str:
+        return f"{self.name}@sha256:{self.digest}" if self.digest else self.name
+
+    @classmethod
+    def from_json(cls, text: str) -> "OllamaModel":
+        name, _, digest = text.partition("@sha256:")
+        return cls(name, digest or None)
 
 
 @dataclass(frozen=True)
@@ -44,13 +53,13 @@ class ModelPlan:
     source: str = "mirror"  # mirror (the host downloads) | controller (pushed over SFTP)
 
     def to_json(self) -> dict[str, Any]:
-        return {"files": [asdict(f) for f in self.files], "ollama": [o.name for o in self.ollama],
+        return {"files": [asdict(f) for f in self.files], "ollama": [o.to_json() for o in self.ollama],
                 "prune": list(self.prune), "prune_foreign": self.prune_foreign, "source": self.source}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "ModelPlan":
         return cls(tuple(FileModel(**f) for f in data.get("files", [])),
-                   tuple(OllamaModel(n) for n in data.get("ollama", [])), tuple(data.get("prune", [])),
+                   tuple(OllamaModel.from_json(n) for n in data.get("ollama", [])), tuple(data.get("prune", [])),
                    bool(data.get("prune_foreign")), data.get("source", "mirror"))
 
 
@@ -64,6 +73,28 @@ def check_ollama_name(name: str, where: str) -> str:
         raise UserError(f"{where}: {name!r} is not an Ollama model name ([host/][namespace/]model[:tag], "
                         "characters A-Z a-z 0-9 _ . -)")
     return name
+
+
+def check_digest(digest: Any, where: str) -> str:
+    """A manifest digest, `sha256:<64 hex>` or the 64 hex digits /api/tags shows; returned as the hex."""
+    hexdigits = digest.lower().removeprefix("sha256:") if isinstance(digest, str) else ""
+    if not _SHA256.fullmatch(hexdigits):
+        raise UserError(f"{where}: digest {digest!r} must be sha256:<64 hex digits>, as `ollama list` or "
+                        "/api/tags shows it")
+    return hexdigits
+
+
+def _ollama_entry(entry: dict[str, Any], where: str) -> OllamaModel:
+    """{ollama: NAME}, {ollama: NAME@sha256:HEX}, or {ollama: NAME, digest: sha256:HEX}."""
+    unknown = set(entry) - {"ollama", "digest"}
+    if unknown:
+        raise UserError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; an Ollama entry has ollama and digest")
+    text = entry["ollama"]
+    name, at, pinned = text.partition("@") if isinstance(text, str) else (text, "", "")
+    if at and "digest" in entry:
+        raise UserError(f"{where}: give the digest once, as {name}@sha256:... or as digest:, not both")
+    digest = pinned if at else entry.get("digest")
+    return OllamaModel(check_ollama_name(name, where), check_digest(digest, where) if at or "digest" in entry else None)
 
 
 def _file_entry(entry: dict[str, Any], where: str, trusted: tuple[str, ...]) -> FileModel:
@@ -104,9 +135,7 @@ def parse(entries: Any, origin: str, trusted: tuple[str, ...] = (), prune: Any =
         if not isinstance(entry, dict):
             raise UserError(f"{where}: each entry is a mapping ({{ollama: NAME}} or kind/name/url/sha256)")
         if "ollama" in entry:
-            if set(entry) != {"ollama"}:
-                raise UserError(f"{where}: an Ollama entry has only the key ollama")
-            ollama.append(OllamaModel(check_ollama_name(entry["ollama"], where)))
+            ollama.append(_ollama_entry(entry, where))
             continue
         model = _file_entry(entry, where, trusted)
         if (model.kind, model.name) in seen:

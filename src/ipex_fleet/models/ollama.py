@@ -52,9 +52,11 @@ def _reason(status: int, raw: bytes) -> str:
     return f"HTTP {status}: {text.splitlines()[0][:200]}"
 
 
-def _open(api: Api, path: str, body: dict[str, Any] | None = None) -> http.client.HTTPResponse:
+def _open(api: Api, path: str, body: dict[str, Any] | None = None, method: str | None = None
+          ) -> http.client.HTTPResponse:
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(f"{api.url}{path}", data=data, headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(f"{api.url}{path}", data=data, headers={"Content-Type": "application/json"},
+                                     method=method)
     try:
         return urllib.request.urlopen(request, timeout=api.timeout)
     except urllib.error.HTTPError as exc:
@@ -85,6 +87,15 @@ def tags(api: Api) -> dict[str, str]:
     except (ValueError, AttributeError, TypeError, KeyError):
         head = raw.decode(errors="replace").strip()[:120] or "an empty body"
         raise OllamaError(f"Ollama at {redact.url(api.url)}: /api/tags answered {head!r}, not its model list") from None
+
+
+def delete(api: Api, name: str) -> None:
+    """DELETE /api/delete: the model's tag goes (its blobs with it, unless another model shares them)."""
+    try:
+        with _open(api, "/api/delete", {"model": name}, method="DELETE") as resp:
+            resp.read()
+    except (OSError, http.client.HTTPException) as exc:
+        raise OllamaError(f"/api/delete was cut short: {exc}", transient=True) from None
 
 
 def _lines(resp: http.client.HTTPResponse) -> Iterator[dict[str, Any]]:
