@@ -70,6 +70,48 @@ def test_every_point_fails_on_the_first_flake(tmp_path: Path):
     assert passing == [], f"these checks pass on the flake that could not be deployed: {passing}"
 
 
+# The flake with hosts as folders, before its modules followed the nixpkgs a user pins (issue 24).
+BEFORE_SHAPES_COMMIT = "2eeb9cb"
+
+
+def _archived(commit: str, tmp_path: Path) -> Path:
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", commit, "flake"], capture_output=True, timeout=60)
+    if archive.returncode != 0:
+        pytest.skip(f"commit {commit} is not in this clone's history")
+    subprocess.run(["tar", "-x", "-C", str(tmp_path)], input=archive.stdout, check=True, timeout=60)
+    return tmp_path / "flake"
+
+
+@needs_lib
+def test_the_shape_checks_fail_where_modules_assume_one_nixpkgs(tmp_path: Path):
+    """Before: modelsDir set unconditionally, comfyui overridden by python3 only, pkgs.comfyui required."""
+    lib = run.lib_path()
+    assert lib is not None
+    h = run.Harness(lib, _archived(BEFORE_SHAPES_COMMIT, tmp_path))  # as-is: its push.json names files outside
+    shapes = run.check_nixpkgs_shapes(h)
+    assert any(p.startswith("ollama models, comfyui(python3): arc-a770-01: ") for p in shapes), shapes
+    assert any(p.startswith("ollama modelsDir, comfyui(python3Packages): arc-a770-01: ") for p in shapes), shapes
+    assert not any(p.startswith("ollama modelsDir, comfyui(python3):") for p in shapes), shapes
+    assert run.check_comfyui_absent(h) != []
+
+
+@needs_lib
+def test_every_host_on_every_nixpkgs_shape(pushed: run.Harness):
+    """The facts behind the shapes check, host by host: the model directory through either option name,
+    and ComfyUI's torch for the XPU hosts on both comfyui signatures."""
+    for name in run.HOSTS:
+        for ollama in run.OLLAMA_SHAPES:
+            for comfyui in run.COMFYUI_SHAPES:
+                ev = pushed.host(name, ollamaShape=ollama, comfyuiShape=comfyui)
+                assert ev.error is None, (name, ollama, comfyui, ev.error)
+                assert ev.facts["failedAssertions"] == [] and ev.facts["warnings"] == [], (name, ollama, comfyui)
+                assert ev.facts["ollama"]["modelsDir"] == "/var/lib/ollama/models"
+                c = ev.facts["comfyui"]
+                assert c["torch"] == ("cpu" if c["accelerator"] == "cpu" else c["accelerator"]), (name, comfyui, c)
+    absent = pushed.host("arc-a770-01", comfyuiShape="absent")
+    assert [m for m in absent.facts["failedAssertions"] if "needs pkgs.comfyui" in m]
+
+
 def test_without_a_lib_the_harness_says_so_and_evaluates_nothing():
     env = {**os.environ, run.LIB_ENV: ""}  # empty: no lib, not even the shared one
     proc = subprocess.run([sys.executable, "-m", "tests.nixeval.run"], cwd=REPO, env=env,

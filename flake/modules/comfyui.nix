@@ -48,9 +48,10 @@ in
     enable = mkEnableOption "ComfyUI on an Intel GPU (or CUDA, or CPU) host";
 
     package = mkOption {
-      type = types.package;
+      type = types.nullOr types.package;
       # nixpkgs' comfyui has CPU torch, or CUDA under cudaSupport; XPU needs intel-python's torch.
-      default = if effective == "xpu" then pkgs.intel-xpu.comfyui else pkgs.comfyui;
+      # null where the user's nixpkgs has no comfyui (before 2026-07): refused by an assertion.
+      default = if effective == "xpu" then pkgs.intel-xpu.comfyui else pkgs.comfyui or null;
       defaultText = lib.literalExpression ''if acceleration is xpu then pkgs.intel-xpu.comfyui else pkgs.comfyui'';
       description = "The ComfyUI package; its torch must support the acceleration (overlays/intel-xpu.nix).";
     };
@@ -148,6 +149,12 @@ in
   config = mkIf cfg.enable {
     assertions = [
       {
+        assertion = cfg.package != null;
+        message = "services.ipex-comfyui needs pkgs.comfyui, which the nixpkgs this flake is locked to lacks "
+          + "(it came to nixpkgs in 2026-07): update it with `nix flake update nixpkgs --flake ./flake` "
+          + "(nixos-unstable from 2026-08 on), or set services.ipex-comfyui.package";
+      }
+      {
         assertion = effective != "xpu" || config.services.ipex.enable;
         message = "services.ipex-comfyui.acceleration = xpu needs services.ipex.enable = true";
       }
@@ -186,7 +193,7 @@ in
       };
       serviceConfig = {
         ExecStart = lib.escapeShellArgs ([
-          (lib.getExe cfg.package)
+          (if cfg.package != null then lib.getExe cfg.package else "comfyui")
           "--listen" cfg.host
           "--port" (toString cfg.port)
           "--base-directory" cfg.dataDir

@@ -1,6 +1,6 @@
 # Ollama on nixpkgs' own services.ollama: this module only picks the Intel path (Vulkan, or
 # the SYCL build when asked) and wires render access and the XPU environment.
-{ config, lib, pkgs, ... }:
+{ config, lib, pkgs, options, ... }:
 
 let
   cfg = config.services.ipex-ollama;
@@ -81,13 +81,15 @@ in
         enable = true;
         inherit package;
         inherit (cfg) host port;
-        modelsDir = cfg.modelsPath;
         # The health check generates with the smoke model: pull it at start with the declared ones
         # (services.ipex-fleet.models.ollama, where the models module is imported), each once.
         loadModels = lib.unique (lib.optional (cfg.smokeModel != null) cfg.smokeModel
           ++ (config.services.ipex-fleet.models.ollama or [ ]));
         environmentVariables = lib.optionalAttrs (effective == "xpu") config.services.ipex.environment;
-      };
+      }
+      # nixpkgs renamed `models` to `modelsDir` (PR #537550, 2026-07; the old name a deprecated alias
+      # there): set the name the user's nixpkgs has, so neither pin warns or fails.
+      // (if options.services.ollama ? modelsDir then { modelsDir = cfg.modelsPath; } else { models = cfg.modelsPath; });
 
       systemd.services.ollama.serviceConfig = lib.mkIf (effective == "xpu") {
         SupplementaryGroups = [ "render" "video" ];

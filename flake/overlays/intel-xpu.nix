@@ -14,6 +14,7 @@
 { intel-xpu }:
 final: prev:
 let
+  inherit (final) lib;
   system = final.stdenv.hostPlatform.system;
   upstream = intel-xpu.packages.${system} or { };
   # intel-python and intel-dpcpp are legacyPackages attributes, not packages.
@@ -35,8 +36,16 @@ in
     ipexPython = if legacy ? intel-python && legacy.intel-python ? pkgs.ipex
       then legacy.intel-python.withPackages (ps: [ ps.ipex ]) else null;
     mkl = upstream.intel-mkl or (unavailable "mkl");
-    # ComfyUI on the XPU torch.
-    comfyui = final.comfyui.override { python3 = pinnedPython; };
+    # ComfyUI on the XPU torch, through whichever argument the user's nixpkgs' comfyui takes
+    # (python3 or python3Packages: both were seen); null where that nixpkgs has no comfyui (before
+    # 2026-07), which services.ipex-comfyui refuses in one assertion.
+    comfyui =
+      let args = lib.functionArgs final.comfyui.override;
+      in if !(prev ? comfyui) then null
+      else if args ? python3 then final.comfyui.override { python3 = pinnedPython; }
+      else if args ? python3Packages then final.comfyui.override { python3Packages = python.pkgs; }
+      else throw "pkgs.intel-xpu.comfyui: nixpkgs' comfyui takes neither python3 nor python3Packages "
+        + "(it takes ${lib.concatStringsSep ", " (lib.attrNames args)}); set services.ipex-comfyui.package";
     # Ollama reaches Intel GPUs through Vulkan upstream; the SYCL build (0.3.10, 2024) stays an option.
     ollama = final.ollama-vulkan;
     ollamaSycl = upstream.ollama-sycl or null;

@@ -6,13 +6,16 @@
 #   hardware:  add a stand-in hardware configuration (root filesystem, ESP, systemd-boot) to a
 #              single module; hosts carry their own (hosts/<name>/hardware-configuration.nix)
 #   variant:   an extra module by name (see `variants`)
-{ libPath, flakeDir, target, hardware ? true, variant ? null, pkgsHost ? "arc-a770-01", intelXpu ? "full" }:
+#   ollamaShape:  nixpkgs' services.ollama as of "modelsDir" (2026-07 on) or "models" (before)
+#   comfyuiShape: pkgs.comfyui taking "python3", "python3Packages", or "absent" (nixpkgs before 2026-07)
+{ libPath, flakeDir, target, hardware ? true, variant ? null, pkgsHost ? "arc-a770-01", intelXpu ? "full",
+  ollamaShape ? "modelsDir", comfyuiShape ? "python3" }:
 let
   # A string, so that the flake is read where it lies (a path argument would be copied first).
   flakePath = /. + flakeDir;
   lib = import libPath;
-  stubPkgs = args: import ./pkgs.nix ({ inherit lib; } // args);
-  skeleton = import ./skeleton.nix { inherit lib stubPkgs; };
+  stubPkgs = args: import ./pkgs.nix ({ inherit lib comfyuiShape; } // args);
+  skeleton = import ./skeleton.nix { inherit lib stubPkgs ollamaShape; };
 
   hardwareModule = {
     boot.loader.systemd-boot.enable = true;
@@ -131,8 +134,8 @@ let
       comfyui = if !comfyuiEnabled then null else {
         customNodes = map (e: e.name) (config.services.ipex-comfyui.customNodesDir.entries or [ ]);
         modelsPath = config.services.ipex-fleet.services.comfyui.models;
-        execStart = (service "comfyui").serviceConfig.ExecStart;
-        torch = config.services.ipex-comfyui.package.torch.stubAccelerator or "unknown";
+        execStart = (service "comfyui").serviceConfig.ExecStart or "";
+        torch = (config.services.ipex-comfyui.package).torch.stubAccelerator or "unknown";
         accelerator = config.services.ipex-fleet.services.comfyui.accelerator;
       };
       controller = if opt [ "services" "ipex-fleet-controller" "enable" ] != true then null else {

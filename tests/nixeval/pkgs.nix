@@ -6,7 +6,9 @@
 # - comfyui: nixpkgs' package builds its Python from `python3.override` (pkgs/by-name/co/comfyui);
 # - ollama-vulkan, ollama-cuda, ollama-cpu exist; services.ollama has no acceleration option.
 # `stubAccelerator` marks what a torch really runs on; the checks read it.
-{ lib, config ? { }, overlays ? [ ], system ? "x86_64-linux" }:
+# comfyuiShape: pkgs.comfyui's signature, "python3" or "python3Packages" (both were seen in nixpkgs),
+# or "absent" (nixpkgs before 2026-07 has no comfyui).
+{ lib, config ? { }, overlays ? [ ], system ? "x86_64-linux", comfyuiShape ? "python3" }:
 let
   hash = name: builtins.substring 0 32 (builtins.hashString "sha256" name);
   stubDerivation = name: extra:
@@ -23,6 +25,19 @@ let
 
   cudaSupport = config.cudaSupport or false;
 
+  comfyuiOf = python: stubDerivation "comfyui-0.34.1" {
+    passthru = { inherit python; };
+    inherit python;
+    torch = python.pkgs.torch;
+    meta.mainProgram = "comfyui";
+  };
+  # pkgs/by-name/co/comfyui/package.nix: its Python is python3.override { packageOverrides = torch
+  # with cudaPackages_13 }, so its torch is nixpkgs' (CUDA under cudaSupport, else CPU).
+  comfyuiShapes = {
+    python3 = { python3 }: comfyuiOf (python3.override { self = python3; packageOverrides = _: _: { }; });
+    python3Packages = { python3Packages }: comfyuiOf python3Packages.python;
+  };
+
   # The fixpoint of this set with the host's overlays, as `import nixpkgs { overlays; }` makes it.
   base = final: {
     inherit lib config system stubDerivation;
@@ -35,16 +50,6 @@ let
     linkFarm = name: entries: stubDerivation name { inherit entries; };
     fetchurl = args: stubDerivation (args.name or (baseNameOf args.url)) { inherit (args) url; outputHash = args.hash or args.sha256; };
     mkShell = args: stubDerivation "nix-shell" args;
-    # pkgs/by-name/co/comfyui/package.nix: its Python is python3.override { packageOverrides = torch
-    # with cudaPackages_13 }, so its torch is nixpkgs' (CUDA under cudaSupport, else CPU).
-    comfyui = final.callPackage ({ python3 }:
-      let python = python3.override { self = python; packageOverrides = _: _: { }; };
-      in stubDerivation "comfyui-0.34.1" {
-        passthru = { inherit python; };
-        inherit python;
-        torch = python.pkgs.torch;
-        meta.mainProgram = "comfyui";
-      }) { };
     ollama = stubDerivation "ollama-0.32.0" { meta.mainProgram = "ollama"; stubAccelerator = "cpu"; };
     ollama-cpu = final.ollama;
     ollama-vulkan = stubDerivation "ollama-vulkan-0.32.0" { meta.mainProgram = "ollama"; stubAccelerator = "vulkan"; };
@@ -53,7 +58,9 @@ let
     stdenvNoCC.mkDerivation = args: stubDerivation "${args.pname}-${args.version}" args;
     fetchFromGitHub = args: stubDerivation "source" (args // { outputHash = args.hash; });
   } // lib.genAttrs [ "intel-compute-runtime" "intel-media-driver" "vpl-gpu-rt" "clinfo" "level-zero" "nix"
-    "openssh" "nftables" "parallel" "gawk" "gnused" "util-linux" ] (n: stubDerivation n { });
+    "openssh" "nftables" "parallel" "gawk" "gnused" "util-linux" ] (n: stubDerivation n { })
+  # The other shape takes python3Packages and builds from that set as given.
+  // lib.optionalAttrs (comfyuiShape != "absent") { comfyui = final.callPackage comfyuiShapes.${comfyuiShape} { }; };
 
   # A Python whose package set is `pythonPackages` plus what its packageOverrides add.
   mkPythonFinal = final: { name, torchAccelerator, extraPackages ? _: _: { } }:

@@ -492,7 +492,47 @@ def check_controller(h: Harness) -> Problems:
 CHECKS_12: tuple[tuple[str, str, Callable[[Harness], Problems]], ...] = (
     ("12.8", "controller-timer", check_controller),
 )
-ALL_CHECKS = CHECKS + CHECKS_11 + CHECKS_12
+
+# Issue 24: the nixpkgs a user pins. services.ollama before and after `models` became `modelsDir`,
+# and pkgs.comfyui taking python3 or python3Packages (both seen), or absent (before 2026-07).
+OLLAMA_SHAPES = ("models", "modelsDir")
+COMFYUI_SHAPES = ("python3", "python3Packages")
+
+
+def check_nixpkgs_shapes(h: Harness) -> Problems:
+    """Every host evaluates on every shape: no failed assertion, no warning (a deprecated alias), Ollama's
+    models where the fleet config says, ComfyUI's torch on its accelerator."""
+    problems: Problems = []
+    for ollama in OLLAMA_SHAPES:
+        for comfyui in COMFYUI_SHAPES:
+            def each(_: str, f: dict[str, Any]) -> Problems:
+                out = [f"failed assertion: {m}" for m in f["failedAssertions"]] + [f"warning: {w}" for w in f["warnings"]]
+                o, c = f.get("ollama") or {}, f.get("comfyui") or {}
+                if o.get("modelsDir") != "/var/lib/ollama/models":
+                    out.append(f"OLLAMA_MODELS is {o.get('modelsDir')}")
+                if c.get("accelerator") not in (None, "cpu") and c.get("torch") != c.get("accelerator"):
+                    out.append(f"ComfyUI runs on {c.get('accelerator')} with {c.get('torch')} torch")
+                return out
+            problems += [f"ollama {ollama}, comfyui({comfyui}): {p}"
+                         for p in _hosts(h, each, ollamaShape=ollama, comfyuiShape=comfyui)]
+    return problems
+
+
+def check_comfyui_absent(h: Harness) -> Problems:
+    """A nixpkgs without comfyui: every host is refused by one assertion that names the pin needed."""
+    def each(_: str, f: dict[str, Any]) -> Problems:
+        said = [m for m in f["failedAssertions"] if "needs pkgs.comfyui" in m]
+        if len(said) != 1 or len(f["failedAssertions"]) != 1:
+            return [f"not one clear assertion: {f['failedAssertions']}"]
+        return [] if "nix flake update nixpkgs --flake ./flake" in said[0] else [f"the assertion names no pin: {said[0]}"]
+    return _hosts(h, each, comfyuiShape="absent")
+
+
+CHECKS_24: tuple[tuple[str, str, Callable[[Harness], Problems]], ...] = (
+    ("24.2", "nixpkgs-shapes", check_nixpkgs_shapes),
+    ("24.2", "comfyui-absent", check_comfyui_absent),
+)
+ALL_CHECKS = CHECKS + CHECKS_11 + CHECKS_12 + CHECKS_24
 
 
 def run_checks(h: Harness, checks: tuple = ALL_CHECKS) -> dict[str, Problems]:

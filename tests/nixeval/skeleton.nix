@@ -3,7 +3,8 @@
 # (users, systemd, services.ollama, the node exporter, boot loaders, nixpkgs.*), the options follow
 # its types, defaults and assertions (nixos/modules/..., 2026); everything else is left out, so a
 # module that sets an option nixpkgs lacks fails here as it fails there ("option does not exist").
-{ lib, stubPkgs }:
+# ollamaShape: "modelsDir" (services.ollama from 2026-07, PR #537550) or "models" (before it).
+{ lib, stubPkgs, ollamaShape ? "modelsDir" }:
 let
   inherit (lib) mkOption mkEnableOption mkIf mkDefault types;
 
@@ -271,15 +272,18 @@ in
   # services/monitoring/prometheus/exporters.nix (node only)
   { options.services.prometheus.exporters.node = mkOption { type = nodeExporterType; default = { }; }; }
 
-  # services/misc/ollama.nix (2026): acceleration removed (the package picks it), models renamed
-  # modelsDir, DynamicUser unless user is set, render group and char-drm already granted.
+  # services/misc/ollama.nix. 2026 ("modelsDir"): acceleration removed (the package picks it), models
+  # renamed modelsDir (the old name a deprecated alias), DynamicUser unless user is set, render group
+  # and char-drm already granted. Before ("models"): the models option, and acceleration (null by
+  # default: the package as given).
   ({ config, pkgs, ... }:
     let
       cfg = config.services.ollama;
       staticUser = cfg.user != null && cfg.group != null;
+      modelsDir = if ollamaShape == "models" then cfg.models else cfg.modelsDir;
     in
     {
-      imports = [
+      imports = lib.optionals (ollamaShape == "modelsDir") [
         (lib.mkRenamedOptionModule [ "services" "ollama" "models" ] [ "services" "ollama" "modelsDir" ])
         (lib.mkRemovedOptionModule [ "services" "ollama" "acceleration" ]
           "Set `services.ollama.package` to `pkgs.ollama-vulkan`, `pkgs.ollama-cuda`, `pkgs.ollama-rocm` or `pkgs.ollama-cpu` instead.")
@@ -291,7 +295,12 @@ in
         user = mkOption { type = types.nullOr types.str; default = null; };
         group = mkOption { type = types.nullOr types.str; default = cfg.user; };
         home = mkOption { type = types.str; default = "/var/lib/ollama"; };
+      } // (if ollamaShape == "models" then {
+        models = mkOption { type = types.str; default = "${cfg.home}/models"; };
+        acceleration = mkOption { type = types.nullOr (types.enum [ false "rocm" "cuda" ]); default = null; };
+      } else {
         modelsDir = mkOption { type = types.str; default = "${cfg.home}/models"; };
+      }) // {
         host = mkOption { type = types.str; default = "127.0.0.1"; };
         port = mkOption { type = types.port; default = 11434; };
         environmentVariables = mkOption { type = types.attrsOf types.str; default = { }; };
@@ -310,7 +319,7 @@ in
           after = [ "network.target" ];
           environment = cfg.environmentVariables // {
             HOME = cfg.home;
-            OLLAMA_MODELS = cfg.modelsDir;
+            OLLAMA_MODELS = modelsDir;
             OLLAMA_HOST = "${cfg.host}:${toString cfg.port}";
           };
           serviceConfig = lib.optionalAttrs staticUser { User = cfg.user; Group = cfg.group; } // {
