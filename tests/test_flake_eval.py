@@ -112,6 +112,27 @@ def test_every_host_on_every_nixpkgs_shape(pushed: run.Harness):
     assert [m for m in absent.facts["failedAssertions"] if "needs pkgs.comfyui" in m]
 
 
+@needs_lib
+def test_the_metrics_check_fails_where_the_exporter_cannot_be_reached(tmp_path: Path):
+    """Before metrics.allowFrom (commit f13a0f5): the exporter's port was closed with no way to open it."""
+    lib = run.lib_path()
+    assert lib is not None
+    problems = run.check_metrics_reachable(run.Harness(lib, _archived("f13a0f5", tmp_path)))
+    assert "cpu-01: the exporter's port is opened by ''" in problems, problems
+    assert any("allowFrom = [] gives no warning" in p or "allowFrom = []:" in p for p in problems), problems
+
+
+@needs_lib
+def test_metrics_allow_from_facts(pushed: run.Harness):
+    closed = pushed.host("h100-01", variant="metrics-closed").facts
+    assert closed["warnings"] == ["services.ipex-fleet.metrics.allowFrom is empty: the node exporter's port 9100 "
+                                  "stays closed and nothing can scrape this host's metrics; list your Prometheus "
+                                  "addresses there"]
+    assert 9100 not in closed["fleet"]["firewall"]["allowedTCPPorts"]
+    bad = pushed.host("h100-01", variant="metrics-bad")
+    assert bad.error and "metrics.allowFrom" in bad.error and "IPv4 or IPv6 address" in bad.error
+
+
 def test_without_a_lib_the_harness_says_so_and_evaluates_nothing():
     env = {**os.environ, run.LIB_ENV: ""}  # empty: no lib, not even the shared one
     proc = subprocess.run([sys.executable, "-m", "tests.nixeval.run"], cwd=REPO, env=env,

@@ -18,6 +18,17 @@ let
     };
   };
 
+  # An IPv4 or IPv6 address, with an optional prefix length: what the firewall rules can take.
+  address = types.addCheck types.str (s:
+    builtins.match "([0-9]{1,3}[.]){3}[0-9]{1,3}(/[0-9]{1,2})?" s != null
+    || builtins.match "[0-9a-fA-F:]*:[0-9a-fA-F:.]*(/[0-9]{1,3})?" s != null) // {
+    description = "IPv4 or IPv6 address, optionally with a prefix length";
+  };
+  exporterPort = toString config.services.prometheus.exporters.node.port;
+  isIPv6 = a: lib.hasInfix ":" a;
+  v4 = lib.filter (a: !isIPv6 a) cfg.metrics.allowFrom;
+  v6 = lib.filter isIPv6 cfg.metrics.allowFrom;
+
   fleetConfig = {
     inherit (defaults) schema;
     host = config.networking.hostName;
@@ -123,6 +134,15 @@ in
         default = "5min";
         description = "How often the level-1 probe runs for metrics.";
       };
+      allowFrom = mkOption {
+        type = types.listOf address;
+        default = [ ];
+        example = [ "10.40.9.10" "fd00:40::/64" ];
+        description = ''
+          Addresses (IPv4 or IPv6, with an optional prefix length) allowed to scrape the node
+          exporter; the firewall opens its port to them only. Empty: closed, with a warning.
+        '';
+      };
     };
 
     bootEntriesKept = mkOption {
@@ -195,6 +215,22 @@ in
       enable = lib.mkDefault true;
       extraFlags = [ "--collector.textfile.directory=${cfg.metrics.directory}" ];
     };
+
+    # The exporter listens on every address; the firewall lets only the declared scrapers in (both
+    # of NixOS' firewall backends: nftables rules, or iptables commands in its nixos-fw chain).
+    warnings = lib.optional (cfg.metrics.enable && cfg.metrics.allowFrom == [ ])
+      ("services.ipex-fleet.metrics.allowFrom is empty: the node exporter's port ${exporterPort} stays closed "
+        + "and nothing can scrape this host's metrics; list your Prometheus addresses there");
+    networking.firewall = mkIf (cfg.metrics.enable && cfg.metrics.allowFrom != [ ]) (
+      if config.networking.nftables.enable then {
+        extraInputRules = lib.concatStringsSep "\n" (
+          lib.optional (v4 != [ ]) "ip saddr { ${lib.concatStringsSep ", " v4} } tcp dport ${exporterPort} accept"
+          ++ lib.optional (v6 != [ ]) "ip6 saddr { ${lib.concatStringsSep ", " v6} } tcp dport ${exporterPort} accept");
+      } else {
+        extraCommands = lib.concatMapStrings (a:
+          "${if isIPv6 a then "ip6tables" else "iptables"} -A nixos-fw -p tcp -s ${a} --dport ${exporterPort} -j nixos-fw-accept\n")
+          cfg.metrics.allowFrom;
+      });
 
     systemd.services.ipex-fleet-metrics = mkIf cfg.metrics.enable {
       description = "ipex-fleet health probe as node-exporter textfile metrics";

@@ -41,6 +41,9 @@ let
     autodownload = { services.ipex-fleet.models = { autoDownload = true; files = [ (modelFile sha) ]; }; };
     autodownload-sri = { services.ipex-fleet.models = { autoDownload = true; files = [ (modelFile "sha256-ASNFZ4mrze8BI0VniavN7wEjRWeJq83vASNFZ4mrze8=") ]; }; };
     store-models = { services.ipex-fleet.models.files = [ (modelFile sha) ]; };
+    metrics-closed = { services.ipex-fleet.metrics.allowFrom = lib.mkForce [ ]; };
+    metrics-nftables = { networking.nftables.enable = true; services.ipex-fleet.metrics.allowFrom = [ "fd00:40::/64" ]; };
+    metrics-bad = { services.ipex-fleet.metrics.allowFrom = [ "prometheus.example" ]; };
   };
   homeVariants = {
     ipex-xpu = { programs.ipex.enable = true; };
@@ -149,7 +152,8 @@ let
         package = packageFacts config.services.ipex-fleet.package;
         metricsDirectory = config.services.ipex-fleet.metrics.directory;
         metricsExecStart = lib.concatStringsSep "\n" (lib.toList ((service "ipex-fleet-metrics").serviceConfig.ExecStart or [ ]));
-        nodeExporter = { inherit (config.services.prometheus.exporters.node) enable extraFlags; };
+        nodeExporter = { inherit (config.services.prometheus.exporters.node) enable extraFlags port; };
+        firewall = { inherit (config.networking.firewall) allowedTCPPorts extraCommands extraInputRules; };
       };
     };
   home = name: lib.evalModules {

@@ -528,7 +528,32 @@ def check_comfyui_absent(h: Harness) -> Problems:
     return _hosts(h, each, comfyuiShape="absent")
 
 
+def check_metrics_reachable(h: Harness) -> Problems:
+    """metrics.allowFrom opens the node exporter's port to those addresses only (iptables or nftables);
+    empty: closed, with a warning; a name instead of an address is refused."""
+    def each(_: str, f: dict[str, Any]) -> Problems:
+        fleet = f.get("fleet") or {}
+        fw, port = fleet.get("firewall") or {}, (fleet.get("nodeExporter") or {}).get("port")
+        want = f"iptables -A nixos-fw -p tcp -s 10.40.9.10 --dport {port} -j nixos-fw-accept\n"
+        out = [] if fw.get("extraCommands") == want else [f"the exporter's port is opened by {fw.get('extraCommands')!r}"]
+        return out + ([f"port {port} is open to everyone"] if port in fw.get("allowedTCPPorts", []) else [])
+    problems = _hosts(h, each)
+    closed = _facts_or(h.host("cpu-01", variant="metrics-closed"), problems, "allowFrom = []")
+    if closed:
+        if closed["fleet"]["firewall"]["extraCommands"] or closed["fleet"]["firewall"]["extraInputRules"]:
+            problems.append(f"allowFrom = [] opens {closed['fleet']['firewall']}")
+        if not any("metrics.allowFrom is empty" in w for w in closed["warnings"]):
+            problems.append(f"allowFrom = [] gives no warning: {closed['warnings']}")
+    nft = _facts_or(h.host("cpu-01", variant="metrics-nftables"), problems, "allowFrom with nftables")
+    if nft and nft["fleet"]["firewall"]["extraInputRules"] != (
+            "ip saddr { 10.40.9.10 } tcp dport 9100 accept\nip6 saddr { fd00:40::/64 } tcp dport 9100 accept"):
+        problems.append(f"with nftables the rules are {nft['fleet']['firewall']['extraInputRules']!r}")
+    return problems + _refused(h.host("cpu-01", variant="metrics-bad"), "allowFrom = [ prometheus.example ]",
+                               "is not of type")
+
+
 CHECKS_24: tuple[tuple[str, str, Callable[[Harness], Problems]], ...] = (
+    ("24.3", "metrics-reachable", check_metrics_reachable),
     ("24.2", "nixpkgs-shapes", check_nixpkgs_shapes),
     ("24.2", "comfyui-absent", check_comfyui_absent),
 )

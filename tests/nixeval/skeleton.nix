@@ -237,6 +237,19 @@ in
     options.hardware.cpu.amd.updateMicrocode = mkOption { type = types.bool; default = false; };
   }
 
+  # services/networking/firewall.nix (iptables: extraCommands) and firewall-nftables.nix
+  # (extraInputRules, only with networking.nftables.enable), services/networking/nftables.nix.
+  {
+    options.networking.firewall = {
+      enable = mkOption { type = types.bool; default = true; };
+      allowedTCPPorts = mkOption { type = types.listOf types.port; default = [ ]; };
+      extraCommands = mkOption { type = types.lines; default = ""; };
+      extraStopCommands = mkOption { type = types.lines; default = ""; };
+      extraInputRules = mkOption { type = types.lines; default = ""; };
+    };
+    options.networking.nftables.enable = mkOption { type = types.bool; default = false; };
+  }
+
   # services/networking/ssh/sshd.nix
   {
     options.services.openssh = {

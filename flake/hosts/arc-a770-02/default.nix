@@ -6,5 +6,7 @@
   imports = [ ../../profiles/intel-arc.nix ];
   boot.loader.systemd-boot.enable = true;
   boot.loader.efi.canTouchEfiVariables = true;
+  # The example fleet's Prometheus (inventories/prod.py's network): the node exporter is open to it only.
+  services.ipex-fleet.metrics.allowFrom = [ "10.40.9.10" ];
   services.ipex.deviceSelector = "level_zero:0";
 }

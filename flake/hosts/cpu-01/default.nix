@@ -6,4 +6,6 @@
   imports = [ ../../profiles/cpu.nix ];
   boot.loader.systemd-boot.enable = true;
   boot.loader.efi.canTouchEfiVariables = true;
+  # The example fleet's Prometheus (inventories/prod.py's network): the node exporter is open to it only.
+  services.ipex-fleet.metrics.allowFrom = [ "10.40.9.10" ];
 }
