@@ -54,6 +54,7 @@ class ScriptedHost:
     agent_installed: bool = False
     armed: dict[str, str] = field(default_factory=dict)  # intent id -> run id of each watchdog started
     revert_fails: bool = False  # the old generation's activation fails (a revert that cannot verify)
+    bench_verdict: str = "pass"  # the benchmark gate's verdict (pass, fail, inconclusive)
     records: list[dict[str, Any]] = field(default_factory=list)
     fault: Fault | None = None
     second: Fault | None = None  # a second fault, for double faults (a gate fails, then the controller dies)
@@ -243,7 +244,10 @@ class ScriptedHost:
         return 0, [json.dumps({"result": "pass", "level": 2, "checks": [{"name": "units", "result": "pass"}]})]
 
     def do_bench(self, _c: str) -> tuple[int, list[str]]:
-        return 0, [json.dumps({"gate": {"result": "pass", "comparisons": []}, "results": [], "device": {}})]
+        comparisons = [] if self.bench_verdict == "pass" else [
+            {"name": "matmul", "verdict": self.bench_verdict, "message": "0.81 of baseline, 90% interval 0.62-1.02"}]
+        return 0, [json.dumps({"gate": {"result": self.bench_verdict, "comparisons": comparisons}, "results": [],
+                               "device": {}})]
 
     def do_models(self, _c: str) -> tuple[int, list[str]]:
         return 0, [json.dumps({"installed": ["checkpoints/a.safetensors"], "present": [], "pruned": [],

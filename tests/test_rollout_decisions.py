@@ -72,6 +72,8 @@ class ScriptedRollout(engine.Rollout):
             status = self.script.get(host, Status.OK)
             if deploy == engine.ROLLBACK_DEPLOY:
                 status = Status.OK
+            if deploy == engine.DECIDE_DEPLOY:
+                status = {"approve": Status.OK, "abort": Status.ROLLED_BACK}[data["decision"]]
             if status is Status.UNREACHABLE:
                 continue  # never connected: no result of ours, as with a real unreachable host
             health = None if status is Status.OK else {"result": "fail", "failing": [self.failing]}
@@ -98,13 +100,17 @@ def scripted(tmp_path, monkeypatch):
     deploy = tmp_path / "deploy.py"
     deploy.write_text("")
 
-    def run(script: dict[str, Status], *, as_json: bool = False, **options) -> tuple[int, str, str, Ledger]:
+    def run(script: dict[str, Status], *, as_json: bool = False, resume: str | None = None,
+            decision: str | None = None, **options) -> tuple[int, str, str, Ledger]:
         ScriptedRollout.script, ScriptedRollout.runs = script, []
         out = io.StringIO()
         ledger = Ledger()
-        rollout, waves = ScriptedRollout.prepare(
-            engine.RolloutOptions(str(inventory), str(deploy), **options), ledger,
-            Live("json" if as_json else "plain", out))
+        live = Live("json" if as_json else "plain", out)
+        if resume:
+            rollout, waves = ScriptedRollout.resume(resume, ledger, live, decision)
+        else:
+            rollout, waves = ScriptedRollout.prepare(
+                engine.RolloutOptions(str(inventory), str(deploy), **options), ledger, live)
         code = rollout.execute(waves)
         return code, out.getvalue(), rollout.run_id, ledger
 
@@ -204,3 +210,41 @@ def test_a_signature_keeps_the_check_and_drops_the_particulars():
                                           + "a" * 32 + "-x failed; rollback: ...")
     assert breaker.signature(c) == "step: switch-to-configuration switch exited <n>: <store path> failed"
     assert breaker.signature(result("h4", Status.UNREACHABLE)) is None
+
+
+def test_an_inconclusive_canary_pauses_the_rollout_until_a_person_approves(scripted):
+    code, out, run_id, ledger = scripted({"h1": Status.PAUSED})
+    assert code == engine.PAUSED_EXIT and ledger.run(run_id).status == "paused"
+    assert [w["status"] for w in ledger.waves(run_id)] == ["paused", "planned", "planned"]
+    assert "wave canary: inconclusive 1 (h1)" in out and "paused, 1 host(s) on probation" in out
+    assert f"ipex-fleet rollout --resume {run_id} --approve" in out and "--abort" in out
+    assert [d for d, _ in ScriptedRollout.runs] == [ScriptedRollout.runs[0][0]], "nothing after the pause"
+    with pytest.raises(UserError, match="is paused .*--approve or --abort"):
+        scripted({}, resume=run_id)
+    code, out, _, ledger = scripted({}, resume=run_id, decision="approve")
+    assert code == 0, out
+    assert ScriptedRollout.runs[0] == (engine.DECIDE_DEPLOY, ("h1",)), "only the host on probation is decided"
+    assert [h for _, hosts in ScriptedRollout.runs[1:] for h in hosts] == ["h2", "h3", "h4", "h5"]
+    assert [w["status"] for w in ledger.waves(run_id)] == ["done", "done", "done"]
+    assert ledger.run(run_id).status == "done"
+
+
+def test_abort_reverts_the_wave_and_halts(scripted):
+    code, out, run_id, ledger = scripted({"h2": Status.OK, "h3": Status.PAUSED}, waves="canary,wave1,wave2")
+    assert code == engine.PAUSED_EXIT and [w["status"] for w in ledger.waves(run_id)][:2] == ["done", "paused"]
+    with pytest.raises(UserError, match="is paused"):
+        scripted({}, resume=run_id)
+    code, out, _, ledger = scripted({}, resume=run_id, decision="abort")
+    assert code == 1 and "aborted on probation (h3): halting" in out
+    assert ScriptedRollout.runs[0] == (engine.DECIDE_DEPLOY, ("h3",))
+    assert ScriptedRollout.runs[1] == (engine.ROLLBACK_DEPLOY, ("h2",)), "the wave's changed host goes back too"
+    assert ledger.run(run_id).status == "halted"
+    with pytest.raises(UserError, match="halted, not paused: --approve has nothing to decide"):
+        scripted({}, resume=run_id, decision="approve")
+
+
+def test_a_wave_that_halts_aborts_its_hosts_on_probation_instead_of_leaving_them(scripted):
+    code, out, run_id, ledger = scripted({"h2": Status.PAUSED, "h3": Status.ROLLED_BACK})
+    assert code == 1 and "1 of 2 rolled back or failed" in out
+    assert (engine.DECIDE_DEPLOY, ("h2",)) in ScriptedRollout.runs
+    assert ledger.run(run_id).status == "halted"

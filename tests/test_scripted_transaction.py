@@ -277,3 +277,49 @@ def test_a_rollback_after_a_committed_deploy_moves_the_host_back_despite_the_fas
     assert result.status is Status.OK, result.error
     assert host.current == 1 and host.running == host.generations[1] == "/nix/store/aaa-nixos-system-1"
     assert host.records[-1]["phase"] == "rollback"
+
+
+def _decide(host: ScriptedHost, run_id: str, decision: str, monkeypatch) -> results.HostResult:
+    """deploys/decide.py under the paused run's id, as `rollout --resume RUN --approve|--abort` runs it."""
+    monkeypatch.setenv("IPEX_FLEET_RUN_ID", run_id)
+    host.state = SimpleNamespace()
+    host.data["decision"] = decision
+    transaction.run_step(None, host, transaction.decide_probation, "decide_probation")
+    return results.read_host_result(run_id, "h1")
+
+
+@pytest.mark.parametrize("decision", ["approve", "abort", "nobody"])
+def test_an_inconclusive_gate_holds_the_host_on_probation_until_a_person_or_the_timeout_decides(
+        controller, monkeypatch, decision):
+    deploy, make = controller
+    host = make(models=[], bench=True, bench_inconclusive="pause", pause_timeout=600)
+    host.bench_verdict = "inconclusive"
+    run_id, alive = deploy(host)
+    paused = results.read_host_result(run_id, "h1")
+    assert alive and paused.status is Status.PAUSED, paused
+    assert "benchmark gate inconclusive: matmul" in paused.error and f"--resume {run_id} --approve" in paused.error
+    # Neither committed nor reverted: the intent stays open and the lock held, both leased for the
+    # pause timeout on the host's clock; the heartbeat let go (it would shorten the lease again).
+    agent = host.agent.status()
+    assert agent["intent"]["left"] > 500 and agent["lock"]["left"] > 500, agent
+    assert host.running == host.target_build and not host.resolved
+    assert "h1" not in transaction.runstate.of(host.state).heartbeat.kept
+    assert not [r for r in host.records if r.get("run_id") == run_id], "nothing final is recorded on the host"
+    # Another deploy meanwhile is refused: the host is not free.
+    other, _ = deploy(host)
+    assert results.read_host_result(other, "h1").status is Status.SKIPPED
+
+    if decision == "nobody":  # the pause runs out: the watchdog reverts; a late approval learns it
+        assert host.lease_runs_out()
+        decided = _decide(host, run_id, "approve", monkeypatch)
+        assert decided.status is Status.ROLLED_BACK and "the pause (600s) ran out" in decided.error
+        assert "watchdog restored generation 1" in decided.error
+    else:
+        decided = _decide(host, run_id, decision, monkeypatch)
+    outcome = check_invariant(host, run_id, "/nix/store/aaa-nixos-system-1")
+    if decision == "approve":
+        assert decided.status is Status.OK and outcome == "committed" and decided.bench["result"] == "inconclusive"
+    else:
+        assert decided.status is Status.ROLLED_BACK and outcome == "reverted"
+    assert host.lock is None, "the decision releases the lock"
+    assert not (results.run_dir(run_id) / "probation" / "h1.json").exists(), "the token is not kept"

@@ -36,6 +36,7 @@ class Status(str, enum.Enum):
     UNREACHABLE = "unreachable"
     SKIPPED = "skipped"
     REVERT_FAILED = "revert-failed"  # a revert that did not verify: loud, never a success
+    PAUSED = "paused"  # on probation: intent open, lease set to the pause timeout, waiting for a person
 
     @property
     def succeeded(self) -> bool:

@@ -41,7 +41,20 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     ro.add_argument("--rollback-scope", default="wave", choices=("wave", "all"),
                     help="on a spent budget, roll back the failed wave's changed hosts, or every wave's")
     ro.add_argument("--parallel", type=int, help="hosts deployed at once within a wave (pyinfra --parallel)")
-    ro.add_argument("--resume", metavar="RUN_ID", help="continue a rollout whose controller died")
+    ro.add_argument("--resume", metavar="RUN_ID", help="continue a rollout whose controller died, or decide on "
+                                                         "a paused one (with --approve or --abort)")
+    decide = ro.add_mutually_exclusive_group()
+    decide.add_argument("--approve", action="store_const", const="approve", dest="decision",
+                        help="with --resume: commit the hosts on probation and go on")
+    decide.add_argument("--abort", action="store_const", const="abort", dest="decision",
+                        help="with --resume: revert the hosts on probation and halt (rolling back the wave, "
+                             "or all with --rollback-scope all)")
+    ro.add_argument("--pause-on-inconclusive", action="store_true",
+                    help="an inconclusive benchmark gate pauses the rollout with the host on probation "
+                         "(host data bench_inconclusive=pause) instead of failing it")
+    ro.add_argument("--pause-timeout", type=float, metavar="SECONDS",
+                    help="how long a host waits on probation for --approve/--abort before its own watchdog "
+                         "reverts it (an abort; host data pause_timeout, default 3600)")
     ro.add_argument("--dry-run", action="store_true", help="print the waves and the pyinfra runs, run nothing")
     ro.add_argument("--json", action="store_true",
                     help="one JSON object per line (messages, waves, each host's changes of state, the summary)")
@@ -139,13 +152,22 @@ def _rollout(args: argparse.Namespace) -> int:
     def options() -> RolloutOptions:
         if not args.inventory or not args.deploy:
             raise UserError("rollout INVENTORY DEPLOY: give both, e.g. inventories/prod.py deploys/prod.py")
-        for needed in (ROLLBACK_DEPLOY, "deploys/check.py"):
+        for needed in (ROLLBACK_DEPLOY, "deploys/check.py", "deploys/decide.py"):
             _deploy_file(needed)
+        data = {}
+        if args.pause_on_inconclusive:
+            data["bench_inconclusive"] = "pause"
+        if args.pause_timeout is not None:
+            if args.pause_timeout < 10:
+                raise UserError("--pause-timeout: give at least 10 seconds")
+            data["pause_timeout"] = f"{args.pause_timeout:g}"
         return RolloutOptions(args.inventory, args.deploy, args.waves, args.max_fail, args.canary_max_fail,
                               args.soak, args.rollback_scope, args.parallel, max_unreachable=args.max_unreachable,
-                              breaker_threshold=args.breaker)
+                              breaker_threshold=args.breaker, data=data)
 
-    return _run_waves(options, args.resume, args.json, args.dry_run)
+    if args.decision and not args.resume:
+        raise UserError(f"--{args.decision} decides on a paused rollout: give --resume RUN_ID too")
+    return _run_waves(options, args.resume, args.json, args.dry_run, args.decision)
 
 
 def _maintain(args: argparse.Namespace) -> int:
@@ -169,12 +191,12 @@ def _maintain(args: argparse.Namespace) -> int:
 
 
 def _run_waves(options: Callable[[], RolloutOptions], resume: str | None = None, as_json: bool = False,
-               dry_run: bool = False) -> int:
+               dry_run: bool = False, decision: str | None = None) -> int:
     """A run in waves (rollout or maintain): new from `options()`, or resumed from the ledger."""
     ledger = Ledger()
     live = Live("json" if as_json else None)
     if resume:
-        run, waves = Rollout.resume(resume, ledger, live)
+        run, waves = Rollout.resume(resume, ledger, live, decision)
     else:
         run, waves = Rollout.prepare(options(), ledger, live)
     live.fit([h for wave in waves for h in wave.hosts])

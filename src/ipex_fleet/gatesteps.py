@@ -131,7 +131,8 @@ def bench_gate(tx: HostTransaction, host: Any) -> None:
     """Step 8: the quick benchmark against the host's baseline (recorded at its first run, several runs).
 
     `fail` fails the step; `pass` passes; `inconclusive` follows host data bench_inconclusive (fail, the
-    default, or warn). The error names the slow cases with their figures and the device's other users.
+    default, warn, or pause: probation until a person decides). The error names the slow cases with
+    their figures and the device's other users.
     """
     s = tx.settings
     if not s.bench:
@@ -149,6 +150,10 @@ def bench_gate(tx: HostTransaction, host: Any) -> None:
         raise StepFailed("benchmark gate failed: " + why)
     if s.bench_inconclusive == "fail":
         raise StepFailed("benchmark gate inconclusive (host data bench_inconclusive=fail): " + why)
+    if s.bench_inconclusive == "pause":  # the commit step keeps the host on probation instead
+        tx.probation = "benchmark gate inconclusive: " + why
+        host.log(f"warning: {tx.probation}; the host waits on probation for a decision", logger.warning)
+        return
     tx.bench["inconclusive_accepted"] = True
     host.log(f"warning: benchmark gate inconclusive, passed as bench_inconclusive=warn: {why}", logger.warning)
 

@@ -30,7 +30,7 @@ from .tables import width, wrap
 FORMS = ("rich", "plain", "json")
 POLL = 0.2  # seconds between reads of the events file
 STYLES = {"ok": "green", "unchanged": "green", "rolled_back": "yellow", "rolling back": "yellow",
-          "skipped": "yellow", "failed": "red", "unreachable": "red"}
+          "skipped": "yellow", "failed": "red", "unreachable": "red", "revert-failed": "red", "paused": "yellow"}
 
 
 @dataclass

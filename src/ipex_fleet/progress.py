@@ -25,7 +25,8 @@ STEP_STATES = {
     "verify_promoted": "checking", "observe": "reading", "begin": "locking",
     "retention": "collecting", "vacuum": "vacuuming", "restart": "services", "health_and_drift": "health",
 }
-FINAL_STATES = ("ok", "unchanged", "rolled_back", "failed", "unreachable", "skipped", "planned")
+FINAL_STATES = ("ok", "unchanged", "rolled_back", "failed", "unreachable", "skipped", "planned", "revert-failed",
+                "paused")
 
 
 def events_path(run_id: str) -> Path:

@@ -193,8 +193,11 @@ class DeploySettings(BaseModel):
                                AfterValidator(lambda v: v if v < 1 else _below_one())] | None = None
     bench_timeout: Seconds() = 300
     # An inconclusive benchmark (neither within tolerance nor beyond it with confidence) fails the
-    # deploy (fail, the default: canaries) or is a warning that lets it pass (warn).
-    bench_inconclusive: Annotated[str, BeforeValidator(_one_of("fail", "warn"))] = "fail"
+    # deploy (fail, the default: canaries), is a warning that lets it pass (warn), or keeps the host on
+    # probation (pause): its intent stays open, its lease set to pause_timeout, until a person decides
+    # (`ipex-fleet rollout --resume RUN --approve|--abort`); nobody deciding in time reverts it.
+    bench_inconclusive: Annotated[str, BeforeValidator(_one_of("fail", "warn", "pause"))] = "fail"
+    pause_timeout: Seconds(10) = 3600
     bench_lock: PlainPath | None = None
     # node_exporter's textfile directory: the deploy's probe and `ipex-fleet metrics` write there
     # (the flake's services.ipex-fleet.metrics.directory); None turns it off.

@@ -22,7 +22,7 @@ from pyinfra import logger
 from pyinfra.api.state import BaseStateCallback
 
 from .domain import NO_GENERATION, Action, Generation, HostResult, Status
-from . import flakeinputs, heartbeat, hostagent, progress, redact, runstate
+from . import flakeinputs, heartbeat, hostagent, probation, progress, redact, runstate
 from .nix import commands as nixcmd
 from .nix import upkeep
 from .domain import STATE_DIR
@@ -83,6 +83,7 @@ class HostTransaction:
     intent_open: bool = False  # an intent is journaled on the host: only a claim ends it
     final_status: Status | None = None  # set when the host's result is written
     fresh_connections: bool = False  # the run's SSH session is gone: use new connections
+    probation: str | None = None  # an inconclusive gate with bench_inconclusive=pause: why the host waits
     health: dict[str, Any] | None = None
     bench: dict[str, Any] | None = None
     timings: dict[str, float] = field(default_factory=dict)
@@ -246,7 +247,7 @@ def _finish(tx: HostTransaction, host: Any, status: Status, final: Generation, e
             if tx.settings.metrics_dir:  # in the same round trip; best effort: it never fails a deploy
                 parts.append(f"{{ {tx.settings.ipex_fleet_command} metrics --textfile-dir "
                              f"{quote(tx.settings.metrics_dir)} >/dev/null 2>&1 || true; }}")
-        if tx.locked and tx.lock_token:
+        if tx.locked and tx.lock_token and status is not Status.PAUSED:  # probation keeps the lock
             parts.append(f"{{ {hostagent.command('lock-release', '--token', tx.lock_token)} >/dev/null || true; }}")
         for attempt in range(3):  # the record is retried; the decision does not depend on it
             try:
@@ -479,7 +480,8 @@ def take_lock(tx: HostTransaction, host: Any) -> None:
     if got.returncode != hostagent.BUSY:
         raise StepFailed(f"could not take the lock: {answer.get('error') or got.last_error}")
     holder = answer.get("holder") or {}
-    if holder.get("run_id") and read_host_result(str(holder["run_id"]), host.name) is not None:
+    finished = read_host_result(str(holder["run_id"]), host.name) if holder.get("run_id") else None
+    if finished is not None and finished.status is not Status.PAUSED:  # probation keeps its lock
         # A run of this controller that already finished with this host (it was cut off before it
         # could release): its heartbeat stopped with it, so its lock is ours to take over now.
         got = sh(tx, host, hostagent.command(*args, "--force"))
@@ -822,7 +824,11 @@ def rollback_to(tx: HostTransaction, host: Any, gen: Generation) -> Generation:
 
 
 def record(tx: HostTransaction, host: Any) -> None:
-    """Step 9, the commit: claim the decision, which disarms the watchdog; record; release the lock."""
+    """Step 9, the commit: claim the decision, which disarms the watchdog; record; release the lock.
+    A host whose gates were inconclusive (bench_inconclusive=pause) is held on probation instead."""
+    if tx.intent_open and tx.probation:
+        hold_on_probation(tx, host)
+        return
     if tx.intent_open and not claim(tx, host, hostagent.COMMITTED):
         reverted = WatchdogReverted.after(tx, host, "the lease ran out before the commit")
         _finish(tx, host, reverted.status, reverted.final, f"{reverted} (the controller was cut off or too slow "
@@ -831,6 +837,56 @@ def record(tx: HostTransaction, host: Any) -> None:
     status = Status.UNCHANGED if tx.unchanged else Status.OK
     final = tx.previous if tx.unchanged or tx.target.path is None else tx.target
     _finish(tx, host, status, final, None)
+
+
+def hold_on_probation(tx: HostTransaction, host: Any) -> None:
+    """Neither commit nor revert: stop the heartbeat, set the intent's and the lock's leases to the
+    pause timeout (on the host's clock, so the host decides alone if nobody does: its watchdog
+    reverts), keep what a decision needs on the controller, and end this run's part as `paused`."""
+    assert tx.intent_id is not None and tx.lock_token is not None
+    _heartbeat(host).stop(host.name)
+    timeout = tx.settings.pause_timeout
+    held = sh(tx, host, hostagent.command("renew", "--token", tx.lock_token, "--for", f"{timeout:g}",
+                                          "--intent", tx.intent_id))
+    if held.returncode == hostagent.LOST:
+        reverted = WatchdogReverted.after(tx, host, "the lease ran out before the host was put on probation")
+        _finish(tx, host, reverted.status, reverted.final, str(reverted))
+        return
+    if not held.ok:
+        raise StepFailed(f"could not put the host on probation: {held.last_error}")
+    probation.write(probation.Probation(
+        host=host.name, run_id=tx.run_id, intent_id=tx.intent_id, lock_token=tx.lock_token, why=tx.probation or "",
+        previous=tx.previous.to_json(), target=tx.target.to_json(), pause_timeout=timeout, flake_hash=tx.flake_hash,
+        health=tx.health, bench=tx.bench))
+    tx.record_on_host = False  # nothing final happened on the host: its open intent says what is pending
+    _finish(tx, host, Status.PAUSED, tx.target,
+            f"{tx.probation}; on probation: decide with `ipex-fleet rollout --resume {tx.run_id} --approve` "
+            f"or `--abort`; without a decision the host reverts by itself in {timeout:g}s")
+
+
+def decide_probation(tx: HostTransaction, host: Any) -> None:
+    """deploys/decide.py: a person's decision on a host left on probation by this run (--data
+    decision=approve|abort). Approve claims the commit; abort reverts like a failed gate. If the pause
+    timed out first, the host's watchdog already reverted it, and the result says so."""
+    decision = str(host.data.get("decision") or "")
+    held = probation.read(tx.run_id, host.name)
+    if decision not in probation.DECISIONS or held is None:
+        tx.record_on_host = False  # nothing was decided: the host's own records stay as they are
+        raise StepFailed(f"--data decision={decision or '?'}: give approve or abort" if held else
+                         f"run {tx.run_id} left no probation for {host.name}; nothing to decide")
+    tx.intent_id, tx.lock_token, tx.locked, tx.intent_open = held.intent_id, held.lock_token, True, True
+    tx.previous, tx.target, tx.flake_hash = held.previous_generation, held.target_generation, held.flake_hash
+    tx.health, tx.bench = held.health, held.bench
+    tx.probation = None
+    if decision == "abort":
+        _fail(tx, host, f"aborted on probation ({held.why})")
+    elif claim(tx, host, hostagent.COMMITTED):
+        host.log(f"approved on probation: generation {tx.target.number} committed")
+        _finish(tx, host, Status.OK, tx.target, None)
+    else:
+        reverted = WatchdogReverted.after(tx, host, f"the pause ({held.pause_timeout:g}s) ran out before the approval")
+        _finish(tx, host, reverted.status, reverted.final, str(reverted))
+    probation.decided(tx.run_id, host.name)
 
 
 # Gates that have nothing to check where nothing changed (or in a dry run).

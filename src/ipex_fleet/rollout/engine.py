@@ -28,6 +28,8 @@ from .waves import Budget, Wave, plan
 
 ROLLBACK_DEPLOY = "deploys/rollback.py"
 CHECK_DEPLOY = "deploys/check.py"
+DECIDE_DEPLOY = "deploys/decide.py"
+PAUSED_EXIT = 3  # the run waits for a person: neither a success nor a failure yet
 WAVE_TIMEOUT = 6 * 3600
 
 
@@ -65,6 +67,7 @@ class Rollout:
         self.ledger = ledger
         self.live = live or Live()
         self.say = self.live.say
+        self.decision: str | None = None  # approve | abort: a resumed run's decision on hosts on probation
 
     # -- the plan ---------------------------------------------------------------------------
 
@@ -87,15 +90,24 @@ class Rollout:
         return cls(options, new_run_id(options.kind), ledger, live), waves
 
     @classmethod
-    def resume(cls, run_id: str, ledger: Ledger, live: Live | None = None) -> tuple["Rollout", list[Wave]]:
+    def resume(cls, run_id: str, ledger: Ledger, live: Live | None = None,
+               decision: str | None = None) -> tuple["Rollout", list[Wave]]:
         row = ledger.run(run_id)
         if row is None or row.kind not in ("rollout", "maintain"):
             raise UserError(f"no rollout or maintenance run {run_id} in {ledger.path}; see `ipex-fleet history`")
-        if row.status != "running":
+        if row.status == "paused" and decision is None:
+            raise UserError(f"rollout {run_id} is paused ({row.message}); resume it with --approve or --abort")
+        if row.status != "paused" and decision is not None:
+            raise UserError(f"{row.kind} {run_id} is {row.status}, not paused: --{decision} has nothing to decide")
+        if row.status not in ("running", "paused"):
             raise UserError(f"{row.kind} {run_id} already ended ({row.status}); nothing to resume")
         options = RolloutOptions(**row.options)
         waves = [Wave(w["idx"], w["name"], tuple(json.loads(w["hosts"])), w["max_fail"]) for w in ledger.waves(run_id)]
-        return cls(options, run_id, ledger, live), waves
+        run = cls(options, run_id, ledger, live)
+        run.decision = decision
+        if decision is not None:
+            ledger.set_run_status(run_id, "running", f"resumed: {decision}")
+        return run, waves
 
     def describe(self, waves: list[Wave]) -> None:
         for wave in waves:
@@ -138,8 +150,11 @@ class Rollout:
             if states.get(wave.index) == "done":
                 self.say(f"== wave {wave.index + 1} {wave.name}: done before, skipped")
                 continue
-            halted = self._run_wave(wave, waves)
-            if halted:
+            ended = self._run_wave(wave, waves)
+            if ended == "paused":
+                self.summary(waves)
+                return PAUSED_EXIT
+            if ended == "halted":
                 self.summary(waves)
                 return 1
         failures = [r for r in self._deploy_results(waves).values() if self.failed(r)]
@@ -172,17 +187,26 @@ class Rollout:
             out[host] = result
         return out
 
-    def _run_wave(self, wave: Wave, waves: list[Wave]) -> bool:
-        """Deploy one wave; return True when the rollout halts."""
+    def _run_wave(self, wave: Wave, waves: list[Wave]) -> str:
+        """Deploy one wave (or decide on its hosts on probation): `done`, `halted` or `paused`."""
         self.ledger.set_wave(self.run_id, wave.index, wave.name, wave.hosts, wave.max_fail, "running")
-        done = {h for h in wave.hosts if (r := read_host_result(self.run_id, h)) and r.status.succeeded}
-        pending = tuple(h for h in wave.hosts if h not in done)
-        self.say(f"== wave {wave.index + 1} {wave.name}: {', '.join(pending) or 'nothing left'}"
-                 + (f" ({len(done)} done before the resume)" if done else ""))
-        with self.live.wave(wave.name, pending):
-            if pending:
-                self._pyinfra(self.options.deploy, pending, self.run_id, f"wave{wave.index + 1}", self.options.data)
-            results = self._results(self.run_id, wave.hosts, self.phase, wave.index)
+        paused = self._paused(wave)
+        if paused:  # resumed with a person's decision on the hosts this wave left on probation
+            assert self.decision is not None, "resume() admits a paused run only with a decision"
+            self.say(f"== wave {wave.index + 1} {wave.name}: {self.decision} {', '.join(paused)} (on probation)")
+            with self.live.wave(wave.name, paused):
+                self._decide(wave, paused, self.decision)
+                results = self._results(self.run_id, wave.hosts, self.phase, wave.index)
+        else:
+            done = {h for h in wave.hosts if (r := read_host_result(self.run_id, h)) and r.status.succeeded}
+            pending = tuple(h for h in wave.hosts if h not in done)
+            self.say(f"== wave {wave.index + 1} {wave.name}: {', '.join(pending) or 'nothing left'}"
+                     + (f" ({len(done)} done before the resume)" if done else ""))
+            with self.live.wave(wave.name, pending):
+                if pending:
+                    self._pyinfra(self.options.deploy, pending, self.run_id, f"wave{wave.index + 1}",
+                                  self.options.data)
+                results = self._results(self.run_id, wave.hosts, self.phase, wave.index)
         budgets = Budgets(wave.max_fail, self.options.max_unreachable)
         tally = Tally.of(results, self.maintenance)
         soak_failed: tuple[str, ...] = ()
@@ -197,15 +221,47 @@ class Rollout:
             for found in opened:
                 self.say(f"== {found.line()}")
             why = why or ("the circuit breaker opened" if opened else None)
+        if paused and self.decision == "abort":  # a person's decision, whatever the budgets say
+            why = f"aborted on probation ({', '.join(paused)})"
+        on_probation = tuple(h for h, r in results.items() if r.status is Status.PAUSED)
         if why is not None:
             self.say(f"== wave {wave.index + 1} {wave.name}: {why}: halting")
             self.ledger.set_wave(self.run_id, wave.index, wave.name, wave.hosts, wave.max_fail, "halted")
+            if on_probation:  # a halted wave decides nothing by approval: its hosts on probation go back
+                self._decide(wave, on_probation, "abort")
             if not self.maintenance:
                 self._revert(wave, waves, extra=list(soak_failed))
             self.ledger.finish_run(self.run_id, "halted", f"wave {wave.name}: {why}")
-            return True
+            return "halted"
+        if on_probation:
+            self._pause(wave, on_probation, results)
+            return "paused"
         self.ledger.set_wave(self.run_id, wave.index, wave.name, wave.hosts, wave.max_fail, "done")
-        return False
+        return "done"
+
+    def _paused(self, wave: Wave) -> tuple[str, ...]:
+        return tuple(h for h in wave.hosts if (r := read_host_result(self.run_id, h)) and r.status is Status.PAUSED)
+
+    def _pause(self, wave: Wave, hosts: tuple[str, ...], results: dict[str, HostResult]) -> None:
+        """Wait for a person (Argo Rollouts' inconclusive analysis): the hosts hold their open intents
+        with the pause timeout as their lease; this controller may exit, or die, meanwhile."""
+        self.ledger.set_wave(self.run_id, wave.index, wave.name, wave.hosts, wave.max_fail, "paused")
+        self.ledger.finish_run(self.run_id, "paused", f"wave {wave.name}: {', '.join(hosts)} on probation")
+        self.say(f"== wave {wave.index + 1} {wave.name}: paused, {len(hosts)} host(s) on probation")
+        for host in hosts:
+            self.say(f"   {host}: {(results[host].error or '').split('; on probation')[0]}")
+        self.say(f"   approve (commit them, go on): ipex-fleet rollout --resume {self.run_id} --approve")
+        self.say(f"   abort (revert the {self.options.rollback_scope}): "
+                 f"ipex-fleet rollout --resume {self.run_id} --abort")
+        self.say("   nobody deciding within the pause timeout is an abort: each host's watchdog reverts it")
+
+    def _decide(self, wave: Wave, hosts: tuple[str, ...], decision: str) -> None:
+        self._pyinfra(DECIDE_DEPLOY, hosts, self.run_id, f"decide{wave.index + 1}",
+                      {**self.options.data, "decision": decision})
+        for host in hosts:
+            result = read_host_result(self.run_id, host)
+            if result is not None:
+                self.ledger.record(result, self.phase, wave.index, run_id=self.run_id)
 
     def _judged(self, wave: Wave, tally: Tally) -> None:
         """Each kind of trouble apart: in the ledger, a line (or a JSON object), and the run's metrics."""

@@ -89,6 +89,10 @@ class Ledger:
         self._execute("UPDATE runs SET status=?, finished=?, message=? WHERE run_id=?",
                       (status, time.time(), message, run_id))
 
+    def set_run_status(self, run_id: str, status: str, message: str | None = None) -> None:
+        """A run that goes on (a paused run resumed): no end time."""
+        self._execute("UPDATE runs SET status=?, finished=NULL, message=? WHERE run_id=?", (status, message, run_id))
+
     def plan_wave(self, run_id: str, idx: int, name: str, hosts: tuple[str, ...], max_fail: str) -> None:
         """Journal a wave once; a resumed rollout keeps the states already reached."""
         self._execute(f"INSERT OR IGNORE INTO waves {WAVE_COLUMNS} VALUES (?,?,?,?,?,?,?,?)",

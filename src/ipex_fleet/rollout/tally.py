@@ -5,7 +5,8 @@ failureLimit beside its error limit; Kubernetes' maxUnavailable): `--max-fail` i
 that took the change and failed it (rolled back, or failed before their gates passed), while
 `--max-unreachable` is spent by hosts that never took it (unreachable, or skipped because another
 run held them). A revert that did not verify always halts: the host is on nobody's generation.
-Inconclusive hosts passed with a benchmark the gate could not judge: counted and shown, never spent.
+Inconclusive hosts passed with a benchmark the gate could not judge (bench_inconclusive=warn), or wait
+on probation for a person (pause): counted and shown, never spent.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ def kind_of(result: HostResult, maintenance: bool = False) -> str | None:
         return "inconclusive" if (result.bench or {}).get("inconclusive_accepted") else None
     if result.status is Status.SKIPPED and maintenance:
         return None  # maintenance leaves a host alone while a deploy holds it: no trouble
+    if result.status is Status.PAUSED:
+        return "inconclusive"  # on probation: a person decides, the budgets do not
     return result.status.value
 
 
