@@ -302,12 +302,17 @@ def check_ollama_generate(exp: Expectations, scratch: Scratch) -> Outcome:
         loaded = request(f"{svc.url}/api/ps").get("models", [])
     except HTTPProblem as exc:
         return failed(f"Ollama generation with {model}: {exc}")
-    rate = out["eval_count"] / out["eval_duration"] * 1e9 if out.get("eval_duration") else 0.0
+    # Tokens/s as Ollama's own figures give it (REFERENCE.md): eval_count / eval_duration (ns) x 1e9.
+    count, took = out.get("eval_count"), out.get("eval_duration")
+    if not isinstance(count, int) or not isinstance(took, int) or count <= 0 or took <= 0:
+        return failed(f"Ollama generation with {model} reported no eval_count/eval_duration "
+                      f"({count!r}/{took!r}): it generated nothing")
+    rate = count / took * 1e9
+    figures = {"tokens_per_s": round(rate, 2), "eval_count": count, "eval_duration_ns": took}
     entry = next((m for m in loaded if m.get("name") == out.get("model", model)), None)
     if exp.accelerator in ("xpu", "cuda") and entry is not None and not entry.get("size_vram"):
-        return failed(f"Ollama runs {model} on the CPU (size_vram 0), expected {exp.accelerator}",
-                      tokens_per_s=round(rate, 2))
-    return passed(f"{model}: {rate:.1f} tokens/s", tokens_per_s=round(rate, 2))
+        return failed(f"Ollama runs {model} on the CPU (size_vram 0), expected {exp.accelerator}", **figures)
+    return passed(f"{model}: {rate:.1f} tokens/s ({count} tokens in {took / 1e6:.0f} ms)", **figures)
 
 
 def check_comfyui_queue(exp: Expectations, scratch: Scratch) -> Outcome:
