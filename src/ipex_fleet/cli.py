@@ -185,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .fleetcli import add_parsers
 
     add_parsers(sub)
+    from .enroll.cli import add_parser as add_enroll
+
+    add_enroll(sub)
     for name, (_module, helptext) in PASSTHROUGH.items():
         sub.add_parser(name, help=helptext, add_help=False)
     return parser
