@@ -74,7 +74,9 @@ def test_healthy_generations_pass_five_times_in_a_row(fleet):
 @pytest.mark.parametrize("knob,check,message", [
     ("fail_service=ollama", "ollama", "does not answer"),
     ("fail_service=comfyui", "comfyui", "does not answer"),
-    ("hide_accelerator=true", "comfyui", "reports no device; expected cpu"),
+    # ComfyUI without --cpu (as on a GPU host) stops at start when the accelerator is hidden, as real
+    # ComfyUI does: it never answers with an empty device list.
+    ("hide_accelerator=true", "comfyui", "does not answer"),
 ])
 def test_broken_generation_is_rolled_back_naming_the_check(fleet, knob, check, message):
     before = fleet.system("host2")

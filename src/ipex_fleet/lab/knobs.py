@@ -23,6 +23,8 @@ BOOLEAN_KNOBS = {
     "lock_ssh": "activation cuts SSH off, as a broken network or sshd config would",
     "reboot_required": "switch-to-configuration exits 100 (reboot required)",
     "fail_boot": "the generation's boot never completes: each boot uses a try, then the previous entry boots",
+    "comfyui_cpu": "ComfyUI runs with --cpu, as on a CPU host: it reports cpu whatever hides the accelerator",
+    "fail_comfyui_jobs": "every ComfyUI job fails when it runs (execution_error at its sampler or first node)",
 }
 KNOBS = {
     "version": "a label; a different version makes a different generation",

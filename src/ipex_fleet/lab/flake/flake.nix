@@ -62,14 +62,14 @@
             v = kernelVersion;
           };
           # The generation's services as systemd units, as NixOS declares them.
-          service = name: port: ''
+          service = name: port: extraArgs: ''
             [Unit]
             Description=${name} (ipex-fleet lab stand-in)
             After=network.target
 
             [Service]
             Type=exec
-            ExecStart=/usr/bin/python3 -u ${out}/share/services/${name}.py --host ${settings.address} --port ${toString port} --state /var/lib/${name}${if (settings.fail_service or null) == name then " --fail-start" else ""}
+            ExecStart=/usr/bin/python3 -u ${out}/share/services/${name}.py --host ${settings.address} --port ${toString port} --state /var/lib/${name}${if (settings.fail_service or null) == name then " --fail-start" else ""}${extraArgs}
             EnvironmentFile=${out}/etc/ipex-fleet/environment
             StateDirectory=${name}
 
@@ -135,8 +135,13 @@
             then "CUDA_VISIBLE_DEVICES=-1\nZE_AFFINITY_MASK=\nONEAPI_DEVICE_SELECTOR=level_zero:none\nIPEX_FLEET_LAB_HIDE_ACCELERATOR=1\n"
             else "SYCL_CACHE_PERSISTENT=1\n";
           activate = labpkgs.lib.switchToConfiguration;
-          ollamaUnit = service "ollama" 11434;
-          comfyuiUnit = service "comfyui" 8188;
+          ollamaUnit = service "ollama" 11434 "";
+          # ComfyUI starts as on a GPU host (no --cpu), the CPU standing in for the GPU: hiding the
+          # accelerator stops it at start, as real ComfyUI stops. Knob comfyui_cpu runs it with --cpu,
+          # as flake/modules/comfyui.nix runs CPU hosts; fail_comfyui_jobs fails every job it runs.
+          comfyuiUnit = service "comfyui" 8188
+            ((if settings.comfyui_cpu or false then " --cpu" else "")
+             + (if settings.fail_comfyui_jobs or false then " --lab-fail-jobs" else ""));
           cpuHogUnit = if settings.cpu_hog or false then cpuHog else "";
           inherit agentUnit;
           nodeExporterUnit = if (controller.node_exporter or null) != null then nodeExporter else "";

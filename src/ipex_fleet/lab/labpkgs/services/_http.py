@@ -7,13 +7,16 @@ import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
-def parse_args(description):
+def parse_args(description, extra=None):
+    """The stand-ins' common arguments; `extra(parser)` adds a service's own."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--host", required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--state", required=True)
     parser.add_argument("--fail-start", action="store_true",
                         help="fail at start-up, as a service with a broken configuration does")
+    if extra:
+        extra(parser)
     return parser.parse_args()
 
 
@@ -63,9 +66,12 @@ class JSONHandler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
 
-def serve(handler_cls, args):
+def serve(handler_cls, args, **attributes):
+    """Serve forever; `attributes` are set on the server, where handlers find them."""
     os.makedirs(args.state, exist_ok=True)
     server = ThreadingHTTPServer((args.host, args.port), handler_cls)
     server.daemon_threads = True
     server.state_dir = args.state
+    for name, value in attributes.items():
+        setattr(server, name, value)
     server.serve_forever()

@@ -1,0 +1,186 @@
+"""ComfyUI's prompt queue and history, with a fake executor (REFERENCE.md, ComfyUI HTTP API).
+
+A queued prompt is `[number, prompt_id, prompt, extra_data, outputs_to_execute]`, as /queue shows it.
+One worker runs them in order: each node of the outputs' graph takes a moment, an output node writes
+an image, and the history entry records `status` (`status_str`, `completed`, `messages` with
+`execution_start`, `execution_cached`, then `execution_success` or `execution_error` naming the node
+and the exception) and `outputs`, as ComfyUI's does. A node that was given a constant where a link
+is expected fails when it runs, as in ComfyUI; the lab knob fail_comfyui_jobs fails every job at its
+sampler (or its first node), as a broken device or driver makes real jobs fail.
+"""
+
+import heapq
+import os
+import threading
+import time
+import uuid
+from collections import OrderedDict
+
+from _nodes import VALUE_TYPES  # noqa: E402
+
+MAX_HISTORY = 10000
+NODE_SECONDS = 0.01
+STEP_SECONDS = 0.002
+
+
+def now_ms():
+    return int(time.time() * 1000)
+
+
+def _order(prompt, outputs):
+    """The nodes the outputs need, each after the nodes it links to."""
+    seen, order = set(), []
+
+    def visit(node_id):
+        if node_id in seen:
+            return
+        seen.add(node_id)
+        for value in (prompt[node_id].get("inputs") or {}).values():
+            if isinstance(value, list) and len(value) == 2 and value[0] in prompt:
+                visit(value[0])
+        order.append(node_id)
+
+    for output in sorted(outputs):
+        visit(output)
+    return order
+
+
+class Jobs:
+    def __init__(self, state_dir, types_for, fail_jobs=False):
+        self.state_dir = state_dir
+        self.types_for = types_for  # () -> node types, read at run time (model folders change)
+        self.fail_jobs = fail_jobs
+        self.lock = threading.Condition()
+        self.pending = []  # heap of (number, prompt_id, prompt, extra_data, outputs)
+        self.running = None
+        self.history = OrderedDict()
+        self.number = 0
+        self.images = 0
+        threading.Thread(target=self.worker, daemon=True).start()
+
+    # -- the queue --------------------------------------------------------------------------------
+
+    def put(self, prompt, outputs, extra_data, front=False, number=None, prompt_id=None):
+        with self.lock:
+            if number is None:
+                number = -self.number if front else self.number
+                self.number += 1
+            prompt_id = str(prompt_id or uuid.uuid4())
+            heapq.heappush(self.pending, (number, prompt_id, prompt, extra_data, list(outputs)))
+            self.lock.notify()
+        return prompt_id, number
+
+    def queue(self):
+        with self.lock:
+            running = [list(self.running)] if self.running else []
+            return {"queue_running": running, "queue_pending": [list(item) for item in sorted(self.pending)]}
+
+    def clear_queue(self, delete=None):
+        with self.lock:
+            if delete is None:
+                self.pending = []
+            else:
+                self.pending = [item for item in self.pending if item[1] not in set(delete)]
+                heapq.heapify(self.pending)
+
+    def get_history(self, prompt_id=None, max_items=None):
+        with self.lock:
+            if prompt_id is not None:
+                return {prompt_id: self.history[prompt_id]} if prompt_id in self.history else {}
+            items = list(self.history.items())
+            if max_items is not None:
+                items = items[-max_items:] if max_items > 0 else []
+            return dict(items)
+
+    def clear_history(self, delete=None):
+        with self.lock:
+            if delete is None:
+                self.history.clear()
+            for prompt_id in delete or ():
+                self.history.pop(prompt_id, None)
+
+    # -- the executor -----------------------------------------------------------------------------
+
+    def worker(self):
+        while True:
+            with self.lock:
+                while not self.pending:
+                    self.lock.wait()
+                item = heapq.heappop(self.pending)
+                self.running = item
+            try:
+                entry = self.execute(item)
+            except Exception as ex:  # never lose a job: record what broke, as ComfyUI does
+                entry = self.entry(item, {}, [["execution_start", {"prompt_id": item[1], "timestamp": now_ms()}],
+                                              ["execution_error", {
+                    "prompt_id": item[1], "node_id": None, "node_type": None, "executed": [],
+                    "exception_message": str(ex), "exception_type": type(ex).__name__, "traceback": [],
+                    "current_inputs": {}, "current_outputs": {}, "timestamp": now_ms()}]], "error")
+            with self.lock:
+                self.running = None
+                self.history[item[1]] = entry
+                while len(self.history) > MAX_HISTORY:
+                    self.history.popitem(last=False)
+
+    def entry(self, item, outputs, messages, status):
+        return {"prompt": list(item), "outputs": outputs,
+                "status": {"status_str": status, "completed": status == "success", "messages": messages},
+                "meta": {node: {"node_id": node, "display_node": node, "parent_node": None, "real_node_id": node}
+                         for node in outputs}}
+
+    def failure(self, prompt, node_id, types):
+        """(exception_type, message) when this node cannot run, else None."""
+        node = prompt[node_id]
+        spec = types.get(node["class_type"], {"input": {}})
+        fields = {**spec["input"].get("required", {}), **spec["input"].get("optional", {})}
+        for name, value in (node.get("inputs") or {}).items():
+            kind = fields.get(name, ("*",))[0]
+            if isinstance(kind, str) and kind not in VALUE_TYPES and not isinstance(value, list):
+                return "AttributeError", f"'{type(value).__name__}' object has no attribute for the {kind} input {name!r}"
+        return None
+
+    def execute(self, item):
+        number, prompt_id, prompt, extra_data, outputs = item
+        types = self.types_for()
+        order = _order(prompt, outputs)
+        messages = [["execution_start", {"prompt_id": prompt_id, "timestamp": now_ms()}],
+                    ["execution_cached", {"nodes": [], "prompt_id": prompt_id, "timestamp": now_ms()}]]
+        doomed = None
+        if self.fail_jobs:  # lab fault: the sampler (or the first node) raises, as on a broken device
+            doomed = next((n for n in order if prompt[n]["class_type"] == "KSampler"), order[0] if order else None)
+        executed, results = [], {}
+        for node_id in order:
+            node = prompt[node_id]
+            steps = node.get("inputs", {}).get("steps")
+            time.sleep(NODE_SECONDS + (STEP_SECONDS * steps if isinstance(steps, int) and steps < 1000 else 0))
+            broken = self.failure(prompt, node_id, types)
+            if node_id == doomed:
+                broken = ("RuntimeError", f"{node['class_type']} failed on the device "
+                                          "(lab fault fail_comfyui_jobs)")
+            if broken:
+                messages.append(["execution_error", {
+                    "prompt_id": prompt_id, "node_id": node_id, "node_type": node["class_type"],
+                    "executed": list(executed), "exception_message": broken[1], "exception_type": broken[0],
+                    "traceback": [f'  File "/lab/comfyui/execution.py", line 1, in execute\n'],
+                    "current_inputs": {k: [v] for k, v in (node.get("inputs") or {}).items()},
+                    "current_outputs": {}, "timestamp": now_ms()}])
+                return self.entry(item, results, messages, "error")
+            executed.append(node_id)
+            if types.get(node["class_type"], {}).get("output_node"):
+                results[node_id] = {"images": [self.save_image(node)]}
+        messages.append(["execution_success", {"prompt_id": prompt_id, "timestamp": now_ms()}])
+        return self.entry(item, results, messages, "success")
+
+    def save_image(self, node):
+        """An output image as ComfyUI names it (SaveImage to output/, PreviewImage to temp/)."""
+        kind = "output" if node["class_type"] == "SaveImage" else "temp"
+        prefix = str((node.get("inputs") or {}).get("filename_prefix") or
+                     ("ComfyUI" if kind == "output" else "ComfyUI_temp"))
+        with self.lock:
+            self.images += 1
+            name = f"{prefix}_{self.images:05}_.png"
+        folder = os.path.join(self.state_dir, kind)
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, name), "wb") as f:
+            f.write(b"\x89PNG\r\n\x1a\n(lab)")
+        return {"filename": name, "subfolder": "", "type": kind}
