@@ -90,7 +90,7 @@ def test_sysfs_lines_and_system_facts_parse():
     assert parse_sysfs_line("0000:03:00.0 0x8086 0x56a0 0x030000") == A770
     with pytest.raises(ValueError):
         parse_sysfs_line("0000:03:00.0 0x8086")
-    assert parse_system(["box1", "64", "270000000000", "efi", "nixos"]) == ("box1", 64, 270000000000, True, "nixos")
+    assert parse_system(["box1", "64", "263921664", "efi", "nixos"]) == ("box1", 64, 263921664 * 1024, True, "nixos")
     with pytest.raises(ValueError):
         parse_system(["box1", "many"])
     assert parse_disks(["nvme0n1 3907029168 Samsung_SSD_990", "sda 0 ", "vda 209715200"]) == \

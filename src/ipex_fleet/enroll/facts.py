@@ -17,7 +17,7 @@ PCI_COMMAND = ("for d in /sys/bus/pci/devices/*; do [ -r \"$d/class\" ] || conti
                "printf '%s %s %s %s\\n' \"${d##*/}\" \"$(cat \"$d/vendor\")\" \"$(cat \"$d/device\")\" "
                "\"$(cat \"$d/class\")\"; done")
 RENDER_COMMAND = "for n in /dev/dri/renderD*; do [ -e \"$n\" ] && echo \"$n\"; done; true"
-SYSTEM_COMMAND = ("hostname; nproc; awk '/^MemTotal:/ {print $2 * 1024}' /proc/meminfo; "
+SYSTEM_COMMAND = ("hostname; nproc; awk '/^MemTotal:/ {print $2}' /proc/meminfo; "  # kB
                   "if [ -d /sys/firmware/efi ]; then echo efi; else echo bios; fi; "
                   ". /etc/os-release 2>/dev/null; echo \"${ID:-unknown}\"")
 # Whole disks, not partitions or virtual devices: name, size in 512-byte sectors, model.
@@ -54,11 +54,11 @@ class HardwareFacts:
 
 
 def parse_system(lines: list[str] | tuple[str, ...]) -> tuple[str, int, int, bool, str]:
-    """(hostname, CPUs, memory in bytes, EFI firmware, os-release ID) from SYSTEM_COMMAND's lines."""
+    """(hostname, CPUs, memory in bytes, EFI firmware, os-release ID) from SYSTEM_COMMAND's lines (memory in kB)."""
     values = [l.strip() for l in lines if l.strip()]
     if len(values) != 5 or not values[1].isdigit() or not values[2].isdigit():
         raise ValueError(f"unexpected system facts: {values}")
-    return values[0], int(values[1]), int(values[2]), values[3] == "efi", values[4]
+    return values[0], int(values[1]), int(values[2]) * 1024, values[3] == "efi", values[4]
 
 
 def parse_disks(lines: list[str] | tuple[str, ...]) -> tuple[Disk, ...]:

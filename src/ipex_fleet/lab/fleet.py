@@ -24,7 +24,7 @@ from ..errors import CommandFailed, UserError
 from ..nix import commands as nixcmd
 from ..runner import Completed, run, run_attached
 from ..flakepush import flake_hash, flake_tarball
-from . import bootlog, container, faults, install, knobs, limits, sshmaterial, template
+from . import bootlog, container, faults, hardware, install, knobs, limits, sshmaterial, template
 from .layout import DEFAULT_NET, LabHost, LabLayout, LabSpec, check_net, read_spec, write_spec
 
 FLAKE_SOURCE = Path(__file__).parent / "flake"
@@ -451,6 +451,7 @@ class Lab:
         path = self.layout.host_settings(host.name)
         settings = knobs.apply(knobs.read_settings(path), parsed)
         knobs.write_settings(path, settings)
+        hardware.write(self.layout.shared_dir, host.name, settings.get("gpu"))  # seen from the next boot
         return settings
 
     # -- internals -------------------------------------------------------------------------
@@ -585,8 +586,19 @@ class Lab:
         lib = upper / "usr" / "local" / "lib" / "ipex-fleet-lab"
         lib.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(GUEST_SOURCE / "lab-boot.py", lib / "lab-boot.py")
+        # The hardware the host shows (knob gpu) and NixOS' nixos-generate-config, for enroll.
+        shutil.copyfile(GUEST_SOURCE / "lab-hardware.py", lib / "lab-hardware.py")
+        (etc / "ipex-fleet-lab").mkdir(parents=True, exist_ok=True)
+        (etc / "ipex-fleet-lab" / "hardware-dir").write_text(f"{hardware.tree(self.layout.shared_dir, host.name)}\n")
+        hardware.write(self.layout.shared_dir, host.name,
+                       knobs.read_settings(self.layout.host_settings(host.name)).get("gpu"))
+        sbin = upper / "usr" / "local" / "bin"
+        sbin.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(GUEST_SOURCE / "nixos-generate-config", sbin / "nixos-generate-config")
+        os.chmod(sbin / "nixos-generate-config", 0o755)
         units = etc / "systemd" / "system"
-        for unit, wanted_by in (("lab-stage2.service", "multi-user.target.wants"),
+        for unit, wanted_by in (("lab-hardware.service", "sysinit.target.wants"),
+                                ("lab-stage2.service", "multi-user.target.wants"),
                                 ("lab-bless-boot.service", "multi-user.target.wants"),
                                 ("lab-boot-check.service", "boot-complete.target.requires")):
             (units / wanted_by).mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from .hardware import GPUS
 
 _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 SERVICES = ("ollama", "comfyui")
@@ -31,6 +32,8 @@ KNOBS = {
     "kernel": "the generation's kernel version (a kernel, initrd and modules of their own: a reboot is needed)",
     "slow_activation": "seconds the activation script takes (0-600), as a slow one does",
     "fail_service": f"a service ({'|'.join(SERVICES)}) that fails to start",
+    "gpu": f"the PCI devices and render nodes the host shows from its next boot ({'|'.join(GPUS)}), as that "
+           f"box does (for enroll); unset: the machine's own",
     **BOOLEAN_KNOBS,
 }
 DEFAULTS: dict[str, Any] = {"version": "1"}
@@ -53,6 +56,10 @@ def parse_assignment(text: str) -> tuple[str, Any]:
         if not value.isdigit() or int(value) > 600:
             raise UserError(f"slow_activation={value!r}: give whole seconds from 0 to 600")
         return key, int(value) or None
+    if key == "gpu":
+        if value not in GPUS:
+            raise UserError(f"gpu={value!r}: the lab's boxes are {', '.join(GPUS)}")
+        return key, value
     if key == "fail_service":
         if value not in SERVICES:
             raise UserError(f"fail_service={value!r}: the lab's services are {', '.join(SERVICES)}")
