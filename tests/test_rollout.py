@@ -278,3 +278,92 @@ def test_generation_that_locks_ssh_out_reverts_by_itself(fleet, inventory):
     # plus lease_grace (plus the revert and polling).
     assert timings["revert_wait"] < 5 + 3 + 15, timings
     assert elapsed < 120
+
+
+def test_an_unreachable_host_spends_its_own_budget_and_a_rolled_back_one_halts(fleet, inventory):
+    rollout(fleet, str(inventory), "deploys/prod.py")
+    before = {h: fleet.system(h) for h in HOSTS}
+    bump_all(fleet)
+    fleet.lab.cut("host2", "reject")  # wave1: host2 never takes the change
+    try:
+        proc = rollout(fleet, str(inventory), "deploys/prod.py", "--max-unreachable", "1")
+    finally:
+        fleet.lab.heal("host2")
+    assert proc.returncode == 1, proc.stdout  # a host that never took the change: not a success
+    assert "wave wave1: unreachable 1 (host2)" in proc.stdout and "halting" not in proc.stdout
+    run_id = run_id_of(proc)
+    waves = ledger(fleet).execute("SELECT status, tally FROM waves WHERE run_id=? ORDER BY idx", (run_id,)).fetchall()
+    assert [w["status"] for w in waves] == ["done", "done", "done"]
+    assert json.loads(waves[1]["tally"])["unreachable"] == 1 and json.loads(waves[1]["tally"])["rolled_back"] == 0
+    assert fleet.system("host2") == before["host2"]
+    assert all(fleet.system(h)[0] == before[h][0] + 1 for h in HOSTS if h != "host2")
+
+    # The same unreachable host beside a rolled-back one: the rolled-back one spends --max-fail 0.
+    before = {h: fleet.system(h) for h in HOSTS}
+    bump_all(fleet)
+    fleet.configure("host3", "fail_activation=true")
+    fleet.lab.cut("host2", "reject")
+    try:
+        proc = rollout(fleet, str(inventory), "deploys/prod.py", "--max-unreachable", "1")
+    finally:
+        fleet.lab.heal("host2")
+    assert proc.returncode == 1 and "1 of 2 rolled back or failed, budget --max-fail 0: halting" in proc.stdout
+    assert "wave wave1: rolled_back 1 (host3), unreachable 1 (host2)" in proc.stdout
+    for h in HOSTS[1:]:
+        assert fleet.system(h) == before[h], h
+
+
+def test_the_same_failure_on_two_canaries_opens_the_breaker(fleet, inventory):
+    rollout(fleet, str(inventory), "deploys/prod.py")
+    bump_all(fleet)
+    fleet.configure("host1", "fail_service=ollama")
+    runs = []
+    for _ in range(2):  # the same flake, the same failing check, two runs
+        proc = rollout(fleet, str(inventory), "deploys/prod.py")
+        assert proc.returncode == 1 and "halting" in proc.stdout
+        runs.append(run_id_of(proc))
+    assert "== circuit breaker open for flake" in proc.stdout
+    third = rollout(fleet, str(inventory), "deploys/prod.py")
+    assert third.returncode == 2 and len(third.stdout.strip().splitlines()) == 1, third.stdout
+    assert f"host1 (run {runs[0]}), host1 (run {runs[1]})" in third.stdout and "Traceback" not in third.stdout
+    assert "ipex-fleet breaker reset" in third.stdout
+    cli = [str(BIN / "ipex-fleet")]
+    listed = subprocess.run([*cli, "breaker", "--json"], cwd=REPO, env=fleet.env(), capture_output=True, text=True,
+                            timeout=60)
+    assert_ok(listed)
+    assert json.loads(listed.stdout)[0]["signature"].startswith("units: ")
+    status = subprocess.run([*cli, "status", str(inventory)], cwd=REPO, env=fleet.env(), capture_output=True,
+                            text=True, timeout=300)
+    assert "circuit breaker open for flake" in status.stdout
+    reset = subprocess.run([*cli, "breaker", "reset"], cwd=REPO, env=fleet.env(), capture_output=True, text=True,
+                           timeout=60)
+    assert_ok(reset)
+    fleet.configure("host1", "fail_service=")
+    assert_ok(rollout(fleet, str(inventory), "deploys/prod.py"))
+
+
+def test_status_live_from_a_second_controller_shows_a_deploy_made_from_the_first(fleet, inventory, tmp_path):
+    bump_all(fleet)
+    proc = rollout(fleet, str(inventory), "deploys/prod.py")
+    assert_ok(proc)
+    run_id = run_id_of(proc)
+    other = {**fleet.env(), "IPEX_FLEET_STATE": str(tmp_path / "second-controller")}
+    cli = [str(BIN / "ipex-fleet")]
+    live = subprocess.run([*cli, "status", str(inventory), "--live", "--json"], cwd=REPO, env=other,
+                          capture_output=True, text=True, timeout=300)
+    assert_ok(live)
+    rows = {r["host"]: r for r in json.loads(live.stdout)}
+    for h in HOSTS:
+        assert rows[h]["agree"] is False and rows[h]["ledger_says"] is None, rows[h]
+        assert f"run {run_id}" in rows[h]["host_says"] and "made by another controller" in rows[h]["disagreement"]
+        assert rows[h]["open"] is None, "no intent or lock is left"
+    # The first controller agrees with its hosts.
+    mine = subprocess.run([*cli, "status", str(inventory), "--live", "--json"], cwd=REPO, env=fleet.env(),
+                          capture_output=True, text=True, timeout=300)
+    assert all(r["agree"] is True for r in json.loads(mine.stdout)), mine.stdout
+    # history of that run, from the second controller: what the hosts recorded.
+    hist = subprocess.run([*cli, "history", run_id, "--inventory", str(inventory), "--json"], cwd=REPO, env=other,
+                          capture_output=True, text=True, timeout=300)
+    assert_ok(hist)
+    doc = json.loads(hist.stdout)
+    assert doc["run"]["source"] == "hosts" and {r["host"] for r in doc["hosts"] if r["status"] == "ok"} == set(HOSTS)

@@ -12,7 +12,7 @@ from .errors import UserError
 from .live import Live
 from .tables import health_cell, render, when
 from .results import read_host_result, run_dir
-from .rollout import breaker, pyinfra_run
+from .rollout import breaker, hostview, pyinfra_run
 from .rollout.engine import ROLLBACK_DEPLOY, Rollout, RolloutOptions, new_run_id, write_plan
 from .rollout.inventory import load
 from .rollout.ledger import Ledger
@@ -97,11 +97,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     hi = sub.add_parser("history", help="runs in the ledger, or one run's hosts")
     hi.add_argument("run", nargs="?")
     hi.add_argument("--json", action="store_true")
+    hi.add_argument("--inventory", help="for a run this ledger lacks (another controller's): read what the "
+                                        "inventory's hosts recorded of it")
     hi.set_defaults(func=_history)
 
     st = sub.add_parser("status", help="each host's generation now, against its last good deploy")
     st.add_argument("inventory")
     st.add_argument("--json", action="store_true")
+    st.add_argument("--live", action="store_true",
+                    help="read each host's own records (its deploys, open intent, lock) in one round trip and "
+                         "reconcile them with this controller's ledger: deploys made from elsewhere show up")
     st.set_defaults(func=_status)
 
     br = sub.add_parser("breaker", help="the circuit breakers: which flakes are stopped, and why; reset one",
@@ -312,8 +317,11 @@ def _history(args: argparse.Namespace) -> int:
         print(render([("RUN", {}), ("KIND", {}), ("STATUS", {}), ("STARTED", {"no_wrap": True}), ("HOSTS", {})], table))
         return 0
     run = ledger.run(args.run)
+    if run is None and args.inventory:
+        return _history_from_hosts(args)
     if run is None:
-        raise UserError(f"no run {args.run} in {ledger.path}; `ipex-fleet history` lists them")
+        raise UserError(f"no run {args.run} in {ledger.path}; `ipex-fleet history` lists them (another "
+                        "controller's run: add --inventory INVENTORY to read the hosts' own records)")
     rows = ledger.results(args.run)
     if args.json:
         print(json.dumps({"run": run.__dict__, "waves": [dict(w) for w in ledger.waves(args.run)],
@@ -336,13 +344,44 @@ def _g(n: int | None) -> str:
     return "-" if n is None else str(n)
 
 
+def _history_from_hosts(args: argparse.Namespace) -> int:
+    view = load(args.inventory)
+    rows = []
+    for host, report in _live_reports(args.inventory, view.hosts).items():
+        for record in (report or {}).get("records") or []:
+            if record.get("run_id") == args.run:
+                rows.append({"host": host, "phase": record.get("phase", "deploy"), "status": record.get("status"),
+                             "previous": (record.get("previous") or {}).get("generation"),
+                             "final": (record.get("final") or {}).get("generation"), "error": record.get("error")})
+    if not rows:
+        raise UserError(f"no run {args.run} in this ledger nor in the records of {args.inventory}'s hosts")
+    if args.json:
+        print(json.dumps({"run": {"run_id": args.run, "source": "hosts"}, "hosts": rows}, indent=2))
+        return 0
+    print(f"run {args.run}: not in this ledger; as its hosts recorded it")
+    print(render([("HOST", {"no_wrap": True}), ("PHASE", {}), ("STATUS", {}), ("PREVIOUS", {"justify": "right"}),
+                  ("FINAL", {"justify": "right"}), ("ERROR", {"ratio": 1, "min_width": 12})],
+                 [[r["host"], r["phase"], r["status"], _g(r["previous"]), _g(r["final"]), r["error"] or ""]
+                  for r in rows]))
+    return 0
+
+
+def _live_reports(inventory: str, hosts: tuple[str, ...]) -> dict[str, dict | None]:
+    """Each host's own view (deploys.jsonl, open intent, lock), read in one round trip per host."""
+    run_id = new_run_id("status")
+    pyinfra_run.run(pyinfra_run.argv(inventory, _deploy_file("deploys/status.py"), hosts, None, {"status_live": "true"}),
+                    {"IPEX_FLEET_RUN_ID": run_id}, run_dir(run_id) / "status.log", lambda line: None, timeout=600)
+    return {h: (r.report if (r := read_host_result(run_id, h)) and r.status.succeeded else None) for h in hosts}
+
+
 def _status(args: argparse.Namespace) -> int:
     view = load(args.inventory)
     status_deploy = _deploy_file("deploys/status.py")
     ledger = Ledger()
     run_id = new_run_id("status")
     log = run_dir(run_id) / "status.log"
-    pyinfra_run.run(pyinfra_run.argv(args.inventory, status_deploy, view.hosts, None),
+    pyinfra_run.run(pyinfra_run.argv(args.inventory, status_deploy, view.hosts, None,
+                                     {"status_live": "true"} if args.live else None),
                     {"IPEX_FLEET_RUN_ID": run_id}, log, lambda line: None, timeout=600)
     rows = []
     for host in view.hosts:
@@ -352,19 +391,32 @@ def _status(args: argparse.Namespace) -> int:
         health = json.loads(last["health"]).get("result") if last and last["health"] else None
         generation = now.final.number if now and now.status.succeeded else None
         matches = None if good is None or generation is None else (now.final.path == good["final_path"])
-        rows.append({"host": host, "reachable": bool(now and now.status.succeeded), "generation": generation,
-                     "path": now.final.path if now else None, "last_good_run": good["run_id"] if good else None,
-                     "last_good_generation": good["final_generation"] if good else None,
-                     "matches_last_good": matches, "last_health": health,
-                     "last_status": last["status"] if last else None})
+        row = {"host": host, "reachable": bool(now and now.status.succeeded), "generation": generation,
+               "path": now.final.path if now else None, "last_good_run": good["run_id"] if good else None,
+               "last_good_generation": good["final_generation"] if good else None,
+               "matches_last_good": matches, "last_health": health,
+               "last_status": last["status"] if last else None}
+        if args.live:
+            row.update(hostview.reconcile(host, now.report if now and now.report else None, last, ledger))
+        rows.append(row)
     if args.json:
         print(json.dumps(rows, indent=2))
+    elif args.live:
+        print(render([("HOST", {"no_wrap": True}), ("GEN", {"justify": "right"}), ("HOST'S LAST DEPLOY", {}),
+                      ("THIS LEDGER", {}), ("AGREE", {}), ("OPEN", {})],
+                     [[r["host"], _g(r["generation"]) if r["reachable"] else "unreachable",
+                       r["host_says"] or "-", r["ledger_says"] or "-",
+                       {True: "yes", False: "NO", None: "-"}[r["agree"]], r["open"] or "-"] for r in rows]))
+        for r in rows:
+            if r["agree"] is False:
+                print(f"{r['host']}: {r['disagreement']}")
     else:
         print(render([("HOST", {"no_wrap": True}), ("GEN", {"justify": "right"}), ("AS LAST GOOD", {}),
                       ("LAST GOOD RUN", {}), ("LAST", {}), ("HEALTH", {})],
                      [[r["host"], _g(r["generation"]) if r["reachable"] else "unreachable",
                        {True: "yes", False: f"no (was {r['last_good_generation']})", None: "-"}[r["matches_last_good"]],
                        r["last_good_run"] or "-", r["last_status"] or "-", r["last_health"] or "-"] for r in rows]))
+    if not args.json:
         for found in breaker.all_open(ledger):
             print(found.line())
     return 0 if all(r["reachable"] for r in rows) else 1
@@ -404,10 +456,15 @@ def _rollback(args: argparse.Namespace) -> int:
     view = load(args.inventory)
     _deploy_file(ROLLBACK_DEPLOY)
     ledger = Ledger()
-    if ledger.run(args.to) is None:
-        raise UserError(f"no run {args.to} in {ledger.path}; `ipex-fleet history` lists them")
-    plan = {host: {"generation": gen, "path": path} for host, gen, path in ledger.iter_final_generations(args.to)
-            if host in view.hosts}
+    if ledger.run(args.to) is not None:
+        found = {host: (gen, path) for host, gen, path in ledger.iter_final_generations(args.to)}
+    else:  # another controller's run: what the hosts recorded of it
+        print(f"run {args.to} is not in {ledger.path}: reading the hosts' own records")
+        found = hostview.final_generations_from_hosts(args.to, _live_reports(args.inventory, view.hosts))
+        if not found:
+            raise UserError(f"no run {args.to} in {ledger.path} nor in the hosts' records; `ipex-fleet history` "
+                            "and `ipex-fleet status --live` list them")
+    plan = {host: {"generation": gen, "path": path} for host, (gen, path) in found.items() if host in view.hosts}
     if not plan:
         raise UserError(f"run {args.to} left no host of {args.inventory} on a known generation")
     run_id = new_run_id("rollback")

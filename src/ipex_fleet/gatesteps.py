@@ -6,11 +6,11 @@ document; a failing check or a slower benchmark fails the step, so the host roll
 
 from __future__ import annotations
 
-from pyinfra import logger
-
 import json
 from shlex import quote
 from typing import Any
+
+from pyinfra import logger
 
 from .probe import failing
 from .remote import RemoteResult
@@ -194,6 +194,56 @@ def observe(tx: HostTransaction, host: Any) -> None:
     if tx.phase == "deploy":
         tx.phase = "status"
     tx.record_on_host = False
+    if str(host.data.get("status_live") or "").lower() in ("true", "1", "yes"):
+        observe_live(tx, host)
+        return
     state = nixcmd.parse_profile_state(list(sh(tx, host, nixcmd.profile_state(tx.settings.profile)).stdout_lines))
     tx.previous = tx.target = state.current_generation
     tx.unchanged = True
+
+
+LIVE_RECORDS = 50  # the host's last deploy records read by `status --live`
+
+
+def observe_live(tx: HostTransaction, host: Any) -> None:
+    """`status --live`: what the host itself knows, in one round trip: its generation, running system,
+    last deploy records (whichever controller wrote them) and the agent's view of its lock and intent."""
+    from . import hostagent
+    from .nix import commands as nixcmd
+
+    command = "; ".join((nixcmd.profile_state(tx.settings.profile), "echo @@running", nixcmd.running_system(),
+                         "echo @@records", nixcmd.last_deploy_records(LIVE_RECORDS), "echo @@agent",
+                         hostagent.status_or_missing()))
+    sections: dict[str, list[str]] = {"profile": []}
+    current = "profile"
+    for line in sh(tx, host, command).stdout_lines:
+        if line.startswith("@@"):
+            current = line[2:]
+            sections[current] = []
+        else:
+            sections[current].append(line)
+    state = nixcmd.parse_profile_state(sections["profile"])
+    tx.previous = tx.target = state.current_generation
+    tx.unchanged = True
+    records = []
+    for line in sections.get("records", []):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by a crash: the others still count
+        if isinstance(record, dict):
+            records.append({k: record.get(k) for k in ("run_id", "phase", "status", "previous", "final", "error",
+                                                        "flake_hash")})
+    agent_line = next((line for line in sections.get("agent", []) if line.startswith("agent=")), "agent=missing")
+    agent = hostagent.parse_status(agent_line.split("=", 1)[1]) or {}
+    tx.report = {"running": (sections.get("running") or [""])[0], "records": records,
+                 "intent": _open_part(agent.get("intent")), "lock": _open_part(agent.get("lock"))}
+
+
+def _open_part(entry: Any) -> dict[str, Any] | None:
+    """An open intent or a held lock, without its fencing token (never shown, never stored)."""
+    if not isinstance(entry, dict):
+        return None
+    owner = entry.get("owner") if isinstance(entry.get("owner"), dict) else {}
+    return {"run_id": entry.get("run_id") or owner.get("run_id"), "controller": owner.get("controller"),
+            "left": entry.get("left"), "phase": entry.get("phase")}
