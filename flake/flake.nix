@@ -36,7 +36,8 @@
             imports = [ ./modules/fleet.nix ];
             nixpkgs.overlays = [ self.overlays.intel-xpu ];
             # XPU hosts: intel-python's torch; others: nixpkgs' (CUDA under cudaSupport, else CPU).
-            services.ipex-fleet.package = lib.mkDefault (pkgs.callPackage ./packages/ipex-fleet.nix {
+            # The host's own package: none of the controller's dependencies (packages/ipex-fleet-host.nix).
+            services.ipex-fleet.package = lib.mkDefault (pkgs.callPackage ./packages/ipex-fleet-host.nix {
               src = source;
               python3Packages =
                 if config.services.ipex-fleet.accelerator == "xpu" then pkgs.intel-xpu.python.pkgs else pkgs.python3Packages;
@@ -62,8 +63,10 @@
 
       packages.${system} = {
         ipex-fleet = pkgs.callPackage ./packages/ipex-fleet.nix { src = source; };
+        # What fleet hosts run (probe, bench, models, metrics, agent), without the controller's dependencies.
+        ipex-fleet-host = pkgs.callPackage ./packages/ipex-fleet-host.nix { src = source; };
         # The benchmark by name: ipex-benchmark [--quick] [--json] [--tensor-only|--conv-only|--sd-only|...]
-        ipex-benchmark = pkgs.callPackage ./packages/ipex-fleet.nix { src = source; mainProgram = "ipex-benchmark"; };
+        ipex-benchmark = pkgs.callPackage ./packages/ipex-fleet-host.nix { src = source; mainProgram = "ipex-benchmark"; };
         comfyui-nodes-controlnet-aux = pkgs.comfyui-nodes.controlnet-aux;
         comfyui-nodes-upscaling = pkgs.comfyui-nodes.upscaling;
         default = self.packages.${system}.ipex-fleet;
@@ -112,6 +115,7 @@
       checks.${system} =
         {
           ipex-fleet = self.packages.${system}.ipex-fleet;
+          ipex-fleet-host = self.packages.${system}.ipex-fleet-host;
         }
         // lib.mapAttrs' (name: cfg: lib.nameValuePair "toplevel-${name}" cfg.config.system.build.toplevel)
           self.nixosConfigurations;

@@ -9,6 +9,7 @@ nixpkgs' lib is not part of this repository and cannot be fetched here: these te
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -131,6 +132,17 @@ def test_metrics_allow_from_facts(pushed: run.Harness):
     assert 9100 not in closed["fleet"]["firewall"]["allowedTCPPorts"]
     bad = pushed.host("h100-01", variant="metrics-bad")
     assert bad.error and "metrics.allowFrom" in bad.error and "IPv4 or IPv6 address" in bad.error
+
+
+@needs_lib
+def test_the_host_package_check_fails_where_hosts_got_the_controllers_package(tmp_path: Path):
+    """Before the host package (commit 4b5a476): every host's closure had pyinfra, paramiko, click, rich, jinja2."""
+    lib = run.lib_path()
+    assert lib is not None
+    flake = _archived("4b5a476", tmp_path)
+    shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")  # as in a checkout
+    problems = run.check_host_package(run.Harness(lib, flake))
+    assert "cpu-01: the host package depends on ['click', 'jinja2', 'paramiko', 'pyinfra', 'rich']" in problems, problems
 
 
 def test_without_a_lib_the_harness_says_so_and_evaluates_nothing():

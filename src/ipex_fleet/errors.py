@@ -6,7 +6,12 @@ from `ipex-fleet` and from `pyinfra` (which shows "--> pyinfra error: ...", no t
 
 from __future__ import annotations
 
-from pyinfra.api.exceptions import PyinfraError
+try:
+    from pyinfra.api.exceptions import PyinfraError
+except ImportError:  # the hosts' package (probe, bench, models, metrics) is built without pyinfra
+
+    class PyinfraError(Exception):  # type: ignore[no-redef]
+        """Where pyinfra is absent nothing of it runs: a plain exception, printed the same way."""
 
 
 class UserError(PyinfraError):

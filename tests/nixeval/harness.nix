@@ -106,7 +106,11 @@ let
     in if found == [ ] then null else (lib.head found).stubAccelerator or "unknown";
   sourceOf = pkg: toString (pkg.src.origSrc or pkg.src);
 
-  packageFacts = pkg: { torch = torchOf pkg; source = sourceOf pkg; };
+  packageFacts = pkg: {
+    torch = torchOf pkg; source = sourceOf pkg; pname = pkg.pname or null;
+    dependencies = map (d: d.pname or d.name) ((pkg.dependencies or [ ]) ++ (pkg.propagatedBuildInputs or [ ]));
+    removedDependencies = pkg.pythonRemoveDeps or [ ];
+  };
 
   facts = config:
     let
@@ -191,7 +195,7 @@ in
   facts =
     if kind == "host" then facts self.nixosConfigurations.${name}.config
     else if kind == "module" then facts (single name).config
-    else if kind == "package" then packageFacts self.packages.x86_64-linux.ipex-fleet
+    else if kind == "package" then packageFacts self.packages.x86_64-linux.${if name == "package" then "ipex-fleet" else name}
     else if kind == "home" then homeFacts (home name).config
     else if kind == "output" then outputFacts name
     else if kind == "pkgs" then

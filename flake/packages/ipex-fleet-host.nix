@@ -1,0 +1,34 @@
+# What fleet hosts run of ipex-fleet: the probe, the benchmark, the model installer, the deployment
+# metrics and the host agent (`ipex-fleet probe|bench|models|metrics`, `ipex-benchmark`), built with the
+# host's torch and nothing of the controller: no pyinfra, paramiko, click, rich, jinja2, pydantic or
+# pyyaml in the host's closure. The source is the same as packages/ipex-fleet.nix (the controller's);
+# the split is declared here: the host-side modules need only the standard library, torch and
+# prometheus-client (tests/test_host_package.py runs them with the controller's imports blocked).
+{ lib, python3Packages, src, mainProgram ? "ipex-fleet" }:
+
+python3Packages.buildPythonApplication {
+  pname = "ipex-fleet-host";
+  version = "0.1.0";
+  pyproject = true;
+  src = lib.cleanSourceWith {
+    inherit src;
+    filter = path: _type:
+      let rel = lib.removePrefix (toString src + "/") (toString path);
+      in rel == "pyproject.toml" || rel == "README.md" || lib.hasPrefix "src" rel;
+  };
+  build-system = [ python3Packages.setuptools ];
+  dependencies = with python3Packages; [ prometheus-client torch ];
+  # pyproject.toml lists the controller's requirements (with pyinfra>=3.10, which older nixpkgs pins
+  # lack): the host package does not import them, so its metadata drops them and the runtime-deps
+  # check passes on any pin.
+  pythonRemoveDeps = [ "pyinfra" "paramiko" "jinja2" "pyyaml" "pydantic" "click" "rich" ];
+  doCheck = false;
+  pythonImportsCheck = [ "ipex_fleet.probe" "ipex_fleet.bench" "ipex_fleet.models.install" "ipex_fleet.metrics"
+    "ipex_fleet.host.agent" ];
+  passthru.controllerDependencies = [ "pyinfra" "paramiko" "click" "rich" "jinja2" ];
+  meta = {
+    description = "ipex-fleet's host side: probe, benchmark, model installer and metrics for Intel GPU AI hosts";
+    inherit mainProgram;
+    license = lib.licenses.mit;
+  };
+}
