@@ -20,7 +20,9 @@ from typing import Any, Callable
 
 from ..device import current_device, device_count, device_properties, synchronize
 from ..fleetconfig import FleetConfig
+from . import comfyui
 from .httpjson import HTTPProblem, request
+from .journal import systemd_is_init, unit_tail
 from .model import Outcome, failed, passed, skipped, warned
 
 INTEL_ENV = ("ONEAPI_DEVICE_SELECTOR", "SYCL_CACHE_PERSISTENT", "ZES_ENABLE_SYSMAN", "ZE_AFFINITY_MASK")
@@ -134,7 +136,7 @@ def check_environment(exp: Expectations, scratch: Scratch) -> Outcome:
 
 
 def check_units(exp: Expectations, scratch: Scratch) -> Outcome:
-    if not _systemd_is_init():
+    if not systemd_is_init():
         return skipped("systemd is not PID 1 here; services are checked over HTTP instead")
     failed_units = subprocess.run(["systemctl", "--failed", "--no-legend", "--plain"], capture_output=True,
                                   text=True, timeout=20).stdout.split()
@@ -145,13 +147,6 @@ def check_units(exp: Expectations, scratch: Scratch) -> Outcome:
         return failed(f"failed units: {', '.join(failed_units) or 'none'}; inactive: {', '.join(inactive) or 'none'}",
                       failed=failed_units, inactive=inactive)
     return passed(f"no failed units; active: {', '.join(units) or 'none expected'}")
-
-
-def _systemd_is_init() -> bool:
-    try:
-        return open("/proc/1/comm").read().strip() == "systemd"
-    except OSError:
-        return False
 
 
 def _service(exp: Expectations, name: str):
@@ -166,9 +161,18 @@ def check_ollama(exp: Expectations, scratch: Scratch) -> Outcome:
         version = request(f"{svc.url}/api/version")["version"]
         models = request(f"{svc.url}/api/tags").get("models", [])
     except (HTTPProblem, KeyError, TypeError) as exc:
-        return failed(f"Ollama: {exc}; check the {svc.unit} unit")
+        return _not_answering("Ollama", svc, exc)
     return passed(f"Ollama {version}, {len(models)} model(s)", version=version,
                   models=[m.get("name") for m in models])
+
+
+def _not_answering(name: str, svc: Any, exc: Exception) -> Outcome:
+    """A service that does not answer, with what its unit's journal says (a ComfyUI that stopped at
+    start, as on a GPU host whose accelerator is hidden, says why there and nowhere else)."""
+    tail = unit_tail(svc.unit)
+    if tail is None or tail.state == "active":
+        return failed(f"{name}: {exc}; check the {svc.unit} unit")
+    return failed(f"{name}: {exc}; {tail.summary()}", unit=svc.unit, state=tail.state, journal=list(tail.lines))
 
 
 def check_comfyui(exp: Expectations, scratch: Scratch) -> Outcome:
@@ -178,7 +182,7 @@ def check_comfyui(exp: Expectations, scratch: Scratch) -> Outcome:
     try:
         stats = request(f"{svc.url}/system_stats")
     except HTTPProblem as exc:
-        return failed(f"ComfyUI: {exc}; check the {svc.unit} unit")
+        return _not_answering("ComfyUI", svc, exc)
     devices = stats.get("devices") or []
     expected = svc.accelerator if exp.accelerator == "any" else exp.accelerator
     if not devices:
@@ -315,17 +319,12 @@ def check_ollama_generate(exp: Expectations, scratch: Scratch) -> Outcome:
     return passed(f"{model}: {rate:.1f} tokens/s ({count} tokens in {took / 1e6:.0f} ms)", **figures)
 
 
-def check_comfyui_queue(exp: Expectations, scratch: Scratch) -> Outcome:
-    svc = _service(exp, "comfyui")
-    if svc is None:
-        return skipped("no ComfyUI service configured on this host")
-    try:
-        queue = request(f"{svc.url}/queue")
-    except HTTPProblem as exc:
-        return failed(f"ComfyUI queue: {exc}")
-    if "queue_running" not in queue or "queue_pending" not in queue:
-        return failed("ComfyUI /queue answered without queue_running/queue_pending")
-    return passed(f"queue: {len(queue['queue_running'])} running, {len(queue['queue_pending'])} pending")
+def check_comfyui_history(exp: Expectations, scratch: Scratch) -> Outcome:
+    return comfyui.check_recent(_service(exp, "comfyui"))
+
+
+def check_comfyui_run(exp: Expectations, scratch: Scratch) -> Outcome:
+    return comfyui.check_run(_service(exp, "comfyui"))
 
 
 # name, level, function, time limit (s)
@@ -344,5 +343,6 @@ CHECKS: tuple[tuple[str, int, CheckFn, float], ...] = (
     ("memory", 2, check_memory, 60),
     ("transfer", 2, check_transfer, 60),
     ("ollama_generate", 2, check_ollama_generate, 150),
-    ("comfyui_queue", 2, check_comfyui_queue, 15),
+    ("comfyui_history", 2, check_comfyui_history, 15),  # before the probe's own prompt joins the history
+    ("comfyui_run", 2, check_comfyui_run, 90),
 )

@@ -1,0 +1,94 @@
+"""ComfyUI level 2: a tiny prompt run end to end, and the outcome of the recent jobs.
+
+It follows ComfyUI's API (REFERENCE.md): POST /prompt queues a prompt, GET /history/{id} holds its
+outcome once it ran (`status.status_str` success or error, `messages` with `execution_error` naming
+the node and the exception), GET /history?max_items=N the last N. The probe's prompt needs no model
+file (EmptyImage into PreviewImage, core nodes of every ComfyUI), so any host can run it.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from ..fleetconfig import ServiceConfig
+from .httpjson import HTTPProblem, request
+from .model import Outcome, failed, passed, skipped
+
+TINY_PROMPT: dict[str, Any] = {
+    "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}},
+    "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
+}
+RUN_WAIT = 60.0  # seconds for the tiny prompt to run, queue included
+RECENT = 5  # the last N jobs: all of them failing fails the check
+
+
+def execution_error(entry: dict[str, Any]) -> dict[str, Any] | None:
+    """The `execution_error` message of a history entry, if it has one."""
+    for message in (entry.get("status") or {}).get("messages") or []:
+        if isinstance(message, list) and len(message) == 2 and message[0] == "execution_error":
+            return message[1] if isinstance(message[1], dict) else {}
+    return None
+
+
+def describe_error(error: dict[str, Any]) -> str:
+    """`node 3 (KSampler): RuntimeError: ...`, as a person reads it."""
+    return (f"node {error.get('node_id')} ({error.get('node_type')}): "
+            f"{error.get('exception_type')}: {str(error.get('exception_message') or '').strip()}")
+
+
+def check_run(svc: ServiceConfig | None, wait: float = RUN_WAIT) -> Outcome:
+    if svc is None:
+        return skipped("no ComfyUI service configured on this host")
+    started = time.monotonic()
+    try:
+        queued = request(f"{svc.url}/prompt", {"prompt": TINY_PROMPT, "client_id": f"ipex-fleet-probe-{uuid.uuid4()}"},
+                         timeout=15)
+        prompt_id = queued["prompt_id"]
+    except (HTTPProblem, KeyError, TypeError) as exc:
+        return failed(f"ComfyUI did not queue the probe's prompt: {exc}")
+    entry: dict[str, Any] = {}
+    while time.monotonic() - started < wait:
+        try:
+            entry = request(f"{svc.url}/history/{prompt_id}", timeout=10).get(prompt_id) or {}
+        except (HTTPProblem, AttributeError) as exc:
+            return failed(f"ComfyUI /history/{prompt_id}: {exc}")
+        if entry:
+            break
+        time.sleep(0.25)
+    took = round(time.monotonic() - started, 2)
+    if not entry:
+        try:
+            queue = request(f"{svc.url}/queue", timeout=10)
+            where = f"{len(queue.get('queue_running', []))} running, {len(queue.get('queue_pending', []))} pending"
+        except (HTTPProblem, AttributeError):
+            where = "its queue unreadable"
+        return failed(f"ComfyUI's probe prompt {prompt_id} did not run within {wait:g}s ({where})", prompt_id=prompt_id)
+    status = entry.get("status") or {}
+    error = execution_error(entry)
+    if error is not None or status.get("status_str") != "success":
+        why = describe_error(error) if error is not None else f"status {status.get('status_str')!r}"
+        return failed(f"ComfyUI's probe prompt failed at {why}", prompt_id=prompt_id, error=error)
+    return passed(f"a prompt ran end to end in {took:g}s (EmptyImage to PreviewImage)", prompt_id=prompt_id,
+                  seconds=took)
+
+
+def check_recent(svc: ServiceConfig | None, recent: int = RECENT) -> Outcome:
+    if svc is None:
+        return skipped("no ComfyUI service configured on this host")
+    try:
+        history = request(f"{svc.url}/history?max_items={recent}", timeout=10)
+    except HTTPProblem as exc:
+        return failed(f"ComfyUI /history: {exc}")
+    if not isinstance(history, dict):
+        return failed("ComfyUI /history answered something that is not its history")
+    entries = list(history.values())[-recent:]
+    errored = [e for e in entries if (e.get("status") or {}).get("status_str") == "error"]
+    data = {"jobs": len(entries), "errored": len(errored)}
+    if len(entries) >= recent and len(errored) == len(entries):
+        last = execution_error(errored[-1]) or {}
+        return failed(f"the last {len(entries)} ComfyUI jobs all failed; the latest at {describe_error(last)}", **data)
+    if not entries:
+        return passed("no jobs in ComfyUI's history yet", **data)
+    return passed(f"{len(entries) - len(errored)} of the last {len(entries)} ComfyUI jobs succeeded", **data)
