@@ -9,6 +9,7 @@ whose every input is locked, so that each host builds the same revisions.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import io
@@ -83,6 +84,48 @@ def check_locked(root: str) -> None:
     unlocked = sorted(name for name, node in nodes.items() if name != root_name and "locked" not in node)
     if unlocked:
         raise FlakeError(f"{path}: input(s) {', '.join(unlocked)} are not locked; run `nix flake lock`")
+    # Inputs flake.nix declares (or that a locked input follows) with no node: the shipped lock pins
+    # intel-xpu and leaves nixpkgs to the user, who locks it once, with network.
+    locked_names = set((nodes.get(root_name) or {}).get("inputs") or {})
+    missing = sorted((declared_inputs(root) - locked_names) | _dangling_follows(nodes, root_name))
+    if missing:
+        raise FlakeError(f"{path} locks no {', '.join(missing)}: run `nix flake lock {root}` on a machine with "
+                         f"network (Nix 2.18+; it adds {', '.join(missing)} and keeps the locked inputs as they are) "
+                         f"and commit {path}")
+
+
+def _dangling_follows(nodes: dict, root_name: str) -> set[str]:
+    """Root inputs that a `follows` (a path from the root) names and the root does not have."""
+    root_inputs = (nodes.get(root_name) or {}).get("inputs") or {}
+    return {ref[0] for node in nodes.values() for ref in ((node.get("inputs") or {}).values())
+            if isinstance(ref, list) and ref and ref[0] not in root_inputs}
+
+
+def declared_inputs(root: str) -> set[str]:
+    """The input names flake.nix declares, read by Nix without evaluating the flake (empty when it
+    cannot be read: the lock's own checks still apply)."""
+    path = Path(root) / "flake.nix"
+    try:
+        stat = path.stat()
+    except OSError:
+        return set()
+    return set(_declared_inputs(str(path.resolve()), stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=64)
+def _declared_inputs(path: str, _mtime_ns: int, _size: int) -> tuple[str, ...]:
+    from .errors import CommandFailed
+    from .runner import run
+
+    expr = f"builtins.attrNames ((import {path}).inputs or {{ }})"
+    try:
+        proc = run(["nix-instantiate", "--eval", "--strict", "--json", "-E", expr], timeout=30, check=False)
+    except (CommandFailed, OSError):
+        return ()
+    try:
+        return tuple(json.loads(proc.stdout)) if proc.ok else ()
+    except ValueError:
+        return ()
 
 
 def flake_hash(root: str) -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CommandFailed, UserError
+from .flakepush import declared_inputs
 from .rollout.inventory import InventoryView
 from .runner import run
 
@@ -77,9 +78,12 @@ def update_lock(flake: Path, inputs: list[str], nix_conf_dir: str | None, timeou
     """Update the lock in place (every input, or the named ones); on failure the old lock is back."""
     lock_file = flake / "flake.lock"
     before = locked_inputs(lock_file)
-    unknown = [name for name in inputs if before and name not in before]
+    # An input flake.nix declares and the lock lacks (the shipped lock leaves nixpkgs to the user) is
+    # updated into the lock, not refused.
+    known = set(before) | declared_inputs(str(flake))
+    unknown = [name for name in inputs if known and name not in known]
     if unknown:
-        raise UserError(f"{flake}: no input {', '.join(unknown)}; it has {', '.join(sorted(before))}")
+        raise UserError(f"{flake}: no input {', '.join(unknown)}; it has {', '.join(sorted(known))}")
     backup = lock_file.with_suffix(".lock.before-update")
     if lock_file.exists():
         shutil.copy2(lock_file, backup)
