@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -303,3 +304,68 @@ def test_a_host_without_the_model_files_refuses_the_workflow(comfyui, tmp_path):
     finally:
         (tmp_path / "ckpt").rename(ckpt)
     assert status == 400 and body["node_errors"]["4"]["errors"][0]["type"] == "value_not_in_list"
+
+
+def ws_connect(url: str, client_id: str) -> socket.socket:
+    """A minimal WebSocket client (RFC 6455 handshake; the server's frames are unmasked)."""
+    import base64
+
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall((f"GET /ws?clientId={client_id} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return sock
+
+
+def ws_messages(sock: socket.socket) -> Iterator[dict]:
+    def exactly(n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = sock.recv(n - len(data))
+            assert chunk, "the server closed the socket"
+            data += chunk
+        return data
+
+    while True:
+        first, second = exactly(2)
+        length = second & 0x7F
+        if length == 126:
+            length = int.from_bytes(exactly(2), "big")
+        elif length == 127:
+            length = int.from_bytes(exactly(8), "big")
+        payload = exactly(length)
+        if first & 0x0F == 0x1:
+            yield json.loads(payload)
+
+
+def test_ws_sends_comfyuis_progress_messages_to_the_prompts_client(comfyui):
+    sock = ws_connect(comfyui[0], "probe-1")
+    try:
+        messages = ws_messages(sock)
+        first = next(messages)
+        assert first["type"] == "status" and first["data"]["sid"] == "probe-1"
+        assert "queue_remaining" in first["data"]["status"]["exec_info"]
+        prompt = _broken(lambda p: p["3"]["inputs"].update(steps=3))
+        req = urllib.request.Request(comfyui[0] + "/prompt", data=json.dumps({"prompt": prompt, "client_id": "probe-1"}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        prompt_id = json.loads(urllib.request.urlopen(req, timeout=10).read())["prompt_id"]
+        seen = []
+        for message in messages:
+            if message["type"] != "status":
+                seen.append(message)
+            if message["type"] == "executing" and message["data"]["node"] is None:
+                break
+    finally:
+        sock.close()
+    kinds = [m["type"] for m in seen]
+    assert kinds[:2] == ["execution_start", "execution_cached"] and kinds[-2:] == ["execution_success", "executing"]
+    assert all(m["data"]["prompt_id"] == prompt_id for m in seen)
+    assert [m["data"]["value"] for m in seen if m["type"] == "progress"] == [1, 2, 3]
+    assert {m["data"]["node"] for m in seen if m["type"] == "executing"} >= {"3", "4", "8", "9", None}
+    executed = next(m["data"] for m in seen if m["type"] == "executed")
+    assert executed["node"] == "9" and executed["output"]["images"][0]["type"] == "output"

@@ -2,7 +2,7 @@
 
 A queued prompt is `[number, prompt_id, prompt, extra_data, outputs_to_execute]`, as /queue shows it.
 One worker runs them in order: each node of the outputs' graph takes a moment, an output node writes
-an image, and the history entry records `status` (`status_str`, `completed`, `messages` with
+an image, /ws listeners get ComfyUI's messages as it goes, and the history entry records `status` (`status_str`, `completed`, `messages` with
 `execution_start`, `execution_cached`, then `execution_success` or `execution_error` naming the node
 and the exception) and `outputs`, as ComfyUI's does. A node that was given a constant where a link
 is expected fails when it runs, as in ComfyUI; the lab knob fail_comfyui_jobs fails every job at its
@@ -11,6 +11,7 @@ sampler (or its first node), as a broken device or driver makes real jobs fail.
 
 import heapq
 import os
+import queue
 import threading
 import time
 import uuid
@@ -56,7 +57,30 @@ class Jobs:
         self.history = OrderedDict()
         self.number = 0
         self.images = 0
+        self.sockets = {}  # client id -> queue.Queue of (type, data) for its /ws connection
         threading.Thread(target=self.worker, daemon=True).start()
+
+    # -- /ws listeners: messages go to the prompt's client id, or to everyone without one ---------
+
+    def listen(self, sid):
+        with self.lock:
+            self.sockets[sid] = queue.Queue()
+            return self.sockets[sid]
+
+    def leave(self, sid):
+        with self.lock:
+            self.sockets.pop(sid, None)
+
+    def send(self, kind, data, sid=None):
+        with self.lock:
+            targets = list(self.sockets.values()) if sid is None else [self.sockets[sid]] if sid in self.sockets else []
+        for target in targets:
+            target.put((kind, data))
+
+    def status(self):
+        with self.lock:
+            remaining = len(self.pending) + (1 if self.running else 0)
+        return {"status": {"exec_info": {"queue_remaining": remaining}}}
 
     # -- the queue --------------------------------------------------------------------------------
 
@@ -68,6 +92,7 @@ class Jobs:
             prompt_id = str(prompt_id or uuid.uuid4())
             heapq.heappush(self.pending, (number, prompt_id, prompt, extra_data, list(outputs)))
             self.lock.notify()
+        self.send("status", self.status())
         return prompt_id, number
 
     def queue(self):
@@ -121,6 +146,9 @@ class Jobs:
                 self.history[item[1]] = entry
                 while len(self.history) > MAX_HISTORY:
                     self.history.popitem(last=False)
+            sid = item[3].get("client_id")
+            self.send("executing", {"node": None, "prompt_id": item[1]}, sid)  # done, as main.py's worker says
+            self.send("status", self.status())
 
     def entry(self, item, outputs, messages, status):
         return {"prompt": list(item), "outputs": outputs,
@@ -141,34 +169,49 @@ class Jobs:
 
     def execute(self, item):
         number, prompt_id, prompt, extra_data, outputs = item
+        sid = extra_data.get("client_id")
         types = self.types_for()
         order = _order(prompt, outputs)
-        messages = [["execution_start", {"prompt_id": prompt_id, "timestamp": now_ms()}],
-                    ["execution_cached", {"nodes": [], "prompt_id": prompt_id, "timestamp": now_ms()}]]
+        messages = []
+
+        def say(kind, data, record=True):  # to the prompt's /ws client, and (most) into its history
+            self.send(kind, data, sid)
+            if record:
+                messages.append([kind, data])
+
+        say("execution_start", {"prompt_id": prompt_id, "timestamp": now_ms()})
+        say("execution_cached", {"nodes": [], "prompt_id": prompt_id, "timestamp": now_ms()})
         doomed = None
         if self.fail_jobs:  # lab fault: the sampler (or the first node) raises, as on a broken device
             doomed = next((n for n in order if prompt[n]["class_type"] == "KSampler"), order[0] if order else None)
         executed, results = [], {}
         for node_id in order:
             node = prompt[node_id]
+            say("executing", {"node": node_id, "display_node": node_id, "prompt_id": prompt_id}, record=False)
             steps = node.get("inputs", {}).get("steps")
-            time.sleep(NODE_SECONDS + (STEP_SECONDS * steps if isinstance(steps, int) and steps < 1000 else 0))
+            time.sleep(NODE_SECONDS)
+            if isinstance(steps, int) and 0 < steps < 1000:
+                for step in range(1, steps + 1):
+                    time.sleep(STEP_SECONDS)
+                    say("progress", {"value": step, "max": steps, "prompt_id": prompt_id, "node": node_id}, record=False)
             broken = self.failure(prompt, node_id, types)
             if node_id == doomed:
                 broken = ("RuntimeError", f"{node['class_type']} failed on the device "
                                           "(lab fault fail_comfyui_jobs)")
             if broken:
-                messages.append(["execution_error", {
+                say("execution_error", {
                     "prompt_id": prompt_id, "node_id": node_id, "node_type": node["class_type"],
                     "executed": list(executed), "exception_message": broken[1], "exception_type": broken[0],
                     "traceback": [f'  File "/lab/comfyui/execution.py", line 1, in execute\n'],
                     "current_inputs": {k: [v] for k, v in (node.get("inputs") or {}).items()},
-                    "current_outputs": {}, "timestamp": now_ms()}])
+                    "current_outputs": {}, "timestamp": now_ms()})
                 return self.entry(item, results, messages, "error")
             executed.append(node_id)
             if types.get(node["class_type"], {}).get("output_node"):
                 results[node_id] = {"images": [self.save_image(node)]}
-        messages.append(["execution_success", {"prompt_id": prompt_id, "timestamp": now_ms()}])
+                say("executed", {"node": node_id, "display_node": node_id, "output": results[node_id],
+                                 "prompt_id": prompt_id}, record=False)
+        say("execution_success", {"prompt_id": prompt_id, "timestamp": now_ms()})
         return self.entry(item, results, messages, "success")
 
     def save_image(self, node):

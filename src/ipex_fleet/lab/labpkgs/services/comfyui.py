@@ -2,7 +2,8 @@
 """Lab stand-in for ComfyUI (REFERENCE.md, ComfyUI HTTP API; tried against ComfyUI 0.3.64).
 
 Served, also under /api/: GET /system_stats, /queue, /history, /history/{id}, /object_info,
-/object_info/{class}; POST /prompt (validated as ComfyUI validates, then queued and run by a fake
+/object_info/{class}, /ws?clientId= (status, execution_start, execution_cached, executing,
+progress, executed, execution_success or execution_error, then executing with node null); POST /prompt (validated as ComfyUI validates, then queued and run by a fake
 executor, see _jobs.py), /queue and /history ({"clear"} or {"delete": [...]}), /free.
 
 Its device: the lab has no GPU, so the CPU stands in for the host's accelerator. Started as a GPU
@@ -11,7 +12,9 @@ real ComfyUI does (get_torch_device finds no device); with --cpu it reports the 
 hides the GPU. `devices` is never empty.
 """
 
+import json
 import os
+import queue
 import sys
 import threading
 import uuid
@@ -21,6 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _http import JSONHandler, fail_start, parse_args, serve  # noqa: E402
 from _jobs import Jobs  # noqa: E402
 from _nodes import node_types, object_info, validate  # noqa: E402
+import _ws  # noqa: E402
 
 VERSION = "0.3.64-lab"
 FREE_LOCK = threading.Lock()
@@ -80,6 +84,8 @@ class Handler(JSONHandler):
             self.send_json(200, object_info(self.server.state_dir))
         elif path.startswith("/object_info/"):
             self.send_json(200, object_info(self.server.state_dir, path[len("/object_info/"):]))
+        elif path == "/ws":
+            self.websocket((query.get("clientId") or [uuid.uuid4().hex])[0])
         else:
             self.send_json(404, {"error": "Not Found"})
 
@@ -101,6 +107,25 @@ class Handler(JSONHandler):
                                      "free_memory": bool(body.get("free_memory"))}
             return self.empty(200)
         self.send_json(404 if path not in ("/queue", "/history", "/free") else 400, {"error": "Not Found"})
+
+    def websocket(self, sid):
+        """ComfyUI's /ws: `status` at once, then the messages of this client's prompts (and of prompts
+        queued without a client id), each as {"type", "data"}, until the client goes."""
+        if not _ws.accept(self):
+            return
+        events = self.jobs.listen(sid)
+        try:
+            _ws.send_text(self, json.dumps({"type": "status", "data": {**self.jobs.status(), "sid": sid}}))
+            while not _ws.closed(self):
+                try:
+                    kind, data = events.get(timeout=0.5)
+                except queue.Empty:
+                    continue
+                _ws.send_text(self, json.dumps({"type": kind, "data": data}))
+        except OSError:
+            pass  # the client went away mid-frame
+        finally:
+            self.jobs.leave(sid)
 
     def empty(self, status):
         self.send_response(status)
