@@ -121,3 +121,17 @@ def test_without_the_knob_the_host_shows_the_machines_own_devices(fleet: Fleet):
     fleet.lab.reboot(host)
     inside = fleet.sh(host, "ls /sys/bus/pci/devices | sort")
     assert inside == "\n".join(sorted(p.name for p in Path("/sys/bus/pci/devices").iterdir()))
+
+
+def test_an_unknown_host_key_is_refused_in_one_line(fleet: Fleet, workdir: Path, tmp_path: Path):
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    layout = fleet.lab.layout
+    proc = subprocess.run([sys.executable, "-m", "ipex_fleet", "enroll", fleet.spec.hosts[0].address, "--name",
+                           "lab-stranger", "--ssh-user", "root", "--ssh-key", str(layout.client_key),
+                           "--known-hosts", str(empty)], cwd=workdir, capture_output=True, text=True, timeout=120,
+                          env=fleet.env())
+    assert proc.returncode == 2 and proc.stdout == "", proc.stdout
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith(f"ipex-fleet: error: cannot connect to {fleet.spec.hosts[0].address} over SSH:")
+    assert not (workdir / "flake/hosts/lab-stranger").exists()
