@@ -43,6 +43,43 @@ def test_a_slow_peer_never_reverts_a_healthy_host(fleet):
         assert [d["who"] for d in decisions(fleet, h, run_id)] == ["committed"], h
 
 
+def test_a_mixed_fleet_in_parallel_1_batches_never_reverts_a_healthy_host(fleet, tmp_path):
+    """The issue's mixed fleet: host1 installs a model from a throttled mirror while host2 has none and
+    activates 25 s slowly; `--parallel 1` runs each step on one host at a time, so each host sits with
+    its intent open while the other works, far beyond its 3 s lease. Both commit, neither is reverted."""
+    from .test_models import make_blob, start_mirror
+
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    sha, size = make_blob(mirror, "slow.safetensors", 6)
+    proc, url = start_mirror(mirror, rate=512 << 10)  # 6 MiB at 512 KiB/s: about 12 s
+    model = {"kind": "checkpoints", "name": "slow.safetensors", "url": f"{url}/slow.safetensors", "sha256": sha,
+             "size": size}
+    inventory = tmp_path / "mixed.py"
+    inventory.write_text(
+        "from ipex_fleet.lab.inventory import lab_hosts\n"
+        f"hosts = [(n, {{**d, 'trusted_mirrors': ['http://127.0.0.1:'], 'min_free_mb': 64,"
+        f" **({{'models': [{model!r}]}} if n == 'host1' else {{}})}})"
+        f" for n, d in lab_hosts({str(fleet.lab.layout.root)!r})]\n")
+    for h in ("host1", "host2"):
+        bump(fleet, h)
+    fleet.configure("host2", "slow_activation=25")
+    try:
+        started = time.monotonic()
+        run, run_id = fleet.deploy(*FAST, "--data", "lease_grace=3", "--data", "command_timeout=60",
+                                   "--parallel", "1", inventory=str(inventory), timeout=400)
+        elapsed = time.monotonic() - started
+    finally:
+        proc.kill()
+    assert_ok(run)
+    print(f"\nmixed fleet, --parallel 1: both committed in {elapsed:.1f} s (a 12 s model, a 25 s activation, "
+          "lease 3 s)")
+    for h in ("host1", "host2"):
+        assert fleet.result(run_id, h).status is Status.OK, (h, fleet.result(run_id, h).error)
+        assert [d["who"] for d in decisions(fleet, h, run_id)] == ["committed"], h
+    assert fleet.result(run_id, "host1").timings["install_models"] > 6, "the model took its time"
+
+
 def test_a_host_crashed_with_an_open_intent_and_no_controller_returns_after_its_boot(fleet):
     """The controller dies in the health step and the host crashes right after (its transient watchdog
     dies with it). At boot the agent's boot unit re-arms the intent, its lease counted from the new
