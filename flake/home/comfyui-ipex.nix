@@ -23,8 +23,9 @@ in
     enable = mkEnableOption "a ComfyUI workspace with linked model folders and example workflows";
 
     package = mkOption {
-      type = types.package;
-      default = if accelerator == "xpu" then ipexPkgs.intel-xpu.comfyui else pkgs.comfyui;
+      type = types.nullOr types.package;
+      # null where the nixpkgs in use has no comfyui (before 2026-07): refused by an assertion.
+      default = if accelerator == "xpu" then ipexPkgs.intel-xpu.comfyui else pkgs.comfyui or null;
       defaultText = lib.literalExpression "pkgs.intel-xpu.comfyui on xpu, else pkgs.comfyui";
       description = "ComfyUI, on the accelerator of programs.ipex.";
     };
@@ -58,6 +59,11 @@ in
   config = mkIf cfg.enable {
     assertions = [
       {
+        assertion = cfg.package != null;
+        message = "programs.comfyui-ipex needs pkgs.comfyui, which your nixpkgs lacks (it came to nixpkgs in "
+          + "2026-07): update nixpkgs, or set programs.comfyui-ipex.package";
+      }
+      {
         assertion = unknownKinds == [ ];
         message = "programs.comfyui-ipex.models.symlinks: unknown model folder(s) ${lib.concatStringsSep ", " unknownKinds}; "
           + "ComfyUI's are ${lib.concatStringsSep ", " kinds}";
@@ -69,7 +75,7 @@ in
       }
     ];
 
-    home.packages = [ cfg.package ];
+    home.packages = lib.optional (cfg.package != null) cfg.package;
 
     home.file =
       lib.mapAttrs'

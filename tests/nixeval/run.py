@@ -525,7 +525,12 @@ def check_comfyui_absent(h: Harness) -> Problems:
         if len(said) != 1 or len(f["failedAssertions"]) != 1:
             return [f"not one clear assertion: {f['failedAssertions']}"]
         return [] if "nix flake update nixpkgs --flake ./flake" in said[0] else [f"the assertion names no pin: {said[0]}"]
-    return _hosts(h, each, comfyuiShape="absent")
+    problems = _hosts(h, each, comfyuiShape="absent")
+    home = h.eval("home:comfyui-ipex", variant="comfyui", comfyuiShape="absent")
+    said = home.error or " | ".join(home.facts["failedAssertions"])
+    if "programs.comfyui-ipex needs pkgs.comfyui" not in said:
+        problems.append(f"homeManagerModules.comfyui-ipex without pkgs.comfyui: {said or 'no assertion'}")
+    return problems
 
 
 def check_metrics_reachable(h: Harness) -> Problems:
