@@ -106,7 +106,11 @@ def test_every_host_on_every_nixpkgs_shape(pushed: run.Harness):
                 ev = pushed.host(name, ollamaShape=ollama, comfyuiShape=comfyui)
                 assert ev.error is None, (name, ollama, comfyui, ev.error)
                 assert ev.facts["failedAssertions"] == [] and ev.facts["warnings"] == [], (name, ollama, comfyui)
-                assert ev.facts["ollama"]["modelsDir"] == "/var/lib/ollama/models"
+                o = ev.facts["ollama"]
+                assert o["modelsDir"] == "/var/lib/ollama/models"
+                # The package chosen runs, even where the older module would override its backend away.
+                assert o["execStart"] == f"{o['execPackage']} serve", (name, ollama, o)
+                assert o["accelerator"] == {"xpu": "vulkan"}.get(o["fleetAccelerator"], o["fleetAccelerator"])
                 c = ev.facts["comfyui"]
                 assert c["torch"] == ("cpu" if c["accelerator"] == "cpu" else c["accelerator"]), (name, comfyui, c)
     absent = pushed.host("arc-a770-01", comfyuiShape="absent")

@@ -91,10 +91,18 @@ in
       # there): set the name the user's nixpkgs has, so neither pin warns or fails.
       // (if options.services.ollama ? modelsDir then { modelsDir = cfg.modelsPath; } else { models = cfg.modelsPath; });
 
-      systemd.services.ollama.serviceConfig = lib.mkIf (effective == "xpu") {
-        SupplementaryGroups = [ "render" "video" ];
-        DeviceAllow = [ "char-drm rw" ];
-      };
+      systemd.services.ollama.serviceConfig = lib.mkMerge [
+        (lib.mkIf (effective == "xpu") {
+          SupplementaryGroups = [ "render" "video" ];
+          DeviceAllow = [ "char-drm rw" ];
+        })
+        {
+          # nixpkgs' module before 2026 runs `package.override { acceleration = cfg.acceleration; }`,
+          # null by default: a CPU (or CUDA) build in place of the Vulkan one. Run the package chosen
+          # here, whatever the user's nixpkgs does with it (the same command as today's module's).
+          ExecStart = lib.mkForce "${lib.getExe package} serve";
+        }
+      ];
 
       services.ipex-fleet.services.ollama = {
         url = "http://${cfg.host}:${toString cfg.port}";

@@ -131,6 +131,9 @@ let
         loadModels = ollama.loadModels;
         smokeModel = opt [ "services" "ipex-ollama" "smokeModel" ];
         modelsDir = (service "ollama").environment.OLLAMA_MODELS;
+        # What the unit runs: the package's store path, and that package's backend.
+        execStart = (service "ollama").serviceConfig.ExecStart;
+        execPackage = lib.getExe ollama.package;
         fleetAccelerator = opt [ "services" "ipex-fleet" "services" "ollama" "accelerator" ];
       };
       environment = config.services.ipex.environment or { };

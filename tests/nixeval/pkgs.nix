@@ -50,11 +50,19 @@ let
     linkFarm = name: entries: stubDerivation name { inherit entries; };
     fetchurl = args: stubDerivation (args.name or (baseNameOf args.url)) { inherit (args) url; outputHash = args.hash or args.sha256; };
     mkShell = args: stubDerivation "nix-shell" args;
-    ollama = stubDerivation "ollama-0.32.0" { meta.mainProgram = "ollama"; stubAccelerator = "cpu"; };
-    ollama-cpu = final.ollama;
-    ollama-vulkan = stubDerivation "ollama-vulkan-0.32.0" { meta.mainProgram = "ollama"; stubAccelerator = "vulkan"; };
-    ollama-cuda = stubDerivation "ollama-cuda-0.32.0" { meta.mainProgram = "ollama"; stubAccelerator = "cuda"; };
-    ollama-rocm = stubDerivation "ollama-rocm-0.32.0" { meta.mainProgram = "ollama"; stubAccelerator = "rocm"; };
+    # pkgs/by-name/ol/ollama: one package, its backend an argument; the named variants override it.
+    # null: CUDA under cudaSupport, else CPU; false: CPU. (The pre-2026 services.ollama overrides
+    # whatever package it is given with its own `acceleration`, null by default.)
+    ollama = final.callPackage ({ acceleration ? null }:
+      let backend = if acceleration == null then (if cudaSupport then "cuda" else "cpu")
+                    else if acceleration == false then "cpu" else acceleration;
+      in stubDerivation (if acceleration == null then "ollama-0.32.0" else "ollama-${backend}-0.32.0") {
+        meta.mainProgram = "ollama"; stubAccelerator = backend;
+      }) { };
+    ollama-cpu = final.ollama.override { acceleration = false; };
+    ollama-vulkan = final.ollama.override { acceleration = "vulkan"; };
+    ollama-cuda = final.ollama.override { acceleration = "cuda"; };
+    ollama-rocm = final.ollama.override { acceleration = "rocm"; };
     stdenvNoCC.mkDerivation = args: stubDerivation "${args.pname}-${args.version}" args;
     fetchFromGitHub = args: stubDerivation "source" (args // { outputHash = args.hash; });
   } // lib.genAttrs [ "intel-compute-runtime" "intel-media-driver" "vpl-gpu-rt" "clinfo" "level-zero" "nix"

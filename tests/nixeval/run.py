@@ -510,6 +510,10 @@ def check_nixpkgs_shapes(h: Harness) -> Problems:
                 o, c = f.get("ollama") or {}, f.get("comfyui") or {}
                 if o.get("modelsDir") != "/var/lib/ollama/models":
                     out.append(f"OLLAMA_MODELS is {o.get('modelsDir')}")
+                backend = {"xpu": "vulkan"}.get(o.get("fleetAccelerator"), o.get("fleetAccelerator"))
+                if o.get("execStart") != f"{o.get('execPackage')} serve" or o.get("accelerator") != backend:
+                    out.append(f"Ollama on {o.get('fleetAccelerator')} runs {o.get('execStart')!r} "
+                               f"({o.get('accelerator')}), not its {backend} package")
                 if c.get("accelerator") not in (None, "cpu") and c.get("torch") != c.get("accelerator"):
                     out.append(f"ComfyUI runs on {c.get('accelerator')} with {c.get('torch')} torch")
                 return out

@@ -294,6 +294,8 @@ in
       cfg = config.services.ollama;
       staticUser = cfg.user != null && cfg.group != null;
       modelsDir = if ollamaShape == "models" then cfg.models else cfg.modelsDir;
+      # Before: the module ran `cfg.package.override { inherit (cfg) acceleration; }`, not the package given.
+      ollamaPackage = if ollamaShape == "models" then cfg.package.override { inherit (cfg) acceleration; } else cfg.package;
     in
     {
       imports = lib.optionals (ollamaShape == "modelsDir") [
@@ -338,7 +340,7 @@ in
           serviceConfig = lib.optionalAttrs staticUser { User = cfg.user; Group = cfg.group; } // {
             Type = "exec";
             DynamicUser = true;
-            ExecStart = "${lib.getExe cfg.package} serve";
+            ExecStart = "${lib.getExe ollamaPackage} serve";
             StateDirectory = [ "ollama" ];
             DeviceAllow = [ "char-nvidiactl" "char-nvidia-caps" "char-nvidia-frontend" "char-nvidia-uvm" "char-drm" "char-fb" "char-kfd" "/dev/dxg" ];
             DevicePolicy = "closed";
@@ -350,9 +352,9 @@ in
           wantedBy = [ "multi-user.target" "ollama.service" ];
           after = [ "ollama.service" "network-online.target" ];
           bindsTo = [ "ollama.service" ];
-          script = "${lib.getExe cfg.package} pull ${lib.escapeShellArgs cfg.loadModels}";
+          script = "${lib.getExe ollamaPackage} pull ${lib.escapeShellArgs cfg.loadModels}";
         };
-        environment.systemPackages = [ cfg.package ];
+        environment.systemPackages = [ ollamaPackage ];
       };
     })
 ]
