@@ -135,3 +135,24 @@ def test_an_unknown_host_key_is_refused_in_one_line(fleet: Fleet, workdir: Path,
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.startswith(f"ipex-fleet: error: cannot connect to {fleet.spec.hosts[0].address} over SSH:")
     assert not (workdir / "flake/hosts/lab-stranger").exists()
+
+
+@pytest.fixture(scope="module")
+def deploy_fleet(lab_roots, tmp_path_factory) -> Fleet:
+    fleet = make_fleet(lab_roots, 1, tmp_path_factory, deploy_user="deploy")
+    yield fleet
+    destroy_checked(fleet.lab)
+
+
+def test_enroll_as_a_non_root_user_with_sudo(deploy_fleet: Fleet, workdir: Path):
+    host = deploy_fleet.spec.hosts[0]
+    deploy_fleet.configure(host.name, "gpu=arc-a770")
+    deploy_fleet.lab.reboot(host.name)
+    layout = deploy_fleet.lab.layout
+    proc = subprocess.run([sys.executable, "-m", "ipex_fleet", "enroll", host.address, "--name", "lab-sudo",
+                           "--ssh-user", "deploy", "--sudo", "--ssh-key", str(layout.client_key),
+                           "--known-hosts", str(layout.known_hosts), "--dry"],
+                          cwd=workdir, capture_output=True, text=True, timeout=180, env=deploy_fleet.env())
+    assert_ok(proc)
+    assert "accelerator xpu: Intel Arc A770 (8086:56a0 at 0000:03:00.0)" in proc.stdout
+    assert '("lab-sudo", {"ssh_hostname": "' + host.address + '", "ssh_user": "deploy", "_sudo": True,' in proc.stdout
