@@ -323,3 +323,35 @@ def test_an_inconclusive_gate_holds_the_host_on_probation_until_a_person_or_the_
         assert decided.status is Status.ROLLED_BACK and outcome == "reverted"
     assert host.lock is None, "the decision releases the lock"
     assert not (results.run_dir(run_id) / "probation" / "h1.json").exists(), "the token is not kept"
+
+
+def test_a_controller_whose_lock_ran_out_during_a_slow_build_never_switches_after_a_newer_deploy(
+        controller, monkeypatch):
+    """Controller A builds while its heartbeat cannot reach the host (a partition): its lock's lease runs
+    out by the host's clock; controller B takes the host and commits a newer generation. When A's build
+    ends, opening its intent is fenced: nothing is switched, and nothing stale is recorded (A's
+    `previous` is no longer the host's)."""
+    deploy, make = controller
+    host = make(models=[])
+    monkeypatch.setenv("IPEX_FLEET_RUN_ID", "run-a")
+    a_state = host.state = SimpleNamespace()
+    for step in STEPS[:4]:  # preflight (the lock), record_previous, push_flake, build
+        assert transaction.run_step(None, host, step, step.__name__), step.__name__
+    host.host_clock.t += 3600  # A's renewals never arrive: its lease runs out on the host
+    host.target_build = "/nix/store/ccc-nixos-system-3"
+    b_run, alive = deploy(host)
+    assert alive and results.read_host_result(b_run, "h1").status is Status.OK
+    assert host.running == host.profile_path == "/nix/store/ccc-nixos-system-3"
+    records_before = list(host.records)
+
+    monkeypatch.setenv("IPEX_FLEET_RUN_ID", "run-a")
+    host.state = a_state
+    for step in STEPS[4:]:
+        if not transaction.run_step(None, host, step, step.__name__):
+            break
+    a = results.read_host_result("run-a", "h1")
+    assert a.status is Status.SKIPPED and "nothing was switched" in a.error, a
+    assert a.final.number is None, "A does not claim to know where the host is"
+    assert host.running == host.profile_path == "/nix/store/ccc-nixos-system-3", "B's deploy stands"
+    assert host.records == records_before, "A wrote nothing on the host"
+    assert host.lock is None and host.intent is None

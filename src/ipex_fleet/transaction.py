@@ -40,6 +40,11 @@ class LockRefused(StepFailed):
     """Another run holds the host's lock."""
 
 
+class Fenced(LockRefused):
+    """This run's lock ran out and another run took the host (or moved it): nothing was switched, and
+    what this run recorded before (its `previous`) no longer describes the host."""
+
+
 class WatchdogReverted(StepFailed):
     """The host decided by itself (its watchdog or a recovery: the lease ran out) and restored the
     recorded generation, verified; or tried to and failed (`status` REVERT_FAILED)."""
@@ -153,6 +158,9 @@ def run_step(state: Any, host: Any, step: Step, name: str) -> bool:
         tx.fresh_connections = True  # the run's own session may be dead: undo over new connections
     if isinstance(error, HostUnreachable):
         _finish(tx, host, Status.UNREACHABLE, NO_GENERATION, f"{name}: {error}")
+    elif isinstance(error, Fenced):  # the host is another run's now: write nothing there, claim nothing
+        tx.record_on_host, tx.locked = False, False
+        _finish(tx, host, Status.SKIPPED, NO_GENERATION, f"{name}: {error}")
     elif isinstance(error, LockRefused):
         _finish(tx, host, Status.SKIPPED, tx.previous, str(error))
     elif isinstance(error, WatchdogReverted):
@@ -656,7 +664,7 @@ def open_intent(tx: HostTransaction, host: Any) -> None:
                                             "--reboot-grace", f"{_reboot_grace(tx):g}"))
     answer = hostagent.parse(opened.stdout_lines)
     if opened.returncode == hostagent.FENCED:
-        raise StepFailed(f"nothing was switched: {answer.get('error') or opened.last_error}")
+        raise Fenced(f"nothing was switched: {answer.get('error') or opened.last_error}")
     if not opened.ok:
         raise StepFailed(f"could not journal the intent on the host: {answer.get('error') or opened.last_error}")
     tx.intent_open = True
