@@ -14,8 +14,8 @@ from pathlib import Path
 from ..errors import UserError
 from . import facts as hwfacts
 from .connect import SshOptions, connect
-from .pciids import identify
-from .render import plan, render_host, render_inventory_entry
+from .pciids import Identified, identify
+from .render import HostPlan, plan, render_host, render_inventory_entry
 from .write import check_folder, check_inventory, inventory_edit, write_atomic
 
 _ADDRESS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,252}$")
@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _say_found(address: str, name: str, f: hwfacts.HardwareFacts, found, p) -> None:
+def _say_found(address: str, name: str, f: hwfacts.HardwareFacts, found: Identified, p: HostPlan) -> None:
     devices = "; ".join(f"{m.name} ({d.ids} at {d.slot})" for d, m in found.models) or "none"
     disks = ", ".join(f"{d.name} {d.size_bytes / 1e9:.0f} GB" for d in f.disks) or "none found"
     print(f"{address} as {name} (hostname {f.hostname}, {f.os_id}, {'EFI' if f.efi else 'BIOS'} firmware):")
