@@ -43,6 +43,11 @@ def test_a_healthy_comfyui_runs_the_tiny_prompt_end_to_end(healthy):
     entry = json.loads(urllib.request.urlopen(f"{healthy}/history/{outcome.data['prompt_id']}", timeout=10).read())
     assert entry[outcome.data["prompt_id"]]["status"]["status_str"] == "success"  # it really ran
     assert comfyui.check_recent(service(healthy)).result is Result.PASS
+    # Each run is a new prompt (its own colour): ComfyUI would answer a repeat from its cache.
+    again = comfyui.check_run(service(healthy))
+    history = json.loads(urllib.request.urlopen(f"{healthy}/history", timeout=10).read())
+    colours = {history[o.data["prompt_id"]]["prompt"][2]["1"]["inputs"]["color"] for o in (outcome, again)}
+    assert len(colours) == 2
 
 
 def test_a_failing_job_fails_level_2_naming_the_node_and_the_exception(failing):

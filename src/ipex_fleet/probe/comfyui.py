@@ -8,6 +8,7 @@ file (EmptyImage into PreviewImage, core nodes of every ComfyUI), so any host ca
 
 from __future__ import annotations
 
+import random
 import time
 import uuid
 from typing import Any
@@ -20,6 +21,15 @@ TINY_PROMPT: dict[str, Any] = {
     "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}},
     "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
 }
+
+
+def tiny_prompt() -> dict[str, Any]:
+    """The tiny prompt with a colour of its own: ComfyUI caches a node whose inputs it has seen, and a
+    cached run proves nothing."""
+    prompt = {k: {"class_type": v["class_type"], "inputs": dict(v["inputs"])} for k, v in TINY_PROMPT.items()}
+    if "color" in prompt.get("1", {}).get("inputs", {}):
+        prompt["1"]["inputs"]["color"] = random.randrange(0x1000000)
+    return prompt
 RUN_WAIT = 60.0  # seconds for the tiny prompt to run, queue included
 RECENT = 5  # the last N jobs: all of them failing fails the check
 
@@ -43,7 +53,7 @@ def check_run(svc: ServiceConfig | None, wait: float = RUN_WAIT) -> Outcome:
         return skipped("no ComfyUI service configured on this host")
     started = time.monotonic()
     try:
-        queued = request(f"{svc.url}/prompt", {"prompt": TINY_PROMPT, "client_id": f"ipex-fleet-probe-{uuid.uuid4()}"},
+        queued = request(f"{svc.url}/prompt", {"prompt": tiny_prompt(), "client_id": f"ipex-fleet-probe-{uuid.uuid4()}"},
                          timeout=15)
         prompt_id = queued["prompt_id"]
     except (HTTPProblem, KeyError, TypeError) as exc:
