@@ -20,7 +20,8 @@ import pytest
 
 from ipex_fleet import hostagent
 
-from .conftest import BIN, REPO, assert_ok, destroy_checked, make_fleet
+from .conftest import assert_ok, destroy_checked, make_fleet
+from .test_rollout import rollout, run_id_of
 
 HOSTS = ("host1", "host2")
 
@@ -41,15 +42,6 @@ def inventory(fleet, tmp_path) -> Path:
         f" 'lease_grace': 5}}) for n, d in lab_hosts({str(fleet.lab.layout.root)!r})]\n"
         "canary = _all[:1]\nwave1 = _all[1:]\n")
     return path
-
-
-def rollout(fleet, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "ipex-fleet"), "rollout", *args], cwd=REPO, env=fleet.env(),
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
-
-
-def run_id_of(proc: subprocess.CompletedProcess) -> str:
-    return proc.stdout.split("rollout ", 1)[1].split(":", 1)[0]
 
 
 @contextmanager
