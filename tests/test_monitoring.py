@@ -27,7 +27,7 @@ def _promtool(*args: str, cwd: Path = MONITORING) -> subprocess.CompletedProcess
 def test_the_alert_rules_pass_promtool_check():
     proc = _promtool("check", "rules", "alerts.yml")
     assert_ok(proc)
-    assert "SUCCESS: 6 rules found" in proc.stdout
+    assert "SUCCESS: 7 rules found" in proc.stdout
 
 
 def test_the_rules_fire_as_the_unit_tests_expect():
@@ -50,7 +50,9 @@ def _written_names(tmp_path: Path) -> set[str]:
            "accelerator": {"type": "cuda", "count": 1, "torch": "x", "devices": [
                {"index": 0, "name": "g", "total_memory": 1, "memory_used": 1, "temperature_c": 1}]}}
     bench = {"device": {"type": "cuda", "name": "g"}, "results": [{"name": "m", "metric": "tflops", "unit": "T", "value": 1}],
-             "gate": {"tolerance": 0.15, "comparisons": [{"name": "m", "ratio": 1.0}]}}
+             "gate": {"tolerance": 0.15, "result": "pass", "confidence": 0.99,
+                      "comparisons": [{"name": "m", "ratio": 1.0, "verdict": "pass", "p_slower": 0.01,
+                                       "ci": [0.95, 1.05]}]}}
     names = set()
     for families in (metrics.probe_metrics(doc), metrics.bench_metrics(bench), metrics.host_metrics(root=str(tmp_path))):
         for f in families:
