@@ -156,3 +156,19 @@ def test_enroll_as_a_non_root_user_with_sudo(deploy_fleet: Fleet, workdir: Path)
     assert_ok(proc)
     assert "accelerator xpu: Intel Arc A770 (8086:56a0 at 0000:03:00.0)" in proc.stdout
     assert '("lab-sudo", {"ssh_hostname": "' + host.address + '", "ssh_user": "deploy", "_sudo": True,' in proc.stdout
+
+
+def test_a_knob_change_shows_from_the_next_boot_only(fleet: Fleet):
+    host = fleet.spec.hosts[0].name
+    fleet.configure(host, "gpu=h100")
+    fleet.lab.reboot(host)
+    devices = "cat /sys/bus/pci/devices/*/device | sort | tr '\\n' ' '"
+    before = fleet.sh(host, devices)
+    assert "0x2330" in before
+    fleet.configure(host, "gpu=arc-a770", "version=v-knob")
+    assert fleet.sh(host, devices) == before  # still this boot's hardware
+    fleet.lab.reboot(host)
+    after = fleet.sh(host, devices)
+    assert "0x56a0" in after and "0x2330" not in after
+    fleet.configure(host, "gpu=")
+    fleet.lab.reboot(host)

@@ -449,9 +449,11 @@ class Lab:
         host = self.spec.host(name)
         parsed = [knobs.parse_assignment(a) for a in assignments]
         path = self.layout.host_settings(host.name)
-        settings = knobs.apply(knobs.read_settings(path), parsed)
+        before = knobs.read_settings(path)
+        settings = knobs.apply(before, parsed)
         knobs.write_settings(path, settings)
-        hardware.write(self.layout.shared_dir, host.name, settings.get("gpu"))  # seen from the next boot
+        if settings.get("gpu") != before.get("gpu"):  # a host copies its devices at boot: seen from the next one
+            hardware.write(self.layout.shared_dir, host.name, settings.get("gpu"))
         return settings
 
     # -- internals -------------------------------------------------------------------------

@@ -8,6 +8,7 @@ Without the knob (no devices written for this host) the host shows the machine's
 import grp
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -22,7 +23,11 @@ def main():
     pci = os.path.join(source, "pci")
     if not os.path.isdir(pci):
         return 0
-    subprocess.run(["mount", "--bind", "-o", "ro", pci, "/sys/bus/pci/devices"], check=True)
+    # A copy of this boot's devices: a knob changed on the controller meanwhile shows from the next boot.
+    booted = "/run/lab-hardware/pci"
+    shutil.rmtree(booted, ignore_errors=True)
+    shutil.copytree(pci, booted)
+    subprocess.run(["mount", "--bind", "-o", "ro", booted, "/sys/bus/pci/devices"], check=True)
     os.makedirs("/dev/dri", exist_ok=True)
     try:
         render_gid = grp.getgrnam("render").gr_gid
