@@ -55,6 +55,7 @@ class ScriptedHost:
     armed: dict[str, str] = field(default_factory=dict)  # intent id -> run id of each watchdog started
     revert_fails: bool = False  # the old generation's activation fails (a revert that cannot verify)
     bench_verdict: str = "pass"  # the benchmark gate's verdict (pass, fail, inconclusive)
+    probe_result: str = "pass"  # the probe's result (pass, warn, fail)
     records: list[dict[str, Any]] = field(default_factory=list)
     fault: Fault | None = None
     second: Fault | None = None  # a second fault, for double faults (a gate fails, then the controller dies)
@@ -241,7 +242,9 @@ class ScriptedHost:
         return 0, [f"activating the configuration {path} ({action})"]
 
     def do_probe(self, _c: str) -> tuple[int, list[str]]:
-        return 0, [json.dumps({"result": "pass", "level": 2, "checks": [{"name": "units", "result": "pass"}]})]
+        check = {"name": "host_link", "result": self.probe_result, "message": "host-device copies are slow: 3.1 GB/s"}
+        return 0, [json.dumps({"result": self.probe_result, "level": 2,
+                               "checks": [{"name": "units", "result": "pass"}, check]})]
 
     def do_bench(self, _c: str) -> tuple[int, list[str]]:
         comparisons = [] if self.bench_verdict == "pass" else [

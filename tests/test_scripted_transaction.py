@@ -355,3 +355,17 @@ def test_a_controller_whose_lock_ran_out_during_a_slow_build_never_switches_afte
     assert host.running == host.profile_path == "/nix/store/ccc-nixos-system-3", "B's deploy stands"
     assert host.records == records_before, "A wrote nothing on the host"
     assert host.lock is None and host.intent is None
+
+
+def test_a_probe_warn_pauses_only_where_host_data_says_so(controller):
+    deploy, make = controller
+    host = make(models=[], health_warn="pause")
+    host.probe_result = "warn"
+    run_id, _ = deploy(host)
+    paused = results.read_host_result(run_id, "h1")
+    assert paused.status is Status.PAUSED and "health checks warned: host_link: host-device copies are slow" \
+        in paused.error
+    plain = make(models=[])
+    plain.probe_result = "warn"
+    run_id, _ = deploy(plain)
+    assert results.read_host_result(run_id, "h1").status is Status.OK, "a warn passes by default"

@@ -82,6 +82,14 @@ def health(tx: HostTransaction, host: Any) -> None:
     write_junit(tx, document)
     if document.get("result") == "fail":
         raise StepFailed("health checks failed: " + "; ".join(tx.health["failing"]))
+    warned = [f"{c['name']}: {c.get('message')}" for c in document.get("checks", []) if c.get("result") == "warn"]
+    if warned and tx.settings.health_warn == "pause":  # the commit step keeps the host on probation
+        _on_probation(tx, host, "health checks warned: " + "; ".join(warned))
+
+
+def _on_probation(tx: HostTransaction, host: Any, why: str) -> None:
+    tx.probation = f"{tx.probation}; {why}" if tx.probation else why
+    host.log(f"warning: {why}; the host waits on probation for a decision", logger.warning)
 
 
 def bench_command(s: Any, quick: bool = True, rebaseline: bool = False) -> str:
@@ -151,8 +159,7 @@ def bench_gate(tx: HostTransaction, host: Any) -> None:
     if s.bench_inconclusive == "fail":
         raise StepFailed("benchmark gate inconclusive (host data bench_inconclusive=fail): " + why)
     if s.bench_inconclusive == "pause":  # the commit step keeps the host on probation instead
-        tx.probation = "benchmark gate inconclusive: " + why
-        host.log(f"warning: {tx.probation}; the host waits on probation for a decision", logger.warning)
+        _on_probation(tx, host, "benchmark gate inconclusive: " + why)
         return
     tx.bench["inconclusive_accepted"] = True
     host.log(f"warning: benchmark gate inconclusive, passed as bench_inconclusive=warn: {why}", logger.warning)

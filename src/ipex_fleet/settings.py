@@ -198,6 +198,9 @@ class DeploySettings(BaseModel):
     # (`ipex-fleet rollout --resume RUN --approve|--abort`); nobody deciding in time reverts it.
     bench_inconclusive: Annotated[str, BeforeValidator(_one_of("fail", "warn", "pause"))] = "fail"
     pause_timeout: Seconds(10) = 3600
+    # A probe `warn` (a check that passed with doubts: a slow host link, a device selector matching
+    # nothing) passes the deploy (pass, the default) or keeps the host on probation (pause).
+    health_warn: Annotated[str, BeforeValidator(_one_of("pass", "pause"))] = "pass"
     bench_lock: PlainPath | None = None
     # node_exporter's textfile directory: the deploy's probe and `ipex-fleet metrics` write there
     # (the flake's services.ipex-fleet.metrics.directory); None turns it off.
