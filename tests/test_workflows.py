@@ -202,8 +202,8 @@ def wait_for(url: str, prompt_id: str, timeout: float = 30) -> dict:
 def test_a_queued_prompt_runs_and_its_history_says_so(comfyui):
     url, _ = comfyui
     numbers = []
-    for _ in range(4):  # each ~0.3 s to run: the queue holds them while this reads it
-        status, body = post(url, _broken(lambda p: p["3"]["inputs"].update(steps=100)))
+    for i in range(4):  # each ~0.3 s to run (its own seed: not from the cache): the queue holds them
+        status, body = post(url, _broken(lambda p: p["3"]["inputs"].update(steps=100, seed=time.time_ns() + i)))
         assert status == 200
         numbers.append(body["number"])
     assert numbers == sorted(numbers) and len(set(numbers)) == 4  # each prompt its own number
@@ -366,6 +366,19 @@ def test_ws_sends_comfyuis_progress_messages_to_the_prompts_client(comfyui):
     assert kinds[:2] == ["execution_start", "execution_cached"] and kinds[-2:] == ["execution_success", "executing"]
     assert all(m["data"]["prompt_id"] == prompt_id for m in seen)
     assert [m["data"]["value"] for m in seen if m["type"] == "progress"] == [1, 2, 3]
-    assert {m["data"]["node"] for m in seen if m["type"] == "executing"} >= {"3", "4", "8", "9", None}
+    assert {m["data"]["node"] for m in seen if m["type"] == "executing"} >= {"3", "8", "9", None}  # the rest cached
     executed = next(m["data"] for m in seen if m["type"] == "executed")
     assert executed["node"] == "9" and executed["output"]["images"][0]["type"] == "output"
+
+
+def test_an_unchanged_prompt_queued_again_is_answered_from_the_cache(comfyui):
+    prompt = _broken(lambda p: p["3"]["inputs"].update(seed=4242))
+    first = wait_for(comfyui[0], post(comfyui[0], prompt)[1]["prompt_id"])
+    again = wait_for(comfyui[0], post(comfyui[0], prompt)[1]["prompt_id"])
+    changed = wait_for(comfyui[0], post(comfyui[0], _broken(lambda p: p["3"]["inputs"].update(seed=4243)))[1]["prompt_id"])
+    assert set(dict(first["status"]["messages"])["execution_cached"]["nodes"]) <= {"4", "5", "6", "7"}  # a new seed
+    assert sorted(dict(again["status"]["messages"])["execution_cached"]["nodes"]) == sorted(prompt)
+    assert again["outputs"] == first["outputs"] and again["status"]["status_str"] == "success"
+    # A new seed runs the sampler and what follows it; the loader and the text encoders stay cached.
+    assert sorted(dict(changed["status"]["messages"])["execution_cached"]["nodes"]) == ["4", "5", "6", "7"]
+    assert changed["outputs"]["9"] != first["outputs"]["9"]

@@ -5,11 +5,14 @@ One worker runs them in order: each node of the outputs' graph takes a moment, a
 an image, /ws listeners get ComfyUI's messages as it goes, and the history entry records `status` (`status_str`, `completed`, `messages` with
 `execution_start`, `execution_cached`, then `execution_success` or `execution_error` naming the node
 and the exception) and `outputs`, as ComfyUI's does. A node that was given a constant where a link
-is expected fails when it runs, as in ComfyUI; the lab knob fail_comfyui_jobs fails every job at its
+is expected fails when it runs, as in ComfyUI. Nodes whose class and inputs match the previous
+prompt's are cached, as ComfyUI's cache keeps the last prompt's outputs: they do not run again and
+`execution_cached` lists them (an unchanged prompt queued twice runs nothing the second time). The lab knob fail_comfyui_jobs fails every job at its
 sampler (or its first node), as a broken device or driver makes real jobs fail.
 """
 
 import heapq
+import json
 import os
 import queue
 import threading
@@ -26,6 +29,19 @@ STEP_SECONDS = 0.002
 
 def now_ms():
     return int(time.time() * 1000)
+
+
+def _signature(prompt, node_id, memo):
+    """What decides a node's output: its class and inputs, each link replaced by its source's signature."""
+    if node_id not in memo:
+        node, parts = prompt[node_id], []
+        for name, value in sorted((prompt[node_id].get("inputs") or {}).items()):
+            if isinstance(value, list) and len(value) == 2 and value[0] in prompt:
+                parts.append((name, _signature(prompt, value[0], memo), value[1]))
+            else:
+                parts.append((name, json.dumps(value, sort_keys=True)))
+        memo[node_id] = repr((node["class_type"], parts))
+    return memo[node_id]
 
 
 def _order(prompt, outputs):
@@ -58,6 +74,7 @@ class Jobs:
         self.number = 0
         self.images = 0
         self.sockets = {}  # client id -> queue.Queue of (type, data) for its /ws connection
+        self.cache = {}  # node signature -> its output, from the previous prompt (worker thread only)
         threading.Thread(target=self.worker, daemon=True).start()
 
     # -- /ws listeners: messages go to the prompt's client id, or to everyone without one ---------
@@ -179,13 +196,22 @@ class Jobs:
             if record:
                 messages.append([kind, data])
 
+        memo = {}
+        signatures = {n: _signature(prompt, n, memo) for n in order}
+        cached = [n for n in order if signatures[n] in self.cache]
+        cache, self.cache = self.cache, {}  # what this prompt does not reuse is dropped
         say("execution_start", {"prompt_id": prompt_id, "timestamp": now_ms()})
-        say("execution_cached", {"nodes": [], "prompt_id": prompt_id, "timestamp": now_ms()})
+        say("execution_cached", {"nodes": cached, "prompt_id": prompt_id, "timestamp": now_ms()})
+        todo = [n for n in order if n not in cached]
         doomed = None
         if self.fail_jobs:  # lab fault: the sampler (or the first node) raises, as on a broken device
-            doomed = next((n for n in order if prompt[n]["class_type"] == "KSampler"), order[0] if order else None)
-        executed, results = [], {}
-        for node_id in order:
+            doomed = next((n for n in todo if prompt[n]["class_type"] == "KSampler"), todo[0] if todo else None)
+        executed, results = list(cached), {}
+        for node_id in cached:
+            self.cache[signatures[node_id]] = cache[signatures[node_id]]
+            if cache[signatures[node_id]] is not None:
+                results[node_id] = cache[signatures[node_id]]
+        for node_id in todo:
             node = prompt[node_id]
             say("executing", {"node": node_id, "display_node": node_id, "prompt_id": prompt_id}, record=False)
             steps = node.get("inputs", {}).get("steps")
@@ -207,8 +233,9 @@ class Jobs:
                     "current_outputs": {}, "timestamp": now_ms()})
                 return self.entry(item, results, messages, "error")
             executed.append(node_id)
+            self.cache[signatures[node_id]] = None
             if types.get(node["class_type"], {}).get("output_node"):
-                results[node_id] = {"images": [self.save_image(node)]}
+                results[node_id] = self.cache[signatures[node_id]] = {"images": [self.save_image(node)]}
                 say("executed", {"node": node_id, "display_node": node_id, "output": results[node_id],
                                  "prompt_id": prompt_id}, record=False)
         say("execution_success", {"prompt_id": prompt_id, "timestamp": now_ms()})
