@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -67,6 +68,20 @@ class Outcome:
     results: dict[str, str] = field(default_factory=dict)
     violations: list[str] = field(default_factory=list)
     seconds: float = 0.0
+
+
+# Faults that may end a host's deploy without committing it: its own. A slow host, a peer's crash or
+# cut, never: a healthy host that is not committed is as much a violation as a broken host kept.
+OWN_FAULTS = ("crash", "reboot", "cut", "fail_activation", "fail_health")
+
+
+def healthy_host_problem(host: str, faults: list[Fault], survived: bool, status: str | None) -> str | None:
+    """A host with no fault of its own, under a controller that lived, must end committed."""
+    if not survived or status is None or status in ("ok", "unchanged"):
+        return None
+    if any(f.host == host and f.kind in OWN_FAULTS for f in faults):
+        return None
+    return f"a healthy host ended {status} (no fault of its own; the controller lived)"
 
 
 def draw(rng: random.Random, window: float) -> list[Fault]:
@@ -212,11 +227,43 @@ def run_once(lab: Lab, seed: int, state_dir: Path) -> Outcome:
                 problems.append("result ok, but the host is not on a committed target")
             if result and result["status"] == "rolled_back" and not on_old:
                 problems.append("result rolled_back, but the host is not on the recorded generation")
+            healthy = healthy_host_problem(h, faults, survived, result["status"] if result else None)
+            if healthy:
+                problems.append(healthy)
         outcome.violations += [f"{h}: {p}" for p in problems]
     for h in HOSTS:  # back to healthy knobs for the next run
         lab.config(h, ["slow_activation=", "fail_activation=", "fail_service="])
     outcome.seconds = round(time.monotonic() - started, 1)
     return outcome
+
+
+_RUN_LINE = re.compile(r"^run \d+ seed (\d+): (.*) -> (.*) \([\d.]+s\) ")
+_FAULT = re.compile(r"^(\w+)(?: (host\d+))?")
+
+
+def recheck(log: Path) -> int:
+    """Apply the healthy-host rule to a campaign's printed log (for runs checked before the rule)."""
+    runs, bad, skipped_faults = 0, 0, []
+    for line in log.read_text().splitlines():
+        if line.startswith("  (fault "):
+            skipped_faults.append(line[len("  (fault "):].split(":", 1)[0].split(" not injected", 1)[0])
+            continue
+        m = _RUN_LINE.match(line)
+        if not m:
+            continue
+        runs += 1
+        texts = m.group(2).split(", ")
+        faults = [Fault(f.group(1), f.group(2)) for t in texts if (f := _FAULT.match(t))]
+        injected_kill = any(t.startswith("kill") and t not in skipped_faults for t in texts)
+        results = dict(pair.split("=", 1) for pair in m.group(3).split())
+        for host, status in results.items():
+            problem = healthy_host_problem(host, faults, not injected_kill, None if status in ("-", "missing") else status)
+            if problem:
+                bad += 1
+                print(f"seed {m.group(1)}: {host}: {problem}")
+        skipped_faults = []
+    print(f"rechecked {runs} runs: {bad} healthy host(s) not committed")
+    return 1 if bad else 0
 
 
 def main() -> int:
@@ -226,7 +273,11 @@ def main() -> int:
     parser.add_argument("--budget", type=float, default=3600, help="stop starting runs after this many seconds")
     parser.add_argument("--root", default="/srv/ipex-fleet-chaos")
     parser.add_argument("--net", default="127.0.85")
+    parser.add_argument("--recheck", type=Path, metavar="LOG",
+                        help="apply the healthy-host rule to a campaign's printed output, run nothing")
     args = parser.parse_args()
+    if args.recheck:
+        return recheck(args.recheck)
     lab = Lab(args.root)
     lab.destroy()
     state_dir = Path(tempfile.mkdtemp(prefix="ipex-fleet-chaos-"))
