@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from ipex_fleet.enroll import pciids
+from ipex_fleet.enroll.connect import SshOptions
 from ipex_fleet.enroll.facts import Disk, HardwareFacts, check_hardware_configuration, parse_disks, parse_system
 from ipex_fleet.enroll.pciids import PciDevice, identify, parse_sysfs_line
 from ipex_fleet.enroll.render import plan, render_host, render_inventory_entry
@@ -178,8 +179,12 @@ def test_the_inventory_entry_goes_into_the_last_wave_and_parses(tmp_path):
     shutil.copy(REPO / "inventories/prod.py", inventory)
     facts = _facts(*BOXES["h100"])
     p = plan("h100-09", "10.40.2.19", facts, identify(facts.pci))
-    entry = render_inventory_entry(p, "deploy", True)
+    entry = render_inventory_entry(p, SshOptions(user="deploy", sudo=True))
     assert entry == ('    ("h100-09", {"ssh_hostname": "10.40.2.19", "ssh_user": "deploy", "_sudo": True, '
+                     '"accelerator": "cuda", "nixos_config": "h100-09"}),\n')
+    keyed = render_inventory_entry(p, SshOptions(port=2222, key="keys/id_ed25519", known_hosts_file="/etc/kh"))
+    assert keyed == ('    ("h100-09", {"ssh_hostname": "10.40.2.19", "ssh_port": 2222, '
+                     f'"ssh_key": "{Path("keys/id_ed25519").resolve()}", "ssh_known_hosts_file": "/etc/kh", '
                      '"accelerator": "cuda", "nixos_config": "h100-09"}),\n')
     edit = inventory_edit(inventory, "h100-09", entry, None)
     assert edit.group == "wave2" and edit.text is not None

@@ -86,7 +86,11 @@ def test_enroll_a_lab_box(fleet: Fleet, workdir: Path, box: str):
     tree = ast.parse((workdir / "inventories/prod.py").read_text())
     wave2 = next(n.value for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "wave2")
     entries = {e.elts[0].value: ast.literal_eval(e.elts[1]) for e in wave2.elts}
+    layout = fleet.lab.layout
     assert entries[name] == {"ssh_hostname": fleet.spec.hosts[0].address, "ssh_user": "root",
+                             "ssh_key": str(layout.client_key.resolve()),
+                             "ssh_known_hosts_file": str(layout.known_hosts.resolve()),
+                             "ssh_config_file": str(layout.ssh_config.resolve()),
                              "accelerator": accelerator, "nixos_config": name}
 
     # A second enroll refuses to overwrite; --force does, and the inventory keeps one entry.
@@ -155,7 +159,9 @@ def test_enroll_as_a_non_root_user_with_sudo(deploy_fleet: Fleet, workdir: Path)
                           cwd=workdir, capture_output=True, text=True, timeout=180, env=deploy_fleet.env())
     assert_ok(proc)
     assert "accelerator xpu: Intel Arc A770 (8086:56a0 at 0000:03:00.0)" in proc.stdout
-    assert '("lab-sudo", {"ssh_hostname": "' + host.address + '", "ssh_user": "deploy", "_sudo": True,' in proc.stdout
+    entry = next(l for l in proc.stdout.splitlines() if l.startswith('    ("lab-sudo", {'))
+    assert f'"ssh_hostname": "{host.address}", "ssh_user": "deploy", "ssh_key": "{layout.client_key.resolve()}"' in entry
+    assert entry.endswith('"_sudo": True, "accelerator": "xpu", "nixos_config": "lab-sudo"}),')
 
 
 def test_a_knob_change_shows_from_the_next_boot_only(fleet: Fleet):
@@ -172,3 +178,27 @@ def test_a_knob_change_shows_from_the_next_boot_only(fleet: Fleet):
     assert "0x56a0" in after and "0x2330" not in after
     fleet.configure(host, "gpu=")
     fleet.lab.reboot(host)
+
+
+def test_the_next_command_after_enroll_is_refused_until_nixpkgs_is_locked(fleet: Fleet, workdir: Path):
+    """enroll's `then:` line, run as printed: the shipped lock pins no nixpkgs, so the deploy stops in one
+    line saying what to run, before the enrolled host is touched."""
+    host = fleet.spec.hosts[0]
+    fleet.configure(host.name, "gpu=arc-a770")
+    fleet.lab.reboot(host.name)
+    shutil.copytree(REPO / "inventories/group_data", workdir / "inventories/group_data", dirs_exist_ok=True)
+    proc = _enroll(fleet, workdir, "--name", "lab-first", "--metrics-from", "127.0.0.9")
+    assert_ok(proc)
+    then = proc.stdout.splitlines()[-1].removeprefix("then: ").split()
+    assert then[:3] == ["pyinfra", "inventories/prod.py", "deploys/prod.py"]
+    for folder in ("deploys", "roles"):
+        shutil.copytree(REPO / folder, workdir / folder, dirs_exist_ok=True)
+    before = fleet.sh(host.name, "ls /var/lib/ipex-fleet 2>/dev/null | sort; readlink /nix/var/nix/profiles/system")
+    deploy = subprocess.run([str(Path(sys.executable).parent / "pyinfra"), *then[1:]], cwd=workdir, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, timeout=300, env=fleet.env())
+    assert deploy.returncode != 0
+    refusals = [l for l in deploy.stdout.splitlines()
+                if f"flake.lock locks no nixpkgs: run `nix flake lock {workdir}/flake` on a machine with network" in l]
+    assert len(refusals) == 1 and "Traceback" not in deploy.stdout, deploy.stdout[-3000:]
+    assert "Starting operation" not in deploy.stdout
+    assert fleet.sh(host.name, "ls /var/lib/ipex-fleet 2>/dev/null | sort; readlink /nix/var/nix/profiles/system") == before

@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     found = identify(found_facts.pci)
     host_plan = plan(name, args.host, found_facts, found)
     files = render_host(host_plan, found_facts, tuple(args.metrics_from))
-    entry = render_inventory_entry(host_plan, args.ssh_user, args.sudo)
+    entry = render_inventory_entry(host_plan, ssh)
     edit = inventory_edit(Path(args.inventory), name, entry, args.group)
 
     _say_found(args.host, name, found_facts, found, host_plan)

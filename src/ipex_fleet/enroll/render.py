@@ -4,11 +4,13 @@ found, through jinja2 templates. Pure: writing is the caller's (write.py)."""
 from __future__ import annotations
 
 import datetime
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import jinja2
 
+from .connect import SshOptions
 from .facts import HardwareFacts
 from .pciids import Identified
 
@@ -81,6 +83,14 @@ def render_host(p: HostPlan, facts: HardwareFacts, metrics_from: tuple[str, ...]
     return {"default.nix": default, "hardware-configuration.nix": hardware}
 
 
-def render_inventory_entry(p: HostPlan, ssh_user: str | None, sudo: bool) -> str:
-    return _env().get_template("inventory-entry.py.j2").render(
-        name=p.name, address=p.address, ssh_user=ssh_user, sudo=sudo, accelerator=p.accelerator)
+def render_inventory_entry(p: HostPlan, ssh: SshOptions) -> str:
+    """The inventory line: the SSH settings enroll connected with (so the deploy connects the same way,
+    files by absolute path), the accelerator found, and the host's nixosConfiguration."""
+    data: list[tuple[str, object]] = [("ssh_hostname", p.address)]
+    data += [(k, v) for k, v in (("ssh_user", ssh.user), ("ssh_port", ssh.port)) if v is not None]
+    data += [(k, str(Path(v).resolve())) for k, v in (("ssh_key", ssh.key), ("ssh_known_hosts_file", ssh.known_hosts_file),
+                                                      ("ssh_config_file", ssh.config_file)) if v is not None]
+    data += [("_sudo", True)] if ssh.sudo else []
+    data += [("accelerator", p.accelerator), ("nixos_config", p.name)]
+    literal = [(k, json.dumps(v) if isinstance(v, str) else repr(v)) for k, v in data]
+    return _env().get_template("inventory-entry.py.j2").render(name=p.name, data=literal)
