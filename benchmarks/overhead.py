@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shlex
 import shutil
 import statistics
@@ -48,7 +49,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 
 from ipex_fleet.flakepush import flake_hash, flake_tarball  # noqa: E402
-from ipex_fleet.lab import Lab  # noqa: E402
+from ipex_fleet.lab import Lab, container  # noqa: E402
 from ipex_fleet.nix import commands as nixcmd  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -58,6 +59,26 @@ DEPLOY_DATA = ["--data", "health_levels=[]", "--data", "bench=false"]
 
 def load() -> str:
     return f"load {os.getloadavg()[0]:.2f}"
+
+
+class CPU:
+    """CPU-seconds a run took: on the controller (this process's waited children: pyinfra, ssh,
+    ansible-playbook and what they started) and on the lab's hosts (their cgroups' cpu.stat). On a
+    busy machine the wall time moves with the load; what each way costs in CPU moves much less."""
+
+    def __init__(self, lab: Lab) -> None:
+        first = lab.spec.hosts[0]
+        self.stat = container.unified_cgroup(lab.spec, first).parent / "cpu.stat"
+        self.start = self._now()
+
+    def _now(self) -> tuple[float, float]:
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+        usec = next(int(l.split()[1]) for l in self.stat.read_text().splitlines() if l.startswith("usage_usec"))
+        return kids.ru_utime + kids.ru_stime, usec / 1e6
+
+    def took(self) -> tuple[float, float]:
+        end = self._now()
+        return end[0] - self.start[0], end[1] - self.start[1]
 
 
 def env_for(lab: Lab, state: Path) -> dict[str, str]:
@@ -245,6 +266,7 @@ def main() -> int:
             toplevel[label] = running_systems(lab, names)
             on = label
         times: dict[str, list[float]] = {"ipex-fleet": [], "bare": [], "ansible": []}
+        cpus: dict[str, list[tuple[float, float]]] = {"ipex-fleet": [], "bare": [], "ansible": []}
         methods = ["ipex-fleet", "bare"] + (["ansible"] if ansible else [])
         if args.only != "nochange":
             for run in range(args.runs + 1):  # run 0 warms each method up (Ansible's first start, say)
@@ -253,6 +275,7 @@ def main() -> int:
                     to = "A" if on == "B" else "B"
                     tarball, digest = flakes[to]
                     before = load()
+                    cpu = CPU(lab)
                     if method == "ipex-fleet":
                         set_version(lab, names, f"overhead-{stamp}-{to}")
                         forget_pushed(lab, names, digest)
@@ -261,27 +284,33 @@ def main() -> int:
                         took = bare_deploy(lab, names, tarball)
                     else:
                         took = ansible_deploy(lab, names, tarball, work, run * 10 + len(times["ansible"]))
+                    used = cpu.took()
                     now = running_systems(lab, names)
                     if now != toplevel[to]:
                         wrong = [n for n in names if now[n] != toplevel[to][n]]
                         raise SystemExit(f"{method}: {', '.join(wrong)} do not run flake {to}'s toplevel")
                     on = to
+                    usage = f"CPU-s: controller {used[0]:5.2f}, hosts {used[1]:5.2f}"
                     if run == 0:
-                        print(f"  warm-up {method:10} {took:6.2f} s  ({before})", flush=True)
+                        print(f"  warm-up {method:10} {took:6.2f} s  ({usage}; {before})", flush=True)
                         continue
                     times[method].append(took)
-                    print(f"  run {run} {method:10} change deploy, {len(names)} hosts: {took:6.2f} s  ({before})",
+                    cpus[method].append(used)
+                    print(f"  run {run} {method:10} change deploy, {len(names)} hosts: {took:6.2f} s  ({usage}; {before})",
                           flush=True)
             for method in methods:
                 figures[method] = statistics.median(times[method])
+                figures[f"{method} cpu controller"] = statistics.median(c[0] for c in cpus[method])
+                figures[f"{method} cpu hosts"] = statistics.median(c[1] for c in cpus[method])
             set_version(lab, names, f"overhead-{stamp}-{on}")  # the flake the hosts run, for what follows
         if args.only != "change":
             ipex_fleet_deploy(lab, state, len(names), "unchanged")  # not timed: its records follow the hosts again
             nochange = []
             for run in range(args.runs):
-                before = load()
+                before, cpu = load(), CPU(lab)
                 nochange.append(ipex_fleet_deploy(lab, state, len(names), "unchanged"))
-                print(f"  no-change deploy, {len(names)} hosts: {nochange[-1]:6.2f} s  ({before})", flush=True)
+                print(f"  no-change deploy, {len(names)} hosts: {nochange[-1]:6.2f} s  ({spent(cpu)}; {before})",
+                      flush=True)
             figures["nochange"] = statistics.median(nochange)
             maint(lab, state, names, args.runs, figures, "maintain")
         if args.profile:
@@ -302,9 +331,9 @@ def main() -> int:
             ipex_fleet_deploy(lab, state, len(big), "ok", "unchanged")  # not timed: every host deployed
             bigs = []
             for run in range(args.runs):
-                before = load()
+                before, cpu = load(), CPU(lab)
                 bigs.append(ipex_fleet_deploy(lab, state, len(big), "unchanged"))
-                print(f"  no-change deploy, {len(big)} hosts: {bigs[-1]:6.2f} s  ({before})", flush=True)
+                print(f"  no-change deploy, {len(big)} hosts: {bigs[-1]:6.2f} s  ({spent(cpu)}; {before})", flush=True)
             figures["nochange_big"] = statistics.median(bigs)
             maint(lab, state, big, args.runs, figures, "maintain_big")
     finally:
@@ -320,6 +349,10 @@ def main() -> int:
         print(f"  ratios: ipex-fleet/bare {figures['ipex-fleet'] / figures['bare']:.2f}x"
               + (f", ipex-fleet/Ansible {figures['ipex-fleet'] / figures['ansible']:.2f}x" if "ansible" in figures
                  else ""))
+        for method in ("ipex-fleet", "bare", "ansible"):
+            if method in figures:
+                print(f"  CPU-seconds of a change deploy, {method}: controller {figures[method + ' cpu controller']:.2f},"
+                      f" hosts {figures[method + ' cpu hosts']:.2f}")
     for key, what in (("nochange", f"no-change deploy, {args.hosts} hosts"),
                       ("maintain", f"maintain with nothing to do, {args.hosts} hosts"),
                       ("nochange_big", f"no-change deploy, {args.big} hosts"),
@@ -329,13 +362,19 @@ def main() -> int:
     return 0
 
 
+def spent(cpu: CPU) -> str:
+    used = cpu.took()
+    return f"CPU-s: controller {used[0]:5.2f}, hosts {used[1]:5.2f}"
+
+
 def maint(lab: Lab, state: Path, names: list[str], runs: int, figures: dict[str, float], key: str) -> None:
     maintain(lab, state, len(names))  # not timed: the first one does what there is to do
     took = []
     for _ in range(runs):
-        before = load()
+        before, cpu = load(), CPU(lab)
         took.append(maintain(lab, state, len(names)))
-        print(f"  maintain with nothing to do, {len(names)} hosts: {took[-1]:6.2f} s  ({before})", flush=True)
+        print(f"  maintain with nothing to do, {len(names)} hosts: {took[-1]:6.2f} s  ({spent(cpu)}; {before})",
+              flush=True)
     figures[key] = statistics.median(took)
 
 
