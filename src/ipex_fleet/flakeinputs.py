@@ -13,11 +13,14 @@ follows from its narHash, so on the host Nix finds it in the store and fetches n
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from shlex import quote
+from typing import Callable
 
 from .errors import CommandFailed
 from .runner import run, run_to_file
@@ -62,6 +65,37 @@ def resolve(flake_dir: str, nix_conf_dir: str | None = None, timeout: float = 60
     paths: dict[str, str] = {}
     _walk(json.loads(out), "", paths)
     return LockedInputs(paths)
+
+
+def resolved(flake_root: str, nix_conf_dir: str | None, materialized: Callable[[], str]) -> LockedInputs:
+    """resolve(), kept on the controller under what decides it: the bytes of flake.lock and flake.nix
+    (and the Nix configuration used). A change deploy pushes new flake content almost every time while
+    its lock stays: resolving it again (materializing the flake, `nix flake archive`) took a Nix call
+    per run that every host's push step waited for. A kept answer counts only while every path it
+    names is still in the store (a garbage collection sends it back to Nix)."""
+    base = Path(flake_root)
+    try:
+        digest = hashlib.sha256((base / "flake.lock").read_bytes() + b"\0" + (base / "flake.nix").read_bytes()
+                                + b"\0" + (nix_conf_dir or "").encode()).hexdigest()[:32]
+    except OSError:
+        return resolve(materialized(), nix_conf_dir)
+    cached = Path(tempfile.gettempdir()) / "ipex-fleet-flakes" / f"inputs-{digest}.json"
+    try:
+        paths = json.loads(cached.read_text())
+        if (isinstance(paths, dict) and all(isinstance(k, str) and isinstance(v, str) and v.startswith("/nix/store/")
+                                            and os.path.exists(v) for k, v in paths.items())):
+            return LockedInputs(paths)
+    except (OSError, ValueError):
+        pass
+    found = resolve(materialized(), nix_conf_dir)
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_name(f".{cached.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(found.paths, sort_keys=True))
+        os.replace(tmp, cached)
+    except OSError:
+        pass
+    return found
 
 
 def export(paths: list[str], nix_conf_dir: str | None = None, timeout: float = 600) -> bytes:

@@ -9,7 +9,7 @@ from typing import Any
 
 import gevent.lock
 
-from .flakeinputs import LockedInputs, export, resolve
+from .flakeinputs import LockedInputs, export, resolved
 from .flakepush import flake_hash, flake_tarball, materialize
 from .results import new_run_id
 
@@ -48,7 +48,7 @@ class RunState:
         """The flake's locked inputs, resolved on the controller once per run (from what is pushed)."""
         with self.inputs_lock:
             if path not in self._inputs:
-                self._inputs[path] = resolve(materialize(path), nix_conf_dir)
+                self._inputs[path] = resolved(path, nix_conf_dir, lambda: materialize(path))
             return self._inputs[path]
 
     def inputs_export(self, paths: tuple[str, ...], nix_conf_dir: str | None) -> bytes:

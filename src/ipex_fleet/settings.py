@@ -17,7 +17,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from .domain import SYSTEM_PROFILE, Action
 from .errors import UserError
-from .flakepush import FlakeError, check_locked, entries
+from .flakepush import FlakeError, check_pushable
 from .fleetconfig import ACCELERATORS
 
 _HOST_NAME_RE = re.compile(r"^[A-Za-z0-9@][A-Za-z0-9._@/-]{0,252}$")
@@ -226,9 +226,8 @@ class DeploySettings(BaseModel):
     def _consistent(self) -> "DeploySettings":
         if not os.path.isfile(os.path.join(self.flake, "flake.nix")):
             raise ValueError(f"flake {self.flake} has no flake.nix; fix host data flake=PATH")
-        try:  # locked, and what it pushes exists: before any host is touched
-            check_locked(self.flake)
-            entries(self.flake)
+        try:  # locked, and what it pushes exists: before any host is touched (once per flake and process)
+            check_pushable(self.flake)
         except FlakeError as exc:
             raise ValueError(str(exc)) from None
         if self.reboot and self.mode != Action.BOOT:
