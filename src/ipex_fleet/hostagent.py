@@ -30,10 +30,12 @@ RESOLVED = f"{STATE_DIR}/resolved"
 LOST, FENCED, BUSY, FAILED = _agent.LOST, _agent.FENCED, _agent.BUSY, _agent.FAILED
 COMMITTED = _agent.COMMITTED
 
+# -S: the agent needs only the standard library; site's start-up (site-packages, .pth files, a
+# distribution's sitecustomize) was a quarter of each agent call, and a deploy makes several per host.
 LAUNCHER_TEXT = f"""#!/bin/sh
 # ipex-fleet's host agent launcher: an interpreter that does not depend on the generation being deployed.
 for p in {DIR}/python3 /usr/bin/python3 python3 /run/current-system/sw/bin/python3; do
-  if command -v "$p" >/dev/null 2>&1; then exec "$p" "$@"; fi
+  if command -v "$p" >/dev/null 2>&1; then exec "$p" -S "$@"; fi
 done
 echo "ipex-fleet agent: no python3 on this host" >&2
 exit 127

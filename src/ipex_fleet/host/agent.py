@@ -38,12 +38,8 @@ import fcntl
 import json
 import os
 import re
-import shutil
-import subprocess
 import sys
 import time
-import uuid
-from dataclasses import dataclass
 from typing import Any, Iterator
 
 LOST, FENCED, BUSY, FAILED = 3, 4, 75, 1
@@ -68,13 +64,12 @@ def current_boot_id() -> str:
         return f.read().strip()
 
 
-@dataclass(frozen=True)
 class Clock:
-    """The host's clock as the agent reads it (tests give their own)."""
+    """The host's clock as the agent reads it (tests give their own). A plain class: dataclasses
+    imports inspect, a third of the agent's start-up, which every deploy step pays."""
 
-    now: Any = boottime
-    boot_id: Any = current_boot_id
-    sleep: Any = time.sleep
+    def __init__(self, now: Any = boottime, boot_id: Any = current_boot_id, sleep: Any = time.sleep) -> None:
+        self.now, self.boot_id, self.sleep = now, boot_id, sleep
 
 
 def write_atomic(path: str, data: bytes) -> None:
@@ -138,6 +133,8 @@ class System:
         return os.path.realpath("/run/current-system")
 
     def activate(self, path: str, action: str, log: str) -> int:
+        import subprocess  # here, not at the top: see _run
+
         with open(log, "ab") as out:
             try:
                 return subprocess.run([f"{path}/bin/switch-to-configuration", action], stdout=out, stderr=out,
@@ -160,6 +157,9 @@ class System:
         return None
 
     def activations_running(self) -> list[str]:
+        import shutil
+        import subprocess
+
         if not shutil.which("systemctl"):
             return []
         proc = subprocess.run(["systemctl", "list-units", "--plain", "--no-legend", "--state=active,activating",
@@ -172,6 +172,8 @@ class System:
             return _run(["systemd-run", "--quiet", "--collect", f"--unit={unit}",
                          f"--property=StandardOutput=append:{log}", f"--property=StandardError=append:{log}",
                          *argv]) == 0
+        import subprocess
+
         with open(log, "ab") as out:
             subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
         return True
@@ -181,6 +183,8 @@ class System:
 
 
 def _systemd() -> bool:
+    import shutil
+
     try:
         with open("/proc/1/comm") as f:
             return f.read().strip() == "systemd" and shutil.which("systemd-run") is not None
@@ -189,6 +193,10 @@ def _systemd() -> bool:
 
 
 def _run(argv: list[str]) -> int:
+    # subprocess and shutil (which pulls in lzma and bz2) are imported where a command runs: most agent
+    # calls (status, lock, renew, open, mark, claim) run none, and each deploy step pays the start-up.
+    import subprocess
+
     try:
         return subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               timeout=600).returncode
@@ -312,7 +320,7 @@ class Agent:
                     adopt_run and held.get("owner", {}).get("run_id") == owner.get("run_id")):
                 raise Refused(BUSY, holder=held.get("owner"), left=self.left(held["lease"]),
                               error="the deploy lock is held")
-            token = uuid.uuid4().hex
+            token = os.urandom(16).hex()  # as random as uuid4, without importing uuid
             write_json(self.lock_path, {"owner": owner, "token": token, "lease": self.lease(seconds, reboot_grace),
                                         "previous_holder": held.get("owner") if held else None})
             return {"token": token, "took_over": held.get("owner") if held else None}
