@@ -97,7 +97,7 @@ WRONG = {
     "reboot_timeout": [1], "ipex_fleet_command": ['"unclosed', "", ["a", "b\nc"]],
     "accelerator": ["gpu", ["xpu"]], "min_devices": [0, "two"], "smoke_model": ["a b", "x;y"],
     "health_levels": [[4], "1,5", "abc", {"1": 2}], "health_timeout": [-5], "bench": [2, "always"],
-    "bench_tolerance": [2, 0, "fast"], "bench_timeout": ["x"], "bench_inconclusive": ["maybe", True], "bench_lock": ["relative"], "metrics_dir": ["relative/dir", ["/a"]],
+    "bench_tolerance": [2, 0, "fast"], "bench_timeout": ["x"], "bench_inconclusive": ["maybe", True], "pause_timeout": [5, "an hour"], "health_warn": ["ignore", True], "bench_lock": ["relative"], "metrics_dir": ["relative/dir", ["/a"]],
     "bench_threads": [0, True],
     "keep_generations": [0, "all"], "keep_days": [-1, "a week"], "gc": ["sometimes"], "gc_max_freed_mb": [0, "lots"],
     "gc_min_free_mb": [0], "store_optimise": ["daily"], "keep_records": [5, "many"], "journal_max_mb": [0, "1G"],
