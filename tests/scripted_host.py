@@ -275,6 +275,11 @@ class ScriptedHost:
         return 0, [*lines, f"running={self.running}", f"booted={self.booted}", *intent,
                    *[f"record={json.dumps(r)}" for r in self.records], "free_kb=99999999"]
 
+    def do_maint_probe(self, command: str) -> tuple[int, list[str]]:
+        _, facts = self.do_upkeep_facts(command)
+        return 0, [self.agent_status_line(), *facts, *[f"due={d}" for d in getattr(self, "due", ())],
+                   f"records={len(self.records)}", "journal_kb=1024", "tmp_before_kb=8", "tmp_after_kb=4"]
+
     def do_delete_generations(self, command: str) -> tuple[int, list[str]]:
         words = shlex.split(command)
         numbers = [int(w) for w in words[words.index("--delete-generations") + 1:] if w.isdigit()]
@@ -421,6 +426,8 @@ def agent_argv(command: str) -> list[str]:
 
 def classify(command: str) -> str:
     """Which builder made this command (most specific first)."""
+    if "maintenance_probe=1" in command:  # maintenance's fast path: before the agent and facts it carries
+        return "maint_probe"
     if command.startswith(f"mkdir -p {STATE} && printf") and "deploys.jsonl" in command:
         return "record"  # before the rules below: a record's error text may quote any command
     if "agent.py.tmp" in command:

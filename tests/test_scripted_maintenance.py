@@ -126,3 +126,48 @@ def test_a_pinned_model_whose_digest_drifted_is_a_warning_in_the_report(maintain
     assert alive and result.status is Status.OK, result
     assert result.report["models"]["drifted"] == [drift]
     assert f"model digest drifted: {drift}" in result.report["warnings"]
+
+
+def test_nothing_to_do_is_one_round_trip_without_the_lock_or_a_record(maintain):
+    """Housekeeping only (no models, restart, health or benchmark): a host as the last maintenance left it
+    is `unchanged` after one round trip; anything since (a new generation, a held lock, something aged
+    past keep_days, an interrupted run) takes the full path."""
+    run, make = maintain
+    host = make(models=[], health_levels=[], bench=False, maintenance_restart=False, keep_days=14)
+    run_id, alive = run(host)
+    assert alive and results.read_host_result(run_id, "h1").status is Status.OK
+    records, seen = list(host.records), len(host.kinds)
+    run_id, alive = run(host)
+    result = results.read_host_result(run_id, "h1")
+    assert alive and result.status is Status.UNCHANGED and "nothing_to_do" in result.report, result
+    assert host.kinds[seen:] == ["maint_probe"] and host.records == records and host.lock is None
+    assert result.report["tasks"]["tmp"] == {"before_bytes": 8192, "after_bytes": 4096}
+
+    host.due = ["/var/lib/ipex-fleet/flake/0ld"]  # aged past keep_days: the full path prunes it
+    run_id, _ = run(host)
+    assert results.read_host_result(run_id, "h1").status is Status.OK and "lock" in host.kinds[seen + 1:]
+    host.due = []
+
+    host.generations[7] = GENS[6].replace("6", "7")  # a deploy by hand since: full path
+    host.current, host.running = 7, host.generations[7]
+    seen = len(host.kinds)
+    run_id, _ = run(host)
+    assert results.read_host_result(run_id, "h1").status is Status.OK and "gc" in host.kinds[seen:]
+    seen = len(host.kinds)
+    run_id, _ = run(host)
+    assert results.read_host_result(run_id, "h1").status is Status.UNCHANGED and host.kinds[seen:] == ["maint_probe"]
+
+    host.records.append({"phase": "maintain", "event": "start", "run_id": "dead"})  # a run that never ended
+    seen = len(host.kinds)
+    run_id, _ = run(host)
+    assert results.read_host_result(run_id, "h1").status is Status.OK and "gc" in host.kinds[seen:]
+
+
+def test_nothing_to_do_needs_housekeeping_only(maintain):
+    run, make = maintain
+    host = make(models=[], health_levels=[1], bench=False, maintenance_restart=False, keep_days=14)
+    run(host)
+    seen = len(host.kinds)
+    run_id, _ = run(host)
+    assert results.read_host_result(run_id, "h1").status is Status.OK and "maint_probe" not in host.kinds[seen:]
+

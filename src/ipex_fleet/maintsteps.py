@@ -16,7 +16,8 @@ from typing import Any
 from pyinfra import logger
 
 from . import drift
-from .domain import Generation, ProfileState
+from . import hostagent
+from .domain import Generation, ProfileState, Status
 from .gatesteps import _document, bench_command, run_probe, summarise
 from .nix import commands as nixcmd
 from .nix import upkeep
@@ -43,6 +44,8 @@ def begin(tx: HostTransaction, host: Any) -> None:
     """Take the host's lock; while a deploy holds it, wait up to maintenance_lock_wait, then skip."""
     tx.phase = "maintain"
     tx.report = {"tasks": {}, "warnings": [], "skipped": []}
+    if _fast_path_possible(tx, host) and _nothing_to_do(tx, host):
+        return  # unchanged, after this one round trip
     started = time.monotonic()
     deadline = started + tx.settings.maintenance_lock_wait
     while True:
@@ -66,8 +69,70 @@ def begin(tx: HostTransaction, host: Any) -> None:
 # -- retention and GC -----------------------------------------------------------------------
 
 
+# -- nothing to do: one round trip, no lock, no record ------------------------------------------
+
+
+def _fast_path_possible(tx: HostTransaction, host: Any) -> bool:
+    """Only housekeeping is asked for (no models to verify, no restart, no health checks, no benchmark,
+    no rebaseline): whether it has anything to do can be read in one round trip."""
+    s = tx.settings
+    return (not s.maintenance_restart and not s.rebaseline and s.health_levels == () and not s.bench
+            and not (host.data.get("models") or host.data.get("models_manifest")))
+
+
+def _nothing_to_do(tx: HostTransaction, host: Any) -> bool:
+    """The host is as the last maintenance run left it, and time made nothing due since: no lock or
+    intent, the last line of its records is that run's successful end, the same generations, none the
+    policy would delete now, no pushed flake, input root, resolved intent or activation record older
+    than keep_days, records within keep_records, the journal within its bounds, GC run last time (or
+    still not wanted). Then the host is `unchanged`, without the lock or a record; the temporary files
+    were cleaned in the same round trip. Any doubt takes the full path (which cleans them again)."""
+    s = tx.settings
+    lines = list(sh(tx, host, upkeep.maintenance_probe(s.profile, s.keep_days)).stdout_lines)
+    kv = nixcmd.parse_key_values([line for line in lines if not line.startswith(("record=", "counted=", "due="))])
+    tmp = {k: int(kv.get(k) or 0) for k in ("tmp_before_kb", "tmp_after_kb")}
+    task(tx, "tmp", before_bytes=tmp["tmp_before_kb"] * 1024, after_bytes=tmp["tmp_after_kb"] * 1024)
+    status = hostagent.parse_status(kv.get("agent"))
+    if kv.get("tmp_error") or status is None or status.get("intent") or status.get("lock") or status.get("unfinished"):
+        return False
+    state, anchors, extra = _parse_facts(lines)
+    records = [line[len("record="):] for line in lines if line.startswith("record=")]
+    try:
+        last = json.loads(records[-1]) if records else None
+    except ValueError:
+        return False
+    if not (isinstance(last, dict) and last.get("phase") == "maintain" and last.get("status") == Status.OK.value
+            and not last.get("event")):
+        return False
+    report = last.get("report") or {}
+    left = (report.get("tasks") or {}).get("retention") or {}
+    kept = left.get("kept") if isinstance(left, dict) else None
+    if not isinstance(kept, dict) or sorted(str(g.number) for g in state.generations) != sorted(kept):
+        return False
+    if choose(state, RetentionPolicy(s.keep_generations, s.keep_days), anchors, time.time()).delete:
+        return False
+    current = extra["flake_hash"]
+    if any(line.rsplit("/", 1)[-1] != current for line in lines if line.startswith("due=")):
+        return False
+    if int(kv.get("records") or 0) > s.keep_records:
+        return False
+    if s.journal_max_days or (s.journal_max_mb and int(kv.get("journal_kb") or 0) > s.journal_max_mb * 1024):
+        return False
+    wants_gc = s.gc and not (s.gc_min_free_mb and extra["free_kb"] // 1024 >= s.gc_min_free_mb)
+    if wants_gc and "gc" not in left:
+        return False
+    tx.previous = tx.target = state.current_generation
+    tx.unchanged = tx.fast_unchanged = True
+    tx.record_on_host = False
+    tx.report["nothing_to_do"] = f"as maintenance run {last.get('run_id')} left it"
+    return True
+
+
 def host_facts(tx: HostTransaction, host: Any) -> tuple[ProfileState, Anchors, dict[str, Any]]:
-    lines = list(sh(tx, host, upkeep.facts(tx.settings.profile)).stdout_lines)
+    return _parse_facts(list(sh(tx, host, upkeep.facts(tx.settings.profile)).stdout_lines))
+
+
+def _parse_facts(lines: list[str]) -> tuple[ProfileState, Anchors, dict[str, Any]]:
     state = nixcmd.parse_profile_state(lines)
     single = nixcmd.parse_key_values([line for line in lines if not line.startswith(("record=", "counted="))])
     counted = tuple(int(m.group(1)) for line in lines if line.startswith("counted=") and (m := _ENTRY.search(line)))

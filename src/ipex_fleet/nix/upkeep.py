@@ -108,3 +108,22 @@ def restart_units(units: tuple[str, ...]) -> str:
     return "; ".join(
         f"if systemctl cat {quote(u)} >/dev/null 2>&1; then systemctl restart {quote(u)} && echo restarted={quote(u)} "
         f"|| echo restart_failed={quote(u)}; else echo absent={quote(u)}; fi" for u in units) or "true"
+
+
+def maintenance_probe(profile: str, keep_days: float) -> str:
+    """Maintenance's fast path, in one round trip and under no lock: the agent's status, retention's
+    facts, what has aged past keep_days among the pushed flakes, their input roots, resolved intents and
+    activation records (listed as due=, nothing removed), the records' count, the journal's usage; and
+    the temporary files cleaned by systemd-tmpfiles' own ages (what its daily timer does, under no lock)."""
+    minutes = max(int(keep_days * 1440), 1)
+    usage = "du -sk " + JOURNAL_DIRS + " 2>/dev/null | awk '{s+=$1} END {print s+0}'"
+    return (
+        "echo maintenance_probe=1; "
+        f"{hostagent.status_or_missing()}; {facts(profile)}; "
+        f"for d in {nixcmd.FLAKE_ROOT} {INPUT_ROOTS} {hostagent.RESOLVED} {nixcmd.ACTIVATION_DIR}; do "
+        f'[ -d "$d" ] || continue; find "$d" -mindepth 1 -maxdepth 1 -mmin +{minutes} | sed "s/^/due=/"; done; '
+        f'printf "records=%s\\n" "$(cat {quote(nixcmd.DEPLOY_LOG)} 2>/dev/null | wc -l)"; '
+        f'printf "journal_kb=%s\\n" "$({usage})"; '
+        f"{clean_tmp()}"
+    )
+
