@@ -10,7 +10,9 @@ import click
 from pyinfra import host, inventory, state
 from pyinfra.operations import python
 
-from ipex_fleet import runstate, transaction
+from ipex_fleet import opsorder, runstate, transaction
+
+opsorder.install()  # pyinfra's operation order without inspect.stack() (ipex_fleet.opsorder says why)
 
 
 def validate_once(plan_when_dry: bool = False, phase: str = "deploy") -> None:
