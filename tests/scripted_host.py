@@ -63,6 +63,7 @@ class ScriptedHost:
     dropped: bool = False
     logs: list[str] = field(default_factory=list)
     kinds: list[str] = field(default_factory=list)
+    agent_starts: int = 0  # the agent's program started on the host (each call, each status it printed)
     state: Any = field(default_factory=SimpleNamespace)  # pyinfra's State of the current run
 
     # -- what pyinfra's Host offers the transaction ---------------------------------------------
@@ -128,12 +129,14 @@ class ScriptedHost:
                       "reboot_grace": 60}})
 
     def agent_call(self, command: str) -> tuple[int, list[str]]:
+        self.agent_starts += 1
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
             rc = host_agent.main(agent_argv(command), make=lambda _root: self.agent)
         return rc, out.getvalue().splitlines()
 
     def agent_status_line(self) -> str:
+        self.agent_starts += self.agent_installed
         return "agent=" + (json.dumps(self.agent.status()) if self.agent_installed else "missing")
 
     # -- the model -------------------------------------------------------------------------------
@@ -182,7 +185,13 @@ class ScriptedHost:
         return self.generations[self.current]
 
     def do_preflight(self, command: str) -> tuple[int, list[str]]:
-        lines = ["os_id=nixos", "nix=nix (Nix) 2.18", "free_kb=99999999", self.agent_status_line()]
+        agent = None
+        if f"agent={hostagent.QUIET}" in command and self.agent_installed:  # the fast path's look, without the agent
+            status = self.agent.status()
+            if not (status["lock"] or status["intent"] or status["unfinished"]):
+                agent = f"agent={hostagent.QUIET}"
+        agent = agent or self.agent_status_line()
+        lines = ["os_id=nixos", "nix=nix (Nix) 2.18", "free_kb=99999999", agent]
         if "last_deploy=" in command:  # what the last deploy left (the no-change fast path)
             deploys = [r for r in self.records if r.get("phase") == "deploy"]
             lines += [f"profile={self.profile_path}", f"running={self.running}"]

@@ -250,10 +250,12 @@ def test_nothing_to_do_is_unchanged_after_one_round_trip_and_any_doubt_takes_the
     first, _ = deploy(host)
     assert results.read_host_result(first, "h1").status is Status.OK
     host.kinds.clear()
+    calls = host.agent_starts
     again, _ = deploy(host)
     result = results.read_host_result(again, "h1")
     assert result.status is Status.UNCHANGED and result.final.path == host.target_build
     assert host.kinds == ["preflight"], host.kinds  # no lock, no build, no record
+    assert host.agent_starts == calls, "nothing open: the agent was not even started"
     # Doubt: the host runs something else than its last deploy committed: the full path.
     host.running = "/nix/store/zzz-hand-made"
     host.kinds.clear()

@@ -53,6 +53,21 @@ def status_or_missing() -> str:
             "else echo agent=missing; fi")
 
 
+QUIET = "quiet"
+
+
+def status_unless_quiet() -> str:
+    """`agent=quiet` where nothing can be open (no lock file, no intent file, every revert claimed has
+    its outcome written) and this version is installed; otherwise what status_or_missing prints. Only
+    the no-change fast path asks this way: a host with nothing open, as almost every host is, answers
+    without starting the agent; anything present (even a stale or unreadable file) asks the agent."""
+    reverts = " ".join(f"{RESOLVED}/*.{who}.json" for who in _agent.WHO_REVERTS)
+    return (f"q=1; [ -e {quote(STATE_DIR + '/lock')} ] && q=0; [ -e {quote(INTENT_FILE)} ] && q=0; "
+            f"for f in {reverts}; do [ -e \"$f\" ] || continue; grep -q '\"outcome\": \"[^\"]' \"$f\" || q=0; done; "
+            f"if [ $q = 1 ] && [ -f {quote(SCRIPT)} ] && [ -x {quote(LAUNCHER)} ]; then echo agent={QUIET}; "
+            f"else {status_or_missing()}; fi")
+
+
 def install(upload: str) -> str:
     """Put the uploaded agent in place, with its launcher and the `agent.py` the boot unit runs, and
     pin the running system's python3 by a GC root (NixOS: it survives the generations' GC)."""

@@ -305,7 +305,8 @@ def preflight(tx: HostTransaction, host: Any) -> None:
     # One round trip: the host's facts, the agent's view of the lock and any open intent, and what
     # the last deploy left (for the no-change fast path).
     fast = _fast_path_possible(tx, host)
-    command = f"{nixcmd.preflight()}; {hostagent.status_or_missing()}"
+    agent = hostagent.status_unless_quiet() if fast else hostagent.status_or_missing()
+    command = f"{nixcmd.preflight()}; {agent}"
     if fast:
         command += f"; {nixcmd.deployed_state(tx.settings.profile)}"
     facts = nixcmd.parse_key_values(list(sh(tx, host, command).stdout_lines))
@@ -315,14 +316,20 @@ def preflight(tx: HostTransaction, host: Any) -> None:
     if free_mb < tx.settings.min_free_mb:
         raise StepFailed(f"only {free_mb} MiB free on /nix, {tx.settings.min_free_mb} MiB needed "
                          "(host data min_free_mb); collect garbage with deploys/maintenance.py")
-    status = hostagent.parse_status(facts.get("agent"))
+    quiet = facts.get("agent") == hostagent.QUIET  # nothing open: the agent was not started to say so
+    status = _NOTHING_OPEN if quiet else hostagent.parse_status(facts.get("agent"))
     if fast and status is not None and _nothing_to_do(tx, host, facts, status):
         return  # unchanged, after this one round trip
-    if status is None:
+    if quiet:  # the full path decides on the agent's own word
+        status = ensure_agent(tx, host)
+    elif status is None:
         status = install_agent(tx, host)
     tx.agent_ready = True
     recover_open_intent(tx, host, status)
     take_lock(tx, host)
+
+
+_NOTHING_OPEN: dict[str, Any] = {"lock": None, "intent": None, "unfinished": []}  # what hostagent.QUIET stands for
 
 
 def _fast_path_possible(tx: HostTransaction, host: Any) -> bool:
