@@ -288,3 +288,34 @@ def test_air_gapped_hosts_get_files_pushed_from_the_controller(fleet3, tmp_path,
         assert stats(url)["bytes"] == size, "the controller fetched the file once, for both hosts"
     finally:
         proc.kill()
+
+
+def test_a_pinned_ollama_model_must_show_its_digest_after_the_pull(fleet3, tmp_path):
+    api = f"http://{fleet3.spec.host('host1').address}:11434"
+
+    def tags() -> dict[str, str]:
+        with urllib.request.urlopen(f"{api}/api/tags", timeout=10) as resp:
+            return {m["name"]: m["digest"] for m in json.load(resp)["models"]}
+
+    wrong = "0" * 64
+    fleet3.configure("host1", f"version=p{time.monotonic_ns()}")
+    inventory = _models_inventory(fleet3, tmp_path, [{"ollama": "qwen2.5:0.5b", "digest": f"sha256:{wrong}"}])
+    run, run_id = fleet3.deploy(inventory=str(inventory))
+    assert run.returncode != 0
+    result = fleet3.result(run_id, "host1")
+    assert result.status.value == "rolled_back"
+    assert f"models: ollama pull qwen2.5:0.5b: got digest " in result.error
+    assert f"but {wrong[:12]} is declared" in result.error and "it was deleted again" in result.error
+    assert "qwen2.5:0.5b" not in tags()  # the retagged model never serves
+    # The digest the registry (the stand-in's catalog) really gives, pinned: the deploy passes.
+    pull = urllib.request.Request(f"{api}/api/pull", data=json.dumps({"model": "qwen2.5:0.5b", "stream": False}).encode())
+    urllib.request.urlopen(pull, timeout=60).read()
+    digest = tags()["qwen2.5:0.5b"]
+    urllib.request.urlopen(urllib.request.Request(f"{api}/api/delete", method="DELETE",
+                                                  data=json.dumps({"model": "qwen2.5:0.5b"}).encode()), timeout=10)
+    fleet3.configure("host1", f"version=p{time.monotonic_ns()}")
+    pinned = _models_inventory(fleet3, tmp_path, [{"ollama": f"qwen2.5:0.5b@sha256:{digest}"}])
+    run, run_id = fleet3.deploy(inventory=str(pinned))
+    assert_ok(run)
+    assert fleet3.result(run_id, "host1").health["models"]["installed"] == ["ollama/qwen2.5:0.5b"]
+    assert tags()["qwen2.5:0.5b"] == digest
