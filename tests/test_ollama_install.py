@@ -337,3 +337,11 @@ def test_a_bad_pin_is_refused_in_one_line(entry, message):
     with pytest.raises(UserError) as err:
         manifest.parse([entry], "m")
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_whole_line_that_is_not_json_is_not_ollama_and_not_asked_again():
+    proxy_page = response(200, b"<html>proxy</html>\n")
+    with ollama({"/api/tags": [tags()], "/api/pull": [proxy_page]}) as (url, server):
+        _, failed, _ = run_install(url)
+    assert one_line(failed) == f"ollama pull {MODEL}: not Ollama's stream: '<html>proxy</html>'"
+    assert server.calls.count("/api/pull") == 1

@@ -98,15 +98,23 @@ def delete(api: Api, name: str) -> None:
         raise OllamaError(f"/api/delete was cut short: {exc}", transient=True) from None
 
 
+class _Broken(Exception):
+    """The stream stopped without Ollama saying why: it stalled past the timeout, or was cut."""
+
+    def __init__(self, stalled: bool) -> None:
+        super().__init__("stalled" if stalled else "cut")
+        self.stalled = stalled
+
+
 def _lines(resp: http.client.HTTPResponse) -> Iterator[dict[str, Any]]:
-    """The stream's JSON lines; a cut, a stall or a half line raise a transient OllamaError."""
+    """The stream's JSON lines; a stall or a cut (a half line too) raise _Broken."""
     while True:
         try:
             raw = resp.readline()
         except TimeoutError:
-            raise OllamaError("stalled", transient=True) from None
+            raise _Broken(stalled=True) from None
         except (OSError, http.client.HTTPException):
-            raise OllamaError("cut", transient=True) from None
+            raise _Broken(stalled=False) from None
         if not raw:
             return
         if not raw.strip():
@@ -114,10 +122,9 @@ def _lines(resp: http.client.HTTPResponse) -> Iterator[dict[str, Any]]:
         try:
             line = json.loads(raw)
         except ValueError:
-            # A line without its end is a cut stream; a whole line that is not JSON is not Ollama.
-            raise OllamaError("cut" if not raw.endswith(b"\n") else
-                              f"not Ollama's stream: {raw.decode(errors='replace').strip()[:120]!r}",
-                              transient=not raw.endswith(b"\n")) from None
+            if not raw.endswith(b"\n"):  # a line without its end: the stream was cut in the middle of it
+                raise _Broken(stalled=False) from None
+            raise OllamaError(f"not Ollama's stream: {raw.decode(errors='replace').strip()[:120]!r}") from None
         if isinstance(line, dict):
             yield line
 
@@ -140,19 +147,15 @@ def pull_once(api: Api, name: str, say: Callable[[str], None], progress: Callabl
             for line in _lines(resp):
                 if line.get("error"):
                     raise OllamaError(str(line["error"]))  # Ollama's own words, status still 200
-                status = str(line.get("status") or status)
+                status = str(line["status"]) if line.get("status") else status
                 if _count(line.get("total")):
                     if not total and _count(line.get("completed")):  # Ollama kept what an earlier pull fetched
                         say(f"ollama/{name}: resuming at {_count(line['completed']) / (1 << 20):.1f} MiB")
                     total, done = _count(line["total"]), _count(line.get("completed"))
                     progress(done, total)
-        except OllamaError as exc:
-            if str(exc) == "stalled":
-                raise OllamaError(f"Ollama sent nothing for {api.timeout:g}s {_describe(status, done, total)}",
-                                  transient=True) from None
-            if str(exc) == "cut":
-                raise OllamaError(f"the stream was cut short {_describe(status, done, total)}", transient=True) from None
-            raise
+        except _Broken as exc:
+            what = f"Ollama sent nothing for {api.timeout:g}s" if exc.stalled else "the stream was cut short"
+            raise OllamaError(f"{what} {_describe(status, done, total)}", transient=True) from None
     if status is None:
         raise OllamaError("Ollama answered with an empty body", transient=True)
     if status != "success":
