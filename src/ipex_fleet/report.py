@@ -3,16 +3,18 @@ external asset, no script): the timeline wave by wave, each host's result with i
 and each host's benchmark history as an inline SVG chart against its baseline and tolerance band.
 
 Everything comes from the controller: the ledger (runs, waves, host rows) and the host results
-under .ipex-fleet/runs/. Every text is escaped.
+under .ipex-fleet/runs/. The page is a jinja2 template (templates/report.html.j2, with the chart's
+templates/chart.svg.j2) with autoescape: every text a host or a run wrote is escaped.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from html import escape
 from pathlib import Path
 from typing import Any
+
+import jinja2
 
 from .domain import HostResult
 from .errors import UserError
@@ -20,6 +22,7 @@ from .results import state_dir
 from .rollout.ledger import Ledger
 from .tables import when
 
+TEMPLATES = Path(__file__).parent / "templates"
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 STATUS_COLOUR = {"ok": "#2ca02c", "unchanged": "#7f7f7f", "rolled_back": "#d62728", "failed": "#d62728",
                  "unreachable": "#ff7f0e", "skipped": "#bcbd22", "revert-failed": "#8b0000"}
@@ -91,11 +94,11 @@ def build(run_id: str | None = None) -> dict[str, Any]:
     return {"run": run, "waves": [dict(w) for w in ledger.waves(run_id)], "hosts": hosts}
 
 
-def chart(history: list[BenchPoint], width: int = 460, height: int = 160) -> str:
+def chart(history: list[BenchPoint], width: int = 460, height: int = 160) -> dict[str, Any] | None:
     """Each case's value over its baseline, run after run, with the baseline (1.0) and the band down to
-    1 - tolerance shaded: an inline SVG."""
+    1 - tolerance shaded: the geometry of an inline SVG (templates/chart.svg.j2), or None without runs."""
     if not history:
-        return '<p class="muted">no benchmark recorded for this host</p>'
+        return None
     base_point = next((p for p in history if p.baseline_recorded), history[0])
     tolerance = next((p.tolerance for p in reversed(history) if p.tolerance is not None), 0.15)
     cases = sorted({c for p in history for c in p.values if c in base_point.values})
@@ -105,84 +108,56 @@ def chart(history: list[BenchPoint], width: int = 460, height: int = 160) -> str
     lo, hi = min(all_r) - 0.05, max(all_r) + 0.05
     pad_l, pad_r, pad_t, pad_b = 44, 10, 10, 24
     n = max(len(history) - 1, 1)
-    x = lambda i: pad_l + (width - pad_l - pad_r) * i / n  # noqa: E731
-    y = lambda r: pad_t + (height - pad_t - pad_b) * (hi - r) / (hi - lo)  # noqa: E731
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" width="{width}" height="{height}" '
-             f'viewBox="0 0 {width} {height}" role="img" aria-label="benchmark history">',
-             f'<rect class="band" x="{pad_l}" y="{y(1.0):.1f}" width="{width - pad_l - pad_r}" '
-             f'height="{y(1 - tolerance) - y(1.0):.1f}" fill="#d9f0d3"/>',
-             f'<line class="baseline" x1="{pad_l}" x2="{width - pad_r}" y1="{y(1.0):.1f}" y2="{y(1.0):.1f}" '
-             'stroke="#333" stroke-dasharray="4 3"/>',
-             f'<text x="2" y="{y(1.0) + 4:.1f}" font-size="10">baseline</text>',
-             f'<text x="2" y="{y(1 - tolerance) + 4:.1f}" font-size="10">-{tolerance:.0%}</text>']
+
+    def x(i: int) -> str:
+        return f"{pad_l + (width - pad_l - pad_r) * i / n:.1f}"
+
+    def y(r: float) -> float:
+        return pad_t + (height - pad_t - pad_b) * (hi - r) / (hi - lo)
+
+    series = []
     for k, case in enumerate(cases):
         pts = ratios[case]
-        colour = PALETTE[k % len(PALETTE)]
-        path = " ".join(f"{x(i):.1f},{y(r):.1f}" for i, r in pts)
-        parts.append(f'<polyline class="series" data-case="{escape(case)}" fill="none" stroke="{colour}" '
-                     f'stroke-width="1.5" points="{path}"><title>{escape(case)}</title></polyline>')
-        for i, r in pts:
-            parts.append(f'<circle cx="{x(i):.1f}" cy="{y(r):.1f}" r="2.5" fill="{colour}">'
-                         f'<title>{escape(case)} run {escape(history[i].run_id)}: {r:.0%} of baseline</title></circle>')
-    parts.append(f'<text x="{pad_l}" y="{height - 6}" font-size="10">{len(history)} run(s), oldest to newest</text>')
-    parts.append("</svg>")
-    legend = " ".join(f'<span style="color:{PALETTE[k % len(PALETTE)]}">&#9632; {escape(c)}</span>'
-                      for k, c in enumerate(cases))
-    return "".join(parts) + f'<div class="legend">{legend}</div>'
+        series.append({"case": case, "colour": PALETTE[k % len(PALETTE)],
+                       "points": " ".join(f"{x(i)},{y(r):.1f}" for i, r in pts),
+                       "dots": [{"x": x(i), "y": f"{y(r):.1f}", "run_id": history[i].run_id,
+                                 "percent": f"{r * 100:.0f}"} for i, r in pts]})
+    return {"width": width, "height": height, "left": pad_l, "right": width - pad_r,
+            "plot_width": width - pad_l - pad_r, "y_base": f"{y(1.0):.1f}",
+            "band_height": f"{y(1 - tolerance) - y(1.0):.1f}", "y_base_label": f"{y(1.0) + 4:.1f}",
+            "y_band_label": f"{y(1 - tolerance) + 4:.1f}", "tolerance_pct": f"{tolerance * 100:.0f}",
+            "series": series, "runs": len(history)}
+
+
+def _seconds(timings: dict[str, float]) -> float:
+    """The host's whole time: its result's `total` (older records: the sum of their steps)."""
+    return timings.get("total", sum(timings.values()))
 
 
 def render(model: dict[str, Any]) -> str:
+    """The page, from templates/report.html.j2; jinja2 escapes every text (autoescape)."""
     run = model["run"]
     hosts: list[HostReport] = model["hosts"]
     by_wave: dict[int | None, list[HostReport]] = {}
     for h in hosts:
         by_wave.setdefault(h.wave, []).append(h)
-    waves = model["waves"] or [{"idx": None, "name": "all hosts", "status": run.status, "hosts": json.dumps(
-        [h.host for h in hosts]), "started": run.started, "finished": run.finished}]
-    timeline = []
-    for w in waves:
-        members = by_wave.get(w["idx"], []) if model["waves"] else hosts
-        chips = "".join(f'<span class="chip" style="background:{STATUS_COLOUR.get(h.status, "#999")}" '
-                        f'title="{escape(h.status)}">{escape(h.host)}</span>' for h in members)
+    rows = model["waves"] or [{"idx": None, "name": "all hosts", "status": run.status, "started": run.started,
+                               "finished": run.finished, "tally": None}]
+    waves = []
+    for w in rows:
         counts = json.loads(w["tally"]) if w.get("tally") else {}
-        trouble = ", ".join(f"{k} {n}" for k, n in counts.items() if n)
-        tally = f' <span class="tally">{escape(trouble)}</span>' if trouble else ""
-        timeline.append(f'<li class="wave" data-status="{escape(str(w["status"]))}"><b>{escape(str(w["name"]))}</b> '
-                        f'<span class="muted">{escape(str(w["status"]))}, {when(w.get("started"))} &rarr; '
-                        f'{when(w.get("finished"))}</span>{tally}<div>{chips}</div></li>')
-    rows, cards = [], []
-    for h in hosts:
-        failing = "".join(f'<li class="failing-check">{escape(f)}</li>' for f in h.failing)
-        rows.append(
-            f'<tr class="host" id="host-{escape(h.host)}" data-status="{escape(h.status)}">'
-            f'<td>{escape(h.host)}</td><td>{escape(h.phase)}</td>'
-            f'<td><span class="status" style="color:{STATUS_COLOUR.get(h.status, "#333")}">{escape(h.status)}</span></td>'
-            f'<td>{h.previous if h.previous is not None else "-"} &rarr; {h.final if h.final is not None else "-"}</td>'
-            f'<td>{escape(h.error or "")}<ul class="failing">{failing}</ul></td>'
-            f'<td>{sum(h.timings.values()):.1f} s</td></tr>')
-        cards.append(f'<div class="card" data-host="{escape(h.host)}"><h3>{escape(h.host)}</h3>{chart(h.history)}</div>')
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<title>ipex-fleet run {escape(run.run_id)}</title>
-<style>
-body {{ font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #222; }}
-h1 {{ font-size: 20px; }} .muted {{ color: #777; }}
-table {{ border-collapse: collapse; width: 100%; }} td, th {{ border-bottom: 1px solid #ddd; padding: 4px 8px; text-align: left; vertical-align: top; }} td:last-child {{ white-space: nowrap; }}
-.chip {{ display: inline-block; color: #fff; border-radius: 3px; padding: 1px 6px; margin: 2px; font-size: 12px; }}
-.wave {{ margin: 6px 0; }} .cards {{ display: flex; flex-wrap: wrap; gap: 12px; }}
-.card {{ border: 1px solid #ddd; border-radius: 4px; padding: 8px; }} .card h3 {{ margin: 0 0 4px; font-size: 14px; }}
-.legend span {{ margin-right: 8px; font-size: 12px; }} ul.failing {{ margin: 2px 0; padding-left: 18px; color: #d62728; }}
-</style></head><body>
-<h1>Run {escape(run.run_id)} <span class="muted">({escape(run.kind)})</span></h1>
-<p id="summary">Status <b>{escape(run.status)}</b>, started {when(run.started)}, finished {when(run.finished)}.
-{escape(run.message or "")}</p>
-<h2>Timeline</h2><ol id="timeline">{"".join(timeline)}</ol>
-<h2>Hosts</h2>
-<table id="hosts"><tr><th>host</th><th>phase</th><th>status</th><th>generation</th><th>error and failing checks</th><th>time</th></tr>
-{"".join(rows)}</table>
-<h2>Benchmarks against baseline</h2><div class="cards">{"".join(cards)}</div>
-</body></html>
-"""
+        waves.append({"name": w["name"], "status": w["status"], "started": w.get("started"),
+                      "finished": w.get("finished"), "trouble": ", ".join(f"{k} {n}" for k, n in counts.items() if n),
+                      "members": by_wave.get(w["idx"], []) if model["waves"] else hosts})
+    template = _templates().get_template("report.html.j2")
+    return template.render(run=run, waves=waves, hosts=hosts, chart=chart, when=when, seconds=_seconds,
+                           colour=lambda status, default: STATUS_COLOUR.get(status, default),
+                           gen=lambda n: "-" if n is None else n)
+
+
+def _templates() -> jinja2.Environment:
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined,
+                              autoescape=True)
 
 
 def write(run_id: str | None, path: str) -> Path:
