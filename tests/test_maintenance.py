@@ -181,6 +181,37 @@ def test_models_corrupt_refetched_undeclared_pruned_foreign_left(fleet, tmp_path
         proc_mirror.kill()
 
 
+def test_a_pinned_ollama_model_whose_digest_drifted_is_reported_and_pulled_back(fleet, tmp_path):
+    import urllib.request
+
+    api = f"http://{fleet.spec.host('host3').address}:11434"
+
+    def tags() -> dict[str, str]:
+        with urllib.request.urlopen(f"{api}/api/tags", timeout=10) as resp:
+            return {m["name"]: m["digest"] for m in json.load(resp)["models"]}
+
+    pull = urllib.request.Request(f"{api}/api/pull", data=json.dumps({"model": "smollm2:135m", "stream": False}).encode())
+    urllib.request.urlopen(pull, timeout=60).read()
+    digest = tags()["smollm2:135m"]  # what the registry (the stand-in's catalog) gives: the pin
+    inv = inventory(fleet, tmp_path, {"host3": {"models": [{"ollama": f"smollm2:135m@sha256:{digest}"}]}})
+    proc, run_id = maintain(fleet, inv)
+    assert_ok(proc)
+    assert fleet.result(run_id, "host3").report["models"]["present"] == ["ollama/smollm2:135m"]
+    # Someone pulls the tag by hand and gets another model under it: the host's tag now names other bytes.
+    other = "b" * 64
+    fleet.sh("host3", "sed -i 's/\"digest\": \"[0-9a-f]*\"/\"digest\": \"" + other + "\"/' "
+                      "/var/lib/ollama/models/manifests/smollm2__135m")
+    assert tags()["smollm2:135m"] == other
+    proc, run_id = maintain(fleet, inv)
+    assert_ok(proc)
+    report = fleet.result(run_id, "host3").report
+    drift = f"ollama/smollm2:135m: /api/tags has digest {other[:12]}, declared {digest[:12]}"
+    assert report["models"]["drifted"] == [drift]
+    assert f"model digest drifted: {drift}" in report["warnings"]
+    assert f"host3: warning: model digest drifted: {drift}" in " ".join(proc.stdout.split())
+    assert report["models"]["installed"] == ["ollama/smollm2:135m"] and tags()["smollm2:135m"] == digest
+
+
 def records(fleet, host: str) -> list[dict]:
     return [json.loads(line) for line in fleet.sh(host, f"cat {nixcmd.DEPLOY_LOG}").splitlines() if line]
 
