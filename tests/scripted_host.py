@@ -286,7 +286,8 @@ class ScriptedHost:
 
     def do_maint_probe(self, command: str) -> tuple[int, list[str]]:
         _, facts = self.do_upkeep_facts(command)
-        return 0, [self.agent_status_line(), *facts, *[f"due={d}" for d in getattr(self, "due", ())],
+        agent = next(line for line in self.do_preflight(command)[1] if line.startswith("agent="))  # quiet or not, as there
+        return 0, [agent, *facts, *[f"due={d}" for d in getattr(self, "due", ())],
                    f"records={len(self.records)}", "journal_kb=1024", "tmp_before_kb=8", "tmp_after_kb=4"]
 
     def do_delete_generations(self, command: str) -> tuple[int, list[str]]:

@@ -136,11 +136,12 @@ def test_nothing_to_do_is_one_round_trip_without_the_lock_or_a_record(maintain):
     host = make(models=[], health_levels=[], bench=False, maintenance_restart=False, keep_days=14)
     run_id, alive = run(host)
     assert alive and results.read_host_result(run_id, "h1").status is Status.OK
-    records, seen = list(host.records), len(host.kinds)
+    records, seen, starts = list(host.records), len(host.kinds), host.agent_starts
     run_id, alive = run(host)
     result = results.read_host_result(run_id, "h1")
     assert alive and result.status is Status.UNCHANGED and "nothing_to_do" in result.report, result
     assert host.kinds[seen:] == ["maint_probe"] and host.records == records and host.lock is None
+    assert host.agent_starts == starts  # nothing open: the agent was not even started
     assert result.report["tasks"]["tmp"] == {"before_bytes": 8192, "after_bytes": 4096}
 
     host.due = ["/var/lib/ipex-fleet/flake/0ld"]  # aged past keep_days: the full path prunes it
@@ -156,6 +157,12 @@ def test_nothing_to_do_is_one_round_trip_without_the_lock_or_a_record(maintain):
     seen = len(host.kinds)
     run_id, _ = run(host)
     assert results.read_host_result(run_id, "h1").status is Status.UNCHANGED and host.kinds[seen:] == ["maint_probe"]
+
+    host.agent.lock_take({"run_id": "a-deploy"}, 600, 600)  # a deploy holds the lock: the agent is asked, the host skipped
+    seen = len(host.kinds)
+    run_id, _ = run(host)
+    assert results.read_host_result(run_id, "h1").status is Status.SKIPPED and "lock" in host.kinds[seen:]
+    host.agent.lock_release(host.agent._lock()["token"])
 
     host.records.append({"phase": "maintain", "event": "start", "run_id": "dead"})  # a run that never ended
     seen = len(host.kinds)

@@ -92,7 +92,8 @@ def _nothing_to_do(tx: HostTransaction, host: Any) -> bool:
     kv = nixcmd.parse_key_values([line for line in lines if not line.startswith(("record=", "counted=", "due="))])
     tmp = {k: int(kv.get(k) or 0) for k in ("tmp_before_kb", "tmp_after_kb")}
     task(tx, "tmp", before_bytes=tmp["tmp_before_kb"] * 1024, after_bytes=tmp["tmp_after_kb"] * 1024)
-    status = hostagent.parse_status(kv.get("agent"))
+    quiet = kv.get("agent") == hostagent.QUIET  # nothing open: the agent was not started to say so
+    status = {} if quiet else hostagent.parse_status(kv.get("agent"))
     if kv.get("tmp_error") or status is None or status.get("intent") or status.get("lock") or status.get("unfinished"):
         return False
     state, anchors, extra = _parse_facts(lines)

@@ -111,7 +111,8 @@ def restart_units(units: tuple[str, ...]) -> str:
 
 
 def maintenance_probe(profile: str, keep_days: float) -> str:
-    """Maintenance's fast path, in one round trip and under no lock: the agent's status, retention's
+    """Maintenance's fast path, in one round trip and under no lock: the agent's status (or quiet, as
+    for the deploy's: hostagent.status_unless_quiet), retention's
     facts, what has aged past keep_days among the pushed flakes, their input roots, resolved intents and
     activation records (listed as due=, nothing removed), the records' count, the journal's usage; and
     the temporary files cleaned by systemd-tmpfiles' own ages (what its daily timer does, under no lock)."""
@@ -119,7 +120,7 @@ def maintenance_probe(profile: str, keep_days: float) -> str:
     usage = "du -sk " + JOURNAL_DIRS + " 2>/dev/null | awk '{s+=$1} END {print s+0}'"
     return (
         "echo maintenance_probe=1; "
-        f"{hostagent.status_or_missing()}; {facts(profile)}; "
+        f"{hostagent.status_unless_quiet()}; {facts(profile)}; "
         f"for d in {nixcmd.FLAKE_ROOT} {INPUT_ROOTS} {hostagent.RESOLVED} {nixcmd.ACTIVATION_DIR}; do "
         f'[ -d "$d" ] || continue; find "$d" -mindepth 1 -maxdepth 1 -mmin +{minutes} | sed "s/^/due=/"; done; '
         f'printf "records=%s\\n" "$(cat {quote(nixcmd.DEPLOY_LOG)} 2>/dev/null | wc -l)"; '
