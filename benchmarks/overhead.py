@@ -33,6 +33,7 @@ Ansible is taken from this virtual environment (`pip install ansible-core` if it
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import shlex
@@ -104,6 +105,15 @@ def ipex_fleet_deploy(lab: Lab, state: Path, hosts: int, *outcomes: str, profile
     took = time.monotonic() - started
     checked(proc, "ipex-fleet deploy", outcomes, hosts)
     return took
+
+
+def step_timings(state: Path) -> dict[str, float]:
+    """The newest deploy run's per-step timings, the median over its hosts (each host's result JSON)."""
+    runs = [d for d in (state / "runs").iterdir() if not d.name.startswith(("maintain-", "rollout-"))]
+    newest = max(runs, key=lambda d: d.stat().st_mtime)
+    per_host = [json.loads(f.read_text())["timings"] for f in (newest / "hosts").glob("*.json")]
+    keys = sorted({k for t in per_host for k in t}, key=lambda k: (k == "total", k))
+    return {k: statistics.median(t.get(k, 0.0) for t in per_host) for k in keys}
 
 
 def maintain(lab: Lab, state: Path, hosts: int) -> float:
@@ -267,6 +277,7 @@ def main() -> int:
             on = label
         times: dict[str, list[float]] = {"ipex-fleet": [], "bare": [], "ansible": []}
         cpus: dict[str, list[tuple[float, float]]] = {"ipex-fleet": [], "bare": [], "ansible": []}
+        steps: list[dict[str, float]] = []  # each ipex-fleet change run's per-step medians over its hosts
         methods = ["ipex-fleet", "bare"] + (["ansible"] if ansible else [])
         if args.only != "nochange":
             for run in range(args.runs + 1):  # run 0 warms each method up (Ansible's first start, say)
@@ -280,6 +291,8 @@ def main() -> int:
                         set_version(lab, names, f"overhead-{stamp}-{to}")
                         forget_pushed(lab, names, digest)
                         took = ipex_fleet_deploy(lab, state, len(names), "ok")
+                        if run:
+                            steps.append(step_timings(state))
                     elif method == "bare":
                         took = bare_deploy(lab, names, tarball)
                     else:
@@ -298,6 +311,7 @@ def main() -> int:
                     cpus[method].append(used)
                     print(f"  run {run} {method:10} change deploy, {len(names)} hosts: {took:6.2f} s  ({usage}; {before})",
                           flush=True)
+            steps_median = {k: statistics.median(r.get(k, 0.0) for r in steps) for k in steps[-1]}
             for method in methods:
                 figures[method] = statistics.median(times[method])
                 figures[f"{method} cpu controller"] = statistics.median(c[0] for c in cpus[method])
@@ -349,6 +363,8 @@ def main() -> int:
         print(f"  ratios: ipex-fleet/bare {figures['ipex-fleet'] / figures['bare']:.2f}x"
               + (f", ipex-fleet/Ansible {figures['ipex-fleet'] / figures['ansible']:.2f}x" if "ansible" in figures
                  else ""))
+        print("  ipex-fleet's steps as each host recorded them (median over hosts, then runs): "
+              + ", ".join(f"{k} {v:.2f} s" for k, v in steps_median.items()))
         for method in ("ipex-fleet", "bare", "ansible"):
             if method in figures:
                 print(f"  CPU-seconds of a change deploy, {method}: controller {figures[method + ' cpu controller']:.2f},"
