@@ -98,7 +98,13 @@ def stage2():
     toplevel = toplevel_of(name)
     print(f"lab-boot: booting {name} ({toplevel})")
     atomic_symlink(toplevel, "/run/booted-system")
-    return subprocess.run([os.path.join(toplevel, "activate")]).returncode
+    code = subprocess.run([os.path.join(toplevel, "activate")]).returncode
+    if code != 0:
+        # NixOS' stage 2 reports a failing activation and boots on: no unit is left failed by it (a
+        # failed `lab-stage2.service` would fail every later health check of this boot, which the real
+        # system never does). The boot check and the generation's own units say what is broken.
+        print(f"lab-boot: activating {name} exited {code}; booting on, as NixOS' stage 2 does", file=sys.stderr)
+    return 0
 
 
 def bless():
