@@ -3,8 +3,8 @@
 In CLI mode pyinfra orders (and hashes) each operation by the line numbers of its call stack, from the
 deploy file inwards (`pyinfra.api.util.get_operation_order_from_stack`). It reads them with
 `inspect.stack()`, which also loads every frame's source lines and looks up its module among all
-loaded ones: 12 ms per operation per host on this project's controller, the largest part of preparing
-a deploy (a no-change deploy of 40 hosts prepares 240 operations). `operation_order` returns the same
+loaded ones: 1.3 ms a call at a deploy's stack depth here (12 ms under cProfile, where it was the
+largest part of preparing a deploy; a no-change deploy of 40 hosts prepares 240 operations). `operation_order` returns the same
 list from the frames themselves; `install` puts it in pyinfra's place (roles/transaction.py does, when
 a deploy file first imports it), once, and only over the function it was written against.
 """
