@@ -316,13 +316,13 @@ def preflight(tx: HostTransaction, host: Any) -> None:
     if free_mb < tx.settings.min_free_mb:
         raise StepFailed(f"only {free_mb} MiB free on /nix, {tx.settings.min_free_mb} MiB needed "
                          "(host data min_free_mb); collect garbage with deploys/maintenance.py")
-    quiet = facts.get("agent") == hostagent.QUIET  # nothing open: the agent was not started to say so
+    # Quiet: this agent is installed and nothing is open (hostagent.status_unless_quiet), what its own
+    # status would have said; the lock is then taken by the agent, atomically, as always.
+    quiet = facts.get("agent") == hostagent.QUIET
     status = _NOTHING_OPEN if quiet else hostagent.parse_status(facts.get("agent"))
     if fast and status is not None and _nothing_to_do(tx, host, facts, status):
         return  # unchanged, after this one round trip
-    if quiet:  # the full path decides on the agent's own word
-        status = ensure_agent(tx, host)
-    elif status is None:
+    if status is None:
         status = install_agent(tx, host)
     tx.agent_ready = True
     recover_open_intent(tx, host, status)
