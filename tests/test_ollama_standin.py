@@ -15,9 +15,13 @@ from .test_models import SERVICES, free_port, serve
 
 
 @pytest.fixture(scope="module")
-def url(tmp_path_factory):
+def state(tmp_path_factory):
+    return tmp_path_factory.mktemp("ollama")
+
+
+@pytest.fixture(scope="module")
+def url(state):
     port = free_port()
-    state = tmp_path_factory.mktemp("ollama")
     proc = serve(["/usr/bin/python3", str(SERVICES / "ollama.py"), "--host", "127.0.0.1", "--port", str(port),
                   "--state", str(state)], port)
     yield f"http://127.0.0.1:{port}"
@@ -141,3 +145,34 @@ def test_level_2_reports_tokens_per_second_from_ollamas_own_figures(url, client)
     assert outcome.data["eval_count"] == 8 and outcome.data["eval_duration_ns"] > 0
     assert outcome.data["tokens_per_s"] == round(8 / outcome.data["eval_duration_ns"] * 1e9, 2)
     assert outcome.message.startswith(f"smollm2:135m: {outcome.data['tokens_per_s']:.1f} tokens/s (8 tokens in ")
+
+
+def test_a_cut_pull_resumes_where_it_stopped_and_a_corrupt_part_is_fetched_again(url, state):
+    import hashlib
+    import importlib.util
+
+    from ipex_fleet.models import install as installer
+    from ipex_fleet.models.manifest import OllamaModel
+
+    spec = importlib.util.spec_from_file_location("lab_ollama", SERVICES / "ollama.py")
+    lab = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lab)
+    size = lab.CATALOG["llama3.2:1b"][0]
+    data = lab.blob_bytes("llama3.2:1b", size)
+    part = state / "models" / "blobs" / f"sha256-{hashlib.sha256(data).hexdigest()}-partial"
+    part.parent.mkdir(parents=True, exist_ok=True)
+    part.write_bytes(data[: 1 << 20])  # a third of it, as a cut pull leaves it
+    report, lines = installer.Report(), []
+    installer.install_ollama(url, [OllamaModel("llama3.2:1b")], report, lines.append, 30)
+    assert report.installed == ["ollama/llama3.2:1b"], report
+    assert "ollama/llama3.2:1b: resuming at 1.0 MiB" in lines
+    # A part whose bytes are wrong fails Ollama's digest check, and the next pull starts over.
+    client = ollama.Client(host=url, timeout=30)
+    client.delete("llama3.2:1b")
+    blob = part.with_name(part.name.removesuffix("-partial"))
+    blob.unlink()
+    part.write_bytes(b"x" * (1 << 20))
+    with pytest.raises(ollama.ResponseError) as err:
+        client.pull("llama3.2:1b")
+    assert err.value.error.startswith("digest mismatch, file must be downloaded again: want sha256:")
+    assert client.pull("llama3.2:1b").status == "success"

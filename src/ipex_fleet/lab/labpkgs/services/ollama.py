@@ -248,15 +248,29 @@ class Handler(JSONHandler):
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         os.makedirs(self.blobs, exist_ok=True)
         blob_path = os.path.join(self.blobs, digest.replace(":", "-"))
-        emit({"status": f"pulling {digest[7:19]}", "digest": digest, "total": size})
         tmp = blob_path + "-partial"
-        with open(tmp, "wb") as f:
-            for off in range(0, size, 1 << 20):
-                f.write(data[off:off + (1 << 20)])
-                emit({"status": f"pulling {digest[7:19]}", "digest": digest, "total": size,
-                      "completed": min(size, off + (1 << 20))})
-        emit({"status": "verifying sha256 digest"})
-        os.replace(tmp, blob_path)
+        # What an earlier, cut pull fetched stays: this one resumes there, as Ollama resumes.
+        have = size if os.path.exists(blob_path) else min(os.path.getsize(tmp), size) if os.path.exists(tmp) else 0
+        emit({"status": f"pulling {digest[7:19]}", "digest": digest, "total": size,
+              **({"completed": have} if have else {})})
+        if have < size:
+            with open(tmp, "r+b" if os.path.exists(tmp) else "wb") as f:
+                f.truncate(have)
+                f.seek(have)
+                for off in range(have, size, 1 << 20):
+                    f.write(data[off:off + (1 << 20)])
+                    emit({"status": f"pulling {digest[7:19]}", "digest": digest, "total": size,
+                          "completed": min(size, off + (1 << 20))})
+            emit({"status": "verifying sha256 digest"})
+            with open(tmp, "rb") as f:
+                got = "sha256:" + hashlib.sha256(f.read()).hexdigest()
+            if got != digest:
+                os.unlink(tmp)
+                emit({"error": f"digest mismatch, file must be downloaded again: want {digest}, got {got}"})
+                return self.finish_pull(stream, lines, error=True)
+            os.replace(tmp, blob_path)
+        else:
+            emit({"status": "verifying sha256 digest"})
         emit({"status": "writing manifest"})
         os.makedirs(self.manifests, exist_ok=True)
         layers = {"schemaVersion": 2, "layers": [{"mediaType": "application/vnd.ollama.image.model",
