@@ -68,6 +68,7 @@ def _rollout(fleet, inventory: Path) -> tuple[subprocess.CompletedProcess, str]:
     return proc, proc.stdout.split("rollout ", 1)[1].split(":", 1)[0]
 
 
+@pytest.mark.timeout(900)  # two lab rollouts with health level 2 and a browser, on two shared cores
 def test_the_report_of_a_rollout_with_a_rolled_back_host_in_chromium(fleet2, tmp_path):
     inventory = tmp_path / "fleet.py"
     inventory.write_text(
