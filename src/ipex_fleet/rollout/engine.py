@@ -18,6 +18,7 @@ from ..errors import UserError
 from ..flakepush import FlakeError, flake_hash
 from ..live import Live
 from ..results import read_host_result, run_dir, write_host_result
+from ..tables import bench_cell, render, width, wrap
 from . import pyinfra_run
 from .inventory import load
 from .ledger import Ledger
@@ -270,7 +271,8 @@ class Rollout:
         self.live.document({"type": "tally", "wave": wave.name, "counts": counts,
                             "hosts": {k: list(v) for k, v in tally.hosts.items()}})
         if self.live.form != "json":
-            self.say(f"   wave {wave.name}: {tally.text()}")
+            for line in wrap(f"   wave {wave.name}: {tally.text()}", width(), indent="      "):
+                self.say(line)
         write_metrics(self.run_id, self.options.kind, self.ledger.waves(self.run_id))
 
     def _deploy_results(self, waves: list[Wave], upto: int | None = None) -> dict[str, HostResult]:
@@ -327,8 +329,6 @@ class Rollout:
         benchmark against its baseline, time; then each failed host's error and failing checks, folded
         to the terminal's width (a narrow terminal keeps every row on one line). In json form: one
         `summary` object with the same rows."""
-        from ..tables import bench_cell, render, width, wrap
-
         run = self.ledger.run(self.run_id)
         status = run.status if run else "?"
         if self.maintenance:
