@@ -31,7 +31,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     ro.add_argument("--max-unreachable", default="0",
                     help="hosts a wave may have that never took the change (unreachable, or skipped because "
                          "another run held them), N or P%% (default 0); a revert-failed host always halts")
-    ro.add_argument("--bake", "--soak", dest="soak", type=float, default=0,
+    ro.add_argument("--bake", "--soak", dest="soak", type=float, default=0, metavar="SECONDS",
                     help="seconds to wait after each wave before re-probing its promoted hosts; a failure "
                          "there counts against that wave (alias --soak)")
     ro.add_argument("--breaker", type=int, default=breaker.DEFAULT_THRESHOLD, metavar="K",
