@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from .domain import HostResult
 from .errors import UserError
 from .live import Live
 from .tables import health_cell, render, when
@@ -366,26 +367,28 @@ def _history_from_hosts(args: argparse.Namespace) -> int:
     return 0
 
 
-def _live_reports(inventory: str, hosts: tuple[str, ...]) -> dict[str, dict | None]:
-    """Each host's own view (deploys.jsonl, open intent, lock), read in one round trip per host."""
+def _read_status(inventory: str, hosts: tuple[str, ...], live: bool) -> dict[str, HostResult | None]:
+    """deploys/status.py on `hosts`: each host's generation now (with `live`, also its own deploy records,
+    open intent and lock, read in the same round trip)."""
     run_id = new_run_id("status")
-    pyinfra_run.run(pyinfra_run.argv(inventory, _deploy_file("deploys/status.py"), hosts, None, {"status_live": "true"}),
+    pyinfra_run.run(pyinfra_run.argv(inventory, _deploy_file("deploys/status.py"), hosts, None,
+                                     {"status_live": "true"} if live else None),
                     {"IPEX_FLEET_RUN_ID": run_id}, run_dir(run_id) / "status.log", lambda line: None, timeout=600)
-    return {h: (r.report if (r := read_host_result(run_id, h)) and r.status.succeeded else None) for h in hosts}
+    return {h: read_host_result(run_id, h) for h in hosts}
+
+
+def _live_reports(inventory: str, hosts: tuple[str, ...]) -> dict[str, dict | None]:
+    """Each host's own view (deploys.jsonl, open intent, lock), or None where it did not answer."""
+    return {h: (r.report if r and r.status.succeeded else None) for h, r in _read_status(inventory, hosts, True).items()}
 
 
 def _status(args: argparse.Namespace) -> int:
     view = load(args.inventory)
-    status_deploy = _deploy_file("deploys/status.py")
     ledger = Ledger()
-    run_id = new_run_id("status")
-    log = run_dir(run_id) / "status.log"
-    pyinfra_run.run(pyinfra_run.argv(args.inventory, status_deploy, view.hosts, None,
-                                     {"status_live": "true"} if args.live else None),
-                    {"IPEX_FLEET_RUN_ID": run_id}, log, lambda line: None, timeout=600)
+    found = _read_status(args.inventory, view.hosts, args.live)
     rows = []
     for host in view.hosts:
-        now = read_host_result(run_id, host)
+        now = found[host]
         good = ledger.last_good(host)
         last = ledger.last(host)
         health = json.loads(last["health"]).get("result") if last and last["health"] else None

@@ -270,7 +270,7 @@ class Rollout:
         self.ledger.set_tally(self.run_id, wave.index, counts)
         self.live.document({"type": "tally", "wave": wave.name, "counts": counts,
                             "hosts": {k: list(v) for k, v in tally.hosts.items()}})
-        if self.live.form != "json":
+        if self.live.form != "json" and tally.hosts:  # a clean wave's end line already says so
             for line in wrap(f"   wave {wave.name}: {tally.text()}", width(), indent="      "):
                 self.say(line)
         write_metrics(self.run_id, self.options.kind, self.ledger.waves(self.run_id))
