@@ -51,7 +51,7 @@ def main() -> int:
         os.environ.update(overhead.env_for(lab, state))
         os.chdir(REPO)
         import ipex_fleet.remote as remote
-        import ipex_fleet.transaction as tx
+        from ipex_fleet.transaction import agentcalls, core, models, system
 
         log: list[tuple[float, float, float, str, str]] = []
         t0 = time.monotonic()
@@ -67,9 +67,11 @@ def main() -> int:
                                 " ".join(text.split())[:96]))
             return call
 
-        tx.run = remote.run = traced("run", remote.run)
-        tx.run_fresh = remote.run_fresh = traced("fresh", remote.run_fresh)
-        tx.put_bytes = remote.put_bytes = traced("put", remote.put_bytes)
+        core.run = remote.run = traced("run", remote.run)
+        core.run_fresh = remote.run_fresh = traced("fresh", remote.run_fresh)
+        remote.put_bytes = traced("put", remote.put_bytes)
+        for module in (agentcalls, models, system):  # the modules that upload
+            module.put_bytes = remote.put_bytes
         from pyinfra_cli.main import main as pyinfra_main
 
         before = host_cpu()

@@ -2,18 +2,18 @@
 
 from pyinfra.api import deploy
 
-from ipex_fleet import gatesteps, transaction
+from ipex_fleet.transaction import flow
 
 from .transaction import step
 
 
 @deploy("Check")
 def check() -> None:
-    step("Still on the rolled-out generation, and healthy", gatesteps.verify_promoted)
-    step("Record the result", transaction.record)
+    step(flow.CHECK)
+    step(flow.RECORD_CHECK)
 
 
 @deploy("Status")
 def status() -> None:
-    step("Read the current generation", gatesteps.observe)
-    step("Record the result", transaction.record)
+    step(flow.OBSERVE)
+    step(flow.RECORD_CHECK)

@@ -2,11 +2,11 @@
 
 from pyinfra.api import deploy
 
-from ipex_fleet import transaction
+from ipex_fleet.transaction import flow
 
 from .transaction import step
 
 
 @deploy("Decide")
 def decide() -> None:
-    step("Approve or abort the host's probation", transaction.decide_probation)
+    step(flow.DECIDE)

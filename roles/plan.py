@@ -2,11 +2,11 @@
 
 from pyinfra.api import deploy
 
-from ipex_fleet.plan import plan_step
+from ipex_fleet.transaction import flow
 
 from .transaction import step
 
 
 @deploy("Plan")
 def plan() -> None:
-    step("Push and build the flake; compare with the current generation", plan_step)
+    step(flow.PLAN)

@@ -2,11 +2,11 @@
 
 from pyinfra.api import deploy
 
-from ipex_fleet import transaction
+from ipex_fleet.transaction import flow
 
 from .transaction import step
 
 
 @deploy("Preflight")
 def preflight() -> None:
-    step("Check NixOS, Nix and free disk; take the deploy lock", transaction.preflight)
+    step(flow.PREFLIGHT)

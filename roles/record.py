@@ -2,11 +2,11 @@
 
 from pyinfra.api import deploy
 
-from ipex_fleet import transaction
+from ipex_fleet.transaction import flow
 
 from .transaction import step
 
 
 @deploy("Record")
 def record() -> None:
-    step("Record the result and release the lock", transaction.record)
+    step(flow.RECORD)

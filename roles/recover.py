@@ -2,12 +2,12 @@
 
 from pyinfra.api import deploy
 
-from ipex_fleet import transaction
+from ipex_fleet.transaction import flow
 
 from .transaction import step
 
 
 @deploy("Recover")
 def recover() -> None:
-    step("Revert a dead run's open intent; take over a lock whose lease ran out", transaction.recover)
-    step("Record the result and release the lock", transaction.record)
+    step(flow.RECOVER)
+    step(flow.RECORD)

@@ -2,11 +2,11 @@
 
 from pyinfra.api import deploy
 
-from ipex_fleet import transaction
+from ipex_fleet.transaction import flow
 
 from .transaction import step
 
 
 @deploy("Rollback")
 def rollback() -> None:
-    step("Return to the requested generation and check it", transaction.rollback_requested)
+    step(flow.ROLLBACK)

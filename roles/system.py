@@ -2,14 +2,12 @@
 
 from pyinfra.api import deploy
 
-from ipex_fleet import transaction
+from ipex_fleet.transaction import flow
 
 from .transaction import step
 
 
 @deploy("NixOS system")
 def system() -> None:
-    step("Record the current generation", transaction.record_previous)
-    step("Push the flake (by content hash)", transaction.push_flake)
-    step("Build the toplevel on the target", transaction.build)
-    step("Set the profile and activate", transaction.switch)
+    for declared in (flow.RECORD_PREVIOUS, flow.PUSH, flow.BUILD, flow.SWITCH):
+        step(declared)

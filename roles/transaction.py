@@ -10,7 +10,9 @@ import click
 from pyinfra import host, inventory, state
 from pyinfra.operations import python
 
-from ipex_fleet import opsorder, runstate, transaction
+from ipex_fleet import opsorder, runstate
+from ipex_fleet.transaction import flow
+from ipex_fleet.transaction.core import transaction_for
 
 opsorder.install()  # pyinfra's operation order without inspect.stack() (ipex_fleet.opsorder says why)
 
@@ -23,17 +25,15 @@ def validate_once(plan_when_dry: bool = False, phase: str = "deploy") -> None:
     """
     run = runstate.of(state)
     if not run.validated:
-        transaction.validate_inventory(inventory)
+        flow.validate_inventory(inventory)
         run.dry = plan_when_dry and _pyinfra_dry()
-        state.add_callback_handler(transaction.StoppedRunGuard())
+        state.add_callback_handler(flow.StoppedRunGuard())
         run.validated = True
     # The phase is known before any step runs: a rollback's preflight must not take a deploy's
     # no-change fast path (the host is "unchanged" only as far as deploying goes).
-    transaction.transaction_for(host).phase = phase
+    transaction_for(host).phase = phase
     if run.dry:
-        from ipex_fleet.plan import plan_step
-
-        transaction.run_step(state, host, plan_step, "plan")
+        flow.run_step(state, host, flow.PLAN)
 
 
 def _pyinfra_dry() -> bool:
@@ -45,15 +45,16 @@ def _pyinfra_dry() -> bool:
     return os.path.basename(sys.argv[0]) == "pyinfra" and "--dry" in sys.argv[1:]
 
 
-def step(name: str, function: transaction.Step) -> None:
+def step(declared: flow.Step) -> None:
+    """One step of the transaction as a pyinfra operation (none where the host does not want it)."""
     run = runstate.of(state)
-    if run.dry:
-        return  # planned at prepare time instead (validate_once)
+    if run.dry or not declared.wanted(transaction_for(host), host):
+        return  # a dry run was planned at prepare time instead (validate_once)
     pending = run.paced.get(host.name)
     if pending is not None:  # pace=host: collected, then run as one operation (host_pace)
-        pending.append((name, function))
+        pending.append(declared)
         return
-    python.call(name=name, function=_runner(function, name))
+    python.call(name=declared.title, function=_runner(declared))
 
 
 @contextmanager
@@ -73,18 +74,18 @@ def host_pace(name: str = "Deploy (each host at its own pace)"):
         python.call(name=name, function=_all(steps))
 
 
-def _all(steps: list[tuple[str, transaction.Step]]):
+def _all(steps: list[flow.Step]):
     def run(state, host) -> bool:
-        return all(transaction.run_step(state, host, function, name) for name, function in steps)
+        return all(flow.run_step(state, host, declared) for declared in steps)
 
-    run.__name__ = run.__qualname__ = "transaction_steps[" + ",".join(f.__name__ for _, f in steps) + "]"
+    run.__name__ = run.__qualname__ = "transaction_steps[" + ",".join(d.name for d in steps) + "]"
     return run
 
 
-def _runner(function: transaction.Step, name: str):
+def _runner(declared: flow.Step):
     def run(state, host) -> bool:  # pyinfra passes (state, host) when the function names them
-        return transaction.run_step(state, host, function, name)
+        return flow.run_step(state, host, declared)
 
     # --debug-operations prints the function: name it after the step, not a closure of this module.
-    run.__name__ = run.__qualname__ = f"transaction_step[{function.__module__}.{function.__name__}]"
+    run.__name__ = run.__qualname__ = f"transaction_step[{declared.run.__module__}.{declared.name}]"
     return run

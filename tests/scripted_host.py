@@ -518,7 +518,8 @@ class FakeClock:
 def scripted_controller(tmp_path: Any, monkeypatch: Any, *clocked: Any) -> tuple[Any, FakeClock]:
     """A controller whose remote commands reach a scripted host (privileges and new connections too),
     with a flake to name and a fake clock for the transaction (and the `clocked` modules)."""
-    from ipex_fleet import transaction
+    from ipex_fleet import waiting
+    from ipex_fleet.transaction import activation, agentcalls, core, flow
 
     flake = tmp_path / "flake"
     flake.mkdir()
@@ -526,9 +527,9 @@ def scripted_controller(tmp_path: Any, monkeypatch: Any, *clocked: Any) -> tuple
     (flake / "flake.lock").write_text('{"nodes": {"root": {}}, "root": "root", "version": 7}')
     monkeypatch.setenv("IPEX_FLEET_STATE", str(tmp_path / "state"))
     monkeypatch.setattr("ipex_fleet.remote.privilege_args", lambda host: {})
-    monkeypatch.setattr("ipex_fleet.transaction.run_fresh", lambda host, command, timeout: host.fresh(command))
+    monkeypatch.setattr("ipex_fleet.transaction.core.run_fresh", lambda host, command, timeout: host.fresh(command))
     monkeypatch.setattr("ipex_fleet.heartbeat.Heartbeat", FakeHeartbeat)
     clock = FakeClock()
-    for module in (transaction, *clocked):
+    for module in (activation, agentcalls, core, flow, waiting, *clocked):
         monkeypatch.setattr(module, "time", clock)
     return flake, clock

@@ -13,10 +13,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from ipex_fleet import drift, gatesteps, metrics
+from ipex_fleet import drift, metrics
+from ipex_fleet.transaction import gates
 from ipex_fleet.bench import gate, occupants
 from ipex_fleet.remote import RemoteResult
-from ipex_fleet.transaction import HostTransaction, StepFailed
+from ipex_fleet.transaction.core import HostTransaction, StepFailed
 
 
 def settings(**over) -> SimpleNamespace:
@@ -44,10 +45,10 @@ def gate_step(monkeypatch, verdict: str, shared: bool = False, **over) -> HostTr
     tx = HostTransaction(host="h1", run_id="r1", settings=settings(**over))
     logged = []
     host = SimpleNamespace(log=lambda text, *_: logged.append(text))
-    monkeypatch.setattr(gatesteps, "sh", lambda tx, host, command, timeout=None: RemoteResult(
+    monkeypatch.setattr(gates, "sh", lambda tx, host, command, timeout=None: RemoteResult(
         {"pass": 0, "fail": 1, "inconclusive": 3}[verdict], (json.dumps(document(verdict, shared)),), ()))
     tx.logged = logged  # type: ignore[attr-defined]
-    gatesteps.bench_gate(tx, host)
+    gates.bench_gate(tx, host)
     return tx
 
 

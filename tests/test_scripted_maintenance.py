@@ -11,14 +11,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from ipex_fleet import maintsteps, modelsteps, results, transaction
+from ipex_fleet import maintsteps, results
+from ipex_fleet.transaction import flow
 from ipex_fleet.domain import Status
 
 from .scripted_host import ControllerDied, Fault, ScriptedHost, scripted_controller
 from .test_scripted_transaction import MODEL
 
-STEPS = (maintsteps.begin, maintsteps.retention, maintsteps.vacuum,
-         modelsteps.install_models, maintsteps.restart, maintsteps.health_and_drift, transaction.record)
+STEPS = flow.MAINTENANCE
 # Every command a maintenance run sends, in order (the start record is the first `record`).
 POINTS = [("lock", 1), ("profile_state", 1), ("record", 1), ("upkeep_facts", 1), ("prune_pushed", 1),
           ("delete_generations", 1), ("gc", 1), ("vacuum", 1), ("models", 1),
@@ -38,7 +38,7 @@ def maintain(tmp_path, monkeypatch):
         host.state = SimpleNamespace()
         try:
             for step in STEPS:
-                if not transaction.run_step(None, host, step, step.__name__):
+                if not flow.run_step(None, host, step):
                     break
         except ControllerDied:
             return run_id, False

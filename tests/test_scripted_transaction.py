@@ -11,13 +11,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from ipex_fleet import gatesteps, modelsteps, results, runstate, transaction
+from ipex_fleet import results, runstate
+from ipex_fleet.transaction import core, flow
 from ipex_fleet.domain import Status
 
 from .scripted_host import ControllerDied, Fault, ScriptedHost, scripted_controller
 
-STEPS = (transaction.preflight, transaction.record_previous, transaction.push_flake, transaction.build,
-         transaction.switch, modelsteps.install_models, gatesteps.health, gatesteps.bench_gate, transaction.record)
+STEPS = flow.DEPLOY
 # Every command from the lock to the record, in the order the transaction sends them (the two
 # `renew` are the agent's `activated` and the confirmation over a new login; the heartbeat's
 # renewals do not wait for step boundaries).
@@ -41,7 +41,7 @@ def controller(tmp_path, monkeypatch):
         host.state = SimpleNamespace()  # a new pyinfra run: a new State
         try:
             for step in STEPS:
-                if not transaction.run_step(None, host, step, step.__name__):
+                if not flow.run_step(None, host, step):
                     break
         except ControllerDied:
             return run_id, False
@@ -121,7 +121,7 @@ def test_retrying_a_failed_step_keeps_the_host_failed(controller):
     tx = runstate.of(host.state).transactions["h1"]
     assert tx.final_status is Status.ROLLED_BACK
     # pyinfra's --retry calls the failed step again: it must not report success.
-    assert transaction.run_step(None, host, gatesteps.health, "health") is False
+    assert flow.run_step(None, host, flow.HEALTH) is False
 
 
 def test_the_scripted_layer_runs_in_seconds(controller):
@@ -198,7 +198,7 @@ def test_the_hosts_clock_alone_decides_a_skewed_or_stepped_wall_clock_changes_no
     host = make()
     steps = iter([3600.0 * k for k in (1, -1, 2, -2, 5) * 100])
     monkeypatch.setattr(host_agent.time, "time", lambda: 1_700_000_000 + next(steps))
-    monkeypatch.setattr(transaction.time, "time", lambda: 1_700_000_000 - 3600)
+    monkeypatch.setattr(flow.time, "time", lambda: 1_700_000_000 - 3600)
     run_id, alive = deploy(host)
     assert alive and results.read_host_result(run_id, "h1").status is Status.OK
 
@@ -232,7 +232,7 @@ def test_hosts_in_lockstep_a_slow_peer_never_reverts_a_healthy_host(controller, 
     slow.do_activate = slow_activation
     for step in STEPS:
         for h in hosts:
-            transaction.run_step(None, h, step, step.__name__)
+            flow.run_step(None, h, step)
     run_id = runstate.of(state).run_id
     if not beating:
         assert results.read_host_result(run_id, "h1").status is Status.ROLLED_BACK
@@ -272,9 +272,9 @@ def test_a_rollback_after_a_committed_deploy_moves_the_host_back_despite_the_fas
     assert results.read_host_result(first, "h1").status is Status.OK and host.current == 2
     monkeypatch.setenv("IPEX_FLEET_RUN_ID", "run-rollback")
     host.state = SimpleNamespace()
-    transaction.transaction_for(host).phase = "rollback"  # what deploys/rollback.py declares at prepare
-    for step in (transaction.preflight, transaction.rollback_requested, transaction.record):
-        assert transaction.run_step(None, host, step, step.__name__)
+    core.transaction_for(host).phase = "rollback"  # what deploys/rollback.py declares at prepare
+    for step in (flow.PREFLIGHT, flow.ROLLBACK, flow.RECORD):
+        assert flow.run_step(None, host, step)
     result = results.read_host_result("run-rollback", "h1")
     assert result.status is Status.OK, result.error
     assert host.current == 1 and host.running == host.generations[1] == "/nix/store/aaa-nixos-system-1"
@@ -286,7 +286,7 @@ def _decide(host: ScriptedHost, run_id: str, decision: str, monkeypatch) -> resu
     monkeypatch.setenv("IPEX_FLEET_RUN_ID", run_id)
     host.state = SimpleNamespace()
     host.data["decision"] = decision
-    transaction.run_step(None, host, transaction.decide_probation, "decide_probation")
+    flow.run_step(None, host, flow.DECIDE)
     return results.read_host_result(run_id, "h1")
 
 
@@ -305,7 +305,7 @@ def test_an_inconclusive_gate_holds_the_host_on_probation_until_a_person_or_the_
     agent = host.agent.status()
     assert agent["intent"]["left"] > 500 and agent["lock"]["left"] > 500, agent
     assert host.running == host.target_build and not host.resolved
-    assert "h1" not in transaction.runstate.of(host.state).heartbeat.kept
+    assert "h1" not in runstate.of(host.state).heartbeat.kept
     assert not [r for r in host.records if r.get("run_id") == run_id], "nothing final is recorded on the host"
     # Another deploy meanwhile is refused: the host is not free.
     other, _ = deploy(host)
@@ -338,7 +338,7 @@ def test_a_controller_whose_lock_ran_out_during_a_slow_build_never_switches_afte
     monkeypatch.setenv("IPEX_FLEET_RUN_ID", "run-a")
     a_state = host.state = SimpleNamespace()
     for step in STEPS[:4]:  # preflight (the lock), record_previous, push_flake, build
-        assert transaction.run_step(None, host, step, step.__name__), step.__name__
+        assert flow.run_step(None, host, step), step.name
     host.host_clock.t += 3600  # A's renewals never arrive: its lease runs out on the host
     host.target_build = "/nix/store/ccc-nixos-system-3"
     b_run, alive = deploy(host)
@@ -349,7 +349,7 @@ def test_a_controller_whose_lock_ran_out_during_a_slow_build_never_switches_afte
     monkeypatch.setenv("IPEX_FLEET_RUN_ID", "run-a")
     host.state = a_state
     for step in STEPS[4:]:
-        if not transaction.run_step(None, host, step, step.__name__):
+        if not flow.run_step(None, host, step):
             break
     a = results.read_host_result("run-a", "h1")
     assert a.status is Status.SKIPPED and "nothing was switched" in a.error, a

@@ -157,8 +157,8 @@ def test_secrets_in_urls_are_redacted_where_they_point_stays_readable():
 
 
 def test_host_data_left_unset_leaves_the_health_policy_to_the_fleet_config(flake_dir: Path):
-    from ipex_fleet.gatesteps import probe_command
-    from ipex_fleet.transaction import HostTransaction
+    from ipex_fleet.transaction.gates import probe_command
+    from ipex_fleet.transaction.core import HostTransaction
 
     policy = HostTransaction("h", "r", from_host_data("h", {"flake": str(flake_dir)}))
     assert probe_command(policy, "config", None).split()[1:5] == ["probe", "--level", "config", "--json"]

@@ -13,7 +13,7 @@ from shlex import quote
 from typing import Any
 
 from .bench.gate import BENCH_DIR
-from .gatesteps import bench_summary
+from .transaction.gates import bench_summary
 
 TREND_RUNS = 8  # how many runs of the same kind (quick or full) a trend spans
 

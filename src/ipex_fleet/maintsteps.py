@@ -18,11 +18,12 @@ from pyinfra import logger
 from . import drift
 from . import hostagent
 from .domain import Generation, ProfileState, Status
-from .gatesteps import _document, bench_command, run_probe, summarise
+from .transaction.gates import _document, bench_command, run_probe, summarise
 from .nix import commands as nixcmd
 from .nix import upkeep
 from .retention import Anchors, RetentionPolicy, choose
-from .transaction import HostTransaction, LockRefused, StepFailed, sh, take_lock
+from .transaction.agentcalls import take_lock
+from .transaction.core import HostTransaction, LockRefused, StepFailed, profile_state, sh, warn
 
 _ENTRY = re.compile(r"-(\d+)\+\d+-\d+\.conf$")  # tries used, not yet blessed
 _GC_LINE = re.compile(r"(\d+) store paths deleted, ([\d.]+) MiB freed")
@@ -30,11 +31,6 @@ _GC_LINE = re.compile(r"(\d+) store paths deleted, ([\d.]+) MiB freed")
 
 def task(tx: HostTransaction, name: str, **figures: Any) -> None:
     tx.report["tasks"][name] = figures
-
-
-def warn(tx: HostTransaction, host: Any, text: str) -> None:
-    tx.report["warnings"].append(text)
-    host.log(f"warning: {text}", logger.warning)
 
 
 # -- the lock, and the start record -------------------------------------------------------
@@ -60,7 +56,7 @@ def begin(tx: HostTransaction, host: Any) -> None:
             host.log("a deploy holds the lock: waiting for it", logger.warning)
             time.sleep(min(2.0, max(deadline - time.monotonic(), 0.1)))
     tx.report["lock_waited_s"] = round(time.monotonic() - started, 1)
-    state = nixcmd.parse_profile_state(list(sh(tx, host, nixcmd.profile_state(tx.settings.profile)).stdout_lines))
+    state = profile_state(tx, host)
     tx.previous = tx.target = state.current_generation
     sh(tx, host, nixcmd.append_deploy_record({"phase": "maintain", "event": "start", "run_id": tx.run_id,
                                             "host": tx.host, "time": time.time()}))

@@ -24,7 +24,9 @@ from .domain import Action, Generation
 from .nix import commands as nixcmd
 from . import hostagent
 from .results import run_dir, write_json_atomic
-from .transaction import HostTransaction, StepFailed, build, push_flake, record_previous, sh
+from .transaction.core import HostTransaction, StepFailed, sh, show_state
+from .transaction.models import PLAN_DIR, plan_for
+from .transaction.system import build, push_flake, record_previous
 
 _DIFF_LINE = re.compile(r"^(?P<name>[^:]+): (?P<rest>.*)$")
 _DRY_UNITS = re.compile(r"^would (?P<verb>stop|restart|start|reload) the following units: (?P<units>.*)$")
@@ -179,7 +181,6 @@ def plan_host(tx: HostTransaction, host: Any) -> HostPlan:
 
 
 def models_to_fetch(tx: HostTransaction, host: Any) -> tuple[str, ...]:
-    from .modelsteps import PLAN_DIR, plan_for
     from .remote import put_bytes
 
     plan = plan_for(host)
@@ -205,8 +206,6 @@ def plan_step(tx: HostTransaction, host: Any) -> None:
     for line in found.lines():
         host.log(line)
     tx.finished = True
-    from .transaction import show_state  # it imports this module
-
     show_state(tx, "planned", note="unchanged" if found.unchanged else
                "changes" + (", reboot needed" if found.reboot else ""))
 

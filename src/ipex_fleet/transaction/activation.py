@@ -1,0 +1,93 @@
+"""Step 5's parts on the host: the activation's outcome (an SSH session lost mid-activation is
+re-attached, never acted on while the activation runs), what switch-to-configuration's exit says,
+and a reboot into the target (mode boot with host data reboot).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pyinfra import logger
+
+from .. import hostagent
+from ..nix import commands as nixcmd
+from ..remote import HostUnreachable, RemoteResult, SessionLost, StepTimeout
+from ..waiting import wait_until
+from .core import HostTransaction, StepFailed, running_system, sh, show_state
+
+def reattach_activation(tx: HostTransaction, host: Any, call_id: str, started: float,
+                        lost: SessionLost) -> RemoteResult:
+    """The session died mid-activation, but the activation runs on in its own unit: wait for it over
+    new connections and take its own recorded exit code, never act while it still runs."""
+    host.log(f"{lost}; waiting for the activation over a new connection", logger.warning)
+    tx.fresh_connections = True
+    found: list[RemoteResult] = []
+
+    def ended() -> bool:
+        try:
+            outcome = sh(tx, host, nixcmd.activation_outcome(tx.settings.mode, call_id))
+        except (HostUnreachable, StepTimeout):
+            return False
+        found.append(outcome)
+        return outcome.returncode != 75  # 75: still running
+
+    left = started + tx.settings.activation_timeout - time.monotonic()
+    if not wait_until(ended, max(left, 0.0), "the activation's recorded exit code", interval=0.5):
+        raise StepTimeout(f"the activation did not finish within {tx.settings.activation_timeout:g}s after "
+                          "the SSH session was lost")
+    return found[-1]
+
+
+def check_activation(tx: HostTransaction, host: Any, activated: RemoteResult) -> None:
+    mode, path = tx.settings.mode, tx.target.path
+    if activated.returncode == 100:
+        tx.reboot_required = True
+        host.log("switch-to-configuration: reboot required", logger.warning)
+    elif activated.returncode == 4 and tx.settings.health_levels != ():
+        # Units failed to start: the health checks that follow name which service and why.
+        host.log(f"switch-to-configuration: {activation_error(activated)}", logger.warning)
+    elif not activated.ok:
+        raise StepFailed(f"switch-to-configuration {mode.value} exited {activated.returncode}: "
+                         f"{activation_error(activated)}")
+    if mode.activates:
+        running = running_system(tx, host)
+        if running != path:
+            raise StepFailed(f"after activation /run/current-system is {running or 'missing'}, not {path}")
+
+
+def activation_error(activated: RemoteResult) -> str:
+    return nixcmd.activation_error(activated.stdout_lines + activated.stderr_lines) or activated.last_error
+
+
+def reboot_into_target(tx: HostTransaction, host: Any) -> None:
+    """Mode boot with host data reboot: reboot, wait for a new boot id within reboot_timeout, and check
+    that the target booted. A host that booted the previous generation fell back."""
+    show_state(tx, "rebooting")
+    before = sh(tx, host, nixcmd.boot_id()).stdout.strip()
+    sh(tx, host, nixcmd.schedule_reboot(tx.run_id))
+    tx.fresh_connections = True  # this session ends with the boot
+    seen: dict[str, Any] = {"boot_id": None, "settled": 0, "booted": ""}
+
+    def booted_and_settled() -> bool:
+        try:
+            now = nixcmd.parse_key_values(list(sh(tx, host, nixcmd.boot_state(), timeout=10).stdout_lines))
+        except (HostUnreachable, StepTimeout):
+            seen["settled"] = 0
+            return False
+        # A boot counts once it finished (twice in a row): a boot whose check fails reboots again.
+        done = now.get("boot_id") not in ("", before) and now.get("state") in ("running", "degraded")
+        seen["settled"] = seen["settled"] + 1 if done and now.get("boot_id") == seen["boot_id"] else int(done)
+        seen["boot_id"], seen["booted"] = now.get("boot_id"), now.get("booted", "")
+        return seen["settled"] >= 2
+
+    if not wait_until(booted_and_settled, tx.settings.reboot_timeout, "a completed boot", first_wait=True):
+        raise StepFailed(f"no completed boot within {tx.settings.reboot_timeout:g}s (host data reboot_timeout)")
+    booted = seen["booted"]
+    host.log(f"rebooted into {booted}")
+    # The boot unit re-armed the watchdog from the new boot; arm it here too, for a booted generation
+    # that lacks the unit (idempotent).
+    sh(tx, host, hostagent.command("rearm", "--intent", str(tx.intent_id)))
+    if booted != tx.target.path:
+        raise StepFailed(f"fell back: booted {booted or 'nothing'}, not the target {tx.target.path} "
+                         "(its boot did not complete, so the boot loader chose the previous entry)")

@@ -1,0 +1,105 @@
+"""Steps 2 to 4: record the generation to return to, push the flake (by content hash) with the
+locked inputs the host lacks, and build the toplevel on the target (or substitute it from the
+controller's cache). Nothing on the host changes yet.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pyinfra import state
+
+from .. import flakeinputs, runstate
+from ..cache import CacheError, substitute, toplevel_for
+from ..domain import Generation
+from ..nix import commands as nixcmd
+from ..nix import upkeep
+from ..remote import put_bytes
+from .core import HostTransaction, StepFailed, profile_state, running_system, sh
+
+def record_previous(tx: HostTransaction, host: Any) -> None:
+    """Step 2: the generation to return to on failure."""
+    state = profile_state(tx, host)
+    tx.previous = state.current_generation
+    if tx.previous.number is None:
+        raise StepFailed(f"{tx.settings.profile} has no generation: is this an installed NixOS host?")
+
+
+def push_flake(tx: HostTransaction, host: Any) -> None:
+    """Step 3a: push the flake by content hash, unless the host has it already, and the locked inputs
+    the host lacks, from the controller's store, so that it builds the locked revisions without network
+    (flakeinputs says why this way). One round trip asks for both."""
+    run = runstate.of(host.state)
+    digest = run.flake_hash(tx.settings.flake)
+    tx.flake_hash = digest
+    if tx.settings.build == "controller":
+        return  # the host substitutes the built closure from the cache: it needs no flake
+    conf = tx.settings.controller_nix_conf_dir
+    try:
+        inputs = run.flake_inputs(tx.settings.flake, conf).store_paths
+    except flakeinputs.InputsError as exc:
+        raise StepFailed(str(exc)) from None
+    check = f"{flakeinputs.missing_command(inputs)} || echo {_INPUTS_UNCHECKED}; " if inputs else ""
+    asked = sh(tx, host, f"mkdir -p {nixcmd.FLAKE_ROOT}; {check}{nixcmd.flake_present(digest)}")
+    if _INPUTS_UNCHECKED in asked.stdout_lines:
+        raise StepFailed(f"checking the host's store for the flake's inputs failed: {asked.last_error}")
+    pushed = 0
+    if not asked.ok:
+        upload = f"{nixcmd.FLAKE_ROOT}/.upload-{digest}-{tx.run_id}.tar.gz"
+        tarball = run.flake_tarball(tx.settings.flake)
+        put_bytes(host, tarball, upload, timeout=tx.settings.command_timeout)
+        unpacked = sh(tx, host, nixcmd.unpack_flake(upload, digest))
+        if not unpacked.ok:
+            raise StepFailed(f"unpacking the flake failed: {unpacked.last_error}")
+        pushed = len(tarball)
+    missing = tuple(sorted(line for line in asked.stdout_lines if line in inputs))
+    carried = carry_inputs(tx, host, missing) if missing else 0
+    host.log(f"pushed the flake ({pushed} bytes) and its locked inputs ({carried} bytes)")
+    sh(tx, host, f"{nixcmd.prune_flakes(tx.settings.keep_flakes, digest)}; {upkeep.root_inputs(digest, inputs)}")
+
+
+_INPUTS_UNCHECKED = "ipex-fleet: inputs unchecked"
+
+
+def carry_inputs(tx: HostTransaction, host: Any, missing: tuple[str, ...]) -> int:
+    """Step 3a, continued: send and import the missing input store paths. Returns bytes sent."""
+    try:
+        data = runstate.of(host.state).inputs_export(missing, tx.settings.controller_nix_conf_dir)
+    except flakeinputs.InputsError as exc:
+        raise StepFailed(str(exc)) from None
+    upload = f"{nixcmd.FLAKE_ROOT}/.inputs-{tx.run_id}.gz"
+    put_bytes(host, data, upload, timeout=tx.settings.command_timeout)
+    imported = sh(tx, host, flakeinputs.import_command(upload), tx.step_timeout)
+    if not imported.ok:
+        raise StepFailed(f"importing the flake's inputs failed: {imported.last_error}")
+    return len(data)
+
+
+def build(tx: HostTransaction, host: Any) -> None:
+    """Step 3b and 4: build the toplevel on the target; equal to the current one means unchanged."""
+    if tx.settings.build == "controller":
+        path = substitute_from_cache(tx, host)
+    else:
+        ref = f"path:{nixcmd.FLAKE_ROOT}/{tx.flake_hash}"
+        built = sh(tx, host, nixcmd.build_toplevel(ref, tx.settings.nixos_config), tx.step_timeout)
+        if not built.ok:
+            raise StepFailed(f"nix build failed: {built.last_error}")
+        path = nixcmd.parse_build_output(built.stdout)
+    tx.target = Generation(None, path)
+    running = running_system(tx, host)
+    if path == tx.previous.path and (running == path or not tx.settings.mode.activates):
+        tx.unchanged = True
+        tx.target = tx.previous
+
+
+def substitute_from_cache(tx: HostTransaction, host: Any) -> str:
+    """Build once on the controller (shared by every host of the run), then substitute on the host."""
+    try:
+        path = toplevel_for(host, tx.settings, state.inventory)
+    except CacheError as exc:
+        raise StepFailed(f"building on the controller failed: {exc}") from None
+    fetched = sh(tx, host, substitute(path, tx.settings), tx.step_timeout)
+    if not fetched.ok:
+        raise StepFailed(f"substituting {path} from {tx.settings.cache} failed: {fetched.last_error}")
+    return path
+
