@@ -1,7 +1,8 @@
 """What ipex-fleet relies on in pyinfra, checked against the installed version: an upgrade that changes
 any of it fails here, loudly and by name, before a deploy misbehaves. pyproject pins the range
-(`pyinfra>=3.10,<4`); the internals below (the SSH client and its connect arguments, the command
-builder) are used by ipex_fleet.remote for the heartbeat's and magic rollback's fresh connections."""
+(`pyinfra>=3.10,<4`). ipex_fleet.remote makes the heartbeat's and magic rollback's fresh connections
+through the connector API (a new instance of the host's connector, `connect`, `run_shell_command`,
+`disconnect`), and closes the SSH client the SSH connector keeps in `client`."""
 
 from __future__ import annotations
 
@@ -21,23 +22,39 @@ def test_the_installed_pyinfra_is_in_the_pinned_range():
     assert pinned.specifier and version("pyinfra") in pinned.specifier, (version("pyinfra"), str(pinned))
 
 
-def test_a_fresh_connection_is_configured_from_the_hosts_data_with_host_key_checking():
-    """ipex_fleet.remote.connect_fresh: the SSH connector's paramiko arguments, handed to pyinfra's own
-    SSHClient, which applies known_hosts and strict host-key checking from them."""
+def test_a_fresh_connection_is_a_new_connector_of_the_hosts_own_kind_with_host_key_checking():
+    """ipex_fleet.remote.fresh_connector: `type(host.connector)(state, host)`, configured from the host's
+    data, whose SSH client applies known_hosts and strict host-key checking; `close` closes `client`."""
     from pyinfra.api import Config, Inventory, State
+    from pyinfra.connectors.ssh import SSHConnector
     from pyinfra.connectors.sshuserclient import SSHClient
 
+    from ipex_fleet.remote import close
+
     inventory = Inventory((["127.0.0.9"], {"ssh_known_hosts_file": "/nonexistent/known_hosts"}))
-    State(inventory, Config())
+    state = State(inventory, Config())
     host = inventory.get_host("127.0.0.9")
-    kwargs = host.connector.make_paramiko_kwargs()
+    fresh = type(host.connector)(state, host)
+    assert isinstance(fresh, SSHConnector) and fresh is not host.connector
+    kwargs = fresh.make_paramiko_kwargs()
     assert kwargs["hostname"] == "127.0.0.9"
-    for key in ("_pyinfra_ssh_known_hosts_file", "_pyinfra_ssh_strict_host_key_checking", "timeout"):
-        assert key in kwargs, f"make_paramiko_kwargs() no longer returns {key}"
     assert kwargs["_pyinfra_ssh_known_hosts_file"] == "/nonexistent/known_hosts"
+    assert "_pyinfra_ssh_strict_host_key_checking" in kwargs
     source = inspect.getsource(SSHClient)
     for key in ("_pyinfra_ssh_known_hosts_file", "_pyinfra_ssh_strict_host_key_checking"):
         assert key in source, f"pyinfra's SSHClient no longer reads {key}: fresh connections would skip it"
+    assert "self.client = SSHClient()" in inspect.getsource(SSHConnector._connect), \
+        "SSHConnector no longer keeps its paramiko client in `client`: remote.close would leak connections"
+
+    class Client:
+        closed = False
+
+        def close(self):
+            self.closed = True
+
+    fresh.client = Client()
+    close(fresh)
+    assert fresh.client.closed
 
 
 @pytest.mark.parametrize("where, name, parameters", [
@@ -52,7 +69,11 @@ def test_the_command_builders_keep_their_signatures(where, name, parameters):
 
 def test_the_connector_and_callbacks_we_use_are_there():
     from pyinfra.api.state import BaseStateCallback
+    from pyinfra.connectors.base import BaseConnector
     from pyinfra.connectors.ssh import SSHConnector
 
     assert "print_output" in inspect.signature(SSHConnector.run_shell_command).parameters
+    assert tuple(inspect.signature(BaseConnector.__init__).parameters)[1:3] == ("state", "host")
+    for method in ("connect", "disconnect", "run_shell_command", "put_file"):
+        assert callable(getattr(BaseConnector, method, None)), f"BaseConnector.{method} is gone"
     assert hasattr(BaseStateCallback, "host_disconnect"), "the StoppedRunGuard resolves hosts on disconnect"

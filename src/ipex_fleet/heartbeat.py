@@ -5,8 +5,8 @@ peer is slow). The lease it renews measures the controller's liveness; each step
 bounds each step. When this process dies the beats stop and the host's watchdog reverts within one
 lease (host data lease_grace).
 
-Each host gets an OS thread of its own (pyinfra's greenlets do not run while one step blocks the
-hub; a thread does) with its own SSH connection, made by pyinfra's client from the same host data.
+Each host gets a thread of its own (a greenlet under pyinfra's monkey-patching) with its own SSH
+connection: a new instance of the host's connector, through pyinfra's connector API.
 """
 
 from __future__ import annotations
@@ -16,44 +16,48 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import gevent
+
 from . import hostagent
-from .remote import connect_fresh, host_command
+from .remote import close, fresh_connector, run_on
 
 
 @dataclass
 class Beat:
-    host: str
+    host: Any  # pyinfra's Host: its connector class and data make each new connection
     command: str
     interval: float
-    connect: Any  # () -> a connected paramiko client
     stop: threading.Event = field(default_factory=threading.Event)
     beats: int = 0
     last_ok: float | None = None
     errors: int = 0
 
     def run(self) -> None:
-        client = None
+        connector = None
+        bound = self.interval * 2 + 5
         while not self.stop.wait(self.interval):
             try:
-                if client is None:
-                    client = self.connect(self.interval * 2 + 5)
-                _in, out, _err = client.exec_command(self.command, timeout=self.interval * 2 + 5)
-                if not out.channel.status_event.wait(self.interval * 2 + 5):
-                    raise TimeoutError("renewal did not answer")
-                rc = out.channel.recv_exit_status()
+                with gevent.Timeout(bound):
+                    if connector is None:
+                        connector = fresh_connector(self.host)
+                    renewed = run_on(connector, self.host, self.command, bound)
                 self.beats += 1
-                if rc == 0:  # LOST (fenced out) needs nothing here: the transaction learns at its next step
+                if renewed.ok:  # LOST (fenced out) needs nothing here: the transaction learns at its next step
                     self.last_ok = time.monotonic()
             except Exception:  # a dead or cut connection: a new one next beat; the lease bounds the rest
                 self.errors += 1
-                if client is not None:
-                    try:
-                        client.close()
-                    except Exception:
-                        pass
-                client = None
-        if client is not None:
-            client.close()
+                if connector is not None:
+                    _close_quietly(connector)
+                connector = None
+        if connector is not None:
+            _close_quietly(connector)
+
+
+def _close_quietly(connector: Any) -> None:
+    try:
+        close(connector)
+    except Exception:  # already broken: nothing more to release
+        pass
 
 
 class Heartbeat:
@@ -63,12 +67,12 @@ class Heartbeat:
     def keep(self, host: Any, token: str, lease: float, intent_id: str | None = None) -> None:
         """Renew `host`'s lock (and intent) for `lease` seconds, every quarter of it."""
         args = ["renew", "--token", token, "--for", f"{lease:g}"] + (["--intent", intent_id] if intent_id else [])
-        command = host_command(host, hostagent.command(*args))
+        command = hostagent.command(*args)
         beat = self._beats.get(host.name)
         if beat is not None and not beat.stop.is_set():
             beat.command = command
             return
-        beat = Beat(host.name, command, max(0.5, min(5.0, lease / 4)), lambda timeout: connect_fresh(host, timeout))
+        beat = Beat(host, command, max(0.5, min(5.0, lease / 4)))
         self._beats[host.name] = beat
         threading.Thread(target=beat.run, name=f"heartbeat-{host.name}", daemon=True).start()
 

@@ -13,9 +13,14 @@ from typing import Any
 
 import gevent
 from paramiko.ssh_exception import SSHException
+from pyinfra.api.arguments import pop_global_arguments
+from pyinfra.api.command import StringCommand
+from pyinfra.api.exceptions import ConnectError
+from pyinfra.connectors.base import BaseConnector
+from pyinfra.connectors.util import make_unix_command_for_host
 
 _RC_MARK = "__ipex_fleet_rc="
-_CONNECTION_ERRORS = (OSError, EOFError, SSHException, TimeoutError, gevent.Timeout)
+_CONNECTION_ERRORS = (OSError, EOFError, SSHException, TimeoutError, gevent.Timeout, ConnectError)
 
 
 class HostUnreachable(Exception):
@@ -79,8 +84,6 @@ PRIVILEGE_KEYS = ("_sudo", "_sudo_user", "_use_sudo_login", "_sudo_password", "_
 def privilege_args(host: Any) -> dict[str, Any]:
     """The host's privilege arguments as pyinfra resolves them for an operation (CLI, host data, config):
     a command run by hand through the connector gets none of them unless they are passed."""
-    from pyinfra.api.arguments import pop_global_arguments
-
     arguments, _found = pop_global_arguments(host.state, host, {})
     return {k: arguments[k] for k in PRIVILEGE_KEYS if arguments.get(k)}  # type: ignore[literal-required]
 
@@ -136,48 +139,45 @@ def _raise_for(host: Any, timeout: float, exc: BaseException) -> None:
 
 def host_command(host: Any, command: str) -> str:
     """The command as pyinfra would run it on `host` (sudo, su, environment from its arguments)."""
-    from pyinfra.api.command import StringCommand
-    from pyinfra.connectors.util import make_unix_command_for_host
-
     return make_unix_command_for_host(host.state, host, StringCommand(command), **privilege_args(host)).get_raw_value()
 
 
-def connect_fresh(host: Any, timeout: float) -> Any:
-    """A new SSH connection to `host` by pyinfra's own client, from the same host data (keys,
-    known_hosts, ssh_config). Plain blocking: callable from a thread of its own."""
-    from pyinfra.connectors.sshuserclient import SSHClient
+def fresh_connector(host: Any) -> BaseConnector:
+    """A new connection to `host`: a new instance of the host's own connector, made and connected
+    through pyinfra's connector API (`Connector(state, host)`, `connect()`), from the same host data
+    (keys, known_hosts with strict checking, ssh_config). Close it with `close`."""
+    connector = type(host.connector)(host.state, host)
+    connector.connect()
+    return connector
 
-    kwargs = host.connector.make_paramiko_kwargs()
-    hostname = kwargs.pop("hostname")
-    kwargs["timeout"] = min(float(kwargs.get("timeout") or timeout), timeout)
-    kwargs["banner_timeout"] = timeout
-    kwargs["auth_timeout"] = timeout
-    client = SSHClient()
-    try:
-        client.connect(hostname, **kwargs)
-    except BaseException:
+
+def close(connector: BaseConnector) -> None:
+    """Disconnect, and close the SSH client the connector opened (its `disconnect` keeps it open for
+    the run's reuse; a fresh connection has none)."""
+    connector.disconnect()
+    client = getattr(connector, "client", None)
+    if client is not None:
         client.close()
-        raise
-    return client
+
+
+def run_on(connector: BaseConnector, host: Any, command: str, timeout: float) -> RemoteResult:
+    """One command through a connector's `run_shell_command`, with the host's privileges, keeping its
+    exit code. Raises what the connection raises (see _CONNECTION_ERRORS)."""
+    _ok, output = connector.run_shell_command(StringCommand(_wrap(command)), _timeout=timeout,
+                                              **privilege_args(host))
+    return _result(list(output.stdout_lines), list(output.stderr_lines))
 
 
 def run_fresh(host: Any, command: str, *, timeout: float) -> RemoteResult:
     """Run a command over a new SSH connection, not the run's own (magic rollback confirms this way:
-    a generation that breaks new logins must not be confirmed through an old session).
-
-    It is pyinfra's own SSH client, configured from the same host data (keys, known_hosts).
-    """
-    full = host_command(host, _wrap(command))
-    client = None
+    a generation that breaks new logins must not be confirmed through an old session)."""
+    connector = None
     try:
         with gevent.Timeout(timeout + 5):
-            client = connect_fresh(host, timeout)
-            _stdin, stdout, stderr = client.exec_command(full, timeout=timeout)
-            out = stdout.read().decode(errors="replace").splitlines()
-            err = stderr.read().decode(errors="replace").splitlines()
+            connector = fresh_connector(host)
+            return run_on(connector, host, command, timeout)
     except _CONNECTION_ERRORS as exc:
         raise HostUnreachable(f"no new SSH connection to {address(host)[0]} ({type(exc).__name__}: {exc})") from None
     finally:
-        if client is not None:
-            client.close()
-    return _result(out, err)
+        if connector is not None:
+            close(connector)
