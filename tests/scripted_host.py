@@ -212,7 +212,7 @@ class ScriptedHost:
         return self.agent_call(command)
 
     do_lock = do_release = do_open_intent = do_renew = do_claim = do_revert = do_outcome = do_recover = do_agent
-    do_arm = do_agent_status = do_agent
+    do_arm = do_agent_status = do_restore = do_agent
 
     def do_profile_state(self, _c: str) -> tuple[int, list[str]]:
         lines = [f"system-{n}-link 1700000000 {p}" for n, p in sorted(self.generations.items())]
@@ -419,7 +419,7 @@ class HostClock:
 
 AGENT_KINDS = {"open": "open_intent", "claim": "claim", "activated": "renew", "confirm": "renew", "renew": "renew",
                "lock-take": "lock", "lock-release": "release", "revert": "revert", "outcome": "outcome",
-               "recover": "recover", "status": "agent_status", "rearm": "arm"}
+               "recover": "recover", "status": "agent_status", "rearm": "arm", "restore": "restore"}
 
 
 def agent_argv(command: str) -> list[str]:

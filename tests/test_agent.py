@@ -236,6 +236,31 @@ def test_the_boot_entry_is_part_of_the_verification(tmp_path):
     assert "boot loader's default is generation 2" in " ".join(failed.value.detail["problems"])
 
 
+def test_a_requested_rollback_uses_the_reverts_own_restore_fenced_by_the_lock(tmp_path):
+    """deploys/rollback.py's move to an earlier generation is the agent's `restore`: the code every revert
+    runs (profile, activation, verification), only under the caller's lock and with no intent open."""
+    system = FakeSystem()
+    agent = make(tmp_path, system=system)
+    token = locked(agent)
+    agent.open(intent(), token, 30, 0)
+    system.switch_to(NEW)
+    with pytest.raises(A.Refused) as busy:
+        agent.restore(token, {"generation": 1, "path": OLD}, "switch", PROFILE)
+    assert busy.value.code == A.BUSY and system.running_path == NEW
+    agent.claim("i1", A.COMMITTED)
+    with pytest.raises(A.Refused) as fenced:
+        agent.restore("not-the-token", {"generation": 1, "path": OLD}, "switch", PROFILE)
+    assert fenced.value.code == A.LOST and system.running_path == NEW
+    done = agent.restore(token, {"generation": 1, "path": OLD}, "switch", PROFILE)
+    assert done["problems"] == [] and done["final"] == {"generation": 1, "path": OLD}
+    assert (system.running_path, system.current, system.boot_entry) == (OLD, 1, 1)
+    assert os.path.exists(agent.lock_path)  # the caller records, then releases its lock
+    system.fail_activation.add(NEW)
+    with pytest.raises(A.Refused) as failed:  # the same verification a revert makes
+        agent.restore(token, {"generation": 2, "path": NEW}, "switch", PROFILE)
+    assert failed.value.code == A.FAILED and "exited 2" in failed.value.detail["problems"][0]
+
+
 def test_a_revert_waits_for_an_activation_that_still_runs(tmp_path):
     clock, system = HostClock(), FakeSystem(activating_for=5)
     agent = make(tmp_path, clock, system)

@@ -470,8 +470,35 @@ class Agent:
 
     def _restore_locked(self, path: str, who: str, data: dict[str, Any]) -> dict[str, Any]:
         previous, mode, profile = data["previous"], data["mode"], data["profile"]
-        log = path[:-5] + ".log"
         waited = self._wait_activations(float(data.get("activation_timeout", 600)))
+        returned = self.return_to(previous, mode, profile, path[:-5] + ".log")
+        problems, final = returned["problems"], returned["final"]
+        outcome = "revert-failed" if problems else "reverted"
+        data["outcome"] = outcome
+        data["verified"] = {**returned["verified"], "waited_for_activation": waited}
+        data["problems"] = problems
+        data["final"] = final
+        data["ended"] = time.time()
+        write_json(path, data)
+        record = dict(data.get("record") or {})
+        if record:
+            record.update(status="revert-failed" if problems else "rolled_back", phase="revert", final=final,
+                          error=f"{outcome} by {who}" + (f": {'; '.join(problems)}" if problems else ""))
+            _append(f"{self.root}/deploys.jsonl", record)
+        with self.mutex():  # the run's lock goes with its intent (fenced by the run's own token)
+            held = read_json(self.lock_path)
+            if held and held.get("owner", {}).get("run_id") == data.get("run_id"):
+                os.unlink(self.lock_path)
+        result = {"outcome": outcome, "by": who, "problems": problems, "final": final}
+        if problems:
+            raise Refused(FAILED, **result)
+        return result
+
+    def return_to(self, previous: dict[str, Any], mode: str, profile: str, log: str) -> dict[str, Any]:
+        """The one restore (every revert, and deploys/rollback.py's move to an earlier generation): the
+        profile back on `previous` (by number, else by its store path), the generation activated wherever
+        the new one runs, then verified here: running system, profile and boot entry. Returns the final
+        generation, what was verified, and the problems (none: it verified)."""
         if mode in ("switch", "boot"):
             self.system.set_profile(profile, previous.get("generation"), previous["path"])
         # Activate the old generation wherever the new one runs; a boot-mode deploy that never
@@ -493,31 +520,25 @@ class Agent:
             problems.append(f"running {running}, not {previous['path']}")
         if mode in ("switch", "boot") and current != previous["path"]:
             problems.append(f"profile on {current}, not {previous['path']}")
-        if mode in ("switch", "boot") and boot is not None and boot != previous.get("generation"):
-            problems.append(f"the boot loader's default is generation {boot}, not {previous.get('generation')}")
-        outcome = "revert-failed" if problems else "reverted"
-        data["outcome"] = outcome
-        data["verified"] = {"profile": current, "running": running, "boot_default": boot, "activation_rc": rc,
-                            "waited_for_activation": waited}
-        data["problems"] = problems
-        data["final"] = {"generation": number, "path": current}
-        data["ended"] = time.time()
-        write_json(path, data)
-        record = dict(data.get("record") or {})
-        if record:
-            record.update(status="revert-failed" if problems else "rolled_back", phase="revert",
-                          final={"generation": number, "path": current},
-                          error=f"{outcome} by {who}" + (f": {'; '.join(problems)}" if problems else ""))
-            _append(f"{self.root}/deploys.jsonl", record)
-        with self.mutex():  # the run's lock goes with its intent (fenced by the run's own token)
-            held = read_json(self.lock_path)
-            if held and held.get("owner", {}).get("run_id") == data.get("run_id"):
-                os.unlink(self.lock_path)
-        result = {"outcome": outcome, "by": who, "problems": problems, "final": {"generation": number,
-                                                                                  "path": current}}
-        if problems:
-            raise Refused(FAILED, **result)
-        return result
+        if mode in ("switch", "boot") and boot is not None and boot != number:
+            problems.append(f"the boot loader's default is generation {boot}, not {number}")
+        return {"final": {"generation": number, "path": current},
+                "verified": {"profile": current, "running": running, "boot_default": boot, "activation_rc": rc},
+                "problems": problems}
+
+    def restore(self, token: str, previous: dict[str, Any], mode: str, profile: str) -> dict[str, Any]:
+        """deploys/rollback.py: return to an earlier generation under the caller's lock (fenced by its
+        token), with no intent open, by the same restore a revert makes; the caller records the result."""
+        with self.mutex():
+            held = self._lock()
+            if not held or held.get("token") != token:
+                raise Refused(LOST, error="the lock is no longer this caller's")
+            if self._intent():
+                raise Refused(BUSY, error="an intent is open on this host: resolve it first")
+        returned = self.return_to(previous, mode, profile, f"{self.root}/restore.log")
+        if returned["problems"]:
+            raise Refused(FAILED, **returned)
+        return returned
 
     def _wait_activations(self, bound: float) -> float:
         started = self.clock.now()
@@ -632,6 +653,11 @@ def main(argv: list[str] | None = None, make: Any = None) -> int:
     for name in ("outcome", "watch", "rearm"):
         p = sub.add_parser(name)
         p.add_argument("--intent", required=True)
+    p = sub.add_parser("restore", help="return to an earlier generation under the caller's lock, verified")
+    p.add_argument("--token", required=True)
+    p.add_argument("--previous-json", required=True, help='{"generation": N, "path": "/nix/store/..."}')
+    p.add_argument("--mode", required=True, choices=["switch", "boot", "test"])
+    p.add_argument("--profile", required=True)
     sub.add_parser("recover", help="finish or start reverts of dead runs, detached")
     sub.add_parser("boot", help="at boot: re-arm leases, finish interrupted reverts, watch an open intent")
     args = parser.parse_args(argv)
@@ -666,6 +692,8 @@ def main(argv: list[str] | None = None, make: Any = None) -> int:
                 out = agent.watch(args.intent)
             case "rearm":
                 out = {"armed": agent.arm(args.intent)}
+            case "restore":
+                out = agent.restore(args.token, json.loads(args.previous_json), args.mode, args.profile)
             case "recover":
                 out = agent.recover()
             case "boot":

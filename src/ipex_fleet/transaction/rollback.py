@@ -9,7 +9,8 @@ from typing import Any
 
 from pyinfra import logger
 
-from ..domain import Action, Generation, HostResult, Status
+from .. import hostagent
+from ..domain import Generation, HostResult, Status
 from ..errors import UserError
 from ..nix import commands as nixcmd
 from .agentcalls import recover_open_intent, take_lock
@@ -96,34 +97,24 @@ def before_last_deploy(tx: HostTransaction, host: Any, state: Any) -> Generation
 
 
 def rollback_to(tx: HostTransaction, host: Any, gen: Generation) -> Generation:
-    """Return the host to `gen` (its number and path), then check it on the host itself."""
-    profile, mode = tx.settings.profile, tx.settings.mode
-    assert gen.path is not None and gen.number is not None
-    state = profile_state(tx, host)
-    existing = state.by_number(gen.number)
-    if existing is not None and existing.path == gen.path:
-        moved = sh(tx, host, nixcmd.switch_generation(profile, gen.number))
-    else:  # the generation was deleted meanwhile: its store path still makes it whole again
-        moved = sh(tx, host, nixcmd.set_profile(profile, gen.path))
-    if not moved.ok:
-        raise StepFailed(f"could not set {profile} back: {moved.last_error}")
-    running = running_system(tx, host)
-    # Activate the old generation wherever the new one runs; a boot-mode deploy that never rebooted
-    # only needs its boot entry back.
-    if mode == Action.TEST:
-        action = Action.TEST
-    else:
-        action = Action.BOOT if mode == Action.BOOT and running == gen.path else Action.SWITCH
-    activated = sh(tx, host, nixcmd.activate(gen.path, action), tx.settings.activation_timeout)
-    state = profile_state(tx, host)
-    running = running_system(tx, host)
-    current = state.current_generation
-    if current.path != gen.path or running != gen.path:
-        raise StepFailed(f"host is on {current.path} (running {running}), not {gen.path}")
-    if not activated.ok and activated.returncode != 100:
-        host.log(f"the old generation's activation exited {activated.returncode}: {activated.last_error}",
-                 logger.warning)
-    return current
+    """Return the host to `gen` (its number and path) by the host agent's restore, the code every revert
+    runs, under this run's lock; the agent verifies the running system, the profile and the boot entry."""
+    assert gen.path is not None and gen.number is not None and tx.lock_token is not None
+    got = sh(tx, host, hostagent.command("restore", "--token", tx.lock_token, "--previous-json",
+                                         json.dumps(gen.to_json(), sort_keys=True), "--mode", tx.settings.mode.value,
+                                         "--profile", tx.settings.profile), tx.step_timeout)
+    answer = hostagent.parse(got.stdout_lines)
+    final = answer.get("final")
+    if not isinstance(final, dict):
+        raise StepFailed(f"the host agent could not restore generation {gen.number}: "
+                         f"{answer.get('error') or got.last_error}")
+    problems = list(answer.get("problems") or [])
+    activation = [p for p in problems if p.startswith("switch-to-configuration")]
+    if len(activation) < len(problems):
+        raise StepFailed(f"generation {gen.number} did not verify: {'; '.join(problems)}")
+    for problem in activation:  # on the generation, verified; its units are the health checks' to judge
+        host.log(f"the old generation's activation: {problem}", logger.warning)
+    return Generation.from_json(final)
 
 
 def recover(tx: HostTransaction, host: Any) -> None:
