@@ -18,14 +18,11 @@ python3Packages.buildPythonApplication {
   };
   build-system = [ python3Packages.setuptools ];
   dependencies = with python3Packages; [ prometheus-client torch ];
-  # pyproject.toml lists the controller's requirements (with pyinfra>=3.10, which older nixpkgs pins
-  # lack): the host package does not import them, so its metadata drops them and the runtime-deps
-  # check passes on any pin.
-  pythonRemoveDeps = [ "pyinfra" "paramiko" "jinja2" "pyyaml" "pydantic" "click" "rich" ];
+  # pyproject.toml's dependencies are the host side's (its controller's are the `controller` extra),
+  # so nixpkgs' runtime-deps check passes with exactly these.
   doCheck = false;
   pythonImportsCheck = [ "ipex_fleet.probe" "ipex_fleet.bench" "ipex_fleet.models.install" "ipex_fleet.metrics"
     "ipex_fleet.host.agent" ];
-  passthru.controllerDependencies = [ "pyinfra" "paramiko" "click" "rich" "jinja2" ];
   meta = {
     description = "ipex-fleet's host side: probe, benchmark, model installer and metrics for Intel GPU AI hosts";
     inherit mainProgram;

@@ -13,7 +13,7 @@ python3Packages.buildPythonApplication {
       in rel == "pyproject.toml" || rel == "README.md" || lib.hasPrefix "src" rel;
   };
   build-system = [ python3Packages.setuptools ];
-  dependencies = with python3Packages; [ pyinfra paramiko jinja2 pyyaml pydantic click prometheus-client rich torch ];
+  dependencies = with python3Packages; [ pyinfra paramiko gevent jinja2 pyyaml pydantic click prometheus-client rich torch ];
   # The lab and deploy tests need root, namespaces and sshd: they run in the repository's CI.
   doCheck = false;
   pythonImportsCheck = [ "ipex_fleet.probe" "ipex_fleet.bench" ];

@@ -100,7 +100,7 @@ let
           cudaSupport = python.torchAcceleratorValue == "cuda";
           stubAccelerator = python.torchAcceleratorValue;
         };
-      } // lib.genAttrs [ "setuptools" "pyinfra" "paramiko" "jinja2" "pyyaml" "pydantic" "click" "prometheus-client" "rich" "pytest" "aiohttp" "numpy" "pillow" "safetensors" ]
+      } // lib.genAttrs [ "setuptools" "pyinfra" "paramiko" "gevent" "jinja2" "pyyaml" "pydantic" "click" "prometheus-client" "rich" "pytest" "aiohttp" "numpy" "pillow" "safetensors" ]
         (n: stubDerivation "python-${n}" { pname = n; });
       set = plain // python.extraPackagesOf set plain;
     in set;

@@ -561,18 +561,16 @@ def check_metrics_reachable(h: Harness) -> Problems:
                                "is not of type")
 
 
-# What only the controller needs (pyproject's dependencies the host side never imports).
-CONTROLLER_DEPENDENCIES = {"pyinfra", "paramiko", "click", "rich", "jinja2"}
-
-
-def _pyproject_dependencies(flake: Path) -> set[str]:
-    """The package's declared requirements by name, from the pyproject.toml the flake builds from."""
+def _pyproject_dependencies(flake: Path, extra: str | None = None) -> set[str]:
+    """The package's declared requirements by name (the host side's, or an extra's such as the
+    controller's), from the pyproject.toml the flake builds from."""
     import re
     import tomllib
 
     candidates = (flake / "_source" / "pyproject.toml", flake.parent / "pyproject.toml", REPO / "pyproject.toml")
     source = next(c for c in candidates if c.is_file())
-    deps = tomllib.loads(source.read_text())["project"]["dependencies"]
+    project = tomllib.loads(source.read_text())["project"]
+    deps = project["optional-dependencies"][extra] if extra else project["dependencies"]
     return {re.split(r"[<>=!~ \[;]", d, maxsplit=1)[0].lower() for d in deps}
 
 
@@ -580,10 +578,11 @@ def check_host_package(h: Harness) -> Problems:
     """Every host runs the host package: none of the controller's dependencies in its closure, and its
     metadata drops every requirement it does not carry (nixpkgs' runtime-deps check passes)."""
     declared = _pyproject_dependencies(h.flake)
+    controller_only = _pyproject_dependencies(h.flake, "controller")  # what the host side never imports
 
     def lean(what: str, pkg: dict[str, Any]) -> Problems:
         deps = set(pkg.get("dependencies", []))
-        out = [f"{what} depends on {sorted(deps & CONTROLLER_DEPENDENCIES)}"] if deps & CONTROLLER_DEPENDENCIES else []
+        out = [f"{what} depends on {sorted(deps & controller_only)}"] if deps & controller_only else []
         unmet = declared - deps - set(pkg.get("removedDependencies", []))
         out += [f"{what}: pyproject requires {sorted(unmet)}, neither carried nor removed"] if unmet else []
         return out + ([] if "torch" in deps else [f"{what} has no torch"])
@@ -595,8 +594,8 @@ def check_host_package(h: Harness) -> Problems:
         out = _facts_or(h.eval(f"package:{name}"), problems, f"packages.{name}")
         problems += lean(f"packages.{name}", out) if out is not None else []
     controller = _facts_or(h.eval("package"), problems, "packages.ipex-fleet")
-    if controller is not None and not CONTROLLER_DEPENDENCIES <= set(controller["dependencies"]):
-        problems.append(f"packages.ipex-fleet (the controller) lacks {sorted(CONTROLLER_DEPENDENCIES - set(controller['dependencies']))}")
+    if controller is not None and not controller_only <= set(controller["dependencies"]):
+        problems.append(f"packages.ipex-fleet (the controller) lacks {sorted(controller_only - set(controller['dependencies']))}")
     return problems
 
 
