@@ -23,6 +23,7 @@ from .nix import commands as nixcmd
 from .nix import upkeep
 from .retention import Anchors, RetentionPolicy, choose
 from .transaction.agentcalls import take_lock
+from .waiting import wait_until
 from .transaction.core import HostTransaction, LockRefused, StepFailed, profile_state, sh, warn
 
 _ENTRY = re.compile(r"-(\d+)\+\d+-\d+\.conf$")  # tries used, not yet blessed
@@ -43,18 +44,23 @@ def begin(tx: HostTransaction, host: Any) -> None:
     if _fast_path_possible(tx, host) and _nothing_to_do(tx, host):
         return  # unchanged, after this one round trip
     started = time.monotonic()
-    deadline = started + tx.settings.maintenance_lock_wait
-    while True:
+    refused: list[LockRefused] = []
+
+    def taken() -> bool:
         try:
             take_lock(tx, host)
-            break
+            return True
         except LockRefused as exc:
-            if time.monotonic() >= deadline:
-                tx.record_on_host = False  # the host's record belongs to the lock's holder meanwhile
-                raise LockRefused(f"maintenance skipped after waiting {time.monotonic() - started:.0f}s "
-                                  f"(host data maintenance_lock_wait={tx.settings.maintenance_lock_wait:g}): {exc}") from None
-            host.log("a deploy holds the lock: waiting for it", logger.warning)
-            time.sleep(min(2.0, max(deadline - time.monotonic(), 0.1)))
+            if not refused:
+                host.log("a deploy holds the lock: waiting for it", logger.warning)
+            refused.append(exc)
+            return False
+
+    if not wait_until(taken, tx.settings.maintenance_lock_wait, "the deploy lock", interval=2.0):
+        tx.record_on_host = False  # the host's record belongs to the lock's holder meanwhile
+        raise LockRefused(f"maintenance skipped after waiting {time.monotonic() - started:.0f}s "
+                          f"(host data maintenance_lock_wait={tx.settings.maintenance_lock_wait:g}): "
+                          f"{refused[-1]}") from None
     tx.report["lock_waited_s"] = round(time.monotonic() - started, 1)
     state = profile_state(tx, host)
     tx.previous = tx.target = state.current_generation

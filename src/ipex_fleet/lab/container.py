@@ -10,9 +10,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+from ..waiting import wait_until
 from .layout import LabHost, LabLayout, LabSpec
 
 CGROUP_BASE = Path("/sys/fs/cgroup")
@@ -225,11 +225,13 @@ def remove_cgroups(spec: LabSpec, hosts: tuple[LabHost, ...]) -> None:
 
 def wait_gone(pids: list[int], timeout: float) -> list[int]:
     """Wait until every pid has exited; return those still alive at the deadline."""
-    deadline = time.monotonic() + timeout
     remaining = [p for p in pids if _alive(p)]
-    while remaining and time.monotonic() < deadline:
-        time.sleep(0.05)
-        remaining = [p for p in remaining if _alive(p)]
+
+    def gone() -> bool:
+        remaining[:] = [p for p in remaining if _alive(p)]
+        return not remaining
+
+    wait_until(gone, timeout, "the processes to exit", interval=0.05)
     return remaining
 
 

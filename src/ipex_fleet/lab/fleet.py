@@ -23,6 +23,7 @@ from ..domain import SYSTEM_PROFILE
 from ..errors import CommandFailed, UserError
 from ..nix import commands as nixcmd
 from ..runner import Completed, run, run_attached
+from ..waiting import wait_until
 from ..flakepush import flake_hash, flake_tarball
 from . import bootlog, container, faults, hardware, install, knobs, limits, sshmaterial, template
 from .layout import DEFAULT_NET, LabHost, LabLayout, LabSpec, check_net, read_spec, write_spec
@@ -416,12 +417,12 @@ class Lab:
         return got.stdout.strip() if got.ok else None
 
     def _wait_new_boot(self, name: str, before: str | None, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def booted_anew() -> bool:
             now = self.boot_id(name)
-            if now and now != before:
-                return
-            time.sleep(0.1)
+            return bool(now) and now != before
+
+        if wait_until(booted_anew, timeout, f"{name}'s new boot", interval=0.1):
+            return
         raise UserError(f"{name} did not come back with a new boot within {timeout:g}s; "
                         f"see {self.layout.host_dir(name) / 'host.log'}")
 
@@ -564,13 +565,15 @@ class Lab:
                                  str(self.layout.cache_dir), str(port)], stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=log, start_new_session=True)
         (self.layout.root / "cache.pid").write_text(f"{proc.pid}\n")
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+        def listening() -> bool:
             try:
                 socket.create_connection((address, port), timeout=0.5).close()
-                return
+                return True
             except OSError:
-                time.sleep(0.05)
+                return False
+
+        if wait_until(listening, 10, "the lab's cache server", interval=0.05):
+            return
         raise UserError(f"the lab's cache server did not start on {address}:{port}; see {self.layout.root}/cache.log")
 
     def _prepare_host(self, spec: LabSpec, host: LabHost) -> None:
