@@ -105,21 +105,21 @@ def test_host_cut_mid_run_fails_fast_as_unreachable(fleet3):
     argv = fleet3.pyinfra_argv("deploys/prod.py", "--data", "command_timeout=4", "--data",
                                "activation_timeout=4", "--data", "build_timeout=4", "--data", "lease_grace=5")
     env = fleet3.env(IPEX_FLEET_RUN_ID="t-cut")
-    started = time.monotonic()
     proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         assert wait_for(lock.exists, timeout=60), "the deploy never locked host3"
         fleet3.lab.cut("host3")
-        out, _ = proc.communicate(timeout=120)
+        out, _ = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
             proc.kill()
         fleet3.lab.heal("host3")
-    elapsed = time.monotonic() - started
     assert proc.returncode != 0
-    assert elapsed < 60, f"the cut host held the run for {elapsed:.0f}s"
     result = fleet3.result("t-cut", "host3")
     assert result.status is Status.UNREACHABLE, out
+    # Its own transaction ends within a few command timeouts; the healthy hosts' gates take what they take.
+    assert result.timings["total"] < 60, f"the cut host held its transaction for {result.timings['total']:.0f}s"
+    assert "Traceback" not in out, out  # the heartbeat of a cut host keeps trying, quietly
     for h in ("host1", "host2"):
         assert fleet3.result("t-cut", h).status is Status.OK
     # Healed, the host deploys again: the cut run's lock is recognised as finished and taken over (an

@@ -44,7 +44,7 @@ class Beat:
                 self.beats += 1
                 if renewed.ok:  # LOST (fenced out) needs nothing here: the transaction learns at its next step
                     self.last_ok = time.monotonic()
-            except Exception:  # a dead or cut connection: a new one next beat; the lease bounds the rest
+            except (Exception, gevent.Timeout):  # a dead or cut connection: a new one next beat; the lease bounds the rest
                 self.errors += 1
                 if connector is not None:
                     _close_quietly(connector)
