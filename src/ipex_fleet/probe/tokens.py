@@ -159,9 +159,10 @@ def judge(model: str, generate: Generate, *, device: dict[str, Any], bench_dir: 
             summary["comparisons"][0].get("ratio") is None:
         data["gate"] = {"result": stats.PASS, "baseline_recorded": True, "value": result["value"],
                         "reason": summary.get("reason") or "a new model", "warnings": summary.get("warnings") or []}
+        doubts = "".join(f"; warning: {w}" for w in data["gate"]["warnings"])  # a doubtful baseline says so
         return passed(f"{model}: {result['value']:.1f} tokens/s; its tokens/s baseline recorded "
-                      f"({data['gate']['reason']}: {result.get('rounds', 1)} rounds, {result['runs']} generations)",
-                      **data)
+                      f"({data['gate']['reason']}: {result.get('rounds', 1)} rounds, {result['runs']} generations)"
+                      f"{doubts}", **data)
     (c,) = summary["comparisons"]
     verdict = summary["result"]
     data["gate"] = {"result": verdict, "model": model, "value": result["value"], "baseline": c["baseline"],
