@@ -11,17 +11,10 @@ import pytest
 
 from ipex_fleet.domain import Status
 
-from .conftest import assert_ok, destroy_checked, make_fleet
+from .conftest import assert_ok
 
 MODEL = "smollm2:135m"
 HOSTS = ("host1", "host2")
-
-
-@pytest.fixture(scope="module")
-def fleet(lab_roots, tmp_path_factory):
-    fleet = make_fleet(lab_roots, 2, tmp_path_factory)
-    yield fleet
-    destroy_checked(fleet.lab)
 
 
 def inventory(fleet, path: Path, name: str = "ollama_gate", **extra) -> str:
@@ -40,7 +33,8 @@ def bump(fleet, host: str, *knobs: str) -> None:
 
 
 @pytest.mark.timeout(1500)
-def test_a_slower_ollama_is_rolled_back_by_the_tokens_gate_and_a_healthy_one_passes(fleet, tmp_path):
+def test_a_slower_ollama_is_rolled_back_by_the_tokens_gate_and_a_healthy_one_passes(fleet2, tmp_path):
+    fleet = fleet2
     hosts = inventory(fleet, tmp_path)
     for h in HOSTS:
         bump(fleet, h)

@@ -133,3 +133,18 @@ def test_a_generation_without_figures_is_an_error_not_a_sample():
             tokens.ollama_generate("http://127.0.0.1:1", MODEL)()
     finally:
         module.request = original
+
+
+def test_a_baseline_whose_rounds_disagree_says_so(tmp_path, quiet):
+    """A model that keeps slowing while its baseline is taken (each generation 3 % slower than the last):
+    its rounds are measured again, still disagree, and the check's line says the baseline is doubtful."""
+    n = [0]
+
+    def drifting() -> tuple[int, int]:
+        n[0] += 1
+        return tokens.TOKENS, int(PER_TOKEN * 1.03 ** n[0] * tokens.TOKENS * 1e9)
+
+    first = judge(tmp_path, drifting)
+    assert first.result is Result.PASS and first.data["gate"]["baseline_recorded"] is True
+    assert "; warning: the baseline's runs disagree (smollm2:135m@0123456789ab " in first.message
+    assert "take it again with --rebaseline" in first.message

@@ -45,11 +45,7 @@ def probe_command(tx: HostTransaction, level: int | str, expect_system: str | No
         parts += ["--smoke-model", quote(s.smoke_model)]
     if s.metrics_dir:
         parts += ["--textfile", quote(f"{s.metrics_dir}/ipex_fleet_probe.prom")]
-    # Level 2's tokens/s gate is judged as the benchmark is: the same tolerance and lock.
-    if s.bench_tolerance is not None:
-        parts += ["--tolerance", f"{s.bench_tolerance:g}"]
-    if s.bench_lock:
-        parts += ["--lock", quote(s.bench_lock)]
+    parts += _gate_options(s)  # level 2's tokens/s gate is judged as the benchmark is
     if rebaseline:
         parts.append("--rebaseline")
     return " ".join(parts)
@@ -118,6 +114,13 @@ def _on_probation(tx: HostTransaction, host: Any, why: str) -> None:
     host.log(f"warning: {why}; the host waits on probation for a decision", logger.warning)
 
 
+def _gate_options(s: Any) -> list[str]:
+    """What the benchmark and level 2's tokens/s gate share: the tolerance, and the lock that hosts
+    sharing one machine measure under."""
+    parts = ["--tolerance", f"{s.bench_tolerance:g}"] if s.bench_tolerance is not None else []
+    return parts + (["--lock", quote(s.bench_lock)] if s.bench_lock else [])
+
+
 def bench_command(s: Any, quick: bool = True, rebaseline: bool = False) -> str:
     """The host's benchmark against its baseline (or, rebaselining, as its new baseline)."""
     parts = [s.ipex_fleet_command, "bench", "--json", "--rebaseline" if rebaseline else "--gate"]
@@ -125,10 +128,7 @@ def bench_command(s: Any, quick: bool = True, rebaseline: bool = False) -> str:
         parts.append("--quick")
     if s.metrics_dir:
         parts += ["--textfile", quote(f"{s.metrics_dir}/ipex_fleet_bench.prom")]
-    if s.bench_tolerance is not None:
-        parts += ["--tolerance", f"{s.bench_tolerance:g}"]
-    if s.bench_lock:
-        parts += ["--lock", quote(s.bench_lock)]
+    parts += _gate_options(s)
     if s.bench_threads:
         parts += ["--threads", str(s.bench_threads)]
     return " ".join(parts)
