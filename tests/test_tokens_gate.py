@@ -148,3 +148,22 @@ def test_a_baseline_whose_rounds_disagree_says_so(tmp_path, quiet):
     assert first.result is Result.PASS and first.data["gate"]["baseline_recorded"] is True
     assert "; warning: the baseline's runs disagree (smollm2:135m@0123456789ab " in first.message
     assert "take it again with --rebaseline" in first.message
+
+
+def test_contention_is_the_kernels_pressure_over_the_measurement_itself(monkeypatch):
+    """On a CPU the other users' pressure is the share of the measurement in which some task waited (PSI
+    `total`, from the first listing on), not the last 10 s (the probe's own checks just before it)."""
+    from types import SimpleNamespace
+
+    from ipex_fleet.bench import occupants
+
+    clock = iter([100.0, 100.25, 102.25, 102.25])  # first listing (0.25 s), then after 2 s of measuring
+    stalls = iter([0, 50_000, 450_000, 450_000])
+    monkeypatch.setattr(tokens, "time", SimpleNamespace(monotonic=lambda: next(clock)))
+    monkeypatch.setattr(tokens, "stall_us", lambda: next(stalls))
+    monkeypatch.setattr(occupants, "scan", lambda kind: {"processes": [{"pid": 1, "name": "x", "cpu": 0.5}],
+                                                          "pressure": 0.9})
+    g = tokens.Generations.__new__(tokens.Generations)
+    g.device, g.unit, g._stall = SimpleNamespace(type="cpu"), None, None
+    assert g.occupants()["pressure"] == 0.2  # 50 ms of waiting in its own 0.25 s
+    assert g.occupants()["pressure"] == 0.2  # 450 ms in the 2.25 s since the first listing

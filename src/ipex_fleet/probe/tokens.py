@@ -18,7 +18,8 @@ tail statistic): `fail` only when a slowdown beyond the tolerance is established
 99.5 %), `pass` when the run is established within it, otherwise `inconclusive`; a case that fails or
 is inconclusive is measured again (at most RETEST_ROUNDS rounds within RETEST_S); the device's other
 users are listed before and after, Ollama's own processes (its unit's cgroup) left out; on a CPU, a
-slowdown while the kernel reports contention no process of the host explains is inconclusive. It is
+slowdown while the kernel reports contention (over the measurement itself) that no process of the
+host explains is inconclusive. It is
 one more comparison at ALPHA (0.5 % at the tolerance's very edge, far less for a healthy model), its
 own verdict, apart from the benchmark's cases: a deploy's false-alarm budget is the benchmark's plus
 this one's, and noise makes it inconclusive (host data bench_inconclusive decides), never a fail.
@@ -74,6 +75,17 @@ def in_unit(pid: int, unit: str | None) -> bool:
     return any(line.rsplit(":", 1)[-1].rstrip("/").endswith("/" + unit) for line in lines)
 
 
+def stall_us(path: str = "/proc/pressure/cpu") -> int | None:
+    """The kernel's running total of microseconds in which some task waited for a CPU (PSI `some`)."""
+    try:
+        for line in Path(path).read_text().splitlines():
+            if line.startswith("some "):
+                return int(dict(f.split("=", 1) for f in line.split()[1:])["total"])
+    except (OSError, ValueError, KeyError):
+        pass
+    return None
+
+
 class Generations:
     """One Ollama model seen through the benchmark's interface (bench/__main__.gated): one case, each
     round a series of short generations, each a sample of seconds per token."""
@@ -87,12 +99,24 @@ class Generations:
         self.unit = unit
         self.started = time.monotonic()
         self.warmed: dict[str, Any] | None = None
+        self._stall: tuple[int | None, float] | None = None
 
     def occupants(self) -> dict[str, Any]:
+        """The device's other users, Ollama's own processes left out; on a CPU the kernel's pressure over
+        the measurement itself (since the first listing), not its last 10 s: the probe's own checks
+        just before would count as contention from outside."""
         from ..bench import occupants
 
+        stalled, since = stall_us(), time.monotonic()
         found = occupants.scan(self.device.type)
         found["processes"] = [p for p in found.get("processes", []) if not in_unit(p["pid"], self.unit)]
+        if self._stall is None:
+            self._stall = (stalled, since)  # the first listing: its own short window
+        else:
+            stalled, since = self._stall
+        now = stall_us()
+        if found.get("pressure") is not None and stalled is not None and now is not None:
+            found["pressure"] = round(min(1.0, (now - stalled) / 1e6 / max(time.monotonic() - since, 1e-3)), 3)
         return found
 
     def _warm_up(self) -> dict[str, Any]:
