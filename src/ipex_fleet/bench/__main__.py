@@ -163,7 +163,7 @@ def not_ours(comparisons: list[dict[str, Any]], found: dict[str, Any]) -> str:
         if c["verdict"] == stats.FAIL:
             c.update(verdict=stats.INCONCLUSIVE, contended=True, message=c["message"] + (
                 f"; the CPU was contended from outside this host (some task waited {found['pressure']:.0%} "
-                "of the last 10 s, no process of its own busy)"))
+                f"of {occupants.over(found)}, no process of its own busy)"))
     return gate.verdict_of(comparisons)
 
 

@@ -117,6 +117,7 @@ class Generations:
         now = stall_us()
         if found.get("pressure") is not None and stalled is not None and now is not None:
             found["pressure"] = round(min(1.0, (now - stalled) / 1e6 / max(time.monotonic() - since, 1e-3)), 3)
+            found["pressure_over"] = "the time it measured"
         return found
 
     def _warm_up(self) -> dict[str, Any]:
