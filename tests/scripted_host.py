@@ -56,6 +56,7 @@ class ScriptedHost:
     revert_fails: bool = False  # the old generation's activation fails (a revert that cannot verify)
     bench_verdict: str = "pass"  # the benchmark gate's verdict (pass, fail, inconclusive)
     probe_result: str = "pass"  # the probe's result (pass, warn, fail)
+    tokens_verdict: str | None = None  # level 2's Ollama tokens/s gate (pass, fail, inconclusive), None: none
     records: list[dict[str, Any]] = field(default_factory=list)
     fault: Fault | None = None
     second: Fault | None = None  # a second fault, for double faults (a gate fails, then the controller dies)
@@ -252,8 +253,14 @@ class ScriptedHost:
 
     def do_probe(self, _c: str) -> tuple[int, list[str]]:
         check = {"name": "host_link", "result": self.probe_result, "message": "host-device copies are slow: 3.1 GB/s"}
-        return 0, [json.dumps({"result": self.probe_result, "level": 2,
-                               "checks": [{"name": "units", "result": "pass"}, check]})]
+        checks, result = [{"name": "units", "result": "pass"}, check], self.probe_result
+        if self.tokens_verdict:  # as probe/tokens.py reports it in the ollama_generate check
+            kind = {"pass": "pass", "fail": "fail", "inconclusive": "warn"}[self.tokens_verdict]
+            checks.append({"name": "ollama_generate", "result": kind, "data": {"gate": {
+                "result": self.tokens_verdict, "model": "llama3.2:1b", "value": 61.0, "baseline": 80.0, "ratio": 0.76}},
+                "message": f"llama3.2:1b: 61.0 tokens/s, 76% of the 80.0 tokens/s recorded on this host"})
+            result = "fail" if "fail" in (kind, result) else "warn" if "warn" in (kind, result) else "pass"
+        return 0, [json.dumps({"result": result, "level": 2, "checks": checks})]
 
     def do_bench(self, _c: str) -> tuple[int, list[str]]:
         comparisons = [] if self.bench_verdict == "pass" else [

@@ -176,3 +176,45 @@ def test_a_cut_pull_resumes_where_it_stopped_and_a_corrupt_part_is_fetched_again
         client.pull("llama3.2:1b")
     assert err.value.error.startswith("digest mismatch, file must be downloaded again: want sha256:")
     assert client.pull("llama3.2:1b").status == "success"
+
+
+def test_the_slow_ollama_knob_fails_level_2s_tokens_per_second_gate(tmp_path):
+    """Level 2 against the stand-in as a host runs it: the first healthy run records the model's
+    tokens/s, a rerun is not a failure (unless the machine's other users, named, slowed it), and the
+    same model served with slow_ollama=4 (each token four times the work) fails naming the model, its
+    tokens/s and the ratio to the recorded figure."""
+    from ipex_fleet.fleetconfig import FleetConfig, ServiceConfig
+    from ipex_fleet.probe.checks import Expectations, check_ollama_generate
+
+    state = tmp_path / "state"
+
+    def level_2(*flags: str):
+        port = free_port()
+        proc = serve(["/usr/bin/python3", str(SERVICES / "ollama.py"), "--host", "127.0.0.1", "--port", str(port),
+                      "--state", str(state), *flags], port)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            ollama.Client(host=url, timeout=30).pull("smollm2:135m")
+            svc = ServiceConfig(url=url, models="/nonexistent", unit="ollama.service", smoke_model="smollm2:135m")
+            exp = Expectations(accelerator="cpu", config=FleetConfig("h", services={"ollama": svc}),
+                               bench_dir=str(tmp_path / "bench"))
+            return check_ollama_generate(exp, {})
+        finally:
+            proc.kill()
+            proc.wait(timeout=10)
+
+    first = level_2()
+    assert first.result == "pass" and first.data["gate"]["baseline_recorded"] is True, first
+    again = level_2()
+    assert again.result != "fail" or again.data["gate"]["shared"], again.message
+    slow = level_2("--lab-slow-tokens", "4")
+    gate = slow.data["gate"]
+    if slow.result == "warn":  # only where the kernel reports contention no process explains: it cannot tell
+        assert gate["contended"] is True and "the CPU was contended from outside this host" in slow.message
+        return
+    assert slow.result == "fail", slow.message
+    assert gate["ratio"] < 0.5 and gate["ci"][1] < 0.85
+    assert slow.message.startswith(f"smollm2:135m generates {gate['value']:.1f} tokens/s, {gate['ratio']:.0%} of the "
+                                   f"{gate['baseline']:.1f} tokens/s recorded on this host")
+    print(f"\nstand-in tokens/s: recorded {gate['baseline']:.0f}; rerun {again.data['gate']['ratio']:.0%} "
+          f"({again.data['gate']['result']}); slow_ollama=4 {gate['ratio']:.0%} (fail)")

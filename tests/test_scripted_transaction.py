@@ -359,6 +359,31 @@ def test_a_controller_whose_lock_ran_out_during_a_slow_build_never_switches_afte
     assert host.lock is None and host.intent is None
 
 
+@pytest.mark.parametrize("verdict,policy,status,says", [
+    ("fail", "warn", Status.ROLLED_BACK, "health checks failed: ollama_generate: llama3.2:1b: 61.0 tokens/s, 76%"),
+    ("inconclusive", "fail", Status.ROLLED_BACK,
+     "Ollama tokens/s gate inconclusive (host data bench_inconclusive=fail): ollama_generate: llama3.2:1b"),
+    ("inconclusive", "pause", Status.PAUSED, "Ollama tokens/s gate inconclusive: ollama_generate: llama3.2:1b"),
+    ("inconclusive", "warn", Status.OK, None),
+    ("pass", "fail", Status.OK, None),
+])
+def test_level_2s_tokens_gate_follows_the_benchmarks_policy(controller, verdict, policy, status, says):
+    """Level 2's Ollama tokens/s gate: a fail rolls back with the check's line; an inconclusive one
+    follows host data bench_inconclusive as the benchmark's does (and not health_warn)."""
+    deploy, make = controller
+    host = make(models=[], bench_inconclusive=policy)
+    host.tokens_verdict = verdict
+    run_id, _ = deploy(host)
+    result = results.read_host_result(run_id, "h1")
+    assert result.status is status, result
+    assert result.health["tokens"]["result"] == verdict
+    if says:
+        assert says in result.error
+    if verdict == "inconclusive" and policy == "warn":
+        assert result.health["tokens"]["inconclusive_accepted"] is True
+        assert any("Ollama tokens/s gate inconclusive, passed as bench_inconclusive=warn" in line for line in host.logs)
+
+
 def test_a_probe_warn_pauses_only_where_host_data_says_so(controller):
     deploy, make = controller
     host = make(models=[], health_warn="pause")

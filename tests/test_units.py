@@ -106,7 +106,10 @@ def test_knobs_parse_and_refuse():
     assert knobs.parse_assignment("fail_activation=true") == ("fail_activation", True)
     assert knobs.parse_assignment("fail_activation=false") == ("fail_activation", None)
     assert knobs.parse_assignment("fail_service=ollama") == ("fail_service", "ollama")
+    assert knobs.parse_assignment("slow_ollama=3") == ("slow_ollama", 3.0)
+    assert knobs.parse_assignment("slow_ollama=1") == ("slow_ollama", None)  # as fast as ever: the knob off
     for bad, message in (("colour=red", "unknown lab setting"), ("version=a b", "must be"),
+                         ("slow_ollama=0.5", "from 1 to 20"), ("slow_ollama=fast", "from 1 to 20"),
                          ("fail_service=sshd", "the lab's services"), ("lock_ssh=maybe", "true or false"),
                          ("version", "not KEY=VALUE")):
         with pytest.raises(UserError, match=message):

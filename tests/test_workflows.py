@@ -382,3 +382,55 @@ def test_an_unchanged_prompt_queued_again_is_answered_from_the_cache(comfyui):
     # A new seed runs the sampler and what follows it; the loader and the text encoders stay cached.
     assert sorted(dict(changed["status"]["messages"])["execution_cached"]["nodes"]) == ["4", "5", "6", "7"]
     assert changed["outputs"]["9"] != first["outputs"]["9"]
+
+
+def _interrupt(url: str, body: bytes = b"") -> tuple[int, bytes]:
+    req = urllib.request.Request(url + "/interrupt", data=body, method="POST",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return resp.status, resp.read()
+
+
+def _running(url: str) -> list:
+    return json.loads(urllib.request.urlopen(url + "/queue", timeout=10).read())["queue_running"]
+
+
+def test_interrupt_stops_the_running_job_and_its_history_says_interrupted(comfyui):
+    """POST /interrupt as ComfyUI serves it: a prompt_id that is not running is skipped; without one (or
+    with the running one's) the job stops at its sampler's next step, and its history ends with
+    `execution_interrupted`, status error, not completed, no execution_error."""
+    url = comfyui[0]
+    status, body = post(url, _broken(lambda p: p["3"]["inputs"].update(steps=999, seed=time.time_ns())))
+    assert status == 200
+    prompt_id = body["prompt_id"]
+    assert wait_until(lambda: any(item[1] == prompt_id for item in _running(url)), 10)
+    assert _interrupt(url, json.dumps({"prompt_id": "not-the-running-one"}).encode()) == (200, b"")
+    time.sleep(0.2)
+    assert [item[1] for item in _running(url)] == [prompt_id]  # still running: that interrupt was not for it
+    assert _interrupt(url) == (200, b"")  # no body: a global interrupt, as ComfyUI reads it
+    entry = wait_for(url, prompt_id)
+    status = entry["status"]
+    assert status["status_str"] == "error" and status["completed"] is False
+    kinds = [m[0] for m in status["messages"]]
+    assert kinds == ["execution_start", "execution_cached", "execution_interrupted"], kinds
+    stop = dict(status["messages"])["execution_interrupted"]
+    assert stop["prompt_id"] == prompt_id and stop["node_id"] == "3" and stop["node_type"] == "KSampler"
+    assert "3" not in stop["executed"] and "4" in stop["executed"] and stop["timestamp"] > 0
+    # The next prompt runs: the interrupt was for the job that ran, not for what comes after it.
+    after = wait_for(url, post(url, _broken(lambda p: p["3"]["inputs"].update(steps=2, seed=time.time_ns())))[1]["prompt_id"])
+    assert after["status"]["status_str"] == "success"
+    # An interrupted job is not a failure of the host: level 2's recent-jobs check does not count it.
+    from ipex_fleet.fleetconfig import ServiceConfig
+    from ipex_fleet.probe import comfyui as level2
+
+    recent = level2.check_recent(ServiceConfig(url=url, models="/nonexistent", unit="comfyui.service"))
+    assert recent.result.value == "pass" and recent.data["interrupted"] >= 1
+
+
+def wait_until(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False

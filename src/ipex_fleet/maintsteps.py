@@ -248,7 +248,8 @@ def health_and_drift(tx: HostTransaction, host: Any) -> None:
     rolls a deployment back. `--rebaseline` makes this run the baseline, only on a healthy host (the
     old one stays in the history)."""
     if tx.settings.health_levels != ():
-        document = run_probe(tx, host, 2, None)
+        # --rebaseline records level 2's tokens/s baseline too (the probe records it only when healthy).
+        document = run_probe(tx, host, 2, None, rebaseline=tx.settings.rebaseline)
         tx.health = {**(tx.health or {}), **summarise(document)}
         if document.get("result") == "fail":
             raise StepFailed("health checks failed: " + "; ".join(tx.health["failing"]))

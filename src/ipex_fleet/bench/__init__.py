@@ -153,6 +153,12 @@ class Bench:
         del fn, call
         return result
 
+    def occupants(self) -> dict[str, Any]:
+        """The device's other users (bench.occupants), as the gate names them."""
+        from .occupants import scan
+
+        return scan(self.device.type)
+
     def document(self, results: list[dict[str, Any]]) -> dict[str, Any]:
         return {
             "schema": SCHEMA,

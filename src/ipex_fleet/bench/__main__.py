@@ -89,9 +89,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def gated(bench: Any, args: argparse.Namespace) -> dict[str, Any]:
     """Measure every case once, then: record a baseline of several runs, or judge against it with
-    retests of what looks slower; the verdict names the device's other users."""
+    retests of what looks slower; the verdict names the device's other users.
+
+    `bench` is anything with the Bench's interface (plan, cases, device.type, measure, document,
+    occupants): the probe's Ollama tokens/s gate (probe/tokens.py) is judged here too."""
     plan = bench.plan
-    found = occupants.scan(bench.device.type)
+    found = bench.occupants()
     device = bench.document([])["device"]
     baseline = gate.read_baseline(args.dir)
     if args.rebaseline and baseline is not None:
@@ -130,7 +133,7 @@ def gated(bench: Any, args: argparse.Namespace) -> dict[str, Any]:
         comparisons, retest = judge(bench, baseline, rounds, results, args.tolerance, new)
         verdict = gate.verdict_of(comparisons) if any(c["verdict"] != "baseline" for c in comparisons) else stats.PASS
         if verdict != stats.PASS:  # a neighbour that came during the run is named too
-            after = occupants.scan(bench.device.type)
+            after = bench.occupants()
             seen = {p["pid"] for p in found.get("processes", [])}
             found["processes"] = found.get("processes", []) + [
                 {**p, "seen": "after"} for p in after.get("processes", []) if p["pid"] not in seen]
@@ -160,7 +163,7 @@ def not_ours(comparisons: list[dict[str, Any]], found: dict[str, Any]) -> str:
         if c["verdict"] == stats.FAIL:
             c.update(verdict=stats.INCONCLUSIVE, contended=True, message=c["message"] + (
                 f"; the CPU was contended from outside this host (some task waited {found['pressure']:.0%} "
-                "of the last 10 s, no process of its own busy)"))
+                f"of {occupants.over(found)}, no process of its own busy)"))
     return gate.verdict_of(comparisons)
 
 

@@ -211,11 +211,16 @@ def contended_from_outside(found: dict[str, Any] | None) -> bool:
     return pressure is not None and pressure >= CONTENDED and not (found or {}).get("processes")
 
 
+def over(found: dict[str, Any] | None) -> str:
+    """The time the pressure covers: the kernel's last 10 s, unless the listing says it measured its own."""
+    return (found or {}).get("pressure_over") or "the last 10 s"
+
+
 def describe(found: dict[str, Any] | None) -> str | None:
     """One line naming the other users, or None when there are none."""
     processes = (found or {}).get("processes") or []
     pressure = (found or {}).get("pressure")
-    contended = (f"the CPU is contended (some task waited {pressure:.0%} of the last 10 s)"
+    contended = (f"the CPU is contended (some task waited {pressure:.0%} of {over(found)})"
                  if pressure is not None and pressure >= CONTENDED else None)
     if not processes:
         return contended

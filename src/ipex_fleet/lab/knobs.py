@@ -31,6 +31,8 @@ KNOBS = {
     "version": "a label; a different version makes a different generation",
     "kernel": "the generation's kernel version (a kernel, initrd and modules of their own: a reboot is needed)",
     "slow_activation": "seconds the activation script takes (0-600), as a slow one does",
+    "slow_ollama": "Ollama generates each token with this many times the work (1-20, e.g. 3), as a model that "
+                   "lost its accelerator or a slower build does: fewer tokens/s",
     "fail_service": f"a service ({'|'.join(SERVICES)}) that fails to start",
     "gpu": f"the PCI devices and render nodes the host shows from its next boot ({'|'.join(GPUS)}), as that "
            f"box does (for enroll); unset: the machine's own",
@@ -56,6 +58,14 @@ def parse_assignment(text: str) -> tuple[str, Any]:
         if not value.isdigit() or int(value) > 600:
             raise UserError(f"slow_activation={value!r}: give whole seconds from 0 to 600")
         return key, int(value) or None
+    if key == "slow_ollama":
+        try:
+            factor = float(value)
+        except ValueError:
+            factor = 0.0
+        if not 1 <= factor <= 20:
+            raise UserError(f"slow_ollama={value!r}: give a factor from 1 to 20, e.g. 3")
+        return key, None if factor == 1 else factor
     if key == "gpu":
         if value not in GPUS:
             raise UserError(f"gpu={value!r}: the lab's boxes are {', '.join(GPUS)}")

@@ -48,6 +48,8 @@ def run(level: int, exp: Expectations, extra: list[tuple[str, int, Any, float]] 
             continue
         t0 = time.monotonic()
         outcome = _run_limited(fn, exp, scratch, limit)
+        if outcome.result is Result.FAIL:  # later checks see it (the tokens/s baseline is recorded healthy only)
+            scratch.setdefault("failed", []).append(name)
         results.append(CheckResult(name, check_level, outcome.result, outcome.message, outcome.data,
                                    time.monotonic() - t0))
     torch = scratch.get("torch")

@@ -33,7 +33,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=fleetconfig.CONFIG_FILE, help="the fleet config written by the flake")
     p.add_argument("--memory-fraction", type=float, help="fraction of free device memory to allocate (level 2)")
     p.add_argument("--min-free-mb", type=int, default=1024, help="free space needed on model paths")
-    p.add_argument("--bench-dir", default="/var/lib/ipex-fleet/bench", help="baseline for level 3")
+    p.add_argument("--bench-dir", default="/var/lib/ipex-fleet/bench",
+                   help="the benchmark's baseline (level 3) and, under ollama/, the tokens/s baseline (level 2)")
+    p.add_argument("--tolerance", type=float,
+                   help="allowed tokens/s slowdown against the baseline (default: the fleet config's, else 0.15)")
+    p.add_argument("--rebaseline", action="store_true",
+                   help="record a new tokens/s baseline on a healthy host (the old one is kept in the history)")
+    p.add_argument("--lock", help="flock this file while measuring tokens/s (hosts sharing one machine)")
     p.add_argument("--textfile", help="also write node-exporter textfile metrics to this file")
     p.add_argument("--junit", help="also write the checks as JUnit XML to this file")
     return p
@@ -58,11 +64,17 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 < fraction <= 0.95:
         print("ipex-fleet probe: error: --memory-fraction must lie in (0, 0.95]", file=sys.stderr)
         return 2
+    tolerance = args.tolerance if args.tolerance is not None else (
+        config.health.bench_tolerance if config else fleetconfig.DEFAULTS["health"]["bench_tolerance"])
+    if not 0 < tolerance < 1:
+        print("ipex-fleet probe: error: --tolerance must lie between 0 and 1, e.g. 0.15", file=sys.stderr)
+        return 2
     exp = Expectations(
         accelerator=args.accelerator or (config.accelerator if config else "any"),
         min_devices=args.min_devices or (config.min_devices if config else 1),
         config=config, expect_system=args.expect_system, smoke_model=args.smoke_model,
         memory_fraction=fraction, min_free_mb=args.min_free_mb,
+        bench_dir=args.bench_dir, tolerance=tolerance, rebaseline=args.rebaseline, lock=args.lock,
     )
     extra = []
     if args.level >= 3:

@@ -34,12 +34,17 @@ RUN_WAIT = 60.0  # seconds for the tiny prompt to run, queue included
 RECENT = 5  # the last N jobs: all of them failing fails the check
 
 
-def execution_error(entry: dict[str, Any]) -> dict[str, Any] | None:
-    """The `execution_error` message of a history entry, if it has one."""
+def execution_error(entry: dict[str, Any], kind: str = "execution_error") -> dict[str, Any] | None:
+    """The `execution_error` message (or another `kind`) of a history entry, if it has one."""
     for message in (entry.get("status") or {}).get("messages") or []:
-        if isinstance(message, list) and len(message) == 2 and message[0] == "execution_error":
+        if isinstance(message, list) and len(message) == 2 and message[0] == kind:
             return message[1] if isinstance(message[1], dict) else {}
     return None
+
+
+def interrupted(entry: dict[str, Any]) -> bool:
+    """A job someone stopped (POST /interrupt): `execution_interrupted`, status error, but no failure."""
+    return execution_error(entry, "execution_interrupted") is not None
 
 
 def describe_error(error: dict[str, Any]) -> str:
@@ -77,6 +82,10 @@ def check_run(svc: ServiceConfig | None, wait: float = RUN_WAIT) -> Outcome:
         return failed(f"ComfyUI's probe prompt {prompt_id} did not run within {wait:g}s ({where})", prompt_id=prompt_id)
     status = entry.get("status") or {}
     error = execution_error(entry)
+    if interrupted(entry):
+        stop = execution_error(entry, "execution_interrupted") or {}
+        return failed(f"ComfyUI's probe prompt was interrupted at node {stop.get('node_id')} ({stop.get('node_type')}): "
+                      "someone called /interrupt while it ran", prompt_id=prompt_id)
     if error is not None or status.get("status_str") != "success":
         why = describe_error(error) if error is not None else f"status {status.get('status_str')!r}"
         return failed(f"ComfyUI's probe prompt failed at {why}", prompt_id=prompt_id, error=error)
@@ -94,8 +103,10 @@ def check_recent(svc: ServiceConfig | None, recent: int = RECENT) -> Outcome:
     if not isinstance(history, dict):
         return failed("ComfyUI /history answered something that is not its history")
     entries = list(history.values())[-recent:]
-    errored = [e for e in entries if (e.get("status") or {}).get("status_str") == "error"]
-    data = {"jobs": len(entries), "errored": len(errored)}
+    # A job someone interrupted ended in status error, but says nothing against the host.
+    stopped = [e for e in entries if interrupted(e)]
+    errored = [e for e in entries if (e.get("status") or {}).get("status_str") == "error" and not interrupted(e)]
+    data = {"jobs": len(entries), "errored": len(errored), **({"interrupted": len(stopped)} if stopped else {})}
     if len(entries) >= recent and len(errored) == len(entries):
         last = execution_error(errored[-1]) or {}
         return failed(f"the last {len(entries)} ComfyUI jobs all failed; the latest at {describe_error(last)}", **data)

@@ -31,7 +31,7 @@ def _document(result: RemoteResult, what: str) -> dict[str, Any]:
     raise StepFailed(f"{what} gave no JSON document (exit {result.returncode}): {result.last_error}")
 
 
-def probe_command(tx: HostTransaction, level: int | str, expect_system: str | None) -> str:
+def probe_command(tx: HostTransaction, level: int | str, expect_system: str | None, rebaseline: bool = False) -> str:
     s = tx.settings
     # What host data leaves unset, the host's fleet config (the flake's health policy) decides.
     parts = [s.ipex_fleet_command, "probe", "--level", str(level), "--json"]
@@ -45,18 +45,32 @@ def probe_command(tx: HostTransaction, level: int | str, expect_system: str | No
         parts += ["--smoke-model", quote(s.smoke_model)]
     if s.metrics_dir:
         parts += ["--textfile", quote(f"{s.metrics_dir}/ipex_fleet_probe.prom")]
+    parts += _gate_options(s)  # level 2's tokens/s gate is judged as the benchmark is
+    if rebaseline:
+        parts.append("--rebaseline")
     return " ".join(parts)
+
+
+def tokens_gate(document: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
+    """Level 2's tokens/s gate (the ollama_generate check's `gate`), and the check's message."""
+    check = next((c for c in document.get("checks", []) if c.get("name") == "ollama_generate"), None)
+    gate = ((check or {}).get("data") or {}).get("gate")
+    return (gate if isinstance(gate, dict) else None), (check or {}).get("message", "")
 
 
 def summarise(document: dict[str, Any]) -> dict[str, Any]:
     checks = document.get("checks", [])
-    return {
+    out = {
         "result": document.get("result"),
         "level": document.get("level"),
         "duration_s": document.get("duration_s"),
         "failing": failing(document),
         "checks": {c["name"]: c["result"] for c in checks},
     }
+    gate, _ = tokens_gate(document)
+    if gate is not None:
+        out["tokens"] = gate
+    return out
 
 
 def write_junit(tx: HostTransaction, document: dict[str, Any]) -> None:
@@ -68,9 +82,9 @@ def write_junit(tx: HostTransaction, document: dict[str, Any]) -> None:
 
 
 def run_probe(tx: HostTransaction, host: Any, level: int | str, expect_system: str | None,
-              timeout: float | None = None) -> dict[str, Any]:
+              timeout: float | None = None, rebaseline: bool = False) -> dict[str, Any]:
     """The probe's document; within `timeout` (host data health_timeout unless given)."""
-    out = sh(tx, host, probe_command(tx, level, expect_system), timeout or tx.settings.health_timeout)
+    out = sh(tx, host, probe_command(tx, level, expect_system, rebaseline), timeout or tx.settings.health_timeout)
     return _document(out, "the probe")
 
 
@@ -85,7 +99,12 @@ def health(tx: HostTransaction, host: Any) -> None:
     write_junit(tx, document)
     if document.get("result") == "fail":
         raise StepFailed("health checks failed: " + "; ".join(tx.health["failing"]))
-    warned = [f"{c['name']}: {c.get('message')}" for c in document.get("checks", []) if c.get("result") == "warn"]
+    gate, message = tokens_gate(document)
+    unsure = gate is not None and gate.get("result") == "inconclusive"
+    if unsure:  # an Ollama model's tokens/s the gate could not judge: as an inconclusive benchmark
+        inconclusive(tx, host, "Ollama tokens/s gate", f"ollama_generate: {message}", tx.health["tokens"])
+    warned = [f"{c['name']}: {c.get('message')}" for c in document.get("checks", [])
+              if c.get("result") == "warn" and not (unsure and c.get("name") == "ollama_generate")]
     if warned and tx.settings.health_warn == "pause":  # the commit step keeps the host on probation
         _on_probation(tx, host, "health checks warned: " + "; ".join(warned))
 
@@ -95,6 +114,13 @@ def _on_probation(tx: HostTransaction, host: Any, why: str) -> None:
     host.log(f"warning: {why}; the host waits on probation for a decision", logger.warning)
 
 
+def _gate_options(s: Any) -> list[str]:
+    """What the benchmark and level 2's tokens/s gate share: the tolerance, and the lock that hosts
+    sharing one machine measure under."""
+    parts = ["--tolerance", f"{s.bench_tolerance:g}"] if s.bench_tolerance is not None else []
+    return parts + (["--lock", quote(s.bench_lock)] if s.bench_lock else [])
+
+
 def bench_command(s: Any, quick: bool = True, rebaseline: bool = False) -> str:
     """The host's benchmark against its baseline (or, rebaselining, as its new baseline)."""
     parts = [s.ipex_fleet_command, "bench", "--json", "--rebaseline" if rebaseline else "--gate"]
@@ -102,10 +128,7 @@ def bench_command(s: Any, quick: bool = True, rebaseline: bool = False) -> str:
         parts.append("--quick")
     if s.metrics_dir:
         parts += ["--textfile", quote(f"{s.metrics_dir}/ipex_fleet_bench.prom")]
-    if s.bench_tolerance is not None:
-        parts += ["--tolerance", f"{s.bench_tolerance:g}"]
-    if s.bench_lock:
-        parts += ["--lock", quote(s.bench_lock)]
+    parts += _gate_options(s)
     if s.bench_threads:
         parts += ["--threads", str(s.bench_threads)]
     return " ".join(parts)
@@ -159,13 +182,20 @@ def bench_gate(tx: HostTransaction, host: Any) -> None:
     why = "; ".join(slow + ([tx.bench["shared"]] if tx.bench.get("shared") else []))
     if verdict == "fail":
         raise StepFailed("benchmark gate failed: " + why)
-    if s.bench_inconclusive == "fail":
-        raise StepFailed("benchmark gate inconclusive (host data bench_inconclusive=fail): " + why)
-    if s.bench_inconclusive == "pause":  # the commit step keeps the host on probation instead
-        _on_probation(tx, host, "benchmark gate inconclusive: " + why)
+    inconclusive(tx, host, "benchmark gate", why, tx.bench)
+
+
+def inconclusive(tx: HostTransaction, host: Any, what: str, why: str, record: dict[str, Any]) -> None:
+    """An inconclusive gate (the benchmark's, or level 2's tokens/s) follows host data bench_inconclusive:
+    fail the step, keep the host on probation (pause), or pass with a warning (warn, noted in `record`)."""
+    policy = tx.settings.bench_inconclusive
+    if policy == "fail":
+        raise StepFailed(f"{what} inconclusive (host data bench_inconclusive=fail): {why}")
+    if policy == "pause":  # the commit step keeps the host on probation instead
+        _on_probation(tx, host, f"{what} inconclusive: {why}")
         return
-    tx.bench["inconclusive_accepted"] = True
-    host.log(f"warning: benchmark gate inconclusive, passed as bench_inconclusive=warn: {why}", logger.warning)
+    record["inconclusive_accepted"] = True
+    host.log(f"warning: {what} inconclusive, passed as bench_inconclusive=warn: {why}", logger.warning)
 
 
 def recheck_after_rollback(tx: HostTransaction, host: Any) -> None:

@@ -135,7 +135,9 @@
             then "CUDA_VISIBLE_DEVICES=-1\nZE_AFFINITY_MASK=\nONEAPI_DEVICE_SELECTOR=level_zero:none\nIPEX_FLEET_LAB_HIDE_ACCELERATOR=1\n"
             else "SYCL_CACHE_PERSISTENT=1\n";
           activate = labpkgs.lib.switchToConfiguration;
-          ollamaUnit = service "ollama" 11434 "";
+          # slow_ollama: each token takes that many times the work (fewer tokens/s, level 2's gate).
+          ollamaUnit = service "ollama" 11434
+            (if (settings.slow_ollama or null) != null then " --lab-slow-tokens ${toString settings.slow_ollama}" else "");
           # ComfyUI starts as on a GPU host (no --cpu), the CPU standing in for the GPU: hiding the
           # accelerator stops it at start, as real ComfyUI stops. Knob comfyui_cpu runs it with --cpu,
           # as flake/modules/comfyui.nix runs CPU hosts; fail_comfyui_jobs fails every job it runs.

@@ -8,7 +8,10 @@ and the exception) and `outputs`, as ComfyUI's does. A node that was given a con
 is expected fails when it runs, as in ComfyUI. Nodes whose class and inputs match the previous
 prompt's are cached, as ComfyUI's cache keeps the last prompt's outputs: they do not run again and
 `execution_cached` lists them (an unchanged prompt queued twice runs nothing the second time). The lab knob fail_comfyui_jobs fails every job at its
-sampler (or its first node), as a broken device or driver makes real jobs fail.
+sampler (or its first node), as a broken device or driver makes real jobs fail. `interrupt` stops the
+running job where ComfyUI checks for it (before each node, and at each sampler step): its history
+entry ends with `execution_interrupted` (node, type, what had executed), `status_str` "error", as
+ComfyUI's executor records an InterruptProcessingException.
 """
 
 import heapq
@@ -70,6 +73,7 @@ class Jobs:
         self.lock = threading.Condition()
         self.pending = []  # heap of (number, prompt_id, prompt, extra_data, outputs)
         self.running = None
+        self.stop = False  # an interrupt asked for the running job (ComfyUI's interrupt_processing flag)
         self.history = OrderedDict()
         self.number = 0
         self.images = 0
@@ -125,6 +129,15 @@ class Jobs:
                 self.pending = [item for item in self.pending if item[1] not in set(delete)]
                 heapq.heapify(self.pending)
 
+    def interrupt(self, prompt_id=None):
+        """POST /interrupt: the running job stops at its next check; with a prompt_id, only if that one
+        runs (ComfyUI skips an interrupt for a prompt that is not running). Returns whether it applies."""
+        with self.lock:
+            if self.running is None or (prompt_id is not None and self.running[1] != prompt_id):
+                return False
+            self.stop = True
+            return True
+
     def get_history(self, prompt_id=None, max_items=None):
         with self.lock:
             if prompt_id is not None:
@@ -150,6 +163,7 @@ class Jobs:
                     self.lock.wait()
                 item = heapq.heappop(self.pending)
                 self.running = item
+                self.stop = False  # as ComfyUI clears its interrupt flag when a prompt starts
             try:
                 entry = self.execute(item)
             except Exception as ex:  # never lose a job: record what broke, as ComfyUI does
@@ -207,18 +221,32 @@ class Jobs:
         if self.fail_jobs:  # lab fault: the sampler (or the first node) raises, as on a broken device
             doomed = next((n for n in todo if prompt[n]["class_type"] == "KSampler"), todo[0] if todo else None)
         executed, results = list(cached), {}
+
+        def interrupted(node_id):
+            """ComfyUI's throw_exception_if_processing_interrupted: an asked-for interrupt ends the job here."""
+            if not self.stop:
+                return False
+            say("execution_interrupted", {"prompt_id": prompt_id, "node_id": node_id,
+                                          "node_type": prompt[node_id]["class_type"], "executed": list(executed),
+                                          "timestamp": now_ms()})
+            return True
+
         for node_id in cached:
             self.cache[signatures[node_id]] = cache[signatures[node_id]]
             if cache[signatures[node_id]] is not None:
                 results[node_id] = cache[signatures[node_id]]
         for node_id in todo:
             node = prompt[node_id]
+            if interrupted(node_id):
+                return self.entry(item, results, messages, "error")
             say("executing", {"node": node_id, "display_node": node_id, "prompt_id": prompt_id}, record=False)
             steps = node.get("inputs", {}).get("steps")
             time.sleep(NODE_SECONDS)
             if isinstance(steps, int) and 0 < steps < 1000:
                 for step in range(1, steps + 1):
                     time.sleep(STEP_SECONDS)
+                    if interrupted(node_id):
+                        return self.entry(item, results, messages, "error")
                     say("progress", {"value": step, "max": steps, "prompt_id": prompt_id, "node": node_id}, record=False)
             broken = self.failure(prompt, node_id, types)
             if node_id == doomed:

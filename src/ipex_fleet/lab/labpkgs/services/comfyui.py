@@ -4,7 +4,8 @@
 Served, also under /api/: GET /system_stats, /queue, /history, /history/{id}, /object_info,
 /object_info/{class}, /ws?clientId= (status, execution_start, execution_cached, executing,
 progress, executed, execution_success or execution_error, then executing with node null); POST /prompt (validated as ComfyUI validates, then queued and run by a fake
-executor, see _jobs.py), /queue and /history ({"clear"} or {"delete": [...]}), /free.
+executor, see _jobs.py), /queue and /history ({"clear"} or {"delete": [...]}), /free, /interrupt
+(the running job, or with {"prompt_id"} only that one if it runs; 200 and no body either way).
 
 Its device: the lab has no GPU, so the CPU stands in for the host's accelerator. Started as a GPU
 host starts ComfyUI (no --cpu), it stops at start when the generation hides the accelerator, as
@@ -100,6 +101,10 @@ class Handler(JSONHandler):
                 clear()
             if isinstance(body.get("delete"), list):
                 clear([str(x) for x in body["delete"]])
+            return self.empty(200)
+        if path == "/interrupt":  # ComfyUI reads a missing or broken body as {}: a global interrupt
+            prompt_id = body.get("prompt_id") if isinstance(body, dict) else None
+            self.jobs.interrupt(str(prompt_id) if prompt_id else None)
             return self.empty(200)
         if path == "/free" and isinstance(body, dict):
             with FREE_LOCK:  # nothing is held between jobs here: unloading is a no-op that answers

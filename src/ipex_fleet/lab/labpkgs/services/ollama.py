@@ -9,7 +9,9 @@ line `{"error": "..."}` with the status left at 200. Generate and chat stream un
 A request with an empty prompt (generate) or no messages (chat) loads the model (`done_reason:
 "load"`); `keep_alive: 0` unloads it (`"unload"`); otherwise a model stays loaded for `keep_alive`
 (default 5m), as /api/ps shows. Models come from a small built-in catalog standing in for the
-registry; a name that is not there fails the pull as the registry does.
+registry; a name that is not there fails the pull as the registry does. Each token is real work (a
+starved CPU gives fewer tokens/s); `--lab-slow-tokens F` (lab knob slow_ollama) makes each token F
+times the work, as a model that lost its accelerator or a slower build generates.
 """
 
 import hashlib
@@ -323,7 +325,7 @@ class Handler(JSONHandler):
         """Real work per token, so a starved CPU shows up as fewer tokens/s; returns eval ns."""
         start = time.perf_counter_ns()
         seed = hashlib.sha256(m["name"].encode()).digest()
-        for _ in range(count * 2000):
+        for _ in range(round(count * 2000 * self.server.slow)):
             seed = hashlib.sha256(seed).digest()
         return max(1, time.perf_counter_ns() - start)
 
@@ -386,8 +388,13 @@ class Handler(JSONHandler):
                              "load_duration": 0, "prompt_eval_count": sum(len(t.split()) for t in inputs)})
 
 
+def own_arguments(parser):
+    parser.add_argument("--lab-slow-tokens", type=float, default=1.0, metavar="F",
+                        help="each token takes F times the work (lab knob slow_ollama)")
+
+
 if __name__ == "__main__":
-    args = parse_args("ipex-fleet lab stand-in for ollama serve")
+    args = parse_args("ipex-fleet lab stand-in for ollama serve", own_arguments)
     if args.fail_start:
         fail_start("ollama")
-    serve(Handler, args)
+    serve(Handler, args, slow=max(args.lab_slow_tokens, 0.01))
