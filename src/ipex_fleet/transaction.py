@@ -290,10 +290,7 @@ def _heartbeat(host: Any) -> heartbeat.Heartbeat:
 def _ledger_record(result: HostResult, phase: str) -> None:
     from .rollout.ledger import Ledger
 
-    ledger = Ledger()
-    ledger.start_run(result.run_id, phase, None, None, {}, status="pyinfra")  # a rollout's own row wins
-    ledger.record(result, phase)
-    ledger.settle_plain_run(result.run_id)
+    Ledger().record_plain(result, phase)  # a rollout's own row wins; one commit
 
 
 # -- steps 1 to 5, and 9 --------------------------------------------------------------------
