@@ -211,6 +211,15 @@ class ScriptedHost:
     def do_agent(self, command: str) -> tuple[int, list[str]]:
         return self.agent_call(command)
 
+    def do_commit(self, command: str) -> tuple[int, list[str]]:
+        """The agent's commit: the record comes on its stdin (printf, piped); what it wrote is the host's record."""
+        line = shlex.split(command.split("printf '%s\\n' ", 1)[1])[0]
+        with _stdin(line + "\n"):
+            rc, out = self.agent_call(command)
+        if rc == 0 and hostagent.parse(out).get("recorded") and not hostagent.parse(out).get("again"):
+            self.records.append(json.loads(line))
+        return rc, out
+
     do_lock = do_release = do_open_intent = do_renew = do_claim = do_revert = do_outcome = do_recover = do_agent
     do_arm = do_agent_status = do_agent
 
@@ -348,6 +357,17 @@ class ScriptedHost:
         self.agent.boot()
 
 
+@contextlib.contextmanager
+def _stdin(text: str):
+    import sys
+
+    saved, sys.stdin = sys.stdin, io.StringIO(text)
+    try:
+        yield
+    finally:
+        sys.stdin = saved
+
+
 class ScriptedSystem:
     """The agent's view of the scripted host: profile, activation, running system."""
 
@@ -417,7 +437,7 @@ class HostClock:
         self.t = 3.0
 
 
-AGENT_KINDS = {"open": "open_intent", "claim": "claim", "activated": "renew", "confirm": "renew", "renew": "renew",
+AGENT_KINDS = {"open": "open_intent", "claim": "claim", "commit": "commit", "activated": "renew", "confirm": "renew", "renew": "renew",
                "lock-take": "lock", "lock-release": "release", "revert": "revert", "outcome": "outcome",
                "recover": "recover", "status": "agent_status", "rearm": "arm"}
 

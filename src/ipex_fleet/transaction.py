@@ -239,22 +239,22 @@ def _fail(tx: HostTransaction, host: Any, error: str) -> None:
     _finish(tx, host, Status.ROLLED_BACK, final, error + suffix)
 
 
-def _finish(tx: HostTransaction, host: Any, status: Status, final: Generation, error: str | None) -> None:
+def _finish(tx: HostTransaction, host: Any, status: Status, final: Generation, error: str | None,
+            result: HostResult | None = None) -> None:
     """Record the result on the host (when it answers) and on the controller; release the lock.
-    A decision already taken (a won commit, a verified revert) stands if recording fails."""
+    A decision already taken (a won commit, a verified revert) stands if recording fails. `result`:
+    the one the commit already recorded on the host (commit), the same on both sides."""
     tx.finished = True
     tx.final_status = status
     _heartbeat(host).stop(host.name)
     error = redact.text(error) if error else error  # a token in a URL never reaches a record
-    result = tx.result(status, final, error)
+    result = result or tx.result(status, final, error)
     if status != Status.UNREACHABLE:
         parts = []
         if tx.record_on_host:
-            parts.append(nixcmd.append_deploy_record({**result.to_json(), "phase": tx.phase,
-                                                      "nixos_config": tx.settings.nixos_config}))
+            parts.append(nixcmd.append_deploy_record(_host_record(tx, result)))
             if tx.settings.metrics_dir:  # in the same round trip; best effort: it never fails a deploy
-                parts.append(f"{{ {tx.settings.ipex_fleet_command} metrics --textfile-dir "
-                             f"{quote(tx.settings.metrics_dir)} >/dev/null 2>&1 || true; }}")
+                parts.append(_metrics_command(tx))
         if tx.locked and tx.lock_token and status is not Status.PAUSED:  # probation keeps the lock
             parts.append(f"{{ {hostagent.command('lock-release', '--token', tx.lock_token)} >/dev/null || true; }}")
         for attempt in range(3):  # the record is retried; the decision does not depend on it
@@ -278,6 +278,16 @@ def _finish(tx: HostTransaction, host: Any, status: Status, final: Generation, e
     if result.error:
         line += f" ({result.error})"
     host.log(line, logger.info if result.status.succeeded else logger.error)
+
+
+def _host_record(tx: HostTransaction, result: HostResult) -> dict[str, Any]:
+    return {**result.to_json(), "phase": tx.phase, "nixos_config": tx.settings.nixos_config}
+
+
+def _metrics_command(tx: HostTransaction) -> str:
+    assert tx.settings.metrics_dir
+    return (f"{{ {tx.settings.ipex_fleet_command} metrics --textfile-dir "
+            f"{quote(tx.settings.metrics_dir)} >/dev/null 2>&1 || true; }}")
 
 
 def _heartbeat(host: Any) -> heartbeat.Heartbeat:
@@ -841,14 +851,47 @@ def record(tx: HostTransaction, host: Any) -> None:
     if tx.intent_open and tx.probation:
         hold_on_probation(tx, host)
         return
-    if tx.intent_open and not claim(tx, host, hostagent.COMMITTED):
+    status = Status.UNCHANGED if tx.unchanged else Status.OK
+    final = tx.previous if tx.unchanged or tx.target.path is None else tx.target
+    if tx.intent_open and not commit(tx, host, status, final):
         reverted = WatchdogReverted.after(tx, host, "the lease ran out before the commit")
         _finish(tx, host, reverted.status, reverted.final, f"{reverted} (the controller was cut off or too slow "
                 "to renew its lease)")
         return
-    status = Status.UNCHANGED if tx.unchanged else Status.OK
-    final = tx.previous if tx.unchanged or tx.target.path is None else tx.target
-    _finish(tx, host, status, final, None)
+    if not tx.finished:
+        _finish(tx, host, status, final, None)
+
+
+def commit(tx: HostTransaction, host: Any, status: Status, final: Generation) -> bool:
+    """The claim, the host's record and the lock's release in one agent call, and the metrics, in one
+    round trip. False: another claimant decided first. The claim is the decision; what follows it on
+    the host cannot change it: a record the host could not write is written again by _finish. A
+    connection lost on the way is asked again once, over a new one: the agent answers for a commit it
+    already won as for a new one, and writes the record once."""
+    result = tx.result(status, final, None)
+    command = hostagent.commit(str(tx.intent_id), tx.lock_token, _host_record(tx, result))
+    if tx.settings.metrics_dir:
+        command = f"{command}; r=$?; if [ $r = 0 ]; then {_metrics_command(tx)}; fi; exit $r"
+    try:
+        got = sh(tx, host, command)
+    except (HostUnreachable, StepTimeout):
+        tx.fresh_connections = True
+        got = sh(tx, host, command)
+    answer = hostagent.parse(got.stdout_lines)
+    if got.returncode == hostagent.LOST:
+        tx.intent_open = False
+        return False
+    if not got.ok:
+        raise StepFailed(f"could not claim the decision on the host: {answer.get('error') or got.last_error}")
+    tx.intent_open = False
+    tx.locked = not answer.get("released")
+    if answer.get("recorded"):
+        tx.record_on_host = False
+        _finish(tx, host, status, final, None, result=result)
+    else:
+        host.log(f"warning: the host did not write the record ({answer.get('record_error', '?')}); again", logger.warning)
+        _finish(tx, host, status, final, None)
+    return True
 
 
 def hold_on_probation(tx: HostTransaction, host: Any) -> None:
