@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ipex_fleet import hostagent
+from ipex_fleet.nix import commands as nixcmd
 from ipex_fleet.host import agent as host_agent
 from ipex_fleet.remote import HostUnreachable, StepTimeout, _RC_MARK
 
@@ -220,7 +221,13 @@ class ScriptedHost:
             self.records.append(json.loads(line))
         return rc, out
 
-    do_lock = do_release = do_open_intent = do_renew = do_claim = do_revert = do_outcome = do_recover = do_agent
+    def do_lock(self, command: str) -> tuple[int, list[str]]:
+        rc, out = self.agent_call(command)
+        if rc == 0 and "for l in " in command:  # the profile, read in the lock's round trip
+            out += self.do_profile_state(command)[1]
+        return rc, out
+
+    do_release = do_open_intent = do_renew = do_claim = do_revert = do_outcome = do_recover = do_agent
     do_arm = do_agent_status = do_agent
 
     def do_profile_state(self, _c: str) -> tuple[int, list[str]]:
@@ -237,10 +244,13 @@ class ScriptedHost:
         return 0, [self.running]
 
     def do_set_profile(self, command: str) -> tuple[int, list[str]]:
-        path = shlex.split(command)[-1]
+        words = shlex.split(command)
+        path = words[words.index("--set") + 1]
         number = max(self.generations) + 1
         self.generations[number] = path
         self.current = number
+        if "for l in " in command:  # read back in the same round trip
+            return self.do_profile_state(command)
         return 0, []
 
     def do_switch_generation(self, command: str) -> tuple[int, list[str]]:
@@ -257,7 +267,10 @@ class ScriptedHost:
         path = stc.rsplit("/bin/", 1)[0]
         if action in ("switch", "test"):
             self.running = path
-        return 0, [f"activating the configuration {path} ({action})"]
+        out = [f"activating the configuration {path} ({action})"]
+        if nixcmd.RUNNING_MARK in command:  # the running system, in the same round trip
+            out += ["", f"{nixcmd.RUNNING_MARK}{self.running}"]
+        return 0, out
 
     def do_probe(self, _c: str) -> tuple[int, list[str]]:
         check = {"name": "host_link", "result": self.probe_result, "message": "host-device copies are slow: 3.1 GB/s"}
@@ -464,6 +477,8 @@ def classify(command: str) -> str:
         return "install_agent"
     if "os_id=" in command:
         return "preflight"
+    if " --set " in command and "for l in " in command and hostagent.LAUNCHER not in command:
+        return "set_profile"  # set, then read back, in one round trip
     if hostagent.LAUNCHER in command and "deploys.jsonl" not in command:
         if "agent=missing" in command:
             return "agent_missing"

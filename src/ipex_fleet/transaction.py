@@ -95,6 +95,7 @@ class HostTransaction:
     started: float = field(default_factory=time.monotonic)
     shown_state: str | None = None  # the last state sent to the progress events
     report: dict[str, Any] | None = None  # a maintenance run's tasks (maintsteps)
+    profile_at_lock: Any = None  # the profile as read in the lock's round trip (step 2 takes it)
 
     def result(self, status: Status, final: Generation, error: str | None) -> HostResult:
         return HostResult(
@@ -333,7 +334,7 @@ def preflight(tx: HostTransaction, host: Any) -> None:
         status = install_agent(tx, host)
     tx.agent_ready = True
     recover_open_intent(tx, host, status)
-    take_lock(tx, host)
+    take_lock(tx, host, read_profile=True)
 
 
 _NOTHING_OPEN: dict[str, Any] = {"lock": None, "intent": None, "unfinished": []}  # what hostagent.QUIET stands for
@@ -481,10 +482,11 @@ def recover(tx: HostTransaction, host: Any) -> None:
              else f"nothing to recover: on generation {tx.previous.number}, no open intent")
 
 
-def take_lock(tx: HostTransaction, host: Any) -> None:
+def take_lock(tx: HostTransaction, host: Any, read_profile: bool = False) -> None:
     """The host's deploy lock, taken atomically by the host agent and kept alive by this controller's
     heartbeat: a dead controller's lock frees itself within one lease (host data lease_grace), by
-    the host's clock. Ours from an earlier attempt of the same run (a resume) is taken over."""
+    the host's clock. Ours from an earlier attempt of the same run (a resume) is taken over.
+    `read_profile`: once the lock is ours, the profile is read in the same round trip (for step 2)."""
     if not tx.agent_ready:
         ensure_agent(tx, host)
     owner = {"run_id": tx.run_id, "controller": socket.gethostname(), "pid": os.getpid(),
@@ -493,10 +495,13 @@ def take_lock(tx: HostTransaction, host: Any) -> None:
             "--reboot-grace", f"{_reboot_grace(tx):g}", "--adopt-run"]
     if tx.settings.break_lock:
         args.append("--force")
-    got = sh(tx, host, hostagent.command(*args))
+    take = hostagent.command(*args)
+    got = sh(tx, host, nixcmd.then_if_ok(take, nixcmd.profile_state(tx.settings.profile)) if read_profile else take)
     answer = hostagent.parse(got.stdout_lines)
     if got.ok:
         tx.locked, tx.lock_token = True, str(answer["token"])
+        if read_profile:
+            tx.profile_at_lock = nixcmd.parse_profile_state([l for l in got.stdout_lines if not l.startswith("{")])
         _heartbeat(host).keep(host, tx.lock_token, tx.settings.lease_grace)
         return
     if got.returncode != hostagent.BUSY:
@@ -526,8 +531,10 @@ def _reboot_grace(tx: HostTransaction) -> float:
 
 
 def record_previous(tx: HostTransaction, host: Any) -> None:
-    """Step 2: the generation to return to on failure."""
-    state = nixcmd.parse_profile_state(list(sh(tx, host, nixcmd.profile_state(tx.settings.profile)).stdout_lines))
+    """Step 2: the generation to return to on failure (as read under the lock, in its round trip)."""
+    state, tx.profile_at_lock = tx.profile_at_lock, None
+    if state is None or state.current is None:
+        state = nixcmd.parse_profile_state(list(sh(tx, host, nixcmd.profile_state(tx.settings.profile)).stdout_lines))
     tx.previous = state.current_generation
     if tx.previous.number is None:
         raise StepFailed(f"{tx.settings.profile} has no generation: is this an installed NixOS host?")
@@ -632,19 +639,19 @@ def switch(tx: HostTransaction, host: Any) -> None:
         tx.unchanged = tx.dry_run = True  # a report only: nothing else runs
         return
     open_intent(tx, host)
-    if mode.sets_profile:
-        set_ = sh(tx, host, nixcmd.set_profile(profile, path))
+    if mode.sets_profile:  # set, then read back, in one round trip
+        set_ = sh(tx, host, nixcmd.then_if_ok(nixcmd.set_profile(profile, path), nixcmd.profile_state(profile)))
         if not set_.ok:
             raise StepFailed(f"setting {profile} failed: {set_.last_error}")
-        state = nixcmd.parse_profile_state(list(sh(tx, host, nixcmd.profile_state(profile)).stdout_lines))
-        tx.target = state.current_generation
+        tx.target = nixcmd.parse_profile_state(list(set_.stdout_lines)).current_generation
     else:  # test: the generation runs without entering the profile
         tx.target = Generation(None, path)
     started = time.monotonic()
     call_id = uuid.uuid4().hex[:12]
     try:
-        try:
-            activated = sh(tx, host, nixcmd.activate(path, mode, call_id), tx.settings.activation_timeout)
+        try:  # the running system comes back in the same round trip (check_activation)
+            activated = sh(tx, host, nixcmd.then_running(nixcmd.activate(path, mode, call_id)),
+                           tx.settings.activation_timeout)
         except SessionLost as exc:
             activated = reattach_activation(tx, host, call_id, started, exc)
     except (HostUnreachable, StepTimeout) as exc:
@@ -760,6 +767,8 @@ def reattach_activation(tx: HostTransaction, host: Any, call_id: str, started: f
 
 def check_activation(tx: HostTransaction, host: Any, activated: RemoteResult) -> None:
     mode, path = tx.settings.mode, tx.target.path
+    stdout, running = nixcmd.take_running(activated.stdout_lines)
+    activated = RemoteResult(activated.returncode, stdout, activated.stderr_lines)
     if activated.returncode == 100:
         tx.reboot_required = True
         host.log("switch-to-configuration: reboot required", logger.warning)
@@ -770,7 +779,8 @@ def check_activation(tx: HostTransaction, host: Any, activated: RemoteResult) ->
         raise StepFailed(f"switch-to-configuration {mode.value} exited {activated.returncode}: "
                          f"{_activation_error(activated)}")
     if mode.activates:
-        running = sh(tx, host, nixcmd.running_system()).stdout.strip()
+        if running is None:  # the activation's own round trip did not say (reattached after a lost session)
+            running = sh(tx, host, nixcmd.running_system()).stdout.strip()
         if running != path:
             raise StepFailed(f"after activation /run/current-system is {running or 'missing'}, not {path}")
 
