@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ipex_fleet import hostagent
+from ipex_fleet.nix import commands as nixcmd
 from ipex_fleet.host import agent as host_agent
 from ipex_fleet.remote import HostUnreachable, StepTimeout, _RC_MARK
 
@@ -212,7 +213,22 @@ class ScriptedHost:
     def do_agent(self, command: str) -> tuple[int, list[str]]:
         return self.agent_call(command)
 
-    do_lock = do_release = do_open_intent = do_renew = do_claim = do_revert = do_outcome = do_recover = do_agent
+    def do_commit(self, command: str) -> tuple[int, list[str]]:
+        """The agent's commit: the record comes on its stdin (printf, piped); what it wrote is the host's record."""
+        line = shlex.split(command.split("printf '%s\\n' ", 1)[1])[0]
+        with _stdin(line + "\n"):
+            rc, out = self.agent_call(command)
+        if rc == 0 and hostagent.parse(out).get("recorded") and not hostagent.parse(out).get("again"):
+            self.records.append(json.loads(line))
+        return rc, out
+
+    def do_lock(self, command: str) -> tuple[int, list[str]]:
+        rc, out = self.agent_call(command)
+        if rc == 0 and "for l in " in command:  # the profile, read in the lock's round trip
+            out += self.do_profile_state(command)[1]
+        return rc, out
+
+    do_release = do_open_intent = do_renew = do_claim = do_revert = do_outcome = do_recover = do_agent
     do_arm = do_agent_status = do_restore = do_agent
 
     def do_profile_state(self, _c: str) -> tuple[int, list[str]]:
@@ -229,10 +245,13 @@ class ScriptedHost:
         return 0, [self.running]
 
     def do_set_profile(self, command: str) -> tuple[int, list[str]]:
-        path = shlex.split(command)[-1]
+        words = shlex.split(command)
+        path = words[words.index("--set") + 1]
         number = max(self.generations) + 1
         self.generations[number] = path
         self.current = number
+        if "for l in " in command:  # read back in the same round trip
+            return self.do_profile_state(command)
         return 0, []
 
     def do_switch_generation(self, command: str) -> tuple[int, list[str]]:
@@ -249,7 +268,10 @@ class ScriptedHost:
         path = stc.rsplit("/bin/", 1)[0]
         if action in ("switch", "test"):
             self.running = path
-        return 0, [f"activating the configuration {path} ({action})"]
+        out = [f"activating the configuration {path} ({action})"]
+        if nixcmd.RUNNING_MARK in command:  # the running system, in the same round trip
+            out += ["", f"{nixcmd.RUNNING_MARK}{self.running}"]
+        return 0, out
 
     def do_probe(self, _c: str) -> tuple[int, list[str]]:
         check = {"name": "host_link", "result": self.probe_result, "message": "host-device copies are slow: 3.1 GB/s"}
@@ -258,7 +280,7 @@ class ScriptedHost:
             kind = {"pass": "pass", "fail": "fail", "inconclusive": "warn"}[self.tokens_verdict]
             checks.append({"name": "ollama_generate", "result": kind, "data": {"gate": {
                 "result": self.tokens_verdict, "model": "llama3.2:1b", "value": 61.0, "baseline": 80.0, "ratio": 0.76}},
-                "message": f"llama3.2:1b: 61.0 tokens/s, 76% of the 80.0 tokens/s recorded on this host"})
+                "message": "llama3.2:1b: 61.0 tokens/s, 76% of the 80.0 tokens/s recorded on this host"})
             result = "fail" if "fail" in (kind, result) else "warn" if "warn" in (kind, result) else "pass"
         return 0, [json.dumps({"result": result, "level": 2, "checks": checks})]
 
@@ -355,6 +377,17 @@ class ScriptedHost:
         self.agent.boot()
 
 
+@contextlib.contextmanager
+def _stdin(text: str):
+    import sys
+
+    saved, sys.stdin = sys.stdin, io.StringIO(text)
+    try:
+        yield
+    finally:
+        sys.stdin = saved
+
+
 class ScriptedSystem:
     """The agent's view of the scripted host: profile, activation, running system."""
 
@@ -424,7 +457,7 @@ class HostClock:
         self.t = 3.0
 
 
-AGENT_KINDS = {"open": "open_intent", "claim": "claim", "activated": "renew", "confirm": "renew", "renew": "renew",
+AGENT_KINDS = {"open": "open_intent", "claim": "claim", "commit": "commit", "activated": "renew", "confirm": "renew", "renew": "renew",
                "lock-take": "lock", "lock-release": "release", "revert": "revert", "outcome": "outcome",
                "recover": "recover", "status": "agent_status", "rearm": "arm", "restore": "restore"}
 
@@ -451,6 +484,8 @@ def classify(command: str) -> str:
         return "install_agent"
     if "os_id=" in command:
         return "preflight"
+    if " --set " in command and "for l in " in command and hostagent.LAUNCHER not in command:
+        return "set_profile"  # set, then read back, in one round trip
     if hostagent.LAUNCHER in command and "deploys.jsonl" not in command:
         if "agent=missing" in command:
             return "agent_missing"

@@ -365,6 +365,76 @@ def test_a_torn_write_leaves_the_old_file_whole(tmp_path, monkeypatch):
     assert json.loads(Path(path).read_text()) == {"intent_id": "old"}
 
 
+def test_commit_claims_records_and_releases_in_one_call_and_a_won_claim_stands(tmp_path):
+    agent = make(tmp_path)
+    token = locked(agent)
+    agent.open(intent("i1"), token, 30, 0)
+    record = {"run_id": "r1", "status": "ok"}
+    assert agent.commit("i1", token, record) == {"won": True, "recorded": True, "released": True, "again": False}
+    assert agent.outcome("i1")["decided_by"] == A.COMMITTED and agent.status()["lock"] is None
+    # asked again (its answer was lost): the same answer, the record once
+    assert agent.commit("i1", token, record)["recorded"] is True
+    log = tmp_path / "state" / "deploys.jsonl"
+    assert [json.loads(line) for line in log.read_text().splitlines()] == [record]
+    # a claim the watchdog won first: LOST, nothing written
+    token = locked(agent, "r2")
+    agent.open({**intent("i2", "r2"), "previous": {"generation": 1, "path": OLD}}, token, 30, 0)
+    agent.clock.t += 31
+    agent.revert("i2", "watchdog")
+    with pytest.raises(A.Refused) as lost:
+        agent.commit("i2", token, {"run_id": "r2"})
+    assert lost.value.code == A.LOST and lost.value.detail["decided_by"] == "watchdog"
+    assert [json.loads(line)["status"] for line in log.read_text().splitlines()] == ["ok", "rolled_back"], \
+        "the watchdog's own line only"
+
+
+def test_a_commit_whose_record_cannot_be_written_is_still_won(tmp_path):
+    agent = make(tmp_path)
+    token = locked(agent)
+    agent.open(intent("i1"), token, 30, 0)
+    (tmp_path / "state" / "deploys.jsonl").mkdir()  # the append fails after the claim
+    out = agent.commit("i1", token, {"run_id": "r1"})
+    assert out["won"] and not out["recorded"] and out["record_error"] and out["released"]
+    assert agent.outcome("i1")["decided_by"] == A.COMMITTED
+    other = make(tmp_path / "other")
+    tok = locked(other)
+    other.open(intent("i9"), tok, 30, 0)
+    out = other.commit("i9", "not-the-token", None)
+    assert out["won"] and not out["released"] and other.status()["lock"] is not None
+
+
+@pytest.mark.parametrize("argv", [
+    ["--root", "/r", "status"],
+    ["--root", "/r", "lock-take", "--owner", '{"run_id": "r"}', "--for", "30", "--reboot-grace", "90", "--adopt-run"],
+    ["--root", "/r", "lock-take", "--owner", "{}", "--for", "30", "--force"],
+    ["--root", "/r", "lock-release", "--token", "t"],
+    ["--root", "/r", "renew", "--token", "t", "--for", "7.5"],
+    ["--root", "/r", "renew", "--token", "t", "--for", "30", "--intent", "i1"],
+    ["--root", "/r", "open", "--intent-json", "{}", "--token", "t", "--for", "30", "--reboot-grace", "1"],
+    ["--root", "/r", "activated", "--intent", "i", "--for", "30"],
+    ["--root", "/r", "confirm", "--intent", "i", "--for", "30"],
+    ["--root", "/r", "claim", "--intent", "i", "--who", "committed"],
+    ["--root", "/r", "commit", "--intent", "i", "--record-stdin", "--token", "t"],
+    ["--root", "/r", "commit", "--intent", "i"],
+    ["--root", "/r", "revert", "--intent", "i", "--who", "watchdog", "--detach"],
+    ["--root", "/r", "finish", "--intent", "i", "--who", "recovery"],
+    ["--root", "/r", "outcome", "--intent", "i"], ["--root", "/r", "watch", "--intent", "i"],
+    ["--root", "/r", "rearm", "--intent", "i"], ["recover"], ["--root", "/r", "boot"],
+])
+def test_the_fast_reading_of_the_command_line_is_argparses(argv):
+    assert vars(A.parse_fast(argv)) == vars(A._parse(argv))
+
+
+@pytest.mark.parametrize("argv", [
+    ["--root", "/r", "claim", "--intent", "i", "--who", "nobody"], ["--root", "/r", "renew", "--token", "t"],
+    ["--root", "/r", "renew", "--token", "t", "--for", "x"], ["--root", "/r", "status", "--help"],
+    ["--root", "/r", "lock-release", "--token=t"], ["--root", "/r", "nonsense"], [],
+    ["--root", "/r", "outcome", "--intent", "i", "--intent", "j"],
+])
+def test_anything_unusual_goes_to_argparse(argv):
+    assert A.parse_fast(argv) is None
+
+
 def test_the_command_line_prints_one_json_object_and_its_exit_code(tmp_path):
     root = str(tmp_path / "state")
     run = lambda *args: subprocess.run([sys.executable, A.__file__, "--root", root, *args],  # noqa: E731
@@ -451,6 +521,18 @@ class HostAgentMachine(RuleBasedStateMachine):
         else:
             try:
                 self.agent.revert(intent_["intent_id"], who)
+            except A.Refused:
+                pass
+
+    @rule(run=st.sampled_from(["r1", "r2"]))
+    def controller_commits_in_one_call(self, run):
+        """The agent's commit (claim, record, release): decides like the claim, even asked twice."""
+        intent_ = self.agent.status()["intent"]
+        if not intent_ or intent_["run_id"] != run:
+            return
+        for _ in range(2):
+            try:
+                self.agent.commit(intent_["intent_id"], self.tokens.get(run), {"run_id": run, "i": intent_["intent_id"]})
             except A.Refused:
                 pass
 

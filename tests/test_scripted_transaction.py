@@ -6,7 +6,9 @@ the commit and every way it can end, the host ends committed, or on its recorded
 from __future__ import annotations
 
 import itertools
+import json
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -15,14 +17,17 @@ from ipex_fleet import results, runstate
 from ipex_fleet.transaction import core, flow
 from ipex_fleet.domain import Status
 
+from ipex_fleet.remote import StepTimeout
+
 from .scripted_host import ControllerDied, Fault, ScriptedHost, scripted_controller
 
 STEPS = flow.DEPLOY
 # Every command from the lock to the record, in the order the transaction sends them (the two
 # `renew` are the agent's `activated` and the confirmation over a new login; the heartbeat's
 # renewals do not wait for step boundaries).
+# The commit is one command: the claim, the host's record and the lock's release (the agent's `commit`).
 POINTS = [("lock", 1), ("open_intent", 1), ("set_profile", 1), ("activate", 1), ("renew", 1), ("renew", 2),
-          ("models", 1), ("probe", 1), ("bench", 1), ("claim", 1), ("record", 1)]
+          ("models", 1), ("probe", 1), ("bench", 1), ("commit", 1)]
 HOWS = ("fail", "timeout", "drop", "die", "die_after")
 MODEL = {"kind": "checkpoints", "name": "a.safetensors", "url": "https://mirror.example/a.safetensors",
          "sha256": "a" * 64}
@@ -144,7 +149,9 @@ def test_a_second_run_in_the_same_process_starts_from_nothing(monkeypatch):
 
 
 @pytest.mark.parametrize("how", ("die", "die_after"))
-@pytest.mark.parametrize("kind,nth", [("revert", 1), ("outcome", 1), ("profile_state", 3), ("probe", 2), ("record", 1)])
+# profile_state #1: the rollback's own read (step 2's rides on the lock's round trip, the switch's on
+# setting the profile)
+@pytest.mark.parametrize("kind,nth", [("revert", 1), ("outcome", 1), ("profile_state", 1), ("probe", 2), ("record", 1)])
 def test_a_controller_that_dies_while_rolling_back_leaves_the_host_safe(controller, kind, nth, how):
     """A double fault: the health gate fails, then the controller dies during the rollback. The
     revert is claimed and run by the host agent itself (detached), or, before the claim, left to the
@@ -180,13 +187,46 @@ def test_a_revert_that_does_not_verify_is_revert_failed_and_loud(controller):
 
 
 def test_a_won_commit_stands_when_recording_it_fails(controller):
+    """The claim is the decision: the host cannot write the record (its file refuses it), then the
+    record written again times out once; the host stays committed, the result is ok, the record lands once."""
     deploy, make = controller
     host = make()
+    (Path(host.agent_dir) / "deploys.jsonl").mkdir()  # the agent's append fails after its claim
     host.fault = Fault("record", 1, "timeout")
     run_id, alive = deploy(host)
     result = results.read_host_result(run_id, "h1")
     assert alive and result.status is Status.OK, result
     assert [k for k in host.resolved if k.startswith(run_id)] == [f"{run_id}.committed"]
+    assert host.seen.get("record") == 2 and host.lock is None, host.kinds
+    assert [r["status"] for r in host.records if r["run_id"] == run_id] == ["ok"]
+
+
+@pytest.mark.parametrize("how", ("timeout", "drop_answer"))
+def test_a_commit_asked_again_after_a_lost_answer_commits_and_records_once(controller, how):
+    """The commit's connection is lost: before the host ran it (timeout), or after it claimed, recorded
+    and released (the answer lost). Asked again over a new connection, the agent claims now, or answers
+    for the commit it already won, and writes the record once."""
+    deploy, make = controller
+    host = make()
+    if how == "timeout":
+        host.fault = Fault("commit", 1, "timeout")
+    else:
+        real = host.do_commit
+
+        def answer_lost(command):
+            if host.seen["commit"] == 1:
+                real(command)
+                raise StepTimeout("commit: the session ended before its exit code")
+            return real(command)
+
+        host.do_commit = answer_lost
+    run_id, alive = deploy(host)
+    result = results.read_host_result(run_id, "h1")
+    assert alive and result.status is Status.OK, (result, host.kinds)
+    assert [k for k in host.resolved if k.startswith(run_id)] == [f"{run_id}.committed"]
+    assert host.seen["commit"] == 2 and host.lock is None
+    lines = (Path(host.agent_dir) / "deploys.jsonl").read_text().splitlines()
+    assert [json.loads(line)["status"] for line in lines if json.loads(line)["run_id"] == run_id] == ["ok"]
 
 
 def test_the_hosts_clock_alone_decides_a_skewed_or_stepped_wall_clock_changes_nothing(controller, monkeypatch):

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from .errors import UserError
-from .lab import Lab
+
+if TYPE_CHECKING:  # imported where used: a host's `ipex-fleet metrics` (every record) needs none of the lab
+    from .lab import Lab
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -70,6 +72,8 @@ def _lab_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _lab(args: argparse.Namespace) -> Lab:
+    from .lab import Lab
+
     return Lab(getattr(args, "root", None))
 
 

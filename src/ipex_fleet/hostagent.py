@@ -53,6 +53,13 @@ def status_or_missing() -> str:
             "else echo agent=missing; fi")
 
 
+def commit(intent_id: str, token: str | None, record: dict[str, Any]) -> str:
+    """The agent's `commit`: claim, append `record` (given on its stdin by printf, a shell builtin, as
+    the plain record's line is) and release the lock by `token`, in one call."""
+    args = ["commit", "--intent", intent_id, "--record-stdin"] + (["--token", token] if token else [])
+    return f"printf '%s\\n' {quote(json.dumps(record, sort_keys=True))} | {command(*args)}"
+
+
 QUIET = "quiet"
 
 

@@ -52,6 +52,30 @@ def running_system() -> str:
     return "readlink -f /run/current-system 2>/dev/null || true"
 
 
+def then_if_ok(command: str, after: str) -> str:
+    """`command`, then `after` in the same round trip where it exited 0; its exit code either way."""
+    return f"( {command}\n); r=$?; if [ $r = 0 ]; then {after}; fi; exit $r"
+
+
+RUNNING_MARK = "ipex_fleet_running="
+
+
+def then_running(command: str) -> str:
+    """`command`, then the running system on a line of its own (RUNNING_MARK), in the same round trip;
+    `command`'s exit code."""
+    return (f"( {command}\n); r=$?; "
+            f'printf "\\n{RUNNING_MARK}%s\\n" "$(readlink -f /run/current-system 2>/dev/null)"; exit $r')
+
+
+def take_running(lines: tuple[str, ...]) -> tuple[tuple[str, ...], str | None]:
+    """The output without then_running's line (and the empty line before it), and the running system
+    it gave (None where the line is missing: a session lost, an output reattached)."""
+    if lines and lines[-1].startswith(RUNNING_MARK):
+        rest = lines[:-1]
+        return (rest[:-1] if rest and rest[-1] == "" else rest), lines[-1][len(RUNNING_MARK):]
+    return lines, None
+
+
 def preflight(min_free_path: str = "/nix") -> str:
     """key=value lines: the OS id, where nix is on PATH (the shell's own lookup: starting `nix --version`
     cost each host 20 ms of every deploy, no-change ones included, and only its presence is used), free

@@ -41,6 +41,8 @@ def reattach_activation(tx: HostTransaction, host: Any, call_id: str, started: f
 
 def check_activation(tx: HostTransaction, host: Any, activated: RemoteResult) -> None:
     mode, path = tx.settings.mode, tx.target.path
+    stdout, running = nixcmd.take_running(activated.stdout_lines)
+    activated = RemoteResult(activated.returncode, stdout, activated.stderr_lines)
     if activated.returncode == 100:
         tx.reboot_required = True
         host.log("switch-to-configuration: reboot required", logger.warning)
@@ -51,7 +53,8 @@ def check_activation(tx: HostTransaction, host: Any, activated: RemoteResult) ->
         raise StepFailed(f"switch-to-configuration {mode.value} exited {activated.returncode}: "
                          f"{activation_error(activated)}")
     if mode.activates:
-        running = running_system(tx, host)
+        if running is None:  # the activation's own round trip did not say (reattached after a lost session)
+            running = running_system(tx, host)
         if running != path:
             raise StepFailed(f"after activation /run/current-system is {running or 'missing'}, not {path}")
 

@@ -114,10 +114,11 @@ def wait_for_outcome(tx: HostTransaction, host: Any, intent_id: str, bound: floa
     return found
 
 
-def take_lock(tx: HostTransaction, host: Any) -> None:
+def take_lock(tx: HostTransaction, host: Any, read_profile: bool = False) -> None:
     """The host's deploy lock, taken atomically by the host agent and kept alive by this controller's
     heartbeat: a dead controller's lock frees itself within one lease (host data lease_grace), by
-    the host's clock. Ours from an earlier attempt of the same run (a resume) is taken over."""
+    the host's clock. Ours from an earlier attempt of the same run (a resume) is taken over.
+    `read_profile`: once the lock is ours, the profile is read in the same round trip (for step 2)."""
     if not tx.agent_ready:
         ensure_agent(tx, host)
     owner = {"run_id": tx.run_id, "controller": socket.gethostname(), "pid": os.getpid(),
@@ -126,10 +127,13 @@ def take_lock(tx: HostTransaction, host: Any) -> None:
             "--reboot-grace", f"{reboot_grace(tx):g}", "--adopt-run"]
     if tx.settings.break_lock:
         args.append("--force")
-    got = sh(tx, host, hostagent.command(*args))
+    take = hostagent.command(*args)
+    got = sh(tx, host, nixcmd.then_if_ok(take, nixcmd.profile_state(tx.settings.profile)) if read_profile else take)
     answer = hostagent.parse(got.stdout_lines)
     if got.ok:
         tx.locked, tx.lock_token = True, str(answer["token"])
+        if read_profile:
+            tx.profile_at_lock = nixcmd.parse_profile_state([l for l in got.stdout_lines if not l.startswith("{")])
         heartbeat_of(host).keep(host, tx.lock_token, tx.settings.lease_grace)
         return
     if got.returncode != hostagent.BUSY:

@@ -75,6 +75,7 @@ class HostTransaction:
     started: float = field(default_factory=time.monotonic)
     shown_state: str | None = None  # the last state sent to the progress events
     report: dict[str, Any] | None = None  # a maintenance run's tasks (maintsteps)
+    profile_at_lock: ProfileState | None = None  # the profile as read in the lock's round trip (step 2 takes it)
 
     def result(self, status: Status, final: Generation, error: str | None) -> HostResult:
         return HostResult(

@@ -46,7 +46,7 @@ from .activation import activation_error, check_activation, reattach_activation,
 from .agentcalls import (await_revert, claim, confirm, install_agent, mark, open_intent, recover_open_intent,
                          take_lock, watchdog_reverted)
 from .core import (Fenced, HostTransaction, LockRefused, StepFailed, StepFn, WatchdogReverted, heartbeat_of,
-                   profile_state, sh, show_state, transaction_for)
+                   sh, show_state, transaction_for)
 from .rollback import planned_generation, read_plan, recover, requested_generation, rollback_requested
 from .system import build, push_flake, record_previous
 
@@ -189,22 +189,22 @@ def _fail(tx: HostTransaction, host: Any, error: str) -> None:
     _finish(tx, host, Status.ROLLED_BACK, final, error + suffix)
 
 
-def _finish(tx: HostTransaction, host: Any, status: Status, final: Generation, error: str | None) -> None:
+def _finish(tx: HostTransaction, host: Any, status: Status, final: Generation, error: str | None,
+            result: HostResult | None = None) -> None:
     """Record the result on the host (when it answers) and on the controller; release the lock.
-    A decision already taken (a won commit, a verified revert) stands if recording fails."""
+    A decision already taken (a won commit, a verified revert) stands if recording fails. `result`:
+    the one the commit already recorded on the host (commit), the same on both sides."""
     tx.finished = True
     tx.final_status = status
     heartbeat_of(host).stop(host.name)
     error = redact.text(error) if error else error  # a token in a URL never reaches a record
-    result = tx.result(status, final, error)
+    result = result or tx.result(status, final, error)
     if status != Status.UNREACHABLE:
         parts = []
         if tx.record_on_host:
-            parts.append(nixcmd.append_deploy_record({**result.to_json(), "phase": tx.phase,
-                                                      "nixos_config": tx.settings.nixos_config}))
+            parts.append(nixcmd.append_deploy_record(_host_record(tx, result)))
             if tx.settings.metrics_dir:  # in the same round trip; best effort: it never fails a deploy
-                parts.append(f"{{ {tx.settings.ipex_fleet_command} metrics --textfile-dir "
-                             f"{quote(tx.settings.metrics_dir)} >/dev/null 2>&1 || true; }}")
+                parts.append(_metrics_command(tx))
         if tx.locked and tx.lock_token and status is not Status.PAUSED:  # probation keeps the lock
             parts.append(f"{{ {hostagent.command('lock-release', '--token', tx.lock_token)} >/dev/null || true; }}")
         for attempt in range(3):  # the record is retried; the decision does not depend on it
@@ -230,11 +230,18 @@ def _finish(tx: HostTransaction, host: Any, status: Status, final: Generation, e
     host.log(line, logger.info if result.status.succeeded else logger.error)
 
 
+def _host_record(tx: HostTransaction, result: HostResult) -> dict[str, Any]:
+    return {**result.to_json(), "phase": tx.phase, "nixos_config": tx.settings.nixos_config}
+
+
+def _metrics_command(tx: HostTransaction) -> str:
+    assert tx.settings.metrics_dir
+    return (f"{{ {tx.settings.ipex_fleet_command} metrics --textfile-dir "
+            f"{quote(tx.settings.metrics_dir)} >/dev/null 2>&1 || true; }}")
+
+
 def _ledger_record(result: HostResult, phase: str) -> None:
-    ledger = Ledger()
-    ledger.start_run(result.run_id, phase, None, None, {}, status="pyinfra")  # a rollout's own row wins
-    ledger.record(result, phase)
-    ledger.settle_plain_run(result.run_id)
+    Ledger().record_plain(result, phase)  # a rollout's own row wins; one commit
 
 
 # -- step 1 ---------------------------------------------------------------------------------
@@ -266,7 +273,7 @@ def preflight(tx: HostTransaction, host: Any) -> None:
         status = install_agent(tx, host)
     tx.agent_ready = True
     recover_open_intent(tx, host, status)
-    take_lock(tx, host)
+    take_lock(tx, host, read_profile=True)
 
 
 _NOTHING_OPEN: dict[str, Any] = {"lock": None, "intent": None, "unfinished": []}  # what hostagent.QUIET stands for
@@ -348,10 +355,12 @@ def _dry_activate(tx: HostTransaction, host: Any, path: str) -> None:
 
 
 def _set_profile(tx: HostTransaction, host: Any, path: str) -> Generation:
-    set_ = sh(tx, host, nixcmd.set_profile(tx.settings.profile, path))
+    """Set the profile, then read it back, in one round trip."""
+    profile = tx.settings.profile
+    set_ = sh(tx, host, nixcmd.then_if_ok(nixcmd.set_profile(profile, path), nixcmd.profile_state(profile)))
     if not set_.ok:
-        raise StepFailed(f"setting {tx.settings.profile} failed: {set_.last_error}")
-    return profile_state(tx, host).current_generation
+        raise StepFailed(f"setting {profile} failed: {set_.last_error}")
+    return nixcmd.parse_profile_state(list(set_.stdout_lines)).current_generation
 
 
 def _activate(tx: HostTransaction, host: Any, path: str) -> RemoteResult:
@@ -360,8 +369,8 @@ def _activate(tx: HostTransaction, host: Any, path: str) -> RemoteResult:
     started = time.monotonic()
     call_id = uuid.uuid4().hex[:12]
     try:
-        try:
-            return sh(tx, host, nixcmd.activate(path, tx.settings.mode, call_id), tx.step_timeout)
+        try:  # the running system comes back in the same round trip (check_activation)
+            return sh(tx, host, nixcmd.then_running(nixcmd.activate(path, tx.settings.mode, call_id)), tx.step_timeout)
         except SessionLost as exc:
             return reattach_activation(tx, host, call_id, started, exc)
     except (HostUnreachable, StepTimeout) as exc:
@@ -375,14 +384,47 @@ def record(tx: HostTransaction, host: Any) -> None:
     if tx.intent_open and tx.probation:
         hold_on_probation(tx, host)
         return
-    if tx.intent_open and not claim(tx, host, hostagent.COMMITTED):
+    status = Status.UNCHANGED if tx.unchanged else Status.OK
+    final = tx.previous if tx.unchanged or tx.target.path is None else tx.target
+    if tx.intent_open and not commit(tx, host, status, final):
         reverted = watchdog_reverted(tx, host, "the lease ran out before the commit")
         _finish(tx, host, reverted.status, reverted.final, f"{reverted} (the controller was cut off or too slow "
                 "to renew its lease)")
         return
-    status = Status.UNCHANGED if tx.unchanged else Status.OK
-    final = tx.previous if tx.unchanged or tx.target.path is None else tx.target
-    _finish(tx, host, status, final, None)
+    if not tx.finished:
+        _finish(tx, host, status, final, None)
+
+
+def commit(tx: HostTransaction, host: Any, status: Status, final: Generation) -> bool:
+    """The claim, the host's record and the lock's release in one agent call, and the metrics, in one
+    round trip. False: another claimant decided first. The claim is the decision; what follows it on
+    the host cannot change it: a record the host could not write is written again by _finish. A
+    connection lost on the way is asked again once, over a new one: the agent answers for a commit it
+    already won as for a new one, and writes the record once."""
+    result = tx.result(status, final, None)
+    command = hostagent.commit(str(tx.intent_id), tx.lock_token, _host_record(tx, result))
+    if tx.settings.metrics_dir:
+        command = f"{command}; r=$?; if [ $r = 0 ]; then {_metrics_command(tx)}; fi; exit $r"
+    try:
+        got = sh(tx, host, command)
+    except (HostUnreachable, StepTimeout):
+        tx.fresh_connections = True
+        got = sh(tx, host, command)
+    answer = hostagent.parse(got.stdout_lines)
+    if got.returncode == hostagent.LOST:
+        tx.intent_open = False
+        return False
+    if not got.ok:
+        raise StepFailed(f"could not claim the decision on the host: {answer.get('error') or got.last_error}")
+    tx.intent_open = False
+    tx.locked = not answer.get("released")
+    if answer.get("recorded"):
+        tx.record_on_host = False
+        _finish(tx, host, status, final, None, result=result)
+    else:
+        host.log(f"warning: the host did not write the record ({answer.get('record_error', '?')}); again", logger.warning)
+        _finish(tx, host, status, final, None)
+    return True
 
 
 def hold_on_probation(tx: HostTransaction, host: Any) -> None:

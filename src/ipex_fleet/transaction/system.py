@@ -18,8 +18,10 @@ from ..remote import put_bytes
 from .core import HostTransaction, StepFailed, profile_state, running_system, sh
 
 def record_previous(tx: HostTransaction, host: Any) -> None:
-    """Step 2: the generation to return to on failure."""
-    state = profile_state(tx, host)
+    """Step 2: the generation to return to on failure (as read under the lock, in its round trip)."""
+    state, tx.profile_at_lock = tx.profile_at_lock, None
+    if state is None or state.current is None:
+        state = profile_state(tx, host)
     tx.previous = state.current_generation
     if tx.previous.number is None:
         raise StepFailed(f"{tx.settings.profile} has no generation: is this an installed NixOS host?")

@@ -15,7 +15,12 @@
       switchToConfiguration = ./activate.py;
       services = ./services;
       # The ipex-fleet package from a source tree (the pushed flake's _source), run with the given
-      # Python (the lab hosts see the controller's environment read-only, with torch).
+      # Python (the lab hosts see the controller's environment read-only, with torch). The controller's
+      # dependencies are in that environment but not in the NixOS host package
+      # (flake/packages/ipex-fleet-host.nix): a sitecustomize beside the package makes them unimportable
+      # here too, so a host command costs what it costs on a fleet host (`ipex-fleet metrics` at every
+      # record: 0.1 CPU-s, not 0.3 with pyinfra imported), and one that needed them would fail here as
+      # it would there. The command line stays `python -m ipex_fleet ...`.
       ipexFleet = { src, python, system }: derivation {
         name = "ipex-fleet-lab";
         inherit system python;
@@ -26,6 +31,15 @@
           set -eu
           mkdir -p $out/lib/python $out/bin
           cp -r $source/ipex_fleet $out/lib/python/
+          cat > $out/lib/python/sitecustomize.py <<'EOF'
+          import importlib.abc, sys
+          BLOCKED = ("pyinfra", "pyinfra_cli", "paramiko", "click", "rich", "jinja2", "pydantic", "gevent", "yaml")
+          class Blocked(importlib.abc.MetaPathFinder):
+              def find_spec(self, name, path=None, target=None):
+                  if name.split(".")[0] in BLOCKED:
+                      raise ImportError("not in the host package: " + name)
+          sys.meta_path.insert(0, Blocked())
+          EOF
           printf '#!/bin/sh\nPYTHONPATH=%s/lib/python exec '"'"'%s'"'"' -m ipex_fleet "$@"\n' "$out" "$python" > $out/bin/ipex-fleet
           chmod 0555 $out/bin/ipex-fleet
         '' ];
