@@ -70,7 +70,7 @@ def neighbour(duty: float, period: float = 0.1) -> None:
 
 def gated(directory: str, extra: list[str], env: dict[str, str], timeout: float) -> tuple[dict, float, int]:
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "ipex_fleet.bench", "--quick", "--gate", "--json",
+    proc = subprocess.run([sys.executable, "-m", "ipex_fleet.host.bench", "--quick", "--gate", "--json",
                            "--dir", directory, *extra], capture_output=True, text=True, env=env, timeout=timeout)
     wall = time.monotonic() - started
     try:

@@ -56,7 +56,7 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    probe = subprocess.run([sys.executable, "-m", "ipex_fleet.probe", "--level", "2", "--json",
+    probe = subprocess.run([sys.executable, "-m", "ipex_fleet.host.probe", "--level", "2", "--json",
                             "--accelerator", "cuda", "--config", "/nonexistent"], capture_output=True, text=True,
                            env=env, timeout=600)
     (out / "probe.json").write_text(probe.stdout)
@@ -64,7 +64,7 @@ def main() -> int:
     print(f"probe level 2: {doc['result']} in {doc['duration_s']}s on {doc['accelerator']['devices'][0]['name']}")
     for c in doc["checks"]:
         print(f"  {c['result']:<4} {c['name']:<16} {c['message'][:110]}")
-    hidden = subprocess.run([sys.executable, "-m", "ipex_fleet.probe", "--level", "1", "--json",
+    hidden = subprocess.run([sys.executable, "-m", "ipex_fleet.host.probe", "--level", "1", "--json",
                              "--accelerator", "cuda", "--config", "/nonexistent"], capture_output=True, text=True,
                             env={**env, "CUDA_VISIBLE_DEVICES": ""}, timeout=600)
     hdoc = json.loads(hidden.stdout.strip().splitlines()[-1])
@@ -72,7 +72,7 @@ def main() -> int:
     print(f"probe with CUDA_VISIBLE_DEVICES='': {hdoc['result']} (exit {hidden.returncode}): {acc['message']}")
 
     ref_before, ref_cv_before = reference_mm()
-    from ipex_fleet.bench import run
+    from ipex_fleet.host.bench import run
 
     bench = run(quick=False)
     ref_after, ref_cv_after = reference_mm()

@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from ipex_fleet.models.install import install  # noqa: E402
-from ipex_fleet.models.manifest import FileModel, ModelPlan  # noqa: E402
+from ipex_fleet.host.models.install import install  # noqa: E402
+from ipex_fleet.host.models.manifest import FileModel, ModelPlan  # noqa: E402
 
 
 def make(path: Path, size: int) -> str:

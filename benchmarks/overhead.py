@@ -49,7 +49,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 
-from ipex_fleet.flakepush import flake_hash, flake_tarball  # noqa: E402
+from ipex_fleet.nix.flakepush import flake_hash, flake_tarball  # noqa: E402
 from ipex_fleet.lab import Lab, container  # noqa: E402
 from ipex_fleet.nix import commands as nixcmd  # noqa: E402
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Level 2's Ollama tokens/s gate (src/ipex_fleet/probe/tokens.py) on this machine: false alarms on
+"""Level 2's Ollama tokens/s gate (src/ipex_fleet/host/probe/tokens.py) on this machine: false alarms on
 clean reruns, and what it says of a slower Ollama.
 
 Serves the lab's Ollama stand-in on loopback (the same program the lab's hosts run), pulls a model,
@@ -30,7 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 
-from ipex_fleet.probe import tokens  # noqa: E402
+from ipex_fleet.host.probe import tokens  # noqa: E402
 
 STAND_IN = REPO / "src" / "ipex_fleet" / "lab" / "labpkgs" / "services" / "ollama.py"
 MODEL = "smollm2:135m"

@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import overhead  # noqa: E402
-from ipex_fleet.flakepush import flake_tarball  # noqa: E402
+from ipex_fleet.nix.flakepush import flake_tarball  # noqa: E402
 from ipex_fleet.lab import Lab, container  # noqa: E402
 
 

@@ -14,7 +14,7 @@ from roles.record import record
 from roles.system import system
 from roles.transaction import host_pace, validate_once
 
-validate_once(plan_when_dry=True)  # --dry: each host's plan (ipex_fleet.plan), nothing runs
+validate_once(plan_when_dry=True)  # --dry: each host's plan (ipex_fleet.fleet.plan), nothing runs
 with host_pace():  # host data pace=host: one operation per host, each at its own pace
     preflight()
     system()

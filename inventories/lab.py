@@ -7,7 +7,7 @@ Groups: `lab` (every host, from this file's name), and `canary`, `wave1`, `wave2
 """
 
 from ipex_fleet.lab.inventory import lab_hosts, split_waves
-from ipex_fleet.selection import refuse_empty_selection
+from ipex_fleet.fleet.selection import refuse_empty_selection
 
 _hosts = lab_hosts()
 canary, wave1, wave2 = split_waves(_hosts)

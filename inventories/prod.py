@@ -29,6 +29,6 @@ wave2 = [
     ("cpu-01", {"ssh_hostname": "10.40.3.11", "accelerator": "cpu", "nixos_config": "cpu-01"}),
 ]
 
-from ipex_fleet.selection import refuse_empty_selection  # noqa: E402
+from ipex_fleet.fleet.selection import refuse_empty_selection  # noqa: E402
 
 refuse_empty_selection(globals())  # a --limit matching no host stops here, before any connection

@@ -1,5 +1,5 @@
 """Maintenance, under the host's lock: retention and GC, old pushed flakes and records, journald and
-temporary files, models, restarts, health and drift (ipex_fleet.maintsteps)."""
+temporary files, models, restarts, health and drift (ipex_fleet.transaction.maintenance)."""
 
 from pyinfra.api import deploy
 

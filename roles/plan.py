@@ -1,4 +1,4 @@
-"""What a deploy would change on each host (ipex_fleet.plan): nothing that runs there changes."""
+"""What a deploy would change on each host (ipex_fleet.fleet.plan): nothing that runs there changes."""
 
 from pyinfra.api import deploy
 

@@ -10,17 +10,16 @@ import click
 from pyinfra import host, inventory, state
 from pyinfra.operations import python
 
-from ipex_fleet import opsorder, runstate
-from ipex_fleet.transaction import flow
+from ipex_fleet.transaction import flow, opsorder, runstate
 from ipex_fleet.transaction.core import transaction_for
 
-opsorder.install()  # pyinfra's operation order without inspect.stack() (ipex_fleet.opsorder says why)
+opsorder.install()  # pyinfra's operation order without inspect.stack() (ipex_fleet.transaction.opsorder says why)
 
 
 def validate_once(plan_when_dry: bool = False, phase: str = "deploy") -> None:
     """Validate every host's data at the first host's prepare, before any operation runs.
 
-    Under `pyinfra --dry` nothing executes, so the plan (ipex_fleet.plan) is made here, at prepare
+    Under `pyinfra --dry` nothing executes, so the plan (ipex_fleet.fleet.plan) is made here, at prepare
     time, and the deploy's steps are not added: the output says per host what would change.
     """
     run = runstate.of(state)

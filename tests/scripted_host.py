@@ -20,7 +20,7 @@ from types import SimpleNamespace
 from pathlib import Path
 from typing import Any
 
-from ipex_fleet import hostagent
+from ipex_fleet.transaction import hostagent
 from ipex_fleet.nix import commands as nixcmd
 from ipex_fleet.host import agent as host_agent
 from ipex_fleet.remote import HostUnreachable, StepTimeout, _RC_MARK
@@ -560,7 +560,7 @@ class FakeClock:
 def scripted_controller(tmp_path: Any, monkeypatch: Any, *clocked: Any) -> tuple[Any, FakeClock]:
     """A controller whose remote commands reach a scripted host (privileges and new connections too),
     with a flake to name and a fake clock for the transaction (and the `clocked` modules)."""
-    from ipex_fleet import waiting
+    from ipex_fleet.common import waiting
     from ipex_fleet.transaction import activation, agentcalls, core, flow
 
     flake = tmp_path / "flake"
@@ -570,7 +570,7 @@ def scripted_controller(tmp_path: Any, monkeypatch: Any, *clocked: Any) -> tuple
     monkeypatch.setenv("IPEX_FLEET_STATE", str(tmp_path / "state"))
     monkeypatch.setattr("ipex_fleet.remote.privilege_args", lambda host: {})
     monkeypatch.setattr("ipex_fleet.transaction.core.run_fresh", lambda host, command, timeout: host.fresh(command))
-    monkeypatch.setattr("ipex_fleet.heartbeat.Heartbeat", FakeHeartbeat)
+    monkeypatch.setattr("ipex_fleet.transaction.heartbeat.Heartbeat", FakeHeartbeat)
     clock = FakeClock()
     for module in (activation, agentcalls, core, flow, waiting, *clocked):
         monkeypatch.setattr(module, "time", clock)

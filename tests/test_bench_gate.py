@@ -13,9 +13,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from ipex_fleet import drift, metrics
+from ipex_fleet.fleet import drift
+from ipex_fleet.host import metrics
 from ipex_fleet.transaction import gates
-from ipex_fleet.bench import gate, occupants
+from ipex_fleet.host.bench import gate, occupants
 from ipex_fleet.remote import RemoteResult
 from ipex_fleet.transaction.core import HostTransaction, StepFailed
 
@@ -74,7 +75,7 @@ def test_inconclusive_fails_by_default_and_warns_when_host_data_says_so(monkeypa
 
 
 def test_bench_inconclusive_is_fail_or_warn_in_host_data(tmp_path):
-    from ipex_fleet.errors import UserError
+    from ipex_fleet.common.errors import UserError
     from ipex_fleet.settings import from_host_data
 
     (tmp_path / "flake.nix").write_text("{}")
@@ -175,7 +176,7 @@ def test_maintenance_drift_uses_the_gates_verdicts():
 
 
 def test_a_doubtful_new_baseline_says_why():
-    from ipex_fleet.bench.__main__ import baseline_warnings
+    from ipex_fleet.host.bench.__main__ import baseline_warnings
 
     def run(steady: bool, level: float = 1.0) -> dict:
         return {"warmup": {"steady": steady}, "samples": [level] * 5, "work": 1.0}
@@ -190,7 +191,7 @@ def test_a_doubtful_new_baseline_says_why():
 
 
 def test_a_baseline_keeps_the_runs_that_agree_after_measuring_a_doubtful_case_again():
-    from ipex_fleet.bench.__main__ import settle
+    from ipex_fleet.host.bench.__main__ import settle
 
     levels = iter([1.0, 1.01])  # the two extra runs of the disturbed case
 
@@ -214,7 +215,7 @@ def test_a_baseline_keeps_the_runs_that_agree_after_measuring_a_doubtful_case_ag
 def test_a_retest_confirms_a_slowdown_and_unmasks_a_transient():
     import random
 
-    from ipex_fleet.bench.__main__ import judge
+    from ipex_fleet.host.bench.__main__ import judge
 
     rng = random.Random(3)
 
@@ -264,7 +265,7 @@ def test_cpu_pressure_says_when_a_cpu_run_shared_its_cores(tmp_path):
 
 
 def test_a_cpu_contended_from_outside_the_host_is_inconclusive_but_its_own_hog_still_fails():
-    from ipex_fleet.bench.__main__ import not_ours
+    from ipex_fleet.host.bench.__main__ import not_ours
 
     def failing() -> list[dict]:
         return [{"name": "m", "verdict": "fail", "message": "0.3 is 30% of baseline 1"},

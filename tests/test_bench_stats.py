@@ -11,7 +11,7 @@ import random
 
 import pytest
 
-from ipex_fleet.bench import stats
+from ipex_fleet.host.bench import stats
 
 TOLERANCE = 0.15
 GPU = {"n": 120, "trim": 0.0, "tail": stats.TAIL}

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from ipex_fleet.bench import byname, cases
-from ipex_fleet.device import Device
+from ipex_fleet.host.bench import byname, cases
+from ipex_fleet.host.device import Device
 from .conftest import assert_ok
 
 ENTRY_POINT = Path(sys.executable).parent / "ipex-benchmark"

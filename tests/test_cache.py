@@ -58,7 +58,7 @@ def test_switch_through_the_cache(fleet):
 
 def _controller_build(fleet, version: str) -> str:
     """Built as the controller builds: what is pushed, unpacked alone."""
-    from ipex_fleet.flakepush import materialize
+    from ipex_fleet.nix.flakepush import materialize
 
     fleet.configure("host2", f"version={version}")
     env = {"NIX_CONF_DIR": str(fleet.lab.layout.nix_conf_dir), "PATH": "/usr/bin:/bin"}
@@ -84,7 +84,7 @@ def test_host_refuses_unsigned_or_foreign_paths(fleet, tmp_path, signing):
     served = fleet.lab.layout.cache_dir / f"test-{signing}"
     subprocess.run(["cp", "-r", str(cache_dir), str(served)], check=True)
     address, port = fleet.spec.cache_address
-    from ipex_fleet.cache import substitute
+    from ipex_fleet.nix.cache import substitute
     from ipex_fleet.settings import from_host_data
 
     data = {"flake": str(fleet.lab.layout.flake_dir), "cache": f"http://{address}:{port}/test-{signing}",

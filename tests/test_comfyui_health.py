@@ -9,10 +9,10 @@ import urllib.request
 
 import pytest
 
-from ipex_fleet.fleetconfig import FleetConfig, ServiceConfig
-from ipex_fleet.probe import checks, comfyui
-from ipex_fleet.probe.journal import UnitTail
-from ipex_fleet.probe.model import Result
+from ipex_fleet.host.fleetconfig import FleetConfig, ServiceConfig
+from ipex_fleet.host.probe import checks, comfyui
+from ipex_fleet.host.probe.journal import UnitTail
+from ipex_fleet.host.probe.model import Result
 
 from .test_workflows import start
 

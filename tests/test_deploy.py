@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from ipex_fleet import hostagent
+from ipex_fleet.transaction import hostagent
 from ipex_fleet.domain import Status
 
 from .conftest import REPO, wait_for, assert_ok

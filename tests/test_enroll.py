@@ -18,7 +18,7 @@ from ipex_fleet.enroll.facts import Disk, HardwareFacts, check_hardware_configur
 from ipex_fleet.enroll.pciids import PciDevice, identify, parse_sysfs_line
 from ipex_fleet.enroll.render import plan, render_host, render_inventory_entry
 from ipex_fleet.enroll.write import inventory_edit
-from ipex_fleet.errors import UserError
+from ipex_fleet.common.errors import UserError
 from ipex_fleet.lab import hardware as lab_hardware
 
 from .conftest import REPO

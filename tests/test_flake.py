@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from ipex_fleet import fleetconfig
+from ipex_fleet.host import fleetconfig
 
 from .conftest import REPO, assert_ok
 

@@ -11,8 +11,8 @@ import re
 import pytest
 
 from ipex_fleet.domain import Status
-from ipex_fleet.flakeinputs import resolve
-from ipex_fleet.flakepush import materialize
+from ipex_fleet.nix.flakeinputs import resolve
+from ipex_fleet.nix.flakepush import materialize
 from ipex_fleet.lab import faults
 
 from .conftest import FAST, bump, assert_ok

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from ipex_fleet import update
-from ipex_fleet.errors import UserError
-from ipex_fleet.flakepush import FlakeError, check_locked, declared_inputs
+from ipex_fleet.fleet import update
+from ipex_fleet.common.errors import UserError
+from ipex_fleet.nix.flakepush import FlakeError, check_locked, declared_inputs
 from ipex_fleet.runner import Completed
 from ipex_fleet.settings import from_host_data
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ipex_fleet.errors import UserError
+from ipex_fleet.common.errors import UserError
 from ipex_fleet.lab import fleet as labfleet
 
 from .conftest import REPO, assert_ok, lab_available, skip_or_fail

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from ipex_fleet.domain import Generation, HostResult, Status
-from ipex_fleet.rollout import hostview
-from ipex_fleet.rollout.ledger import Ledger
+from ipex_fleet.fleet import hostview
+from ipex_fleet.ledger.runs import Ledger
 
 
 def record(run_id: str, status: str = "ok", generation: int = 2, phase: str = "deploy") -> dict:

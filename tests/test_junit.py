@@ -8,7 +8,7 @@ import subprocess
 import sys
 import xml.etree.ElementTree as ET
 
-from ipex_fleet import junit
+from ipex_fleet.common import junit
 
 DOC = {"host": "gpu-01", "duration_s": 2.5, "result": "fail", "checks": [
     {"name": "torch", "level": 1, "result": "pass", "message": "torch 2.9", "duration_s": 1.2},

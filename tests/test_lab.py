@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from ipex_fleet.errors import UserError
+from ipex_fleet.common.errors import UserError
 from ipex_fleet.lab import container, faults, sshmaterial
 
 from .conftest import BIN, make_fleet, wait_for, assert_ok

@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from ipex_fleet.errors import UserError
+from ipex_fleet.common.errors import UserError
 from ipex_fleet.lab import Lab, bootlog, container, limits
 
 from .conftest import BIN, destroy_checked, lab_available, skip_or_fail

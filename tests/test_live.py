@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from ipex_fleet import progress
-from ipex_fleet.live import Live
+from ipex_fleet.transaction import progress
+from ipex_fleet.views.live import Live
 
 HOSTS = [f"gpu-node-{i:02d}" for i in range(1, 4)]
 LONG = ("health: health checks failed: accelerator: expected 2 xpu devices, torch sees 1 "

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ipex_fleet import metrics
+from ipex_fleet.host import metrics
 
 
 def _system(root: Path, name: str, kernel: str) -> Path:

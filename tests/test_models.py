@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from ipex_fleet.errors import UserError
-from ipex_fleet.models import manifest
-from ipex_fleet.models.install import install
-from ipex_fleet.models.manifest import FileModel, ModelPlan
+from ipex_fleet.common.errors import UserError
+from ipex_fleet.host.models import manifest
+from ipex_fleet.host.models.install import install
+from ipex_fleet.host.models.manifest import FileModel, ModelPlan
 
 from .conftest import REPO, assert_ok
 

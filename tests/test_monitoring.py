@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ipex_fleet import metrics
+from ipex_fleet.host import metrics
 
 from .conftest import REPO, assert_ok
 

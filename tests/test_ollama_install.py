@@ -18,9 +18,9 @@ from contextlib import contextmanager
 
 import pytest
 
-from ipex_fleet.models import manifest
-from ipex_fleet.models.install import install
-from ipex_fleet.models.manifest import ModelPlan
+from ipex_fleet.host.models import manifest
+from ipex_fleet.host.models.install import install
+from ipex_fleet.host.models.manifest import ModelPlan
 
 MODEL = "smollm2:135m"
 DIGEST = "a" * 64
@@ -122,7 +122,7 @@ def ollama(script: dict[str, list[Reply]]) -> Iterator[tuple[str, Scripted]]:
 def run_install(url: str, timeout: float = 5) -> tuple[list[str], list[str], list[str]]:
     lines: list[str] = []
     plan = ModelPlan(ollama=(manifest.OllamaModel(MODEL),))
-    import ipex_fleet.models.install as installer
+    import ipex_fleet.host.models.install as installer
 
     report = installer.Report()
     try:
@@ -248,7 +248,7 @@ def test_install_reports_a_dead_ollama_in_one_line(tmp_path):
 
 
 def test_the_host_command_prints_one_failed_line_and_exits_1(tmp_path, capsys):
-    from ipex_fleet.models.__main__ import main
+    from ipex_fleet.host.models.__main__ import main
 
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps(ModelPlan(ollama=(manifest.OllamaModel(MODEL),)).to_json()))
@@ -269,7 +269,7 @@ OTHER = "b" * 64
 
 def run_pinned(script: dict[str, list[Reply]], digest: str = DIGEST) -> tuple[list[str], list[str], list[str],
                                                                               list[str], Scripted]:
-    from ipex_fleet.models import install as installer
+    from ipex_fleet.host.models import install as installer
 
     report, lines = installer.Report(), []
     with ollama(script) as (url, server):
@@ -332,7 +332,7 @@ def test_the_manifest_reads_a_pin_either_way_and_the_plan_carries_it(entry, pin)
     ({"ollama": "llama3.2:1b", "sha256": DIGEST}, "unknown key(s) sha256"),
 ])
 def test_a_bad_pin_is_refused_in_one_line(entry, message):
-    from ipex_fleet.errors import UserError
+    from ipex_fleet.common.errors import UserError
 
     with pytest.raises(UserError) as err:
         manifest.parse([entry], "m")

@@ -135,8 +135,8 @@ def test_version_blobs_and_bad_requests_as_ollama_answers_them(url, client):
 
 
 def test_level_2_reports_tokens_per_second_from_ollamas_own_figures(url, client):
-    from ipex_fleet.fleetconfig import FleetConfig, ServiceConfig
-    from ipex_fleet.probe.checks import Expectations, check_ollama_generate
+    from ipex_fleet.host.fleetconfig import FleetConfig, ServiceConfig
+    from ipex_fleet.host.probe.checks import Expectations, check_ollama_generate
 
     client.pull("smollm2:135m")
     svc = ServiceConfig(url=url, models="/nonexistent", unit="ollama.service", smoke_model="smollm2:135m")
@@ -151,8 +151,8 @@ def test_a_cut_pull_resumes_where_it_stopped_and_a_corrupt_part_is_fetched_again
     import hashlib
     import importlib.util
 
-    from ipex_fleet.models import install as installer
-    from ipex_fleet.models.manifest import OllamaModel
+    from ipex_fleet.host.models import install as installer
+    from ipex_fleet.host.models.manifest import OllamaModel
 
     spec = importlib.util.spec_from_file_location("lab_ollama", SERVICES / "ollama.py")
     lab = importlib.util.module_from_spec(spec)
@@ -183,8 +183,8 @@ def test_the_slow_ollama_knob_fails_level_2s_tokens_per_second_gate(tmp_path):
     tokens/s, a rerun is not a failure (unless the machine's other users, named, slowed it), and the
     same model served with slow_ollama=4 (each token four times the work) fails naming the model, its
     tokens/s and the ratio to the recorded figure."""
-    from ipex_fleet.fleetconfig import FleetConfig, ServiceConfig
-    from ipex_fleet.probe.checks import Expectations, check_ollama_generate
+    from ipex_fleet.host.fleetconfig import FleetConfig, ServiceConfig
+    from ipex_fleet.host.probe.checks import Expectations, check_ollama_generate
 
     state = tmp_path / "state"
 

@@ -1,4 +1,4 @@
-"""ipex_fleet.opsorder gives pyinfra the same operation order as its own stack inspection."""
+"""ipex_fleet.transaction.opsorder gives pyinfra the same operation order as its own stack inspection."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pyinfra.api import util
 
 operation = importlib.import_module("pyinfra.api.operation")
 
-from ipex_fleet import opsorder
+from ipex_fleet.transaction import opsorder
 
 
 def _call(fn, state):  # both are called from here, as pyinfra's operation decorator calls one of them

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from ipex_fleet import hostagent
+from ipex_fleet.transaction import hostagent
 
 from .conftest import assert_ok, destroy_checked, make_fleet
 from .test_rollout import rollout, run_id_of

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from ipex_fleet.bench import gate
-from ipex_fleet.probe import run as probe_run
-from ipex_fleet.probe.checks import Expectations
-from ipex_fleet.probe.model import passed
+from ipex_fleet.host.bench import gate
+from ipex_fleet.host.probe import run as probe_run
+from ipex_fleet.host.probe.checks import Expectations
+from ipex_fleet.host.probe.model import passed
 
 from .conftest import REPO
 
@@ -22,7 +22,7 @@ PY = sys.executable
 
 
 def probe(*args: str, env: dict | None = None) -> tuple[int, dict]:
-    proc = subprocess.run([PY, "-m", "ipex_fleet.probe", "--json", "--config", "/nonexistent", *args],
+    proc = subprocess.run([PY, "-m", "ipex_fleet.host.probe", "--json", "--config", "/nonexistent", *args],
                           capture_output=True, text=True, timeout=300, env=env)
     return proc.returncode, json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -79,7 +79,7 @@ def test_probe_writes_textfile_metrics(tmp_path):
 
 
 def bench(*args: str) -> tuple[int, dict]:
-    proc = subprocess.run([PY, "-m", "ipex_fleet.bench", "--json", *args], capture_output=True, text=True,
+    proc = subprocess.run([PY, "-m", "ipex_fleet.host.bench", "--json", *args], capture_output=True, text=True,
                           timeout=300)
     return proc.returncode, json.loads(proc.stdout.strip().splitlines()[-1])
 

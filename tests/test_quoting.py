@@ -10,7 +10,7 @@ import pytest
 from hypothesis import example, given, settings, strategies as st
 
 from ipex_fleet.domain import Action
-from ipex_fleet.errors import UserError
+from ipex_fleet.common.errors import UserError
 from ipex_fleet.nix import commands as nixcmd
 from ipex_fleet.settings import check_host_name, from_host_data
 
@@ -46,7 +46,7 @@ def test_records_carry_values_as_json_in_one_word(owner):
 @given(NASTY, NASTY, st.dictionaries(st.sampled_from(["run_id", "controller"]), NASTY, min_size=1))
 def test_agent_commands_carry_each_value_in_one_word(intent_id, token, owner):
     """What the controller sends the host agent reaches its argv whole, whatever the bytes."""
-    from ipex_fleet import hostagent
+    from ipex_fleet.transaction import hostagent
 
     owner_json = json.dumps(owner, sort_keys=True)
     argv = words(hostagent.command("lock-take", "--owner", owner_json, "--for", "30"))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ipex_fleet import report
+from ipex_fleet.views import report
 from ipex_fleet.domain import Generation, HostResult, Status
 
 from .conftest import BIN, REPO, assert_ok
@@ -36,8 +36,8 @@ def chromium(page: Path, tmp_path: Path, *args: str) -> subprocess.CompletedProc
 
 def test_texts_are_escaped_and_the_chart_shows_baseline_and_band(tmp_path, monkeypatch):
     monkeypatch.setenv("IPEX_FLEET_STATE", str(tmp_path / "state"))
-    from ipex_fleet.results import write_host_result
-    from ipex_fleet.rollout.ledger import Ledger
+    from ipex_fleet.ledger.results import write_host_result
+    from ipex_fleet.ledger.runs import Ledger
 
     ledger = Ledger()
     for i, (run, value, recorded) in enumerate((("r1", 10.0, True), ("r2", 9.0, False), ("r3", 7.0, False))):

@@ -8,8 +8,8 @@ import itertools
 import pytest
 
 from ipex_fleet.domain import Generation, ProfileState
-from ipex_fleet.drift import assess, slope
-from ipex_fleet.retention import DAY, Anchors, RetentionPolicy, choose
+from ipex_fleet.fleet.drift import assess, slope
+from ipex_fleet.fleet.retention import DAY, Anchors, RetentionPolicy, choose
 
 NOW = 1_800_000_000.0
 

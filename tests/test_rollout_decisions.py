@@ -10,14 +10,14 @@ import json
 import pytest
 
 from ipex_fleet.domain import Generation, HostResult, Status
-from ipex_fleet.errors import UserError
-from ipex_fleet.flakepush import flake_hash
-from ipex_fleet.live import Live
-from ipex_fleet.results import run_dir, write_host_result
-from ipex_fleet.rollout import engine
-from ipex_fleet.rollout.ledger import Ledger
-from ipex_fleet.rollout import breaker
-from ipex_fleet.rollout.tally import Budgets, Tally, kind_of
+from ipex_fleet.common.errors import UserError
+from ipex_fleet.nix.flakepush import flake_hash
+from ipex_fleet.views.live import Live
+from ipex_fleet.ledger.results import run_dir, write_host_result
+from ipex_fleet.fleet import engine
+from ipex_fleet.ledger.runs import Ledger
+from ipex_fleet.fleet import breaker
+from ipex_fleet.fleet.tally import Budgets, Tally, kind_of
 
 HOSTS = ("h1", "h2", "h3", "h4", "h5")
 

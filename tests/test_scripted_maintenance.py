@@ -11,7 +11,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from ipex_fleet import maintsteps, results
+from ipex_fleet.ledger import results
+from ipex_fleet.transaction import maintenance as maintsteps
 from ipex_fleet.transaction import flow
 from ipex_fleet.domain import Status
 

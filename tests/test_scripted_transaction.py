@@ -13,8 +13,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from ipex_fleet import results, runstate
-from ipex_fleet.transaction import core, flow
+from ipex_fleet.ledger import results
+from ipex_fleet.transaction import core, flow, runstate
 from ipex_fleet.domain import Status
 
 from ipex_fleet.remote import StepTimeout
@@ -249,7 +249,7 @@ def test_hosts_in_lockstep_a_slow_peer_never_reverts_a_healthy_host(controller, 
     of everyone's time while the watchdogs look every 5 s; the heartbeat renews host1's lease meanwhile
     (as the real one does), so host1 is committed, never reverted. Without the heartbeat (the control)
     host1's own watchdog reverts it: the step-boundary lease the issue saw."""
-    from ipex_fleet import heartbeat as hb
+    from ipex_fleet.transaction import heartbeat as hb
 
     deploy, make = controller
     hosts = [make(), make()]

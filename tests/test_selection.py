@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ipex_fleet.selection import unmatched
+from ipex_fleet.fleet.selection import unmatched
 
 ROOT = Path(__file__).resolve().parents[1]
 PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
@@ -40,7 +40,7 @@ def test_limit_matching_no_host_is_one_line_before_connecting() -> None:
 
 def test_inventory_without_hosts_is_refused(tmp_path: Path) -> None:
     inventory = tmp_path / "empty.py"
-    inventory.write_text("from ipex_fleet.selection import refuse_empty_selection\n"
+    inventory.write_text("from ipex_fleet.fleet.selection import refuse_empty_selection\n"
                          "canary = []\nrefuse_empty_selection(globals())\n")
     proc = _pyinfra(inventory=str(inventory))
     assert proc.returncode == 2
@@ -51,7 +51,7 @@ def test_a_matching_limit_goes_on_to_connect(tmp_path: Path) -> None:
     # A loopback port that nothing listens on: pyinfra gets past the inventory and fails to
     # connect, which proves the guard let a matching limit through (and nothing leaves the machine).
     inventory = tmp_path / "one.py"
-    inventory.write_text("from ipex_fleet.selection import refuse_empty_selection\n"
+    inventory.write_text("from ipex_fleet.fleet.selection import refuse_empty_selection\n"
                          "canary = [('cpu-01', {'ssh_hostname': '127.0.0.1', 'ssh_port': 9})]\n"
                          "refuse_empty_selection(globals())\n")
     proc = _pyinfra("--limit", "cpu-*", inventory=str(inventory))

@@ -7,12 +7,12 @@ from __future__ import annotations
 import io
 import re
 
-from ipex_fleet.live import Live
+from ipex_fleet.views.live import Live
 from ipex_fleet.domain import Generation, HostResult, Status
-from ipex_fleet.results import write_host_result
-from ipex_fleet.rollout.engine import Rollout, RolloutOptions
-from ipex_fleet.rollout.ledger import Ledger
-from ipex_fleet.rollout.waves import Wave
+from ipex_fleet.ledger.results import write_host_result
+from ipex_fleet.fleet.engine import Rollout, RolloutOptions
+from ipex_fleet.ledger.runs import Ledger
+from ipex_fleet.fleet.waves import Wave
 
 HOSTS = [f"gpu-node-{i:02d}" for i in range(1, 11)]
 ERROR = ("health checks on the new generation: health checks failed: accelerator: expected 2 xpu devices, "

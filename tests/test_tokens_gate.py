@@ -10,9 +10,9 @@ import random
 
 import pytest
 
-from ipex_fleet.bench import stats
-from ipex_fleet.probe import tokens
-from ipex_fleet.probe.model import Result
+from ipex_fleet.host.bench import stats
+from ipex_fleet.host.probe import tokens
+from ipex_fleet.host.probe.model import Result
 
 MODEL = "smollm2:135m"
 DIGEST = "0123456789abcdef" * 4
@@ -124,7 +124,7 @@ def test_a_generation_without_figures_is_an_error_not_a_sample():
         def __call__(self, url, body, timeout):
             return {"eval_count": 0, "eval_duration": 5}
 
-    import ipex_fleet.probe.tokens as module
+    import ipex_fleet.host.probe.tokens as module
 
     original = module.request
     module.request = Server()
@@ -155,7 +155,7 @@ def test_contention_is_the_kernels_pressure_over_the_measurement_itself(monkeypa
     `total`, from the first listing on), not the last 10 s (the probe's own checks just before it)."""
     from types import SimpleNamespace
 
-    from ipex_fleet.bench import occupants
+    from ipex_fleet.host.bench import occupants
 
     clock = iter([100.0, 100.25, 102.25, 102.25])  # first listing (0.25 s), then after 2 s of measuring
     stalls = iter([0, 50_000, 450_000, 450_000])

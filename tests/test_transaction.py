@@ -280,7 +280,7 @@ def test_a_dead_runs_intent_is_recovered_by_the_next_deploy(fleet):
 def test_commit_and_watchdog_race_has_exactly_one_winner(fleet):
     """Both claimants started together through the host agent on the real host, again and again: one
     wins each time, and the loser knows it lost."""
-    from ipex_fleet import hostagent
+    from ipex_fleet.transaction import hostagent
 
     host = "host2"
     bump(fleet, host)

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from ipex_fleet.domain import Action, Generation, HostResult, Status
-from ipex_fleet.errors import UserError
-from ipex_fleet.flakepush import entries as flake_entries
-from ipex_fleet.flakepush import flake_hash, flake_tarball
+from ipex_fleet.common.errors import UserError
+from ipex_fleet.nix.flakepush import entries as flake_entries
+from ipex_fleet.nix.flakepush import flake_hash, flake_tarball
 from ipex_fleet.lab import knobs
 from ipex_fleet.lab.inventory import split_waves
 from ipex_fleet.lab.layout import check_net, check_root
@@ -149,7 +149,7 @@ def test_host_result_round_trips():
 
 
 def test_secrets_in_urls_are_redacted_where_they_point_stays_readable():
-    from ipex_fleet import redact
+    from ipex_fleet.common import redact
 
     assert redact.url("https://user:pw@hf.co/x/m.safetensors?token=abc&x=1") == \
         "https://REDACTED@hf.co/x/m.safetensors?token=REDACTED&x=REDACTED"
@@ -178,19 +178,19 @@ def test_probe_level_config_follows_the_fleet_config(tmp_path: Path):
 
     config = {"schema": 1, "accelerator": "cpu", "health": {"levels": [1]}}
     (tmp_path / "config.json").write_text(json.dumps(config))
-    out = subprocess.run([sys.executable, "-m", "ipex_fleet.probe", "--level", "config", "--json",
+    out = subprocess.run([sys.executable, "-m", "ipex_fleet.host.probe", "--level", "config", "--json",
                           "--config", str(tmp_path / "config.json")], capture_output=True, text=True, timeout=120)
     document = json.loads(out.stdout.strip().splitlines()[-1])
     assert document["level"] == 1 and {c["level"] for c in document["checks"]} == {1}
     config["health"]["levels"] = []
     (tmp_path / "config.json").write_text(json.dumps(config))
-    out = subprocess.run([sys.executable, "-m", "ipex_fleet.probe", "--level", "config", "--json",
+    out = subprocess.run([sys.executable, "-m", "ipex_fleet.host.probe", "--level", "config", "--json",
                           "--config", str(tmp_path / "config.json")], capture_output=True, text=True, timeout=120)
     assert json.loads(out.stdout.strip().splitlines()[-1])["checks"] == []
 
 
 def test_plan_parses_diff_closures_path_info_and_boot_links():
-    from ipex_fleet.plan import parse_closure, parse_dry_activate, parse_reboot
+    from ipex_fleet.fleet.plan import parse_closure, parse_dry_activate, parse_reboot
 
     sections = {
         "diff": ["linux: 6.12.1 → 6.13.0, +1024.0 KiB", "ollama: ∅ → 0.9.0, +30.1 MiB",
@@ -211,7 +211,7 @@ def test_plan_parses_diff_closures_path_info_and_boot_links():
 
 def test_ledger_settles_plain_runs_and_last_reads_phases_that_are_written(tmp_path: Path):
     from ipex_fleet.domain import Generation, HostResult, Status
-    from ipex_fleet.rollout.ledger import Ledger
+    from ipex_fleet.ledger.runs import Ledger
 
     ledger = Ledger(tmp_path / "ledger.sqlite")
 
@@ -254,7 +254,7 @@ def test_the_pushed_flake_carries_the_probe_source_and_evaluates_alone(tmp_path:
     import tarfile
 
     names = [name for name, _ in flake_entries(str(REPO_FLAKE))]
-    assert "_source/src/ipex_fleet/probe/__main__.py" in names and "_source/pyproject.toml" in names
+    assert "_source/src/ipex_fleet/host/probe/__main__.py" in names and "_source/pyproject.toml" in names
     assert not any("__pycache__" in n for n in names)
     with tarfile.open(fileobj=io.BytesIO(flake_tarball(str(REPO_FLAKE)))) as tar:
         tar.extractall(tmp_path)  # our own tarball, of plain files
@@ -290,7 +290,7 @@ def test_a_trailing_newline_never_passes_a_pattern(flake_dir: Path, key, value):
 
 
 def test_tables_show_host_text_as_written_never_as_markup():
-    from ipex_fleet.tables import render
+    from ipex_fleet.views.tables import render
 
     cells = ["unit [ollama.service] failed", "not in [/nix/store/abc-x]", "[bold]x[/bold]", "[/]"]
     out = render([("error", {})], [[c] for c in cells], columns_wide=200)

@@ -420,8 +420,8 @@ def test_interrupt_stops_the_running_job_and_its_history_says_interrupted(comfyu
     after = wait_for(url, post(url, _broken(lambda p: p["3"]["inputs"].update(steps=2, seed=time.time_ns())))[1]["prompt_id"])
     assert after["status"]["status_str"] == "success"
     # An interrupted job is not a failure of the host: level 2's recent-jobs check does not count it.
-    from ipex_fleet.fleetconfig import ServiceConfig
-    from ipex_fleet.probe import comfyui as level2
+    from ipex_fleet.host.fleetconfig import ServiceConfig
+    from ipex_fleet.host.probe import comfyui as level2
 
     recent = level2.check_recent(ServiceConfig(url=url, models="/nonexistent", unit="comfyui.service"))
     assert recent.result.value == "pass" and recent.data["interrupted"] >= 1

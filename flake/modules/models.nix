@@ -21,7 +21,7 @@ let
     if lib.hasPrefix "sha256-" m.sha256 then m.sha256 else "sha256:${m.sha256}"; };
   modelsDir = config.services.ipex-fleet.services.comfyui.models or "/var/lib/comfyui/models";
   hex = m: builtins.match "[0-9a-f]{64}" m.sha256 != null;
-  # The installer's plan (ipex_fleet.models.manifest.ModelPlan).
+  # The installer's plan (ipex_fleet.host.models.manifest.ModelPlan).
   plan = {
     files = map (m: { inherit (m) kind name url sha256; size = null; }) cfg.files;
     ollama = [ ];

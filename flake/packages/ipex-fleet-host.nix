@@ -2,8 +2,9 @@
 # metrics and the host agent (`ipex-fleet probe|bench|models|metrics`, `ipex-benchmark`), built with the
 # host's torch and nothing of the controller: no pyinfra, paramiko, click, rich, jinja2, pydantic or
 # pyyaml in the host's closure. The source is the same as packages/ipex-fleet.nix (the controller's);
-# the split is declared here: the host-side modules need only the standard library, torch and
-# prometheus-client (tests/test_host_package.py runs them with the controller's imports blocked).
+# the split is declared in the code's layout (ipex_fleet/host/ and ipex_fleet/common/) and in pyproject
+# (its dependencies are the host side's; the controller's are its `controller` extra):
+# tests/test_host_side.py imports every host-side module in a virtual environment holding only those.
 { lib, python3Packages, src, mainProgram ? "ipex-fleet" }:
 
 python3Packages.buildPythonApplication {
@@ -21,7 +22,7 @@ python3Packages.buildPythonApplication {
   # pyproject.toml's dependencies are the host side's (its controller's are the `controller` extra),
   # so nixpkgs' runtime-deps check passes with exactly these.
   doCheck = false;
-  pythonImportsCheck = [ "ipex_fleet.probe" "ipex_fleet.bench" "ipex_fleet.models.install" "ipex_fleet.metrics"
+  pythonImportsCheck = [ "ipex_fleet.host.probe" "ipex_fleet.host.bench" "ipex_fleet.host.models.install" "ipex_fleet.host.metrics"
     "ipex_fleet.host.agent" ];
   meta = {
     description = "ipex-fleet's host side: probe, benchmark, model installer and metrics for Intel GPU AI hosts";

@@ -16,7 +16,7 @@ python3Packages.buildPythonApplication {
   dependencies = with python3Packages; [ pyinfra paramiko gevent jinja2 pyyaml pydantic click prometheus-client rich torch ];
   # The lab and deploy tests need root, namespaces and sshd: they run in the repository's CI.
   doCheck = false;
-  pythonImportsCheck = [ "ipex_fleet.probe" "ipex_fleet.bench" ];
+  pythonImportsCheck = [ "ipex_fleet.host.probe" "ipex_fleet.host.bench" ];
   meta = {
     description = "Deploy, health-check and benchmark tooling for Intel GPU AI hosts";
     inherit mainProgram;

@@ -12,7 +12,7 @@ from typing import Any
 __version__ = "0.1.0"
 _EXPORTS = {
     "Action": "domain", "Generation": "domain", "HostResult": "domain", "ProfileState": "domain",
-    "Status": "domain", "UserError": "errors",
+    "Status": "domain", "UserError": "common.errors",
 }
 __all__ = [*_EXPORTS, "__version__"]
 

@@ -1,3 +1,3 @@
-from .cli import main
+from ipex_fleet.cli import main
 
 raise SystemExit(main())

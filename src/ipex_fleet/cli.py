@@ -7,10 +7,10 @@ import json
 import sys
 from typing import TYPE_CHECKING, Callable
 
-from .errors import UserError
+from ipex_fleet.common.errors import UserError
 
 if TYPE_CHECKING:  # imported where used: a host's `ipex-fleet metrics` (every record) needs none of the lab
-    from .lab import Lab
+    from ipex_fleet.lab import Lab
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -72,13 +72,13 @@ def _lab_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _lab(args: argparse.Namespace) -> Lab:
-    from .lab import Lab
+    from ipex_fleet.lab import Lab
 
     return Lab(getattr(args, "root", None))
 
 
 def _knobs() -> dict[str, str]:
-    from .lab.knobs import KNOBS
+    from ipex_fleet.lab.knobs import KNOBS
 
     return KNOBS
 
@@ -172,10 +172,10 @@ def _lab_config(args: argparse.Namespace) -> int:
 
 # Host-side tools keep their own parsers; `ipex-fleet probe|bench ...` hands them the rest.
 PASSTHROUGH = {
-    "probe": ("ipex_fleet.probe.__main__", "GPU and service health checks on this host (levels 1-3)"),
-    "bench": ("ipex_fleet.bench.__main__", "device-generic benchmarks on this host, with a baseline gate"),
-    "models": ("ipex_fleet.models.__main__", "install a model plan on this host (run by the deploy)"),
-    "metrics": ("ipex_fleet.metrics", "write this host's deployment metrics for node_exporter's textfile collector"),
+    "probe": ("ipex_fleet.host.probe.__main__", "GPU and service health checks on this host (levels 1-3)"),
+    "bench": ("ipex_fleet.host.bench.__main__", "device-generic benchmarks on this host, with a baseline gate"),
+    "models": ("ipex_fleet.host.models.__main__", "install a model plan on this host (run by the deploy)"),
+    "metrics": ("ipex_fleet.host.metrics", "write this host's deployment metrics for node_exporter's textfile collector"),
 }
 
 
@@ -186,10 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "Run it from the repository root.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _lab_parser(sub)
-    from .fleetcli import add_parsers
+    from ipex_fleet.fleetcli import add_parsers
 
     add_parsers(sub)
-    from .enroll.cli import add_parser as add_enroll
+    from ipex_fleet.enroll.cli import add_parser as add_enroll
 
     add_enroll(sub)
     for name, (_module, helptext) in PASSTHROUGH.items():

@@ -6,8 +6,7 @@ import enum
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-SYSTEM_PROFILE = "/nix/var/nix/profiles/system"
-STATE_DIR = "/var/lib/ipex-fleet"
+from ipex_fleet.host.nixprofile import NO_GENERATION, STATE_DIR, SYSTEM_PROFILE, Generation, ProfileState
 
 
 class Action(str, enum.Enum):
@@ -41,49 +40,6 @@ class Status(str, enum.Enum):
     @property
     def succeeded(self) -> bool:
         return self in (Status.OK, Status.UNCHANGED)
-
-
-@dataclass(frozen=True)
-class Generation:
-    """One generation of a Nix profile."""
-
-    number: int | None
-    path: str | None
-    date: int | None = None  # unix time of the profile link
-
-    def to_json(self) -> dict[str, Any]:
-        return {"generation": self.number, "path": self.path}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any] | None) -> "Generation":
-        data = data or {}
-        return cls(number=data.get("generation"), path=data.get("path"))
-
-
-NO_GENERATION = Generation(None, None)
-
-
-@dataclass(frozen=True)
-class ProfileState:
-    """Every generation of a profile, and the one it points at."""
-
-    generations: tuple[Generation, ...]
-    current: int | None
-
-    @property
-    def current_generation(self) -> Generation:
-        for gen in self.generations:
-            if gen.number == self.current:
-                return gen
-        return NO_GENERATION
-
-    def by_number(self, number: int) -> Generation | None:
-        return next((g for g in self.generations if g.number == number), None)
-
-    def by_path(self, path: str) -> Generation | None:
-        """The newest generation whose store path is `path`."""
-        matches = [g for g in self.generations if g.path == path]
-        return max(matches, key=lambda g: g.number or 0) if matches else None
 
 
 @dataclass(frozen=True)

@@ -8,15 +8,15 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from .domain import HostResult
-from .errors import UserError
-from .live import Live
-from .tables import health_cell, render, when
-from .results import read_host_result, run_dir
-from .rollout import breaker, hostview, pyinfra_run
-from .rollout.engine import ROLLBACK_DEPLOY, Rollout, RolloutOptions, new_run_id, write_plan
-from .rollout.inventory import load
-from .rollout.ledger import Ledger
+from ipex_fleet.domain import HostResult
+from ipex_fleet.common.errors import UserError
+from ipex_fleet.views.live import Live
+from ipex_fleet.views.tables import health_cell, render, when
+from ipex_fleet.ledger.results import read_host_result, run_dir
+from ipex_fleet.fleet import breaker, hostview, pyinfra_run
+from ipex_fleet.fleet.engine import ROLLBACK_DEPLOY, Rollout, RolloutOptions, new_run_id, write_plan
+from ipex_fleet.fleet.inventory import load
+from ipex_fleet.ledger.runs import Ledger
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -222,7 +222,7 @@ def _recover(args: argparse.Namespace) -> int:
 
 
 def _update(args: argparse.Namespace) -> int:
-    from .update import flake_of, update_lock
+    from ipex_fleet.fleet.update import flake_of, update_lock
 
     view = load(args.inventory)
     for needed in ("deploys/plan.py", "deploys/prod.py", ROLLBACK_DEPLOY, "deploys/check.py"):
@@ -254,7 +254,7 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def show_plan(inventory: str, limit: list[str], data: dict[str, str], as_json: bool, timeout: float) -> int:
-    from . import plan
+    from ipex_fleet.fleet import plan
 
     deploy = _deploy_file("deploys/plan.py")
     if not Path(inventory).is_file():
@@ -448,7 +448,7 @@ def _breaker(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .report import write
+    from ipex_fleet.views.report import write
 
     path = write(args.run, args.html)
     print(f"report: {path}")

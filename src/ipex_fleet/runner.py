@@ -6,7 +6,7 @@ import os
 import subprocess
 from dataclasses import dataclass
 
-from .errors import CommandFailed
+from ipex_fleet.common.errors import CommandFailed
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,10 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
-from .domain import SYSTEM_PROFILE, Action
-from .errors import UserError
-from .flakepush import FlakeError, check_pushable
-from .fleetconfig import ACCELERATORS
+from ipex_fleet.domain import SYSTEM_PROFILE, Action
+from ipex_fleet.common.errors import UserError
+from ipex_fleet.nix.flakepush import FlakeError, check_pushable
+from ipex_fleet.host.fleetconfig import ACCELERATORS
 
 _HOST_NAME_RE = re.compile(r"^[A-Za-z0-9@][A-Za-z0-9._@/-]{0,252}$")
 _CONFIG_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,62}$")

@@ -615,7 +615,7 @@ def run_checks(h: Harness, checks: tuple = ALL_CHECKS) -> dict[str, Problems]:
 def pushed_copy(flake: Path, dest: Path) -> Path:
     """What the deploy pushes, unpacked alone in a directory under `dest`."""
     sys.path.insert(0, str(REPO / "src"))
-    from ipex_fleet.flakepush import materialize
+    from ipex_fleet.nix.flakepush import materialize
 
     return Path(materialize(str(flake), str(dest)))
 

@@ -11,12 +11,12 @@ import ipaddress
 import re
 from pathlib import Path
 
-from ..errors import UserError
-from . import facts as hwfacts
-from .connect import SshOptions, connect
-from .pciids import Identified, identify
-from .render import HostPlan, plan, render_host, render_inventory_entry
-from .write import check_folder, check_inventory, inventory_edit, write_atomic
+from ipex_fleet.common.errors import UserError
+from ipex_fleet.enroll import facts as hwfacts
+from ipex_fleet.enroll.connect import SshOptions, connect
+from ipex_fleet.enroll.pciids import Identified, identify
+from ipex_fleet.enroll.render import HostPlan, plan, render_host, render_inventory_entry
+from ipex_fleet.enroll.write import check_folder, check_inventory, inventory_edit, write_atomic
 
 _ADDRESS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,252}$")
 _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")

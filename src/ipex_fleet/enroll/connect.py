@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import UserError
+from ipex_fleet.common.errors import UserError
 
 CONNECT_TIMEOUT = 20
 

@@ -9,8 +9,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import UserError
-from .pciids import PciDevice, parse_sysfs_line
+from ipex_fleet.common.errors import UserError
+from ipex_fleet.enroll.pciids import PciDevice, parse_sysfs_line
 
 # Reads, each printed as plain lines (sysfs gives 0x-prefixed hex ids).
 PCI_COMMAND = ("for d in /sys/bus/pci/devices/*; do [ -r \"$d/class\" ] || continue; "
@@ -83,7 +83,7 @@ def check_hardware_configuration(text: str, host: str) -> str:
 
 def read(host: Any, name: str) -> HardwareFacts:
     """Every fact, one bounded command each; a failed read is one line naming the command."""
-    from .. import remote
+    from ipex_fleet import remote
 
     def lines(command: str, what: str, timeout: float = TIMEOUT) -> tuple[str, ...]:
         try:

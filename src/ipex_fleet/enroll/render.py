@@ -10,9 +10,9 @@ from pathlib import Path
 
 import jinja2
 
-from .connect import SshOptions
-from .facts import HardwareFacts
-from .pciids import Identified
+from ipex_fleet.enroll.connect import SshOptions
+from ipex_fleet.enroll.facts import HardwareFacts
+from ipex_fleet.enroll.pciids import Identified
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 PROFILES = {"xpu": "intel-arc", "cuda": "nvidia", "cpu": "cpu"}

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UserError
+from ipex_fleet.common.errors import UserError
 
 ENROLLED_GROUP = "enrolled"
 

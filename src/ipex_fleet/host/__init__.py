@@ -1,2 +1,3 @@
-"""What runs on a GPU host: the host agent of the safety net (stdlib only; copied to hosts by content
-hash), and, in time, the probe, the bench and the model installer (issue 27)."""
+"""What runs on a GPU host: the probe, the bench, the model installer, the textfile metrics and the host agent of the
+safety net. It imports only the standard library, torch, prometheus-client, ipex_fleet.common and itself
+(tests/test_host_side.py imports every module in an environment holding just those)."""

@@ -12,8 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ..waiting import wait_until
-from .layout import LabHost, LabLayout, LabSpec
+from ipex_fleet.common.waiting import wait_until
+from ipex_fleet.lab.layout import LabHost, LabLayout, LabSpec
 
 CGROUP_BASE = Path("/sys/fs/cgroup")
 CGROUP_TOP = "ipex-fleet-lab"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from ..errors import UserError
-from ..runner import run
-from .layout import LabSpec
+from ipex_fleet.common.errors import UserError
+from ipex_fleet.runner import run
+from ipex_fleet.lab.layout import LabSpec
 
 # A loopback address and port no lab service uses: hosts send here to prove the guard sees them.
 GUARD_PROBE = ("127.255.255.254", 9)

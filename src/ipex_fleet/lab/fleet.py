@@ -19,14 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..domain import SYSTEM_PROFILE
-from ..errors import CommandFailed, UserError
-from ..nix import commands as nixcmd
-from ..runner import Completed, run, run_attached
-from ..waiting import wait_until
-from ..flakepush import flake_hash, flake_tarball
-from . import bootlog, container, faults, hardware, install, knobs, limits, sshmaterial, template
-from .layout import DEFAULT_NET, LabHost, LabLayout, LabSpec, check_net, read_spec, write_spec
+from ipex_fleet.domain import SYSTEM_PROFILE
+from ipex_fleet.common.errors import CommandFailed, UserError
+from ipex_fleet.nix import commands as nixcmd
+from ipex_fleet.runner import Completed, run, run_attached
+from ipex_fleet.common.waiting import wait_until
+from ipex_fleet.nix.flakepush import flake_hash, flake_tarball
+from ipex_fleet.lab import bootlog, container, faults, hardware, install, knobs, limits, sshmaterial, template
+from ipex_fleet.lab.layout import DEFAULT_NET, LabHost, LabLayout, LabSpec, check_net, read_spec, write_spec
 
 FLAKE_SOURCE = Path(__file__).parent / "flake"
 # The lab flake's locked input (standing in for nixpkgs), served by the lab on loopback.
@@ -551,7 +551,7 @@ class Lab:
 
     def _start_cache(self, spec: LabSpec) -> None:
         """A real HTTP server on loopback serving the lab's binary cache, and its signing key."""
-        from ..cache import generate_key
+        from ipex_fleet.nix.cache import generate_key
 
         secret, public = self.layout.cache_keys
         secret.parent.mkdir(parents=True, exist_ok=True)

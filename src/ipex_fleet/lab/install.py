@@ -20,13 +20,13 @@ import json
 import os
 from pathlib import Path
 
-from .. import flakeinputs
-from ..domain import SYSTEM_PROFILE
-from ..errors import CommandFailed, UserError
-from ..flakepush import materialize
-from ..nix import commands as nixcmd
-from ..runner import run
-from .layout import LabHost, LabLayout
+from ipex_fleet.nix import flakeinputs
+from ipex_fleet.domain import SYSTEM_PROFILE
+from ipex_fleet.common.errors import CommandFailed, UserError
+from ipex_fleet.nix.flakepush import materialize
+from ipex_fleet.nix import commands as nixcmd
+from ipex_fleet.runner import run
+from ipex_fleet.lab.layout import LabHost, LabLayout
 
 NIX = ["nix", "--extra-experimental-features", "nix-command flakes"]
 

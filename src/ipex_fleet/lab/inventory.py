@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from .fleet import Lab
+from ipex_fleet.lab.fleet import Lab
 
 
 def lab_hosts(root: str | None = None) -> list[tuple[str, dict[str, Any]]]:

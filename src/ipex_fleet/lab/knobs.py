@@ -11,8 +11,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
-from .hardware import GPUS
+from ipex_fleet.common.errors import UserError
+from ipex_fleet.lab.hardware import GPUS
 
 _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 SERVICES = ("ollama", "comfyui")

@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UserError
+from ipex_fleet.common.errors import UserError
 
 DEFAULT_ROOT = "/srv/ipex-fleet-lab"
 DEFAULT_NET = "127.0.10"

@@ -23,7 +23,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UserError
+from ipex_fleet.common.errors import UserError
 
 PROC_SYS = Path("/proc/sys")
 ENV = "IPEX_FLEET_LAB_KERNEL_LIMITS"

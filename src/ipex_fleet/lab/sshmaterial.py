@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..runner import run
-from .layout import LabHost, LabLayout, LabSpec
+from ipex_fleet.runner import run
+from ipex_fleet.lab.layout import LabHost, LabLayout, LabSpec
 
 
 def ensure_key(path: Path, comment: str) -> None:

@@ -11,8 +11,8 @@ import os
 import shutil
 from pathlib import Path
 
-from ..errors import CommandFailed, UserError
-from ..runner import run
+from ipex_fleet.common.errors import CommandFailed, UserError
+from ipex_fleet.runner import run
 
 DEFAULT_CACHE = "/srv/ipex-fleet-lab-cache"
 MIRROR = "http://deb.debian.org/debian"

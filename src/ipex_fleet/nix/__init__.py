@@ -1,1 +1,1 @@
-"""Nix and NixOS for pyinfra: command builders, facts and operations."""
+"""Nix and NixOS for pyinfra: command builders, upkeep, the flake's push and its inputs, the binary cache."""

@@ -7,17 +7,16 @@ every part runs the same commands.
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from shlex import quote
 
-from ..domain import STATE_DIR, Action, Generation, ProfileState
+from ipex_fleet.domain import STATE_DIR, Action
+from ipex_fleet.host.nixprofile import BOOT_LINKS, parse_profile_state
 
 LOCK_FILE = f"{STATE_DIR}/lock"  # the host agent owns it (ipex_fleet.host.agent)
 DEPLOY_LOG = f"{STATE_DIR}/deploys.jsonl"
 FLAKE_ROOT = f"{STATE_DIR}/flake"
 ACTIVATION_DIR = f"{STATE_DIR}/activation"
-_LINK_RE = re.compile(r"-(\d+)-link$")
 
 
 def toplevel_attr(config_name: str) -> str:
@@ -32,20 +31,6 @@ def profile_state(profile: str) -> str:
         'printf "%s %s %s\\n" "${l##*/}" "$(stat -c %Y "$l")" "$(readlink -f "$l")"; done; '
         f'printf "current %s\\n" "$(readlink {p} 2>/dev/null)"'
     )
-
-
-def parse_profile_state(lines: list[str]) -> ProfileState:
-    generations: list[Generation] = []
-    current: int | None = None
-    for line in lines:
-        parts = line.split()
-        if parts and parts[0] == "current":
-            m = _LINK_RE.search(parts[1]) if len(parts) > 1 else None
-            current = int(m.group(1)) if m else None
-        elif len(parts) == 3 and (m := _LINK_RE.search(parts[0])):
-            generations.append(Generation(int(m.group(1)), parts[2], int(parts[1])))
-    generations.sort(key=lambda g: g.number or 0)
-    return ProfileState(tuple(generations), current)
 
 
 def running_system() -> str:
@@ -223,10 +208,6 @@ def schedule_reboot(run_id: str) -> str:
     """Reboot a second from now, from a unit of its own: this session can return before it ends."""
     return (f"systemd-run --quiet --collect --on-active=1 --unit={quote('ipex-fleet-reboot-' + run_id)} "
             "systemctl reboot")
-
-
-# What makes a new generation need a reboot (switch-to-configuration compares the same links).
-BOOT_LINKS = ("kernel", "initrd", "kernel-modules", "firmware")
 
 
 def change_report(current: str, target: str) -> str:

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from shlex import quote
 
-from . import commands as nixcmd
-from .. import hostagent
+from ipex_fleet.nix import commands as nixcmd
+from ipex_fleet.transaction import hostagent
 
 ENTRIES = "/boot/loader/entries"
 INPUT_ROOTS = "/nix/var/nix/gcroots/ipex-fleet"

@@ -10,11 +10,11 @@ from typing import Any
 
 from pyinfra import logger
 
-from .. import hostagent
-from ..nix import commands as nixcmd
-from ..remote import HostUnreachable, RemoteResult, SessionLost, StepTimeout
-from ..waiting import wait_until
-from .core import HostTransaction, StepFailed, running_system, sh, show_state
+from ipex_fleet.transaction import hostagent
+from ipex_fleet.nix import commands as nixcmd
+from ipex_fleet.remote import HostUnreachable, RemoteResult, SessionLost, StepTimeout
+from ipex_fleet.common.waiting import wait_until
+from ipex_fleet.transaction.core import HostTransaction, StepFailed, running_system, sh, show_state
 
 def reattach_activation(tx: HostTransaction, host: Any, call_id: str, started: float,
                         lost: SessionLost) -> RemoteResult:

@@ -16,14 +16,13 @@ from typing import Any
 
 from pyinfra import logger
 
-from .. import hostagent
-from ..domain import Generation, Status
-from ..domain import STATE_DIR
-from ..nix import commands as nixcmd
-from ..remote import HostUnreachable, StepTimeout, put_bytes
-from ..results import read_host_result
-from ..waiting import wait_until
-from .core import (Fenced, HostTransaction, LockRefused, StepFailed, WatchdogReverted, heartbeat_of, profile_state,
+from ipex_fleet.transaction import hostagent
+from ipex_fleet.domain import STATE_DIR, Generation, Status
+from ipex_fleet.nix import commands as nixcmd
+from ipex_fleet.remote import HostUnreachable, StepTimeout, put_bytes
+from ipex_fleet.ledger.results import read_host_result
+from ipex_fleet.common.waiting import wait_until
+from ipex_fleet.transaction.core import (Fenced, HostTransaction, LockRefused, StepFailed, WatchdogReverted, heartbeat_of, profile_state,
                    sh, sh_fresh)
 
 def install_agent(tx: HostTransaction, host: Any) -> dict[str, Any]:

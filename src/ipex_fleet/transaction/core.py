@@ -14,11 +14,11 @@ from typing import Any, Callable
 
 from pyinfra import logger
 
-from ..domain import NO_GENERATION, Generation, HostResult, ProfileState, Status
-from .. import heartbeat, progress, runstate
-from ..nix import commands as nixcmd
-from ..remote import RemoteResult, run, run_fresh
-from ..settings import DeploySettings, from_host_data
+from ipex_fleet.domain import NO_GENERATION, Generation, HostResult, ProfileState, Status
+from ipex_fleet.transaction import heartbeat, progress, runstate
+from ipex_fleet.nix import commands as nixcmd
+from ipex_fleet.remote import RemoteResult, run, run_fresh
+from ipex_fleet.settings import DeploySettings, from_host_data
 
 class StepFailed(Exception):
     """A step found the host unfit to continue; the message says why."""
@@ -120,7 +120,7 @@ def running_system(tx: HostTransaction, host: Any) -> str:
     return sh(tx, host, nixcmd.running_system()).stdout.strip()
 
 def show_state(tx: HostTransaction, state: str, **detail: Any) -> None:
-    """One progress event when the host's state changes (ipex_fleet.progress)."""
+    """One progress event when the host's state changes (ipex_fleet.transaction.progress)."""
     if state != tx.shown_state or detail:
         tx.shown_state = state
         progress.emit(tx.run_id, tx.host, state, **detail)

@@ -33,22 +33,24 @@ from typing import Any, Callable
 from pyinfra import logger
 from pyinfra.api.state import BaseStateCallback
 
-from .. import hostagent, maintsteps, probation, progress, redact, runstate
-from ..domain import NO_GENERATION, Action, Generation, HostResult, Status
-from ..nix import commands as nixcmd
-from ..plan import plan_step
-from ..remote import HostUnreachable, RemoteResult, SessionLost, StepTimeout
-from ..results import write_host_result
-from ..rollout.ledger import Ledger
-from ..settings import DeploySettings, from_host_data
-from . import gates, models
-from .activation import activation_error, check_activation, reattach_activation, reboot_into_target
-from .agentcalls import (await_revert, claim, confirm, install_agent, mark, open_intent, recover_open_intent,
+from ipex_fleet.common import redact
+from ipex_fleet.fleet import probation
+from ipex_fleet.transaction import hostagent, maintenance as maintsteps, progress, runstate
+from ipex_fleet.domain import NO_GENERATION, Action, Generation, HostResult, Status
+from ipex_fleet.nix import commands as nixcmd
+from ipex_fleet.fleet.plan import plan_step
+from ipex_fleet.remote import HostUnreachable, RemoteResult, SessionLost, StepTimeout
+from ipex_fleet.ledger.results import write_host_result
+from ipex_fleet.ledger.runs import Ledger
+from ipex_fleet.settings import DeploySettings, from_host_data
+from ipex_fleet.transaction import gates, models
+from ipex_fleet.transaction.activation import activation_error, check_activation, reattach_activation, reboot_into_target
+from ipex_fleet.transaction.agentcalls import (await_revert, claim, confirm, install_agent, mark, open_intent, recover_open_intent,
                          take_lock, watchdog_reverted)
-from .core import (Fenced, HostTransaction, LockRefused, StepFailed, StepFn, WatchdogReverted, heartbeat_of,
+from ipex_fleet.transaction.core import (Fenced, HostTransaction, LockRefused, StepFailed, StepFn, WatchdogReverted, heartbeat_of,
                    sh, show_state, transaction_for)
-from .rollback import planned_generation, read_plan, recover, requested_generation, rollback_requested
-from .system import build, push_flake, record_previous
+from ipex_fleet.transaction.rollback import planned_generation, read_plan, recover, requested_generation, rollback_requested
+from ipex_fleet.transaction.system import build, push_flake, record_previous
 
 
 Seconds = Callable[[DeploySettings], float]

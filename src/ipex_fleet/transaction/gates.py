@@ -12,13 +12,14 @@ from typing import Any
 
 from pyinfra import logger
 
-from .. import hostagent, junit
-from ..nix import commands as nixcmd
-from ..probe import failing
-from ..remote import RemoteResult
-from ..results import run_dir
-from .core import HostTransaction, StepFailed, profile_state, sh
-from .rollback import read_plan
+from ipex_fleet.common import junit
+from ipex_fleet.transaction import hostagent
+from ipex_fleet.nix import commands as nixcmd
+from ipex_fleet.host.probe import failing
+from ipex_fleet.remote import RemoteResult
+from ipex_fleet.ledger.results import run_dir
+from ipex_fleet.transaction.core import HostTransaction, StepFailed, profile_state, sh
+from ipex_fleet.transaction.rollback import read_plan
 
 
 def _document(result: RemoteResult, what: str) -> dict[str, Any]:

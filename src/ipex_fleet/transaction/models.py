@@ -12,11 +12,11 @@ from pathlib import Path
 from shlex import quote
 from typing import Any
 
-from ..models import manifest
-from ..models.cache import fetch
-from ..models.install import InstallError
-from ..remote import put_bytes, run
-from .core import HostTransaction, StepFailed, sh, warn
+from ipex_fleet.host.models import manifest
+from ipex_fleet.transaction.modelcache import fetch
+from ipex_fleet.host.models.install import InstallError
+from ipex_fleet.remote import put_bytes, run
+from ipex_fleet.transaction.core import HostTransaction, StepFailed, sh, warn
 
 PLAN_DIR = "/var/lib/ipex-fleet/models"
 

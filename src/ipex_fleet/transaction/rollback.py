@@ -9,12 +9,12 @@ from typing import Any
 
 from pyinfra import logger
 
-from .. import hostagent
-from ..domain import Generation, HostResult, Status
-from ..errors import UserError
-from ..nix import commands as nixcmd
-from .agentcalls import recover_open_intent, take_lock
-from .core import HostTransaction, StepFailed, profile_state, running_system, sh
+from ipex_fleet.transaction import hostagent
+from ipex_fleet.domain import Generation, HostResult, Status
+from ipex_fleet.common.errors import UserError
+from ipex_fleet.nix import commands as nixcmd
+from ipex_fleet.transaction.agentcalls import recover_open_intent, take_lock
+from ipex_fleet.transaction.core import HostTransaction, StepFailed, profile_state, running_system, sh
 
 def requested_generation(data: Any, host_name: str) -> int | None:
     """`--data generation=N` for deploys/rollback.py, checked before any host is touched."""

@@ -9,13 +9,14 @@ from typing import Any
 
 from pyinfra import state
 
-from .. import flakeinputs, runstate
-from ..cache import CacheError, substitute, toplevel_for
-from ..domain import Generation
-from ..nix import commands as nixcmd
-from ..nix import upkeep
-from ..remote import put_bytes
-from .core import HostTransaction, StepFailed, profile_state, running_system, sh
+from ipex_fleet.nix import flakeinputs
+from ipex_fleet.transaction import runstate
+from ipex_fleet.nix.cache import CacheError, substitute, toplevel_for
+from ipex_fleet.domain import Generation
+from ipex_fleet.nix import commands as nixcmd
+from ipex_fleet.nix import upkeep
+from ipex_fleet.remote import put_bytes
+from ipex_fleet.transaction.core import HostTransaction, StepFailed, profile_state, running_system, sh
 
 def record_previous(tx: HostTransaction, host: Any) -> None:
     """Step 2: the generation to return to on failure (as read under the lock, in its round trip)."""

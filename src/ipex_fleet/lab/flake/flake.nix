@@ -24,7 +24,7 @@
       mkToplevel = name:
         let
           settings = builtins.fromJSON (builtins.readFile (./hosts + "/${name}.json"));
-          # The same schema as flake/modules/fleet.nix writes (ipex_fleet.fleetconfig reads it).
+          # The same schema as flake/modules/fleet.nix writes (ipex_fleet.host.fleetconfig reads it).
           fleetConfig = {
             schema = 1;
             host = name;

@@ -1,0 +1,75 @@
+"""A Nix profile as a host reads it (standard library only): ipex-fleet's state directory, the system profile,
+its generations and the one it points at, the boot links whose change needs a reboot. The controller's
+domain and nix.commands import these from here (the controller may import the host side, never the reverse)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+SYSTEM_PROFILE = "/nix/var/nix/profiles/system"
+STATE_DIR = "/var/lib/ipex-fleet"
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One generation of a Nix profile."""
+
+    number: int | None
+    path: str | None
+    date: int | None = None  # unix time of the profile link
+
+    def to_json(self) -> dict[str, Any]:
+        return {"generation": self.number, "path": self.path}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> "Generation":
+        data = data or {}
+        return cls(number=data.get("generation"), path=data.get("path"))
+
+
+NO_GENERATION = Generation(None, None)
+
+
+@dataclass(frozen=True)
+class ProfileState:
+    """Every generation of a profile, and the one it points at."""
+
+    generations: tuple[Generation, ...]
+    current: int | None
+
+    @property
+    def current_generation(self) -> Generation:
+        for gen in self.generations:
+            if gen.number == self.current:
+                return gen
+        return NO_GENERATION
+
+    def by_number(self, number: int) -> Generation | None:
+        return next((g for g in self.generations if g.number == number), None)
+
+    def by_path(self, path: str) -> Generation | None:
+        """The newest generation whose store path is `path`."""
+        matches = [g for g in self.generations if g.path == path]
+        return max(matches, key=lambda g: g.number or 0) if matches else None
+
+_LINK_RE = re.compile(r"-(\d+)-link$")
+
+
+def parse_profile_state(lines: list[str]) -> ProfileState:
+    generations: list[Generation] = []
+    current: int | None = None
+    for line in lines:
+        parts = line.split()
+        if parts and parts[0] == "current":
+            m = _LINK_RE.search(parts[1]) if len(parts) > 1 else None
+            current = int(m.group(1)) if m else None
+        elif len(parts) == 3 and (m := _LINK_RE.search(parts[0])):
+            generations.append(Generation(int(m.group(1)), parts[2], int(parts[1])))
+    generations.sort(key=lambda g: g.number or 0)
+    return ProfileState(tuple(generations), current)
+
+
+# What makes a new generation need a reboot (switch-to-configuration compares the same links).
+BOOT_LINKS = ("kernel", "initrd", "kernel-modules", "firmware")

@@ -1,1 +1,0 @@
-"""Staged rollouts: waves of pyinfra runs, failure budgets, revert, soak, resume, and the ledger."""
