@@ -22,8 +22,8 @@ from ipex_fleet.nix import commands as nixcmd
 from ipex_fleet.remote import HostUnreachable, StepTimeout, put_bytes
 from ipex_fleet.ledger.results import read_host_result
 from ipex_fleet.common.waiting import wait_until
-from ipex_fleet.transaction.core import (Fenced, HostTransaction, LockRefused, StepFailed, WatchdogReverted, heartbeat_of, profile_state,
-                   sh, sh_fresh)
+from ipex_fleet.transaction.core import (Fenced, HostTransaction, LockRefused, StepFailed, WatchdogReverted,
+                                         heartbeat_of, profile_state, sh, sh_fresh)
 
 def install_agent(tx: HostTransaction, host: Any) -> dict[str, Any]:
     """Copy this version of the host agent to the host (by content hash); returns its status."""

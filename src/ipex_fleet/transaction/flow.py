@@ -34,24 +34,24 @@ from pyinfra import logger
 from pyinfra.api.state import BaseStateCallback
 
 from ipex_fleet.common import redact
-from ipex_fleet.fleet import probation
-from ipex_fleet.transaction import hostagent, maintenance as maintsteps, progress, runstate
 from ipex_fleet.domain import NO_GENERATION, Action, Generation, HostResult, Status
-from ipex_fleet.nix import commands as nixcmd
+from ipex_fleet.fleet import probation
 from ipex_fleet.fleet.plan import plan_step
-from ipex_fleet.remote import HostUnreachable, RemoteResult, SessionLost, StepTimeout
 from ipex_fleet.ledger.results import write_host_result
 from ipex_fleet.ledger.runs import Ledger
+from ipex_fleet.nix import commands as nixcmd
+from ipex_fleet.remote import HostUnreachable, RemoteResult, SessionLost, StepTimeout
 from ipex_fleet.settings import DeploySettings, from_host_data
-from ipex_fleet.transaction import gates, models
-from ipex_fleet.transaction.activation import activation_error, check_activation, reattach_activation, reboot_into_target
-from ipex_fleet.transaction.agentcalls import (await_revert, claim, confirm, install_agent, mark, open_intent, recover_open_intent,
-                         take_lock, watchdog_reverted)
-from ipex_fleet.transaction.core import (Fenced, HostTransaction, LockRefused, StepFailed, StepFn, WatchdogReverted, heartbeat_of,
-                   sh, show_state, transaction_for)
-from ipex_fleet.transaction.rollback import planned_generation, read_plan, recover, requested_generation, rollback_requested
+from ipex_fleet.transaction import gates, hostagent, maintenance, models, progress, runstate
+from ipex_fleet.transaction.activation import (activation_error, check_activation, reattach_activation,
+                                               reboot_into_target)
+from ipex_fleet.transaction.agentcalls import (await_revert, claim, confirm, install_agent, mark, open_intent,
+                                               recover_open_intent, take_lock, watchdog_reverted)
+from ipex_fleet.transaction.core import (Fenced, HostTransaction, LockRefused, StepFailed, StepFn, WatchdogReverted,
+                                         heartbeat_of, sh, show_state, transaction_for)
+from ipex_fleet.transaction.rollback import (planned_generation, read_plan, recover, requested_generation,
+                                             rollback_requested)
 from ipex_fleet.transaction.system import build, push_flake, record_previous
-
 
 Seconds = Callable[[DeploySettings], float]
 
@@ -506,14 +506,14 @@ OBSERVE = Step("Read the current generation", gates.observe, _command)
 RECORD_CHECK = Step("Record the result", record, _command)
 MAINTENANCE = (
     # Each look at the lock is one command; begin waits up to maintenance_lock_wait for a deploy.
-    Step("Take the lock (wait for a deploy, bounded, or skip); record the start", maintsteps.begin, _command),
+    Step("Take the lock (wait for a deploy, bounded, or skip); record the start", maintenance.begin, _command),
     Step("Remove old pushed flakes and records; keep the generations the policy and the anchors name; "
-         "collect garbage", maintsteps.retention, lambda s: s.build_timeout),
-    Step("Vacuum the journal; clean temporary files", maintsteps.vacuum, _command),
+         "collect garbage", maintenance.retention, lambda s: s.build_timeout),
+    Step("Vacuum the journal; clean temporary files", maintenance.vacuum, _command),
     Step("Verify the declared models, fetch corrupt ones again, prune by policy", models.install_models,
          lambda s: s.models_timeout),
-    Step("Restart the AI services (--restart), then probe", maintsteps.restart, lambda s: s.activation_timeout),
-    Step("Health levels 1-3 and the full benchmark: drift against baseline and history", maintsteps.health_and_drift,
+    Step("Restart the AI services (--restart), then probe", maintenance.restart, lambda s: s.activation_timeout),
+    Step("Health levels 1-3 and the full benchmark: drift against baseline and history", maintenance.health_and_drift,
          lambda s: s.bench_timeout),
     Step("Record the end and release the lock", record, _command),
 )
