@@ -17,7 +17,6 @@ from pyinfra.api.arguments import pop_global_arguments
 from pyinfra.api.command import StringCommand
 from pyinfra.api.exceptions import ConnectError
 from pyinfra.connectors.base import BaseConnector
-from pyinfra.connectors.util import make_unix_command_for_host
 
 _RC_MARK = "__ipex_fleet_rc="
 _CONNECTION_ERRORS = (OSError, EOFError, SSHException, TimeoutError, gevent.Timeout, ConnectError)
@@ -135,11 +134,6 @@ def _raise_for(host: Any, timeout: float, exc: BaseException) -> None:
         raise StepTimeout(f"command did not finish within {timeout:g}s") from None
     raise HostUnreachable(f"no answer from {address(host)[0]} (after {type(exc).__name__}); "
                           f"the host is down or cut off") from None
-
-
-def host_command(host: Any, command: str) -> str:
-    """The command as pyinfra would run it on `host` (sudo, su, environment from its arguments)."""
-    return make_unix_command_for_host(host.state, host, StringCommand(command), **privilege_args(host)).get_raw_value()
 
 
 def fresh_connector(host: Any) -> BaseConnector:
