@@ -85,8 +85,11 @@ def test_a_slower_ollama_is_rolled_back_by_the_tokens_gate_and_a_healthy_one_pas
             assert tokens["ci"][1] < 0.85 and tokens["confidence"] >= 0.995
             assert f"health checks failed: ollama_generate: {MODEL} generates " in result.error
             break
-        assert tokens["contended"] is True and "the CPU was contended from outside this host" in result.error
-        assert "the CPU is contended (some task waited " in result.error and "of the time it measured)" in result.error
+        if tokens.get("contended"):  # the kernel saw tasks waiting for a CPU
+            assert "the CPU was contended from outside this host" in result.error
+            assert "the CPU is contended (some task waited " in result.error and "of the time it measured)" in result.error
+        else:  # the CPU ran slower as a whole (another lab on the sibling thread): the reference task saw it
+            assert tokens["cpu_slowed"] < 0.85 and "tokens/s inconclusive (the CPU itself ran at " in result.error
         assert "Ollama tokens/s gate inconclusive (host data bench_inconclusive=fail)" in result.error
     assert "--lab-slow-tokens" not in fleet.sh("host2", "ps ax -o args")  # its slow Ollama went with it
     print(f"\nhealthy redeploys (verdict, ratio): {verdicts}; slow_ollama=4: "

@@ -36,7 +36,15 @@ def generations(slower: float = 1.0, cv: float = 0.02, seed: int = 1):
 
 
 @pytest.fixture
-def quiet(monkeypatch):
+def cpu(monkeypatch):
+    """The CPU's own speed as the test says (bench/reference.py; the machine's would be its load's)."""
+    speed = {"now": 250.0}
+    monkeypatch.setattr(tokens.reference, "cpu_speed", lambda: speed["now"])
+    return speed
+
+
+@pytest.fixture
+def quiet(monkeypatch, cpu):
     """The device's other users as the test says (the machine's own would make the verdicts its load's)."""
     listing = {"processes": [], "pressure": 0.0}
     monkeypatch.setattr(tokens.Generations, "occupants", lambda self: json.loads(json.dumps(listing)))
@@ -104,6 +112,34 @@ def test_a_cpu_slowed_by_contention_from_outside_is_inconclusive(tmp_path, quiet
     assert unsure.result is Result.WARN and unsure.data["gate"]["contended"] is True
     assert "inconclusive (the CPU was contended from outside this host)" in unsure.message
     assert "the CPU is contended (some task waited 60% of the last 10 s)" in unsure.message  # as listed here
+
+
+def test_a_cpu_slowed_as_a_whole_excuses_a_slowdown_only_as_far_as_it_goes(tmp_path, quiet, cpu):
+    """A busy sibling thread of the same core (a VM's two vCPUs), steal or a slower clock: no task waits,
+    so the kernel's pressure stays low, yet every task runs slower. The reference task sees it."""
+    judge(tmp_path, generations(seed=1))
+    assert recorded(tmp_path)["reference"] == {"value": 250.0, "unit": "bursts/s", "readings": 3}
+    cpu["now"] = 140.0  # the CPU at 56 % of its recorded speed, no pressure, no process of the host's own
+    healthy = judge(tmp_path, generations(slower=1 / 0.56, seed=7))  # the healthy model, as slowed as the CPU
+    gate = healthy.data["gate"]
+    assert healthy.result is Result.WARN and gate["result"] == stats.INCONCLUSIVE, healthy.message
+    assert gate["cpu_slowed"] == 0.56 and 0.5 < gate["ratio"] < 0.62 and "contended" not in gate
+    assert healthy.message.startswith(f"{MODEL}: tokens/s inconclusive (the CPU itself ran at 56% of its recorded "
+                                      "speed): ")
+
+    slower_still = judge(tmp_path, generations(slower=4 / 0.56, seed=8))  # a model 4x slower on that CPU
+    gate = slower_still.data["gate"]
+    assert slower_still.result is Result.FAIL and gate["cpu_slowed"] == 0.56 and gate["ratio"] < 0.2
+    assert slower_still.message.endswith("the CPU itself ran at 56% of its recorded speed, which does not explain it")
+
+    quiet["processes"] = [{"pid": 77, "name": "python3 cpu-hog.py", "cpu": 0.9}]  # the host's own: no excuse
+    own = judge(tmp_path, generations(slower=1 / 0.56, seed=9))
+    assert own.result is Result.FAIL and "cpu_slowed" not in own.data["gate"], own.message
+
+    quiet["processes"] = []
+    cpu["now"] = 240.0  # the CPU itself again: a model half as fast fails as it always did
+    plain = judge(tmp_path, generations(slower=2.0, seed=10))
+    assert plain.result is Result.FAIL and "cpu_slowed" not in plain.data["gate"], plain.message
 
 
 def test_other_weights_or_a_rebaseline_record_anew(tmp_path, quiet):

@@ -23,7 +23,7 @@ from typing import Any, Iterable
 from ipex_fleet.host.device import (Device, capture_graph, current_device, device_properties, synchronize, time_runs,
     time_samples)
 from ipex_fleet.host.bench import cases as case_lib
-from ipex_fleet.host.bench import stats
+from ipex_fleet.host.bench import reference, stats
 from ipex_fleet.host.bench.peaks import efficiency
 
 SCHEMA = 2
@@ -88,6 +88,8 @@ class Bench:
         self.cases = {c.name: c for c in case_lib.plan(self.device, quick)
                       if not only or any(c.name.startswith(o) for o in only)}
         self.warmed = False
+        # The CPU's own speed, read before each gated round (bench/reference.py): a CPU run only.
+        self.reference = reference.cpu_speed if self.device.type == "cpu" else None
 
     def warm_up(self, seconds: float) -> None:
         """Busy the device for a moment first, so clocks have ramped before the first case."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import json
+import statistics
 import sys
 import time
 from contextlib import nullcontext
@@ -17,7 +18,7 @@ from typing import Any
 from ipex_fleet.host import fleetconfig
 from ipex_fleet.host.device import load_generation_environment
 from ipex_fleet.common.files import write_json_atomic
-from ipex_fleet.host.bench import Bench, gate, occupants, pooled, stats
+from ipex_fleet.host.bench import Bench, gate, occupants, pooled, sig, stats
 
 EXIT = {stats.PASS: 0, stats.FAIL: 1, stats.INCONCLUSIVE: 3}
 
@@ -92,7 +93,9 @@ def gated(bench: Any, args: argparse.Namespace) -> dict[str, Any]:
     retests of what looks slower; the verdict names the device's other users.
 
     `bench` is anything with the Bench's interface (plan, cases, device.type, measure, document,
-    occupants): the probe's Ollama tokens/s gate (probe/tokens.py) is judged here too."""
+    occupants, and `reference`: the CPU's own speed, or None): the probe's Ollama tokens/s gate
+    (probe/tokens.py) is judged here too."""
+    bench = WithReference(bench)
     plan = bench.plan
     found = bench.occupants()
     device = bench.document([])["device"]
@@ -121,6 +124,9 @@ def gated(bench: Any, args: argparse.Namespace) -> dict[str, Any]:
                                "tail": plan.tail, "occupants": found}
     if not ok:
         baseline = gate.new_baseline(bench.document([]), entries, found)
+        if bench.readings:
+            baseline["reference"] = {"value": sig(statistics.median(bench.readings)), "unit": "bursts/s",
+                                     "readings": len(bench.readings)}
         write_json_atomic(Path(args.dir) / "baseline.json", baseline)
         summary.update(result=stats.PASS, baseline_recorded=True, reason=why, baseline_runs=runs,
                        confidence=None, comparisons=[],
@@ -141,6 +147,12 @@ def gated(bench: Any, args: argparse.Namespace) -> dict[str, Any]:
                 found["pressure"] = max(found.get("pressure") or 0.0, after["pressure"])
             if bench.device.type == "cpu" and occupants.contended_from_outside(found):
                 verdict = not_ours(comparisons, found)
+        speed = bench.cpu_speed(baseline, after=verdict == stats.FAIL)
+        if speed is not None:
+            summary["cpu_speed"] = speed
+            # A slower CPU excuses a fail as far as it goes; a busy process of the host's own never does.
+            if verdict == stats.FAIL and speed["ratio"] < 1 - args.tolerance and not found.get("processes"):
+                verdict = cpu_slowed(comparisons, speed["ratio"], args.tolerance)
         summary.update(result=verdict, baseline_recorded=False, baseline_added=new,
                        confidence=gate.confidence_of(comparisons, verdict), comparisons=comparisons, retest=retest)
         if baseline.get("device", {}).get("torch") != device.get("torch"):
@@ -164,6 +176,56 @@ def not_ours(comparisons: list[dict[str, Any]], found: dict[str, Any]) -> str:
             c.update(verdict=stats.INCONCLUSIVE, contended=True, message=c["message"] + (
                 f"; the CPU was contended from outside this host (some task waited {found['pressure']:.0%} "
                 f"of {occupants.over(found)}, no process of its own busy)"))
+    return gate.verdict_of(comparisons)
+
+
+class WithReference:
+    """A bench whose every round is preceded by a reading of the CPU's own speed (bench/reference.py),
+    where the bench offers one (a CPU run)."""
+
+    def __init__(self, bench: Any) -> None:
+        self.bench = bench
+        self.read = getattr(bench, "reference", None)
+        self.readings: list[float] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.bench, name)
+
+    def measure(self, name: str, repeat: int | None = None) -> dict[str, Any]:
+        if self.read is not None:
+            self.readings.append(self.read())
+        return self.bench.measure(name, repeat=repeat)
+
+    def cpu_speed(self, baseline: dict[str, Any], after: bool) -> dict[str, Any] | None:
+        """This run's slowest reading against the baseline's (one more reading `after` the rounds), or
+        None where either has none (a GPU, a baseline from before the reference)."""
+        recorded = (baseline.get("reference") or {}).get("value")
+        if not self.readings or not recorded:
+            return None
+        if after:
+            self.readings.append(self.read())
+        slowest = min(self.readings)
+        return {"baseline": recorded, "slowest": sig(slowest), "readings": len(self.readings),
+                "ratio": round(slowest / recorded, 4)}
+
+
+def cpu_slowed(comparisons: list[dict[str, Any]], speed: float, tolerance: float) -> str:
+    """The CPU itself ran slower than when the baseline was taken (a reference task, `speed` of its
+    recorded rate), with no process of the host's own to blame: each failing case is judged again with
+    that slowdown taken out. One still beyond the tolerance keeps its fail (the CPU does not explain
+    it); the others become inconclusive (`cpu_slowed`): slower, but no more than the CPU under them."""
+    for c in comparisons:
+        if c["verdict"] != stats.FAIL:
+            continue
+        beyond = c["ci"][1] / speed < 1 - tolerance
+        note = (f"; the CPU itself ran at {speed:.0%} of its recorded speed (a fixed reference task: a busy "
+                f"sibling thread, steal or a slower clock, which the kernel's pressure does not show), "
+                f"{c['ratio'] / speed:.0%} of baseline with that taken out (interval {c['ci'][0] / speed:.0%}-"
+                f"{c['ci'][1] / speed:.0%})")
+        if beyond:
+            c.update(cpu_slowed=speed, message=c["message"] + note + ": slower still")
+        else:
+            c.update(verdict=stats.INCONCLUSIVE, cpu_slowed=speed, message=c["message"] + note)
     return gate.verdict_of(comparisons)
 
 

@@ -35,7 +35,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable
 
-from ipex_fleet.host.bench import Plan, gate, sig, stats
+from ipex_fleet.host.bench import Plan, gate, reference, sig, stats
 from ipex_fleet.host.probe.httpjson import request
 from ipex_fleet.host.probe.model import Outcome, failed, passed, skipped, warned
 
@@ -100,6 +100,8 @@ class Generations:
         self.started = time.monotonic()
         self.warmed: dict[str, Any] | None = None
         self._stall: tuple[int | None, float] | None = None
+        # The CPU's own speed, read before each round (bench/reference.py), where the model runs on the CPU.
+        self.reference = reference.cpu_speed if device["type"] == "cpu" else None
 
     def occupants(self) -> dict[str, Any]:
         """The device's other users, Ollama's own processes left out; on a CPU the kernel's pressure over
@@ -195,15 +197,19 @@ def judge(model: str, generate: Generate, *, device: dict[str, Any], bench_dir: 
                     "tolerance": tolerance, "alpha": summary["alpha"], "rounds": c.get("rounds", 1),
                     "samples": c.get("samples"), "retest": summary.get("retest"), "shared": summary.get("shared"),
                     **({"contended": True} if c.get("contended") else {}),
+                    **({"cpu_slowed": c["cpu_slowed"]} if c.get("cpu_slowed") else {}),
                     **({"transient": True} if c.get("transient") else {})}
     figures = (f"{result['value']:.1f} tokens/s, {c['ratio']:.0%} of the {c['baseline']:.1f} tokens/s recorded on "
                f"this host (interval {c['ci'][0]:.0%}-{c['ci'][1]:.0%}; P(slower than {1 - tolerance:.0%} of it) "
                f"{c['p_slower']:.1%}; {c.get('samples')} generations in {c.get('rounds', 1)} round(s))")
     shared = f"; {summary['shared']}" if summary.get("shared") else ""
     if verdict == stats.FAIL:
-        return failed(f"{model} generates {figures}: slower than the tolerance {tolerance:.0%}{shared}", **data)
+        slowed = (f"; the CPU itself ran at {c['cpu_slowed']:.0%} of its recorded speed, which does not explain it"
+                  if c.get("cpu_slowed") else "")
+        return failed(f"{model} generates {figures}: slower than the tolerance {tolerance:.0%}{slowed}{shared}", **data)
     if verdict == stats.INCONCLUSIVE:
         why = ("the CPU was contended from outside this host" if c.get("contended")
+               else f"the CPU itself ran at {c['cpu_slowed']:.0%} of its recorded speed" if c.get("cpu_slowed")
                else "its retest alone was within tolerance" if c.get("transient") else "too noisy to tell")
         return warned(f"{model}: tokens/s inconclusive ({why}): {figures}{shared}", **data)
     return passed(f"{model}: {figures}, within {tolerance:.0%}", **data)
