@@ -224,7 +224,7 @@ class ScriptedHost:
 
     def do_lock(self, command: str) -> tuple[int, list[str]]:
         rc, out = self.agent_call(command)
-        if rc == 0 and "for l in " in command:  # the profile, read in the lock's round trip
+        if rc == 0 and nixcmd.PROFILE_LINKS in command:  # the profile, read in the lock's round trip
             out += self.do_profile_state(command)[1]
         return rc, out
 
@@ -250,7 +250,7 @@ class ScriptedHost:
         number = max(self.generations) + 1
         self.generations[number] = path
         self.current = number
-        if "for l in " in command:  # read back in the same round trip
+        if nixcmd.PROFILE_LINKS in command:  # read back in the same round trip
             return self.do_profile_state(command)
         return 0, []
 
@@ -484,7 +484,7 @@ def classify(command: str) -> str:
         return "install_agent"
     if "os_id=" in command:
         return "preflight"
-    if " --set " in command and "for l in " in command and hostagent.LAUNCHER not in command:
+    if " --set " in command and nixcmd.PROFILE_LINKS in command and hostagent.LAUNCHER not in command:
         return "set_profile"  # set, then read back, in one round trip
     if hostagent.LAUNCHER in command and "deploys.jsonl" not in command:
         if "agent=missing" in command:
@@ -503,7 +503,7 @@ def classify(command: str) -> str:
         ("intent.json", "read_intent"),
         ("tail -n ", "deploy_log"),
         ("deploys.jsonl", "record"),
-        ("for l in ", "profile_state"),
+        (nixcmd.PROFILE_LINKS, "profile_state"),
         (" build --json", "build"),
         ("--switch-generation", "switch_generation"),
         ("switch-to-configuration", "activate"),

