@@ -29,7 +29,7 @@ PROFILE_LINKS = "-*-link"  # the generations' links beside the profile: <profile
 def profile_state(profile: str) -> str:
     """Print `<link-name> <mtime> <store-path>` per generation, then `current <link-name>`. One stat,
     one readlink and one awk for all the generations, in the links' order (a stat and a readlink for
-    each took two processes a generation: 21 ms for six of them here, 7 ms now). `readlink -m` prints
+    each took two processes a generation: 21 ms for six of them here, 5 ms now). `readlink -m` prints
     a line for every link, even one whose target is gone, so the two lists stay aligned."""
     p = quote(profile)
     return (

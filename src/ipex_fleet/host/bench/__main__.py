@@ -147,11 +147,12 @@ def gated(bench: Any, args: argparse.Namespace) -> dict[str, Any]:
                 found["pressure"] = max(found.get("pressure") or 0.0, after["pressure"])
             if bench.device.type == "cpu" and occupants.contended_from_outside(found):
                 verdict = not_ours(comparisons, found)
-        speed = bench.cpu_speed(baseline, after=verdict == stats.FAIL)
+        # A slower CPU excuses a fail as far as it goes; a busy process of the host's own never does.
+        excusable = verdict == stats.FAIL and not found.get("processes")
+        speed = bench.cpu_speed(baseline, after=excusable)
         if speed is not None:
             summary["cpu_speed"] = speed
-            # A slower CPU excuses a fail as far as it goes; a busy process of the host's own never does.
-            if verdict == stats.FAIL and speed["ratio"] < 1 - args.tolerance and not found.get("processes"):
+            if excusable and speed["ratio"] < 1 - args.tolerance:
                 verdict = cpu_slowed(comparisons, speed["ratio"], args.tolerance)
         summary.update(result=verdict, baseline_recorded=False, baseline_added=new,
                        confidence=gate.confidence_of(comparisons, verdict), comparisons=comparisons, retest=retest)
