@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -296,3 +297,30 @@ def test_tables_show_host_text_as_written_never_as_markup():
     out = render([("error", {})], [[c] for c in cells], columns_wide=200)
     for cell in cells:
         assert cell in out
+
+
+def _sh(command: str) -> dict[str, str]:
+    out = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=30, check=True)
+    return commands.parse_key_values(out.stdout.splitlines())
+
+
+def test_free_kb_is_dfs_available_column(tmp_path: Path):
+    df = subprocess.run(["df", "-Pk", str(tmp_path)], capture_output=True, text=True, check=True)
+    available = int(df.stdout.splitlines()[1].split()[3])
+    free = int(_sh(commands.free_kb(str(tmp_path)))["free_kb"])
+    assert abs(free - available) <= 1024  # the same figure, a moment apart on a live filesystem
+    assert _sh(commands.free_kb(str(tmp_path / "missing"), "gone")) == {"gone": "0"}
+
+
+def test_summed_kb_adds_the_paths_and_counts_a_missing_one_as_zero(tmp_path: Path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "x").write_bytes(b"x" * 300_000)
+    (tmp_path / "b" / "y").write_bytes(b"y" * 200_000)
+    du = {p: int(subprocess.run(["du", "-sk", str(tmp_path / p)], capture_output=True, text=True,
+                                check=True).stdout.split()[0]) for p in ("a", "b")}
+    a, b, gone = (str(tmp_path / p) for p in ("a", "b", "gone"))
+    assert _sh(commands.summed_kb(f"{a} {b}", "used")) == {"used": str(du["a"] + du["b"])}
+    assert _sh(commands.summed_kb(f"{gone} {b}", "used")) == {"used": str(du["b"])}
+    assert _sh(commands.summed_kb(f"{a} {gone}", "used")) == {"used": str(du["a"])}
+    assert _sh(commands.summed_kb(f"{gone} {gone}", "used") + '; echo left=$kb') == {"used": "0", "left": "0"}

@@ -179,6 +179,10 @@ PASSTHROUGH = {
 }
 
 
+# The commands whose work is a pyinfra run: its interpreter is started first thing.
+RUNS_PYINFRA = frozenset({"rollout", "maintain", "status", "plan", "recover", "rollback"})
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ipex-fleet",
@@ -203,6 +207,10 @@ def main(argv: list[str] | None = None) -> int:
         import importlib
 
         return importlib.import_module(PASSTHROUGH[argv[0]][0]).main(argv[1:])
+    if argv and argv[0] in RUNS_PYINFRA:
+        from ipex_fleet.fleet import pyinfra_run
+
+        pyinfra_run.prestart()  # its imports overlap ours and the planning (ipex_fleet.fleet.pyinfra_child)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
