@@ -316,8 +316,9 @@ class ScriptedHost:
     def do_maint_probe(self, command: str) -> tuple[int, list[str]]:
         _, facts = self.do_upkeep_facts(command)
         agent = next(line for line in self.do_preflight(command)[1] if line.startswith("agent="))  # quiet or not, as there
+        tmp = ["tmp_recent=1"] if getattr(self, "tmp_recent", False) else ["tmp_before_kb=8", "tmp_after_kb=4"]
         return 0, [agent, *facts, *[f"due={d}" for d in getattr(self, "due", ())],
-                   f"records={len(self.records)}", "journal_kb=1024", "tmp_before_kb=8", "tmp_after_kb=4"]
+                   f"records={len(self.records)}", "journal_kb=1024", *tmp]
 
     def do_delete_generations(self, command: str) -> tuple[int, list[str]]:
         words = shlex.split(command)

@@ -373,3 +373,42 @@ def test_tmpfiles_ages_clean_and_an_unhealthy_host_is_never_rebaselined(fleet, t
     tmp = result.report["tasks"]["tmp"]
     assert fleet.sh("host1", "ls /var/tmp/ipex-test") == ""
     assert tmp["before_bytes"] - tmp["after_bytes"] >= 1_900_000
+
+
+def test_nothing_to_do_is_unchanged_after_one_look_and_cleans_tmp_at_most_hourly(fleet, tmp_path):
+    """Housekeeping only, on real hosts: a host as the last maintenance left it is `unchanged` without
+    the lock or a record; its temporary files are cleaned by the look unless maintenance cleaned them
+    within the hour; a pushed flake aged past keep_days sends it down the full path again."""
+    inv = inventory(fleet, tmp_path, {"host3": {"health_levels": [], "models": [], "keep_days": 1}})
+    assert_ok(maintain(fleet, inv)[0])  # whatever the lab left behind goes now
+    records = fleet.sh("host3", f"wc -l < {nixcmd.DEPLOY_LOG}")
+    proc, run_id = maintain(fleet, inv)
+    assert_ok(proc)
+    result = fleet.result(run_id, "host3")
+    assert result.status.value == "unchanged" and "nothing_to_do" in result.report, result
+    assert result.report["tasks"]["tmp"] == {"cleaned_within_min": 60}  # the full run before cleaned them
+    assert fleet.sh("host3", f"wc -l < {nixcmd.DEPLOY_LOG}") == records  # no record, and no lock taken
+    assert fleet.sh("host3", "ls /var/lib/ipex-fleet/lock 2>/dev/null || echo none") == "none"
+
+    # Two hours since the last cleaning: the look cleans them (systemd-tmpfiles' own ages decide).
+    fleet.sh("host3", "printf 'd /var/tmp/ipex-look 1777 root root 1s\\n' > /etc/tmpfiles.d/ipex-look.conf && "
+                      "systemd-tmpfiles --create /etc/tmpfiles.d/ipex-look.conf && "
+                      "head -c 1000000 /dev/zero > /var/tmp/ipex-look/old && sleep 2 && "
+                      "touch -d '-2 hours' /var/lib/ipex-fleet/tmp-cleaned")
+    try:
+        proc, run_id = maintain(fleet, inv)
+    finally:
+        fleet.sh("host3", "rm -rf /etc/tmpfiles.d/ipex-look.conf /var/tmp/ipex-look")
+    assert_ok(proc)
+    result = fleet.result(run_id, "host3")
+    assert result.status.value == "unchanged", result
+    tmp = result.report["tasks"]["tmp"]
+    assert tmp["before_bytes"] - tmp["after_bytes"] >= 900_000, tmp
+
+    # A pushed flake older than keep_days: the full path, which prunes it and writes its record.
+    fleet.sh("host3", "mkdir -p /var/lib/ipex-fleet/flake/0ld && touch -d '-3 days' /var/lib/ipex-fleet/flake/0ld")
+    proc, run_id = maintain(fleet, inv)
+    assert_ok(proc)
+    result = fleet.result(run_id, "host3")
+    assert result.status.value == "ok" and "/var/lib/ipex-fleet/flake/0ld" in result.report["tasks"]["pushed"]["removed"]
+    assert fleet.sh("host3", "ls /var/lib/ipex-fleet/flake/0ld 2>/dev/null || echo gone") == "gone"

@@ -144,6 +144,11 @@ def test_nothing_to_do_is_one_round_trip_without_the_lock_or_a_record(maintain):
     assert host.kinds[seen:] == ["maint_probe"] and host.records == records and host.lock is None
     assert host.agent_starts == starts  # nothing open: the agent was not even started
     assert result.report["tasks"]["tmp"] == {"before_bytes": 8192, "after_bytes": 4096}
+    host.tmp_recent = True  # maintenance cleaned them within the hour: not again, and the report says so
+    run_id, _ = run(host)
+    result = results.read_host_result(run_id, "h1")
+    assert result.status is Status.UNCHANGED and result.report["tasks"]["tmp"] == {"cleaned_within_min": 60}
+    host.tmp_recent = False
 
     host.due = ["/var/lib/ipex-fleet/flake/0ld"]  # aged past keep_days: the full path prunes it
     run_id, _ = run(host)

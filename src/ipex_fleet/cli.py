@@ -183,7 +183,9 @@ PASSTHROUGH = {
 RUNS_PYINFRA = frozenset({"rollout", "maintain", "status", "plan", "recover", "rollback"})
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Every command's parser; for a command that runs pyinfra, without `enroll`'s (its imports, jinja2
+    and the PCI tables, are 25 ms of every rollout's start)."""
     parser = argparse.ArgumentParser(
         prog="ipex-fleet",
         description="Roll a NixOS flake out to GPU hosts with pyinfra: staged, health-checked, self-reverting. "
@@ -193,9 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
     from ipex_fleet.fleetcli import add_parsers
 
     add_parsers(sub)
-    from ipex_fleet.enroll.cli import add_parser as add_enroll
+    if command not in RUNS_PYINFRA:
+        from ipex_fleet.enroll.cli import add_parser as add_enroll
 
-    add_enroll(sub)
+        add_enroll(sub)
     for name, (_module, helptext) in PASSTHROUGH.items():
         sub.add_parser(name, help=helptext, add_help=False)
     return parser
@@ -211,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         from ipex_fleet.fleet import pyinfra_run
 
         pyinfra_run.prestart()  # its imports overlap ours and the planning (ipex_fleet.fleet.pyinfra_child)
-    parser = build_parser()
+    parser = build_parser(argv[0] if argv else None)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

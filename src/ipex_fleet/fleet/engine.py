@@ -184,8 +184,8 @@ class Rollout:
                 write_host_result(result)
                 self.live.event({"ts": time.time(), "host": host, "state": result.status.value,
                                  "error": result.error}, None if phase == self.phase else phase)
-            self.ledger.record(result, phase, wave, run_id=self.run_id)
             out[host] = result
+        self.ledger.record_all(list(out.values()), phase, wave, run_id=self.run_id)
         return out
 
     def _run_wave(self, wave: Wave, waves: list[Wave]) -> str:

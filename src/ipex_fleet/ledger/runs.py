@@ -111,7 +111,21 @@ class Ledger:
 
     def record(self, result: HostResult, phase: str = "deploy", wave: int | None = None,
                run_id: str | None = None) -> None:
-        self._execute(*_result_row(result, phase, wave, run_id))
+        self.record_all([result], phase, wave, run_id)
+
+    def record_all(self, results: list[HostResult], phase: str = "deploy", wave: int | None = None,
+                   run_id: str | None = None) -> None:
+        """record for each result, in one transaction: a wave's hosts in one commit (and its fsyncs),
+        not one each (40 hosts: 40 ms of a run's end here)."""
+        with self._db() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for result in results:
+                    db.execute(*_result_row(result, phase, wave, run_id))
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
 
     def record_plain(self, result: HostResult, phase: str) -> None:
         """A host result of a pyinfra run, as start_run (status "pyinfra"), record and settle_plain_run

@@ -13,6 +13,11 @@ ENTRIES = "/boot/loader/entries"
 INPUT_ROOTS = "/nix/var/nix/gcroots/ipex-fleet"
 JOURNAL_DIRS = "/var/log/journal /run/log/journal"
 TMP_DIRS = "/tmp /var/tmp"
+# When maintenance last cleaned the temporary files. Their ages are days (tmpfiles.d), and systemd's
+# own timer cleans them daily: a maintenance run with nothing else to do cleans them again only when
+# this is older than TMP_CLEAN_EVERY_MIN (systemd-tmpfiles --clean: 7 ms of a host's CPU each time).
+TMP_STAMP = f"{nixcmd.STATE_DIR}/tmp-cleaned"
+TMP_CLEAN_EVERY_MIN = 60
 
 
 def facts(profile: str) -> str:
@@ -88,8 +93,9 @@ def vacuum_journal(max_mb: int | None, max_days: int | None) -> str:
 
 def clean_tmp() -> str:
     """systemd-tmpfiles' own cleaning (the ages of tmpfiles.d): /tmp, /var/tmp and the rest."""
-    return (f'{nixcmd.summed_kb(TMP_DIRS, "tmp_before_kb")}; systemd-tmpfiles --clean >/dev/null 2>&1 || '
-            f'echo tmp_error=$?; {nixcmd.summed_kb(TMP_DIRS, "tmp_after_kb")}')
+    return (f'{nixcmd.summed_kb(TMP_DIRS, "tmp_before_kb")}; if systemd-tmpfiles --clean >/dev/null 2>&1; '
+            f"then {{ : > {TMP_STAMP}; }} 2>/dev/null; else echo tmp_error=$?; fi; "
+            f'{nixcmd.summed_kb(TMP_DIRS, "tmp_after_kb")}')
 
 
 def root_inputs(flake_hash: str, paths: tuple[str, ...]) -> str:
@@ -113,17 +119,21 @@ def maintenance_probe(profile: str, keep_days: float) -> str:
     for the deploy's: hostagent.status_unless_quiet), retention's
     facts, what has aged past keep_days among the pushed flakes, their input roots, resolved intents and
     activation records (listed as due=, nothing removed), the records' count, the journal's usage; and
-    the temporary files cleaned by systemd-tmpfiles' own ages (what its daily timer does, under no lock)."""
+    the temporary files cleaned by systemd-tmpfiles' own ages (what its daily timer does, under no lock)
+    unless maintenance cleaned them less than TMP_CLEAN_EVERY_MIN ago (then `tmp_recent=1`)."""
     minutes = max(int(keep_days * 1440), 1)
+    folders = (nixcmd.FLAKE_ROOT, INPUT_ROOTS, hostagent.RESOLVED, nixcmd.ACTIVATION_DIR)
+    inside = " -o ".join(f"-path {quote(d + '/*')}" for d in folders)
     return (
         "echo maintenance_probe=1; "
         f"{hostagent.status_unless_quiet()}; {facts(profile)}; "
-        # One find for the four folders (a missing one is only an error on stderr): each had a
-        # find and a sed before, 8 ms of the host's CPU here.
-        f"find {nixcmd.FLAKE_ROOT} {INPUT_ROOTS} {hostagent.RESOLVED} {nixcmd.ACTIVATION_DIR} -mindepth 1 "
-        f"-maxdepth 1 -mmin +{minutes} -printf 'due=%p\\n' 2>/dev/null; "
+        # One find for the four folders and the stamp (a missing one is only an error on stderr):
+        # each folder had a find and a sed before, 8 ms of the host's CPU here.
+        f"found=$(find {' '.join(folders)} {TMP_STAMP} -maxdepth 1 \\( {inside} \\) -mmin +{minutes} "
+        f"-printf 'due=%p\\n' -o -path {TMP_STAMP} -mmin -{TMP_CLEAN_EVERY_MIN} -printf 'tmp_recent=1\\n' 2>/dev/null); "
+        '[ -z "$found" ] || printf "%s\\n" "$found"; '
         f'printf "records=%s\\n" "$(wc -l 2>/dev/null < {quote(nixcmd.DEPLOY_LOG)})"; '
         f'{nixcmd.summed_kb(JOURNAL_DIRS, "journal_kb")}; '
-        f"{clean_tmp()}"
+        f'case "$found" in *tmp_recent=1*) ;; *) {clean_tmp()};; esac'
     )
 

@@ -88,12 +88,16 @@ def _nothing_to_do(tx: HostTransaction, host: Any) -> bool:
     policy would delete now, no pushed flake, input root, resolved intent or activation record older
     than keep_days, records within keep_records, the journal within its bounds, GC run last time (or
     still not wanted). Then the host is `unchanged`, without the lock or a record; the temporary files
-    were cleaned in the same round trip. Any doubt takes the full path (which cleans them again)."""
+    were cleaned in the same round trip, unless maintenance cleaned them within the hour. Any doubt
+    takes the full path (which cleans them again)."""
     s = tx.settings
     lines = list(sh(tx, host, upkeep.maintenance_probe(s.profile, s.keep_days)).stdout_lines)
     kv = nixcmd.parse_key_values([line for line in lines if not line.startswith(("record=", "counted=", "due="))])
-    tmp = {k: int(kv.get(k) or 0) for k in ("tmp_before_kb", "tmp_after_kb")}
-    task(tx, "tmp", before_bytes=tmp["tmp_before_kb"] * 1024, after_bytes=tmp["tmp_after_kb"] * 1024)
+    if kv.get("tmp_recent"):
+        task(tx, "tmp", cleaned_within_min=upkeep.TMP_CLEAN_EVERY_MIN)
+    else:
+        tmp = {k: int(kv.get(k) or 0) for k in ("tmp_before_kb", "tmp_after_kb")}
+        task(tx, "tmp", before_bytes=tmp["tmp_before_kb"] * 1024, after_bytes=tmp["tmp_after_kb"] * 1024)
     quiet = kv.get("agent") == hostagent.QUIET  # nothing open: the agent was not started to say so
     status = {} if quiet else hostagent.parse_status(kv.get("agent"))
     if kv.get("tmp_error") or status is None or status.get("intent") or status.get("lock") or status.get("unfinished"):
