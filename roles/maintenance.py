@@ -1,14 +1,17 @@
 """Maintenance, under the host's lock: retention and GC, old pushed flakes and records, journald and
 temporary files, models, restarts, health and drift (ipex_fleet.transaction.maintenance)."""
 
+from pyinfra import host, state
 from pyinfra.api import deploy
 
 from ipex_fleet.transaction import flow
 
-from .transaction import step
+from .transaction import pyinfra_dry, step
 
 
 @deploy("Maintenance")
 def maintenance() -> None:
+    if not pyinfra_dry() and flow.settled_at_prepare(state, host):
+        return  # nothing to do: looked at and recorded while pyinfra prepared the run, no operation
     for declared in flow.MAINTENANCE:
         step(declared)

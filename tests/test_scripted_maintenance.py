@@ -37,10 +37,11 @@ def maintain(tmp_path, monkeypatch):
         run_id = f"maint-{next(runs)}"
         monkeypatch.setenv("IPEX_FLEET_RUN_ID", run_id)
         host.state = SimpleNamespace()
-        try:
-            for step in STEPS:
-                if not flow.run_step(None, host, step):
-                    break
+        try:  # as roles/maintenance.py: the look at prepare time settles a host with nothing to do
+            if not flow.settled_at_prepare(None, host):
+                for step in STEPS:
+                    if not flow.run_step(None, host, step):
+                        break
         except ControllerDied:
             return run_id, False
         return run_id, True
@@ -113,6 +114,36 @@ def test_every_command_and_every_ending_leaves_the_deployment_alone(maintain, ki
         again, survived = run(host)
         assert survived and results.read_host_result(again, "h1").status is Status.OK
         assert host.lock is None
+
+
+@pytest.mark.parametrize("how", HOWS)
+def test_a_look_at_prepare_time_that_ends_badly_fails_the_host_and_holds_nothing(maintain, how):
+    """Housekeeping only: the look runs while pyinfra prepares the run. Whatever way its one command
+    ends, the host holds no lock and no intent and keeps its generations: an answer in doubt takes the
+    full path; a look that failed has finished the host (unreachable or failed), and the operations
+    report that, running nothing."""
+    run, make = maintain
+    host = make(models=[], health_levels=[], bench=False, maintenance_restart=False, keep_days=14)
+    assert run(host)[1]
+    records, seen = list(host.records), len(host.kinds)
+    host.fault = Fault("maint_probe", host.seen["maint_probe"] + 1, how)
+    run_id, alive = run(host)
+    if how == "fail":  # an answer that says nothing sure is a doubt: the full path, under the lock
+        result = results.read_host_result(run_id, "h1")
+        assert alive and result.status is Status.OK and "lock" in host.kinds[seen:] and host.lock is None, result
+        return
+    # Nothing after the look but, where the host still answers, the failure's line in its records.
+    answered = how == "timeout"
+    assert host.kinds[seen:] == ["maint_probe", *(["record"] if answered else [])], host.kinds[seen:]
+    assert host.lock is None and host.intent is None and host.current == 6
+    assert host.records[:len(records)] == records and len(host.records) == len(records) + answered
+    result = results.read_host_result(run_id, "h1")
+    if alive:
+        expected = Status.UNREACHABLE if host.dropped else Status.FAILED
+        assert result is not None and result.status is expected, result
+    host.fault, host.dropped = None, False
+    run_id, alive = run(host)  # the next run: the full path after a failure on record, else nothing to do
+    assert alive and results.read_host_result(run_id, "h1").status is (Status.OK if answered else Status.UNCHANGED)
 
 
 def test_a_pinned_model_whose_digest_drifted_is_a_warning_in_the_report(maintain):

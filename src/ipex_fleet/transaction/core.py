@@ -61,6 +61,7 @@ class HostTransaction:
     intent_id: str | None = None  # this transaction's own intent (never the run id: a resumed run opens anew)
     agent_ready: bool = False  # this version of the host agent is installed on the host
     fast_unchanged: bool = False  # nothing to do, known after one round trip: no lock, no record
+    looked: bool = False  # maintenance's first look ran (maintenance.look), at prepare time or in begin
     finished: bool = False
     phase: str = "deploy"  # deploy | rollback | check | status: how the ledger files it
     record_on_host: bool = True  # checks and status reads leave no line in deploys.jsonl

@@ -37,12 +37,22 @@ def task(tx: HostTransaction, name: str, **figures: Any) -> None:
 # -- the lock, and the start record -------------------------------------------------------
 
 
-def begin(tx: HostTransaction, host: Any) -> None:
-    """Take the host's lock; while a deploy holds it, wait up to maintenance_lock_wait, then skip."""
+def look(tx: HostTransaction, host: Any) -> None:
+    """The first look, under no lock: with housekeeping only, whether the host has anything to do
+    (tx.fast_unchanged when not), in one round trip (_nothing_to_do)."""
     tx.phase = "maintain"
     tx.report = {"tasks": {}, "warnings": [], "skipped": []}
-    if _fast_path_possible(tx, host) and _nothing_to_do(tx, host):
-        return  # unchanged, after this one round trip
+    tx.looked = True
+    if fast_path_possible(tx, host):
+        _nothing_to_do(tx, host)
+
+
+def begin(tx: HostTransaction, host: Any) -> None:
+    """Take the host's lock; while a deploy holds it, wait up to maintenance_lock_wait, then skip."""
+    if not tx.looked:
+        look(tx, host)
+    if tx.fast_unchanged:
+        return  # unchanged, after the look's one round trip
     started = time.monotonic()
     refused: list[LockRefused] = []
 
@@ -74,7 +84,7 @@ def begin(tx: HostTransaction, host: Any) -> None:
 # -- nothing to do: one round trip, no lock, no record ------------------------------------------
 
 
-def _fast_path_possible(tx: HostTransaction, host: Any) -> bool:
+def fast_path_possible(tx: HostTransaction, host: Any) -> bool:
     """Only housekeeping is asked for (no models to verify, no restart, no health checks, no benchmark,
     no rebaseline): whether it has anything to do can be read in one round trip."""
     s = tx.settings
