@@ -5,13 +5,14 @@ from pyinfra import host, state
 from pyinfra.api import deploy
 
 from ipex_fleet.transaction import flow
+from ipex_fleet.transaction.runstate import executes_without_asking
 
-from .transaction import pyinfra_dry, step
+from .transaction import step
 
 
 @deploy("Maintenance")
 def maintenance() -> None:
-    if not pyinfra_dry() and flow.settled_at_prepare(state, host):
+    if executes_without_asking() and flow.settled_at_prepare(state, host):
         return  # nothing to do: looked at and recorded while pyinfra prepared the run, no operation
     for declared in flow.MAINTENANCE:
         step(declared)

@@ -25,7 +25,7 @@ def validate_once(plan_when_dry: bool = False, phase: str = "deploy") -> None:
     run = runstate.of(state)
     if not run.validated:
         flow.validate_inventory(inventory)
-        run.dry = plan_when_dry and pyinfra_dry()
+        run.dry = plan_when_dry and _pyinfra_dry()
         state.add_callback_handler(flow.StoppedRunGuard())
         run.validated = True
     # The phase is known before any step runs: a rollback's preflight must not take a deploy's
@@ -35,7 +35,7 @@ def validate_once(plan_when_dry: bool = False, phase: str = "deploy") -> None:
         flow.run_step(state, host, flow.PLAN)
 
 
-def pyinfra_dry() -> bool:
+def _pyinfra_dry() -> bool:
     """Whether pyinfra runs with --dry. Deploy files load in greenlets, where click's context (a
     thread-local) is not visible, so the command line is read as pyinfra's CLI parsed it."""
     context = click.get_current_context(silent=True)

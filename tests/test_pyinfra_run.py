@@ -93,6 +93,17 @@ def test_without_a_live_prestarted_interpreter_pyinfra_starts_directly(deploy, t
     assert rc == 0 and seen["mark"] == "again", log
 
 
+def test_a_prestarted_interpreter_not_meant_for_the_command_line_is_reaped(deploy, tmp_path):
+    pyinfra_run.prestart()
+    child = pyinfra_run._prestarted
+    seen, log = tmp_path / "seen.json", tmp_path / "run.log"
+    args = [sys.executable, "-m", "pyinfra", "@local", str(deploy), "-y"]  # not the pyinfra it stands for
+    rc = pyinfra_run.run(args, {"SEEN": str(seen), "MARK": "other"}, log, lambda line: None, 120)
+    assert rc == 0, log.read_text()
+    assert child.poll() is not None and child.stdin.closed and child.stdout.closed
+    assert json.loads(seen.read_text())["pid"] != child.pid
+
+
 def test_an_unused_prestarted_interpreter_ends_at_the_end_of_its_input_having_run_nothing():
     child = subprocess.Popen([sys.executable, "-m", "ipex_fleet.fleet.pyinfra_child"], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -111,3 +122,24 @@ def test_commands_that_run_pyinfra_are_the_ones_prestarted():
     assert "lab" not in cli.RUNS_PYINFRA and "history" not in cli.RUNS_PYINFRA
     # A rollout's parser leaves out only enroll's (its imports): every fleet command still parses.
     assert commands(cli.build_parser("rollout")) == everything - {"enroll"}
+
+
+@pytest.mark.parametrize("argv,env,executes", [
+    (["inv.py", "deploys/maintenance.py", "-y"], {}, True),
+    (["inv.py", "deploys/maintenance.py", "--yes", "--limit", "h1"], {}, True),
+    (["inv.py", "deploys/maintenance.py"], {"PYINFRA_YES": "true"}, True),
+    (["inv.py", "deploys/maintenance.py"], {}, False),  # it asks first: a "no" runs nothing
+    (["inv.py", "deploys/maintenance.py", "-y", "--dry"], {}, False),
+    (["inv.py", "deploys/maintenance.py", "-y", "--debug-operations"], {}, False),
+    (["inv.py", "deploys/maintenance.py", "-y", "--debug-facts"], {}, False),
+    (["inv.py", "deploys/maintenance.py", "-y", "--debug-all"], {}, False),
+])
+def test_work_at_prepare_time_only_where_pyinfra_executes_without_asking(monkeypatch, argv, env, executes):
+    from ipex_fleet.transaction.runstate import executes_without_asking
+
+    monkeypatch.delenv("PYINFRA_YES", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert executes_without_asking(argv) is executes
+    monkeypatch.setattr(sys, "argv", ["pyinfra", *argv])
+    assert executes_without_asking() is executes

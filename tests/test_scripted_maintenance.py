@@ -215,3 +215,28 @@ def test_nothing_to_do_needs_housekeeping_only(maintain):
     run_id, _ = run(host)
     assert results.read_host_result(run_id, "h1").status is Status.OK and "maint_probe" not in host.kinds[seen:]
 
+
+
+def test_an_error_at_prepare_time_never_escapes_to_end_pyinfras_run(maintain, monkeypatch):
+    """At prepare time an exception would end pyinfra's run for every host: the look's is logged and
+    the host is left to its operations (here the ledger is locked while the result is recorded)."""
+    import sqlite3
+
+    run, make = maintain
+    host = make(models=[], health_levels=[], bench=False, maintenance_restart=False, keep_days=14)
+    assert run(host)[1]
+
+    def locked(*_args, **_kwargs):
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(flow, "_ledger_record", locked)
+    monkeypatch.setenv("IPEX_FLEET_RUN_ID", "maint-prepare-error")
+    host.state = SimpleNamespace()
+    assert flow.settled_at_prepare(None, host) is False
+    assert any("look at prepare time: OperationalError: database is locked" in line for line in host.logs)
+    result = results.read_host_result("maint-prepare-error", "h1")  # the result file says why
+    assert result.status is Status.FAILED and "database is locked" in result.error, result
+    assert host.lock is None and host.intent is None and host.current == 6
+    # Its operations then report that result: the host fails in pyinfra, and nothing more runs there.
+    seen = len(host.kinds)
+    assert flow.run_step(None, host, STEPS[0]) is False and host.kinds[seen:] == []

@@ -180,7 +180,7 @@ PASSTHROUGH = {
 
 
 # The commands whose work is a pyinfra run: its interpreter is started first thing.
-RUNS_PYINFRA = frozenset({"rollout", "maintain", "status", "plan", "recover", "rollback"})
+RUNS_PYINFRA = frozenset({"rollout", "maintain", "status", "plan", "rollback"})
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:

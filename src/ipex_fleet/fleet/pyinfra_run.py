@@ -45,13 +45,16 @@ def _die_with_parent() -> None:
 
 
 _prestarted: subprocess.Popen | None = None
+_taking = threading.Lock()
 
 
 def prestart() -> None:
     """Start the next run's interpreter now (ipex_fleet.fleet.pyinfra_child). Unused, it ends when
     this process does (its stdin closes); a command that runs no pyinfra loses nothing but its CPU."""
     global _prestarted
-    if _prestarted is None and pyinfra_executable()[0] != sys.executable:
+    with _taking:
+        if _prestarted is not None or pyinfra_executable()[0] == sys.executable:
+            return
         _prestarted = subprocess.Popen([sys.executable, "-m", "ipex_fleet.fleet.pyinfra_child"],
                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                        text=True, preexec_fn=_die_with_parent)
@@ -60,15 +63,19 @@ def prestart() -> None:
 def _start(args: list[str], env: dict[str, str]) -> subprocess.Popen:
     """The prestarted interpreter given this command line, or else a new pyinfra process."""
     global _prestarted
-    proc, _prestarted = _prestarted, None
-    if proc is not None and proc.poll() is None and args[:1] == pyinfra_executable():
+    with _taking:
+        proc, _prestarted = _prestarted, None
+    if proc is not None:
         try:
             assert proc.stdin is not None
-            proc.stdin.write(json.dumps({"argv": ["pyinfra", *args[1:]], "env": env, "cwd": os.getcwd()}) + "\n")
-            proc.stdin.close()
-            return proc
+            if proc.poll() is None and args[:1] == pyinfra_executable():
+                proc.stdin.write(json.dumps({"argv": ["pyinfra", *args[1:]], "env": env, "cwd": os.getcwd()}) + "\n")
+                proc.stdin.close()
+                return proc
         except OSError:  # it died meanwhile: start afresh
-            proc.kill()
+            pass
+        proc.kill()  # not for this command line, or dead: reaped, its pipes closed
+        proc.communicate(timeout=30)
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             preexec_fn=_die_with_parent, stdin=subprocess.DEVNULL)
 

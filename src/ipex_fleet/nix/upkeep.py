@@ -92,9 +92,10 @@ def vacuum_journal(max_mb: int | None, max_days: int | None) -> str:
 
 
 def clean_tmp() -> str:
-    """systemd-tmpfiles' own cleaning (the ages of tmpfiles.d): /tmp, /var/tmp and the rest."""
+    """systemd-tmpfiles' own cleaning (the ages of tmpfiles.d): /tmp, /var/tmp and the rest; then the
+    stamp (by `true`: a failed redirection on `:`, a special builtin, would end the whole shell)."""
     return (f'{nixcmd.summed_kb(TMP_DIRS, "tmp_before_kb")}; if systemd-tmpfiles --clean >/dev/null 2>&1; '
-            f"then {{ : > {TMP_STAMP}; }} 2>/dev/null; else echo tmp_error=$?; fi; "
+            f"then {{ true > {TMP_STAMP}; }} 2>/dev/null; else echo tmp_error=$?; fi; "
             f'{nixcmd.summed_kb(TMP_DIRS, "tmp_after_kb")}')
 
 

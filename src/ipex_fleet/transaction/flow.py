@@ -528,6 +528,10 @@ def settled_at_prepare(state: Any, host: Any) -> bool:
     to do, a failure) is left to the operations; a failed look has finished the host, and its
     operations report that."""
     tx = transaction_for(host)
-    if not maintenance.fast_path_possible(tx, host) or not run_step(state, host, LOOK) or not tx.fast_unchanged:
+    try:
+        if not maintenance.fast_path_possible(tx, host) or not run_step(state, host, LOOK) or not tx.fast_unchanged:
+            return False
+        return run_step(state, host, MAINTENANCE[-1])
+    except Exception as exc:  # at prepare time it would end pyinfra's run for every host: leave it to the operations
+        host.log(f"maintenance's look at prepare time: {type(exc).__name__}: {exc}", logger.warning)
         return False
-    return run_step(state, host, MAINTENANCE[-1])

@@ -4,6 +4,8 @@ process starts from nothing."""
 
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,3 +68,13 @@ def of(state: Any) -> RunState:
         found = RunState(new_run_id())
         setattr(state, _ATTRIBUTE, found)
     return found
+
+
+def executes_without_asking(argv: list[str] | None = None) -> bool:
+    """Whether this pyinfra run executes its operations, and without asking, as its command line says:
+    -y (or PYINFRA_YES), and no --dry, --debug-facts, --debug-operations or --debug-all. Work done
+    while the run is prepared (maintenance's look) is done only then; a run started any other way
+    leaves it to the operations."""
+    args = set(sys.argv[1:] if argv is None else argv)
+    yes = bool({"-y", "--yes"} & args) or os.environ.get("PYINFRA_YES", "").lower() in ("1", "true", "yes", "on")
+    return yes and not ({"--dry", "--debug-facts", "--debug-operations", "--debug-all"} & args)
