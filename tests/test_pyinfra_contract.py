@@ -77,3 +77,34 @@ def test_the_connector_and_callbacks_we_use_are_there():
     for method in ("connect", "disconnect", "run_shell_command", "put_file"):
         assert callable(getattr(BaseConnector, method, None)), f"BaseConnector.{method} is gone"
     assert hasattr(BaseStateCallback, "host_disconnect"), "the StoppedRunGuard resolves hosts on disconnect"
+
+
+def test_privilege_arguments_are_resolved_once_a_run_and_follow_the_deploy_context(monkeypatch):
+    """ipex_fleet.remote.privilege_args: what pyinfra's pop_global_arguments resolves for the host
+    (host data `_sudo`, config, a @deploy's keyword arguments), asked once a host and run, and asked
+    again where its sources differ: a @deploy context, or another run."""
+    from pyinfra.api import Config, Inventory, State
+
+    from ipex_fleet import remote
+
+    calls: list[str] = []
+    real = remote.pop_global_arguments
+
+    def counted(state, host, kwargs):
+        calls.append(host.name)
+        return real(state, host, kwargs)
+
+    monkeypatch.setattr(remote, "pop_global_arguments", counted)
+    inventory = Inventory(([("@local", {"_sudo": True})], {}))
+    state = State(inventory, Config())
+    host = inventory.get_host("@local")
+    base = {"_sudo": True, "_shell_executable": "sh"}
+    first = remote.privilege_args(host)
+    assert first == base
+    first["_sudo_user"] = "changed by a caller"  # a copy: the cached answer stays as resolved
+    assert remote.privilege_args(host) == base and calls == ["@local"]
+    with host.deploy("a role", kwargs={"_sudo_user": "ops"}, data=None):
+        assert remote.privilege_args(host) == {**base, "_sudo_user": "ops"}
+    assert remote.privilege_args(host) == base and len(calls) == 3
+    State(inventory, Config(DOAS=True))  # another run over the same inventory: its own config
+    assert host.state is not state and remote.privilege_args(host) == {**base, "_doas": True}
