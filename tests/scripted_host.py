@@ -65,6 +65,7 @@ class ScriptedHost:
     dropped: bool = False
     logs: list[str] = field(default_factory=list)
     kinds: list[str] = field(default_factory=list)
+    trips: list[str] = field(default_factory=list)  # the kind of each round trip's command (kinds: of each part)
     agent_starts: int = 0  # the agent's program started on the host (each call, each status it printed)
     state: Any = field(default_factory=SimpleNamespace)  # pyinfra's State of the current run
 
@@ -81,6 +82,7 @@ class ScriptedHost:
     def run_shell_command(self, wrapped: str, print_output: bool = False, _timeout: float | None = None,
                           **_kwargs: Any):
         command = wrapped[len("( "):wrapped.index("\n); printf")]
+        self.trips.append(classify(command))
         rc, out = self.answer(command)
         return rc == 0, SimpleNamespace(stdout_lines=[*out, "", f"{_RC_MARK}{rc}"], stderr_lines=[])
 
@@ -88,6 +90,7 @@ class ScriptedHost:
         """run_fresh: the same host over a new connection."""
         from ipex_fleet.remote import _result
 
+        self.trips.append(classify(command))
         rc, out = self.answer(command)
         return _result([*out, f"{_RC_MARK}{rc}"], [])
 
@@ -271,6 +274,9 @@ class ScriptedHost:
         out = [f"activating the configuration {path} ({action})"]
         if nixcmd.RUNNING_MARK in command:  # the running system, in the same round trip
             out += ["", f"{nixcmd.RUNNING_MARK}{self.running}"]
+        if nixcmd.THEN_MARK in command and self.running == path:  # the intent marked `activated` there too
+            marked, _ = self.answer(command[command.index(hostagent.LAUNCHER):].split("\n)", 1)[0])
+            out.append(f"{nixcmd.THEN_MARK}{marked}")
         return 0, out
 
     def do_probe(self, _c: str) -> tuple[int, list[str]]:
@@ -487,6 +493,8 @@ def classify(command: str) -> str:
         return "preflight"
     if " --set " in command and nixcmd.PROFILE_LINKS in command and hostagent.LAUNCHER not in command:
         return "set_profile"  # set, then read back, in one round trip
+    if nixcmd.RUNNING_MARK in command and "/bin/switch-to-configuration" in command:
+        return "activate"  # before the agent's calls: the same round trip may mark the intent activated
     if hostagent.LAUNCHER in command and "deploys.jsonl" not in command:
         if "agent=missing" in command:
             return "agent_missing"

@@ -23,8 +23,8 @@ from .scripted_host import ControllerDied, Fault, ScriptedHost, scripted_control
 
 STEPS = flow.DEPLOY
 # Every command from the lock to the record, in the order the transaction sends them (the two
-# `renew` are the agent's `activated` and the confirmation over a new login; the heartbeat's
-# renewals do not wait for step boundaries).
+# `renew` are the agent's `activated`, in the activation's round trip, and the confirmation over a new
+# login; the heartbeat's renewals do not wait for step boundaries).
 # The commit is one command: the claim, the host's record and the lock's release (the agent's `commit`).
 POINTS = [("lock", 1), ("open_intent", 1), ("set_profile", 1), ("activate", 1), ("renew", 1), ("renew", 2),
           ("models", 1), ("probe", 1), ("bench", 1), ("commit", 1)]
@@ -85,6 +85,26 @@ def test_a_healthy_deploy_commits(controller):
     result = results.read_host_result(run_id, "h1")
     assert result.status is Status.OK and result.final.path == host.target_build and host.lock is None
     assert host.watchdogs == {run_id} and not host.dropped and host.agent_installed
+
+
+def test_the_activations_round_trip_marks_the_intent_activated_and_an_unmarked_one_is_marked_after(controller):
+    """The intent is marked `activated` (its short lease) in the activation's own round trip, where the
+    target runs then; where that mark failed, the controller marks it in a round trip of its own before
+    the confirmation, and the deploy commits."""
+    deploy, make = controller
+    host = make()
+    run_id, alive = deploy(host)
+    assert alive and check_invariant(host, run_id, "-") == "committed"
+    after = host.trips[host.trips.index("activate") + 1:]
+    assert after[0] == "renew" and after.count("renew") == 1, host.trips  # the confirmation only
+    assert host.kinds[host.kinds.index("activate") + 1] == "renew"  # the mark, inside that round trip
+
+    host = make()
+    host.fault = Fault("renew", 1, "fail")  # the mark in the activation's round trip fails
+    run_id, alive = deploy(host)
+    assert alive and results.read_host_result(run_id, "h1").status is Status.OK
+    after = host.trips[host.trips.index("activate") + 1:]
+    assert after[:2] == ["renew", "renew"] and after.count("renew") == 2, host.trips  # the mark, then the confirmation
 
 
 @pytest.mark.parametrize("how", HOWS)

@@ -324,3 +324,21 @@ def test_summed_kb_adds_the_paths_and_counts_a_missing_one_as_zero(tmp_path: Pat
     assert _sh(commands.summed_kb(f"{gone} {b}", "used")) == {"used": str(du["b"])}
     assert _sh(commands.summed_kb(f"{a} {gone}", "used")) == {"used": str(du["a"])}
     assert _sh(commands.summed_kb(f"{gone} {gone}", "used") + '; echo left=$kb') == {"used": "0", "left": "0"}
+
+
+def test_then_running_reports_the_running_system_and_runs_then_if_only_where_that_system_runs():
+    running = subprocess.run(["sh", "-c", "readlink -f /run/current-system"], capture_output=True,
+                             text=True).stdout.strip()
+
+    def run(then_if):
+        out = subprocess.run(["sh", "-c", commands.then_running("echo out; echo err >&2; exit 3", then_if)],
+                             capture_output=True, text=True, timeout=30)
+        rest, then_rc = commands.take_then(tuple(out.stdout.splitlines()))
+        return out.returncode, commands.take_running(rest), then_rc
+
+    # The command's exit code stands; `then`'s output is dropped, its exit code (an `exit` in it ends
+    # only itself) comes on the last line.
+    assert run((running, "echo noise; echo noise >&2; exit 7")) == (3, (("out",), running), 7)
+    assert run((running, "true")) == (3, (("out",), running), 0)
+    assert run(("/nix/store/another-system", "exit 7")) == (3, (("out",), running), None)
+    assert run(None) == (3, (("out",), running), None)

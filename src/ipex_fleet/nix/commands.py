@@ -64,13 +64,20 @@ def then_if_ok(command: str, after: str) -> str:
 
 
 RUNNING_MARK = "ipex_fleet_running="
+THEN_MARK = "ipex_fleet_then_rc="
 
 
-def then_running(command: str) -> str:
+def then_running(command: str, then_if: tuple[str, str] | None = None) -> str:
     """`command`, then the running system on a line of its own (RUNNING_MARK), in the same round trip;
-    `command`'s exit code."""
-    return (f"( {command}\n); r=$?; "
-            f'printf "\\n{RUNNING_MARK}%s\\n" "$(readlink -f /run/current-system 2>/dev/null)"; exit $r')
+    `command`'s exit code. `then_if` = (path, other): where the running system is then `path`, `other`
+    runs too, in the same round trip, its exit code on the last line (THEN_MARK; its output dropped)."""
+    then = ""
+    if then_if is not None:
+        path, other = then_if
+        then = (f'if [ "$c" = {quote(path)} ]; then ( {other}\n) >/dev/null 2>&1; '
+                f'printf "{THEN_MARK}%d\\n" "$?"; fi; ')
+    return (f"( {command}\n); r=$?; c=$(readlink -f /run/current-system 2>/dev/null); "
+            f'printf "\\n{RUNNING_MARK}%s\\n" "$c"; {then}exit $r')
 
 
 def take_running(lines: tuple[str, ...]) -> tuple[tuple[str, ...], str | None]:
@@ -79,6 +86,14 @@ def take_running(lines: tuple[str, ...]) -> tuple[tuple[str, ...], str | None]:
     if lines and lines[-1].startswith(RUNNING_MARK):
         rest = lines[:-1]
         return (rest[:-1] if rest and rest[-1] == "" else rest), lines[-1][len(RUNNING_MARK):]
+    return lines, None
+
+
+def take_then(lines: tuple[str, ...]) -> tuple[tuple[str, ...], int | None]:
+    """The output without then_running's THEN_MARK line, and the exit code of the command `then_if`
+    ran (None where it did not run: another system running, a session lost, an output reattached)."""
+    if lines and lines[-1].startswith(THEN_MARK):
+        return lines[:-1], int(lines[-1][len(THEN_MARK):])
     return lines, None
 
 

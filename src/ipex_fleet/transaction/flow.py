@@ -332,11 +332,15 @@ def switch(tx: HostTransaction, host: Any) -> None:
         case Action.TEST:  # the generation runs without entering the profile
             open_intent(tx, host)
             tx.target = Generation(None, path)
-    check_activation(tx, host, _activate(tx, host, path))
+    # From the activation on only a new login proves the generation: a short lease until one renews
+    # it. The activation's own round trip marks the intent `activated` where the target then runs.
+    activated = tx.settings.mode in (Action.SWITCH, Action.TEST)
+    result, marked = _activate(tx, host, path, mark=activated)
+    check_activation(tx, host, result)
     match tx.settings.mode:
         case Action.SWITCH | Action.TEST:
-            # From here on only a new login proves the generation: a short lease until one renews it.
-            mark(tx, host, "activated", tx.settings.confirm_timeout)
+            if marked != 0:  # not marked there (a session lost, an agent error): marked now, or the host decided
+                mark(tx, host, "activated", tx.settings.confirm_timeout)
             if tx.settings.magic_rollback:
                 confirm(tx, host)
         case Action.BOOT if tx.settings.reboot:
@@ -365,18 +369,24 @@ def _set_profile(tx: HostTransaction, host: Any, path: str) -> Generation:
     return nixcmd.parse_profile_state(list(set_.stdout_lines)).current_generation
 
 
-def _activate(tx: HostTransaction, host: Any, path: str) -> RemoteResult:
+def _activate(tx: HostTransaction, host: Any, path: str, mark: bool) -> tuple[RemoteResult, int | None]:
     """switch-to-configuration in a unit of its own: a lost session re-attaches to it; a host that
-    stops answering is left to its watchdog, whose verified revert is awaited."""
+    stops answering is left to its watchdog, whose verified revert is awaited. With `mark`, the same
+    round trip marks the intent `activated` where the target runs then; the second value is that
+    mark's exit code (None: not marked)."""
     started = time.monotonic()
     call_id = uuid.uuid4().hex[:12]
+    then = (path, hostagent.command("activated", "--intent", str(tx.intent_id), "--for",
+                                    f"{tx.settings.confirm_timeout:g}")) if mark else None
     try:
         try:  # the running system comes back in the same round trip (check_activation)
-            return sh(tx, host, nixcmd.then_running(nixcmd.activate(path, tx.settings.mode, call_id)), tx.step_timeout)
+            got = sh(tx, host, nixcmd.then_running(nixcmd.activate(path, tx.settings.mode, call_id), then), tx.step_timeout)
         except SessionLost as exc:
-            return reattach_activation(tx, host, call_id, started, exc)
+            return reattach_activation(tx, host, call_id, started, exc), None
     except (HostUnreachable, StepTimeout) as exc:
         raise watchdog_reverted(tx, host, f"the host stopped answering during activation ({exc})")
+    stdout, marked = nixcmd.take_then(got.stdout_lines)
+    return RemoteResult(got.returncode, stdout, got.stderr_lines), marked
 
 # -- step 9: the commit, or probation -------------------------------------------------------
 
