@@ -241,8 +241,11 @@ class ScriptedHost:
     def do_noop(self, _c: str) -> tuple[int, list[str]]:
         return 0, []
 
-    def do_build(self, _c: str) -> tuple[int, list[str]]:
-        return 0, [json.dumps([{"drvPath": "/nix/store/x.drv", "outputs": {"out": self.target_build}}])]
+    def do_build(self, command: str) -> tuple[int, list[str]]:
+        out = [json.dumps([{"drvPath": "/nix/store/x.drv", "outputs": {"out": self.target_build}}])]
+        if nixcmd.RUNNING_MARK in command:  # the running system, in the same round trip
+            out += ["", f"{nixcmd.RUNNING_MARK}{self.running}"]
+        return 0, out
 
     def do_running(self, _c: str) -> tuple[int, list[str]]:
         return 0, [self.running]
@@ -493,6 +496,8 @@ def classify(command: str) -> str:
         return "preflight"
     if " --set " in command and nixcmd.PROFILE_LINKS in command and hostagent.LAUNCHER not in command:
         return "set_profile"  # set, then read back, in one round trip
+    if nixcmd.RUNNING_MARK in command and " build --json" in command:
+        return "build"  # its round trip prunes older pushed flakes first (their words match other rules)
     if nixcmd.RUNNING_MARK in command and "/bin/switch-to-configuration" in command:
         return "activate"  # before the agent's calls: the same round trip may mark the intent activated
     if hostagent.LAUNCHER in command and "deploys.jsonl" not in command:

@@ -87,6 +87,18 @@ def test_a_healthy_deploy_commits(controller):
     assert host.watchdogs == {run_id} and not host.dropped and host.agent_installed
 
 
+def test_a_change_deploy_takes_one_round_trip_a_part_from_the_lock_to_the_commit(controller):
+    """Each round trip that is not work was folded into one that is: the push's pruning and GC roots and
+    the running system into the build's, the `activated` mark into the activation's, the record, the
+    lock's release and the metrics into the commit's."""
+    deploy, make = controller
+    host = make(models=[], health_levels=[], bench=False)
+    run_id, alive = deploy(host)
+    assert alive and check_invariant(host, run_id, "-") == "committed"
+    assert host.trips[host.trips.index("lock"):] == [
+        "lock", "noop", "build", "open_intent", "set_profile", "activate", "renew", "commit"], host.trips
+
+
 def test_the_activations_round_trip_marks_the_intent_activated_and_an_unmarked_one_is_marked_after(controller):
     """The intent is marked `activated` (its short lease) in the activation's own round trip, where the
     target runs then; where that mark failed, the controller marks it in a round trip of its own before

@@ -15,7 +15,7 @@ from ipex_fleet.nix.cache import CacheError, substitute, toplevel_for
 from ipex_fleet.domain import Generation
 from ipex_fleet.nix import commands as nixcmd
 from ipex_fleet.nix import upkeep
-from ipex_fleet.remote import put_bytes
+from ipex_fleet.remote import RemoteResult, put_bytes
 from ipex_fleet.transaction.core import HostTransaction, StepFailed, profile_state, running_system, sh
 
 def record_previous(tx: HostTransaction, host: Any) -> None:
@@ -58,7 +58,6 @@ def push_flake(tx: HostTransaction, host: Any) -> None:
     missing = tuple(sorted(line for line in asked.stdout_lines if line in inputs))
     carried = carry_inputs(tx, host, missing) if missing else 0
     host.log(f"pushed the flake ({pushed} bytes) and its locked inputs ({carried} bytes)")
-    sh(tx, host, f"{nixcmd.prune_flakes(tx.settings.keep_flakes, digest)}; {upkeep.root_inputs(digest, inputs)}")
 
 
 _INPUTS_UNCHECKED = "ipex-fleet: inputs unchecked"
@@ -79,30 +78,42 @@ def carry_inputs(tx: HostTransaction, host: Any, missing: tuple[str, ...]) -> in
 
 
 def build(tx: HostTransaction, host: Any) -> None:
-    """Step 3b and 4: build the toplevel on the target; equal to the current one means unchanged."""
+    """Step 3b and 4: build the toplevel on the target; equal to the current one means unchanged. The
+    running system comes back in the same round trip, and, before the build, the older pushed flakes
+    are pruned and this one's inputs pinned by GC roots (best effort: their output is dropped)."""
     if tx.settings.build == "controller":
-        path = substitute_from_cache(tx, host)
+        path, running = substitute_from_cache(tx, host)
     else:
         ref = f"path:{nixcmd.FLAKE_ROOT}/{tx.flake_hash}"
-        built = sh(tx, host, nixcmd.build_toplevel(ref, tx.settings.nixos_config), tx.step_timeout)
+        inputs = runstate.of(host.state).flake_inputs(tx.settings.flake, tx.settings.controller_nix_conf_dir)
+        tidy = f"{nixcmd.prune_flakes(tx.settings.keep_flakes, tx.flake_hash)}; {upkeep.root_inputs(tx.flake_hash, inputs.store_paths)}"
+        built = sh(tx, host, nixcmd.then_running(f"( {tidy}\n) >/dev/null 2>&1; "
+                                                 f"{nixcmd.build_toplevel(ref, tx.settings.nixos_config)}"),
+                   tx.step_timeout)
+        stdout, running = nixcmd.take_running(built.stdout_lines)
+        built = RemoteResult(built.returncode, stdout, built.stderr_lines)
         if not built.ok:
             raise StepFailed(f"nix build failed: {built.last_error}")
         path = nixcmd.parse_build_output(built.stdout)
     tx.target = Generation(None, path)
-    running = running_system(tx, host)
+    if running is None:  # not said in the build's round trip
+        running = running_system(tx, host)
     if path == tx.previous.path and (running == path or not tx.settings.mode.activates):
         tx.unchanged = True
         tx.target = tx.previous
 
 
-def substitute_from_cache(tx: HostTransaction, host: Any) -> str:
-    """Build once on the controller (shared by every host of the run), then substitute on the host."""
+def substitute_from_cache(tx: HostTransaction, host: Any) -> tuple[str, str | None]:
+    """Build once on the controller (shared by every host of the run), then substitute on the host.
+    Returns the toplevel and the running system (read in the same round trip; None where not said)."""
     try:
         path = toplevel_for(host, tx.settings, state.inventory)
     except CacheError as exc:
         raise StepFailed(f"building on the controller failed: {exc}") from None
-    fetched = sh(tx, host, substitute(path, tx.settings), tx.step_timeout)
+    fetched = sh(tx, host, nixcmd.then_running(substitute(path, tx.settings)), tx.step_timeout)
+    stdout, running = nixcmd.take_running(fetched.stdout_lines)
     if not fetched.ok:
-        raise StepFailed(f"substituting {path} from {tx.settings.cache} failed: {fetched.last_error}")
-    return path
+        error = RemoteResult(fetched.returncode, stdout, fetched.stderr_lines).last_error
+        raise StepFailed(f"substituting {path} from {tx.settings.cache} failed: {error}")
+    return path, running
 
