@@ -249,6 +249,10 @@ def main() -> int:
     ansible = not args.no_ansible and args.only != "nochange"
     if ansible and not (BIN / "ansible-playbook").exists():
         raise SystemExit(f"no {BIN / 'ansible-playbook'}: `{BIN / 'pip'} install ansible-core`, or --no-ansible")
+    # As a user's runs are: with Python's bytecode caches (a shell or image that sets
+    # PYTHONDONTWRITEBYTECODE would have every run compile the controller's modules again, a tenth
+    # of a second of CPU; ipex-fleet, the bare script and Ansible run under the same environment).
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     work = Path(tempfile.mkdtemp(prefix="ipex-fleet-overhead-"))
     lab = Lab(args.root)
     lab.destroy()
