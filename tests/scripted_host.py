@@ -135,9 +135,13 @@ class ScriptedHost:
 
     def agent_call(self, command: str) -> tuple[int, list[str]]:
         self.agent_starts += 1
+        argv = agent_argv(command)
+        for option in ("--metrics-dir", "--textfile-dir"):  # metrics: in this host's directory, never this machine's
+            if option in argv:
+                argv[argv.index(option) + 1] = f"{self.agent_dir}/metrics"
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
-            rc = host_agent.main(agent_argv(command), make=lambda _root: self.agent)
+            rc = host_agent.main(argv, make=lambda _root: self.agent)
         return rc, out.getvalue().splitlines()
 
     def agent_status_line(self) -> str:
@@ -306,8 +310,9 @@ class ScriptedHost:
     def do_record(self, command: str) -> tuple[int, list[str]]:
         if "printf '%s\\n' " in command:
             self.records.append(json.loads(shlex.split(command.split("printf '%s\\n' ", 1)[1])[0]))
-        if "lock-release" in command:  # the same round trip releases the lock (ours, by its token)
-            self.agent_call(command[command.index(hostagent.LAUNCHER):])
+        if "lock-release" in command:  # the same round trip releases the lock (ours, by its token), its last
+            release = command.rindex(" lock-release ")  # agent call (the agent's metrics may come before it)
+            self.agent_call(command[command.rindex(hostagent.LAUNCHER, 0, release):])
         return 0, []
 
     def do_deploy_log(self, _c: str) -> tuple[int, list[str]]:

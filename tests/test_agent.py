@@ -416,6 +416,8 @@ def test_a_commit_whose_record_cannot_be_written_is_still_won(tmp_path):
     ["--root", "/r", "claim", "--intent", "i", "--who", "committed"],
     ["--root", "/r", "commit", "--intent", "i", "--record-stdin", "--token", "t"],
     ["--root", "/r", "commit", "--intent", "i"],
+    ["--root", "/r", "commit", "--intent", "i", "--record-stdin", "--token", "t", "--metrics-dir", "/m d"],
+    ["--root", "/r", "metrics", "--textfile-dir", "/var/lib/prometheus-node-exporter-text"], ["metrics", "--textfile-dir", "d"],
     ["--root", "/r", "revert", "--intent", "i", "--who", "watchdog", "--detach"],
     ["--root", "/r", "finish", "--intent", "i", "--who", "recovery"],
     ["--root", "/r", "outcome", "--intent", "i"], ["--root", "/r", "watch", "--intent", "i"],
@@ -430,6 +432,7 @@ def test_the_fast_reading_of_the_command_line_is_argparses(argv):
     ["--root", "/r", "renew", "--token", "t", "--for", "x"], ["--root", "/r", "status", "--help"],
     ["--root", "/r", "lock-release", "--token=t"], ["--root", "/r", "nonsense"], [],
     ["--root", "/r", "outcome", "--intent", "i", "--intent", "j"],
+    ["--root", "/r", "metrics"], ["--root", "/r", "commit", "--intent", "i", "--metrics-dir"],
 ])
 def test_anything_unusual_goes_to_argparse(argv):
     assert A.parse_fast(argv) is None

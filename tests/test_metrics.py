@@ -24,8 +24,22 @@ def _system(root: Path, name: str, kernel: str) -> Path:
     return store
 
 
-def host(tmp_path: Path, *, records: list, current: int, booted_kernel: str = "6.12", intent: str | None = None,
-         torn: bool = False) -> dict:
+def host(tmp_path: Path, **state) -> dict:
+    """The metrics of a host in this state (host_root), as written and parsed back."""
+    root = host_root(tmp_path, **state)
+    out = tmp_path / "out" / metrics.DEPLOY_FILE
+    metrics.write(str(out), metrics.host_metrics(root=str(root)))
+    parsed = {}
+    for family in text_string_to_metric_families(out.read_text()):
+        for s in family.samples:
+            parsed[s.name] = s
+    return parsed
+
+
+def host_root(tmp_path: Path, *, records: list, current: int, booted_kernel: str = "6.12", intent: str | None = None,
+              torn: bool = False) -> Path:
+    """A host's root: generations 1 to 9 (9 with another kernel), the profile on `current`, the booted system
+    with `booted_kernel`, the state directory with these records (and a torn last line) and an open intent."""
     root = tmp_path / "root"
     systems = {n: _system(root, f"gen{n}", "6.12" if n < 9 else "6.13") for n in range(1, 10)}
     profiles = root / "nix/var/nix/profiles"
@@ -44,13 +58,7 @@ def host(tmp_path: Path, *, records: list, current: int, booted_kernel: str = "6
     (state / "deploys.jsonl").write_text("\n".join(lines) + "\n")
     if intent:
         (state / "intent.json").write_text(json.dumps({"intent_id": f"{intent}-1", "run_id": intent}) + "\n")
-    out = tmp_path / "out" / metrics.DEPLOY_FILE
-    metrics.write(str(out), metrics.host_metrics(root=str(root)))
-    parsed = {}
-    for family in text_string_to_metric_families(out.read_text()):
-        for s in family.samples:
-            parsed[s.name] = s
-    return parsed
+    return root
 
 
 def rec(status: str, gen: int, root_hint: str = "", error: str | None = None, run: str = "r1") -> dict:

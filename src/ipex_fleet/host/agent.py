@@ -24,7 +24,7 @@ This file needs nothing but Python's standard library: the controller copies it 
 content hash) so that it runs whatever the generations hold, the first deploy included.
 
     python3 agent.py status | lock-take | lock-release | renew | open | activated | confirm
-                     | claim | commit | revert | outcome | watch | boot | rearm   (--help for each)
+                     | claim | commit | revert | outcome | watch | boot | rearm | metrics   (--help for each)
 
 Each command prints one JSON object. Exit codes: 0 done; 3 lost (not this caller's any more);
 4 fenced (the host is not as the caller recorded); 75 refused or not yet; 1 failed; 2 usage.
@@ -44,6 +44,9 @@ TYPE_CHECKING = False  # typing costs each agent start 2 ms; the annotations are
 if TYPE_CHECKING:
     from typing import Any, Iterator
 
+    # A metric family: name, help, type ("gauge" or "info"), samples (labels, value).
+    Family = tuple[str, str, str, list[tuple[dict[str, str], float]]]
+
 LOST, FENCED, BUSY, FAILED = 3, 4, 75, 1
 WHO_REVERTS = ("reverting-controller", "watchdog", "recovery")
 COMMITTED = "committed"
@@ -51,6 +54,13 @@ COMMITTED = "committed"
 # for them to end, never racing an activation that still runs.
 ACTIVATION_UNITS = ("ipex-fleet-switch-*", "ipex-fleet-test-*", "ipex-fleet-boot-*")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,80}$")
+# The host's paths, and how its profile reads (ipex_fleet.host.nixprofile imports these from here: the
+# agent runs as a lone file and imports nothing of the package).
+STATE_DIR = "/var/lib/ipex-fleet"
+SYSTEM_PROFILE = "/nix/var/nix/profiles/system"
+PROFILE_LINK = re.compile(r"-(\d+)-link$")  # a generation's link: system-42-link
+# What makes a new generation need a reboot (switch-to-configuration compares the same links).
+BOOT_LINKS = ("kernel", "initrd", "kernel-modules", "firmware")
 
 
 # -- clocks and files ---------------------------------------------------------------------------
@@ -122,8 +132,7 @@ class System:
             link = os.readlink(profile)
         except OSError:
             return None, None
-        m = re.search(r"-(\d+)-link$", link)
-        return (int(m.group(1)) if m else None), os.path.realpath(profile)
+        return generation_of(link), os.path.realpath(profile)
 
     def set_profile(self, profile: str, number: int | None, path: str) -> bool:
         if number is not None and _run(["nix-env", "-p", profile, "--switch-generation", str(number)]) == 0:
@@ -184,6 +193,12 @@ class System:
         return _systemd() and _run(["systemctl", "is-active", "--quiet", unit]) == 0
 
 
+def generation_of(link: str) -> int | None:
+    """The generation a profile's link names (system-42-link: 42), None for anything else."""
+    m = PROFILE_LINK.search(link)
+    return int(m.group(1)) if m else None
+
+
 def _systemd() -> bool:
     import shutil
 
@@ -216,7 +231,7 @@ class Refused(Exception):
 
 
 class Agent:
-    def __init__(self, root: str = "/var/lib/ipex-fleet", clock: Clock | None = None,
+    def __init__(self, root: str = STATE_DIR, clock: Clock | None = None,
                  system: System | None = None, script: str | None = None) -> None:
         self.root = root
         self.clock = clock or Clock()
@@ -649,6 +664,12 @@ class Agent:
         armed = intent["intent_id"] if intent and self.arm(intent["intent_id"]) else None
         return {"finishing": finishing, "watching": armed}
 
+    def metrics(self, directory: str) -> dict[str, Any]:
+        """Write this state directory's deployment metrics to DIRECTORY/ipex_fleet_deploy.prom."""
+        path = os.path.join(directory, DEPLOY_FILE)
+        write_textfile(path, render(deploy_metrics(self.root)))
+        return {"metrics": path}
+
 
 def _has_line(path: str, line: str, tail: int = 1 << 16) -> bool:
     """Whether one of the last lines of `path` (its last `tail` bytes) is `line`."""
@@ -665,6 +686,144 @@ def _append(path: str, record: dict[str, Any]) -> None:
         f.write(json.dumps(record, sort_keys=True) + "\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+# -- deployment metrics -------------------------------------------------------------------------
+# node_exporter's textfile, written by `commit --metrics-dir` and `metrics` in the round trip that
+# already runs the agent (no second interpreter with the package and prometheus_client at each deploy).
+# deploy_metrics is also ipex_fleet.host.metrics.host_metrics's data (`ipex-fleet metrics`); render
+# writes what prometheus_client's generate_latest writes for it, byte for byte (a test checks).
+
+DEPLOY_FILE = "ipex_fleet_deploy.prom"
+GOOD = ("ok", "unchanged")  # the statuses of a deploy that left the host good
+
+
+def deploy_metrics(state_dir: str = STATE_DIR, profile: str = SYSTEM_PROFILE, root: str = "/") -> list[Family]:
+    """The deployment as this host records it (deploys.jsonl, the profile, /run, the open intent)."""
+    state = os.path.join(root, state_dir.lstrip("/"))
+    log = os.path.join(state, "deploys.jsonl")
+    records = []
+    try:
+        with open(log, errors="replace") as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue  # a torn last line from a crash: the records before it still count
+                if isinstance(record, dict):
+                    records.append(record)
+    except OSError:
+        pass
+    current, booted = _realpath(root, "/run/current-system"), _realpath(root, "/run/booted-system")
+    try:
+        generation = generation_of(os.readlink(os.path.join(root, profile.lstrip("/"))))
+    except OSError:
+        generation = None
+    last = records[-1] if records else {}
+    good = next((r for r in reversed(records) if r.get("status") in GOOD), {})
+    final = good.get("final") if isinstance(good.get("final"), dict) else {}
+    try:
+        good_generation = float(final["generation"])
+    except (KeyError, TypeError, ValueError):
+        good_generation = -1.0
+    families: list[Family] = [
+        ("ipex_fleet_deployment", "The running generation and the last deploy that touched this host.", "info",
+         [({"generation": "" if generation is None else str(generation), "toplevel": current,
+            "run_id": str(last.get("run_id") or ""), "status": str(last.get("status") or "none"),
+            "phase": str(last.get("phase") or "")}, 1.0)]),
+        _gauge("ipex_fleet_current_generation", "The system profile's current generation.",
+               -1 if generation is None else generation),
+        _gauge("ipex_fleet_good_generation", "The generation the last successful deploy left (ok or unchanged).",
+               good_generation),
+        _gauge("ipex_fleet_running_good_generation",
+               "1 when /run/current-system is the toplevel the last successful deploy left.",
+               bool(final.get("path")) and final.get("path") == current),
+        _gauge("ipex_fleet_last_deployment_failed", "1 when the last deploy failed or was rolled back.",
+               bool(last) and last.get("status") not in GOOD)]
+    try:
+        families.append(_gauge("ipex_fleet_last_deployment_timestamp_seconds",
+                               "When the host last recorded a deploy.", os.stat(log).st_mtime))
+    except OSError:
+        pass
+    reboot = bool(booted and current) and any(_realpath(booted, link) != _realpath(current, link)
+                                              for link in BOOT_LINKS)
+    families.append(_gauge("ipex_fleet_need_reboot", "1 when the running generation's kernel, initrd, modules "
+                           "or firmware differ from the booted one.", reboot))
+    families.append(_gauge("ipex_fleet_boot_fallbacks", "Deploys whose reboot came up on the previous generation "
+                           "(boot counting fell back), as recorded.",
+                           sum("fell back" in str(r.get("error") or "") for r in records)))
+    intent, run = os.path.join(state, "intent.json"), ""  # the open intent
+    is_open = os.path.isfile(intent)
+    if is_open:
+        try:
+            with open(intent) as f:
+                data = json.load(f)
+            run = str(data.get("run_id") or "?") if isinstance(data, dict) else "?"
+        except (OSError, ValueError):
+            run = "?"
+    families.append(_gauge("ipex_fleet_intent_open", "1 while a deploy's intent is open on the host (a run that "
+                           "never finished, until it or the watchdog resolves it).", is_open, {"run_id": run}))
+    return families
+
+
+def _gauge(name: str, doc: str, value: float, labels: dict[str, str] | None = None) -> Family:
+    return name, doc, "gauge", [(labels or {}, float(value))]
+
+
+def _realpath(base: str, path: str) -> str:
+    """Where `path` under `base` leads, "" where nothing is."""
+    path = os.path.join(base, path.lstrip("/"))
+    try:
+        return os.path.realpath(path) if os.path.lexists(path) else ""
+    except OSError:
+        return ""
+
+
+def render(families: list[Family]) -> str:
+    """Prometheus' text format (0.0.4) of these families, as prometheus_client's generate_latest writes it."""
+    out = []
+    for name, doc, kind, samples in families:
+        if kind == "info":
+            name, kind = f"{name}_info", "gauge"
+        out.append(f"# HELP {name} {_escape(doc)}\n# TYPE {name} {kind}\n")
+        for labels, value in samples:
+            pairs = ",".join(f'{k}="{_escape(v, True)}"' for k, v in sorted(labels.items()))
+            out.append(f"{name}{{{pairs}}} {_go_float(value)}\n" if pairs else f"{name} {_go_float(value)}\n")
+    return "".join(out)
+
+
+def _escape(text: str, label: bool = False) -> str:
+    text = text.replace("\\", "\\\\").replace("\n", "\\n")
+    return text.replace('"', '\\"') if label else text
+
+
+def _go_float(value: float) -> str:
+    """A sample's value as prometheus_client writes it (its floatToGoString: Go's exponents)."""
+    value = float(value)
+    if value != value:
+        return "NaN"
+    if value in (float("inf"), float("-inf")):
+        return "+Inf" if value > 0 else "-Inf"
+    s = repr(value)
+    dot = s.find(".")
+    if value > 0 and dot > 6:
+        return f"{s[0]}.{s[1:dot]}{s[dot + 1:]}".rstrip("0.") + f"e+{dot - 1:02d}"
+    return s
+
+
+def write_textfile(path: str, text: str) -> None:
+    """A temporary file beside `path`, renamed into place (as prometheus_client's write_to_textfile, with
+    its mode): node_exporter reads the old file or the new one, never half of one."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"  # not *.prom: the textfile collector ignores it
+    try:
+        with open(tmp, "wb") as f:
+            f.write(text.encode())
+        os.rename(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 # -- command line -------------------------------------------------------------------------------
@@ -690,7 +849,8 @@ _OPTIONS: dict[str, dict[str, tuple[str, Any, Any, bool, tuple[str, ...] | None]
     "claim": {"--intent": ("intent", str, None, True, None),
               "--who": ("who", str, None, True, (COMMITTED, "reverting-controller"))},
     "commit": {"--intent": ("intent", str, None, True, None), "--token": ("token", str, None, False, None),
-               "--record-stdin": ("record_stdin", None, False, False, None)},
+               "--record-stdin": ("record_stdin", None, False, False, None),
+               "--metrics-dir": ("metrics_dir", str, None, False, None)},
     "revert": {"--intent": ("intent", str, None, True, None), "--who": ("who", str, None, True, WHO_REVERTS),
                "--detach": ("detach", None, False, False, None)},
     "finish": {"--intent": ("intent", str, None, True, None), "--who": ("who", str, None, True, WHO_REVERTS),
@@ -703,6 +863,7 @@ _OPTIONS: dict[str, dict[str, tuple[str, Any, Any, bool, tuple[str, ...] | None]
                 "--profile": ("profile", str, None, True, None)},
     "recover": {},
     "boot": {},
+    "metrics": {"--textfile-dir": ("textfile_dir", str, None, True, None)},
 }
 
 
@@ -713,7 +874,7 @@ class _Args:
 
 def parse_fast(argv: list[str]) -> Any:
     """The arguments of a well-formed call, or None: then argparse reads them (help, errors)."""
-    root = "/var/lib/ipex-fleet"
+    root = STATE_DIR
     if len(argv) >= 2 and argv[0] == "--root" and not argv[1].startswith("-"):
         root, argv = argv[1], argv[2:]
     if not argv or argv[0] not in _OPTIONS:
@@ -783,6 +944,11 @@ def main(argv: list[str] | None = None, make: Any = None) -> int:
                     if not isinstance(record, dict):
                         raise Refused(2, error="the record on stdin is not a JSON object")
                 out = agent.commit(args.intent, args.token, record)
+                if args.metrics_dir:  # once the commit is won, recorded and released; best effort: whatever
+                    try:  # happens here, the commit's answer and exit code stay what they are
+                        out.update(agent.metrics(args.metrics_dir))
+                    except Exception as exc:
+                        out["metrics_error"] = str(exc) or type(exc).__name__
             case "revert":
                 out = agent.revert(args.intent, args.who, args.detach)
             case "finish":
@@ -799,6 +965,12 @@ def main(argv: list[str] | None = None, make: Any = None) -> int:
                 out = agent.recover()
             case "boot":
                 out = agent.boot()
+            case "metrics":
+                try:
+                    out = agent.metrics(args.textfile_dir)
+                except (OSError, ValueError) as exc:
+                    raise Refused(FAILED, metrics_error=str(exc), error=f"cannot write the metrics in "
+                                  f"{args.textfile_dir}: {exc}") from None
             case _:
                 raise Refused(2, error=f"unknown command {args.command}")
     except Refused as exc:
@@ -812,7 +984,7 @@ def _parse(argv: list[str] | None) -> Any:
     import argparse  # only for help and errors: see parse_fast
 
     parser = argparse.ArgumentParser(prog="ipex-fleet-agent", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", default="/var/lib/ipex-fleet")
+    parser.add_argument("--root", default=STATE_DIR)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("status", help="the lock, the open intent and unfinished reverts, with their leases")
     p = sub.add_parser("lock-take", help="take the deploy lock (prints its token)")
@@ -843,6 +1015,7 @@ def _parse(argv: list[str] | None) -> Any:
     p.add_argument("--intent", required=True)
     p.add_argument("--token", help="the run's lock, released after a won claim")
     p.add_argument("--record-stdin", action="store_true", help="one JSON object on stdin: the line for deploys.jsonl")
+    p.add_argument("--metrics-dir", help="after a won commit, write the deployment metrics there (best effort)")
     for name in ("revert", "finish"):
         p = sub.add_parser(name)
         p.add_argument("--intent", required=True)
@@ -858,6 +1031,8 @@ def _parse(argv: list[str] | None) -> Any:
     p.add_argument("--profile", required=True)
     sub.add_parser("recover", help="finish or start reverts of dead runs, detached")
     sub.add_parser("boot", help="at boot: re-arm leases, finish interrupted reverts, watch an open intent")
+    p = sub.add_parser("metrics", help=f"write the deployment metrics (node_exporter's textfile DIR/{DEPLOY_FILE})")
+    p.add_argument("--textfile-dir", required=True, metavar="DIR")
     return parser.parse_args(argv)
 
 

@@ -12,7 +12,8 @@ unit suffixes, `_info` gauges that carry identity as labels, and a check's resul
 - `host_metrics` (`ipex-fleet metrics`): the deployment as the host records it: the deployed
   generation, toplevel and run (`_info`), the last good generation beside the current one, the last
   deploy's failure, a pending reboot, boots that fell back, and an open intent (a run that never
-  finished).
+  finished). Its data is the host agent's (`agent.deploy_metrics`): at each deploy the agent writes the
+  same file itself, in the commit's call (`commit --metrics-dir`) or with `agent.py metrics`.
 
 Files are written with prometheus_client's `write_to_textfile` (a temporary file renamed into place),
 so node_exporter never reads half a file.
@@ -20,7 +21,6 @@ so node_exporter never reads half a file.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -30,12 +30,12 @@ from prometheus_client import CollectorRegistry, write_to_textfile
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
-from ipex_fleet.host.nixprofile import BOOT_LINKS, STATE_DIR, SYSTEM_PROFILE, parse_profile_state
+from ipex_fleet.host import agent
+from ipex_fleet.host.nixprofile import STATE_DIR, SYSTEM_PROFILE
 
 TEXTFILE_DIR = "/var/lib/prometheus-node-exporter-text"
 CHECK_STATES = ("pass", "warn", "fail", "skip")
 BENCH_VERDICTS = ("pass", "fail", "inconclusive")
-GOOD = ("ok", "unchanged")
 
 
 class _Families(Collector):
@@ -153,91 +153,31 @@ def bench_metrics(document: dict[str, Any]) -> list[Any]:
     return families
 
 
-def _records(state_dir: str) -> list[dict[str, Any]]:
-    try:
-        lines = Path(state_dir, "deploys.jsonl").read_text().splitlines()
-    except OSError:
-        return []
-    out = []
-    for line in lines:
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue  # a torn last line from a crash: the records before it still count
-    return out
-
-
-def _realpath(path: str) -> str:
-    try:
-        return os.path.realpath(path) if os.path.lexists(path) else ""
-    except OSError:
-        return ""
-
-
 def host_metrics(state_dir: str = STATE_DIR, profile: str = SYSTEM_PROFILE, root: str = "/") -> list[Any]:
-    """The deployment as this host records it (deploys.jsonl, the profile, /run, the open intent)."""
-    at = lambda p: os.path.join(root, p.lstrip("/"))  # noqa: E731
-    records = _records(at(state_dir))
-    current_path = _realpath(at("/run/current-system"))
-    booted_path = _realpath(at("/run/booted-system"))
-    try:
-        current_gen = parse_profile_state([f"current {os.readlink(at(profile))}"]).current
-    except OSError:
-        current_gen = None
-    last = records[-1] if records else {}
-    good = next((r for r in reversed(records) if r.get("status") in GOOD), None)
-    good_final = (good or {}).get("final") or {}
+    """The deployment as this host records it (deploys.jsonl, the profile, /run, the open intent): the host
+    agent's data (agent.deploy_metrics, which the agent itself writes after each commit), as families."""
+    return families_of(agent.deploy_metrics(state_dir, profile, root))
 
-    info = InfoMetricFamily(
-        "ipex_fleet_deployment", "The running generation and the last deploy that touched this host.",
-        value={"generation": str(current_gen if current_gen is not None else ""),
-               "toplevel": current_path, "run_id": str(last.get("run_id") or ""),
-               "status": str(last.get("status") or "none"), "phase": str(last.get("phase") or "")})
-    families: list[Any] = [info]
-    families.append(GaugeMetricFamily("ipex_fleet_current_generation", "The system profile's current generation.",
-                                      value=float(current_gen if current_gen is not None else -1)))
-    families.append(GaugeMetricFamily(
-        "ipex_fleet_good_generation", "The generation the last successful deploy left (ok or unchanged).",
-        value=float(good_final.get("generation") if good_final.get("generation") is not None else -1)))
-    families.append(GaugeMetricFamily(
-        "ipex_fleet_running_good_generation",
-        "1 when /run/current-system is the toplevel the last successful deploy left.",
-        value=1.0 if good_final.get("path") and good_final.get("path") == current_path else 0.0))
-    families.append(GaugeMetricFamily("ipex_fleet_last_deployment_failed",
-                                      "1 when the last deploy failed or was rolled back.",
-                                      value=1.0 if last and last.get("status") not in GOOD else 0.0))
-    try:
-        written = os.stat(os.path.join(at(state_dir), "deploys.jsonl")).st_mtime
-        families.append(GaugeMetricFamily("ipex_fleet_last_deployment_timestamp_seconds",
-                                          "When the host last recorded a deploy.", value=written))
-    except OSError:
-        pass
-    reboot = bool(booted_path and current_path) and any(
-        _realpath(os.path.join(booted_path, link)) != _realpath(os.path.join(current_path, link))
-        for link in BOOT_LINKS)
-    families.append(GaugeMetricFamily("ipex_fleet_need_reboot",
-                                      "1 when the running generation's kernel, initrd, modules or firmware "
-                                      "differ from the booted one.", value=1.0 if reboot else 0.0))
-    fallbacks = sum(1 for r in records if "fell back" in str(r.get("error") or ""))
-    families.append(GaugeMetricFamily("ipex_fleet_boot_fallbacks", "Deploys whose reboot came up on the "
-                                      "previous generation (boot counting fell back), as recorded.",
-                                      value=float(fallbacks)))
-    intent = Path(at(state_dir), "intent.json")  # the host agent's open intent
-    run = ""
-    if intent.is_file():
-        try:
-            run = str(json.loads(intent.read_text()).get("run_id") or "?")
-        except (OSError, ValueError):
-            run = "?"
-    open_intent = GaugeMetricFamily("ipex_fleet_intent_open", "1 while a deploy's intent is open on the host "
-                                    "(a run that never finished, until it or the watchdog resolves it).",
-                                    labels=["run_id"])
-    open_intent.add_metric([run], 1.0 if intent.is_file() else 0.0)
-    families.append(open_intent)
+
+def families_of(data: list[Any]) -> list[Any]:
+    """prometheus_client's families of the agent's (name, help, "gauge" or "info", [(labels, value)])."""
+    families: list[Any] = []
+    for name, doc, kind, samples in data:
+        if kind == "info":
+            info = InfoMetricFamily(name, doc)
+            for labels, _one in samples:
+                info.add_metric([], labels)
+            families.append(info)
+            continue
+        names = sorted(samples[0][0]) if samples else []
+        gauge = GaugeMetricFamily(name, doc, labels=names)
+        for labels, value in samples:
+            gauge.add_metric([labels[n] for n in names], value)
+        families.append(gauge)
     return families
 
 
-DEPLOY_FILE = "ipex_fleet_deploy.prom"
+DEPLOY_FILE = agent.DEPLOY_FILE
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,15 +1,18 @@
 """A Nix profile as a host reads it (standard library only): ipex-fleet's state directory, the system profile,
 its generations and the one it points at, the boot links whose change needs a reboot. The controller's
-domain and nix.commands import these from here (the controller may import the host side, never the reverse)."""
+domain and nix.commands import these from here (the controller may import the host side, never the reverse).
+The paths, a profile link's number and the boot links are the host agent's (a lone file that imports nothing
+of the package): one copy, read here from it."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
-SYSTEM_PROFILE = "/nix/var/nix/profiles/system"
-STATE_DIR = "/var/lib/ipex-fleet"
+from ipex_fleet.host.agent import BOOT_LINKS, PROFILE_LINK, STATE_DIR, SYSTEM_PROFILE
+
+__all__ = ["BOOT_LINKS", "NO_GENERATION", "STATE_DIR", "SYSTEM_PROFILE", "Generation", "ProfileState",
+           "parse_profile_state"]
 
 
 @dataclass(frozen=True)
@@ -54,8 +57,6 @@ class ProfileState:
         matches = [g for g in self.generations if g.path == path]
         return max(matches, key=lambda g: g.number or 0) if matches else None
 
-_LINK_RE = re.compile(r"-(\d+)-link$")
-
 
 def parse_profile_state(lines: list[str]) -> ProfileState:
     generations: list[Generation] = []
@@ -63,13 +64,9 @@ def parse_profile_state(lines: list[str]) -> ProfileState:
     for line in lines:
         parts = line.split()
         if parts and parts[0] == "current":
-            m = _LINK_RE.search(parts[1]) if len(parts) > 1 else None
+            m = PROFILE_LINK.search(parts[1]) if len(parts) > 1 else None
             current = int(m.group(1)) if m else None
-        elif len(parts) == 3 and (m := _LINK_RE.search(parts[0])):
+        elif len(parts) == 3 and (m := PROFILE_LINK.search(parts[0])):
             generations.append(Generation(int(m.group(1)), parts[2], int(parts[1])))
     generations.sort(key=lambda g: g.number or 0)
     return ProfileState(tuple(generations), current)
-
-
-# What makes a new generation need a reboot (switch-to-configuration compares the same links).
-BOOT_LINKS = ("kernel", "initrd", "kernel-modules", "firmware")

@@ -237,9 +237,15 @@ def _host_record(tx: HostTransaction, result: HostResult) -> dict[str, Any]:
 
 
 def _metrics_command(tx: HostTransaction) -> str:
+    """The deployment metrics, best effort: written by the host agent (no second interpreter, as the
+    commit's own call does); by `ipex-fleet metrics` only where this agent may not be installed yet (a
+    run that ended before the preflight installed it)."""
     assert tx.settings.metrics_dir
-    return (f"{{ {tx.settings.ipex_fleet_command} metrics --textfile-dir "
-            f"{quote(tx.settings.metrics_dir)} >/dev/null 2>&1 || true; }}")
+    if tx.agent_ready:
+        write = hostagent.command("metrics", "--textfile-dir", tx.settings.metrics_dir)
+    else:
+        write = f"{tx.settings.ipex_fleet_command} metrics --textfile-dir {quote(tx.settings.metrics_dir)}"
+    return f"{{ {write} >/dev/null 2>&1 || true; }}"
 
 
 def _ledger_record(result: HostResult, phase: str) -> None:
@@ -408,15 +414,14 @@ def record(tx: HostTransaction, host: Any) -> None:
 
 
 def commit(tx: HostTransaction, host: Any, status: Status, final: Generation) -> bool:
-    """The claim, the host's record and the lock's release in one agent call, and the metrics, in one
-    round trip. False: another claimant decided first. The claim is the decision; what follows it on
-    the host cannot change it: a record the host could not write is written again by _finish. A
-    connection lost on the way is asked again once, over a new one: the agent answers for a commit it
-    already won as for a new one, and writes the record once."""
+    """The claim, the host's record, the lock's release and the metrics in one agent call (the agent
+    writes the metrics itself once the commit is won: no second interpreter; a failure to write them
+    changes nothing of the commit). False: another claimant decided first. The claim is the decision;
+    what follows it on the host cannot change it: a record the host could not write is written again
+    by _finish. A connection lost on the way is asked again once, over a new one: the agent answers for
+    a commit it already won as for a new one, and writes the record once."""
     result = tx.result(status, final, None)
-    command = hostagent.commit(str(tx.intent_id), tx.lock_token, _host_record(tx, result))
-    if tx.settings.metrics_dir:
-        command = f"{command}; r=$?; if [ $r = 0 ]; then {_metrics_command(tx)}; fi; exit $r"
+    command = hostagent.commit(str(tx.intent_id), tx.lock_token, _host_record(tx, result), tx.settings.metrics_dir)
     try:
         got = sh(tx, host, command)
     except (HostUnreachable, StepTimeout):

@@ -53,10 +53,12 @@ def status_or_missing() -> str:
             "else echo agent=missing; fi")
 
 
-def commit(intent_id: str, token: str | None, record: dict[str, Any]) -> str:
+def commit(intent_id: str, token: str | None, record: dict[str, Any], metrics_dir: str | None = None) -> str:
     """The agent's `commit`: claim, append `record` (given on its stdin by printf, a shell builtin, as
-    the plain record's line is) and release the lock by `token`, in one call."""
+    the plain record's line is) and release the lock by `token`, in one call; with `metrics_dir`, the
+    agent then writes the deployment metrics there (best effort: its answer says `metrics_error`)."""
     args = ["commit", "--intent", intent_id, "--record-stdin"] + (["--token", token] if token else [])
+    args += ["--metrics-dir", metrics_dir] if metrics_dir else []
     return f"printf '%s\\n' {quote(json.dumps(record, sort_keys=True))} | {command(*args)}"
 
 
