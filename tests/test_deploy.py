@@ -43,6 +43,11 @@ def test_deploy_switches_every_host_then_changes_nothing(fleet3):
         # The host keeps its own record of the deploy.
         records = fleet3.sh(h, "cat /var/lib/ipex-fleet/deploys.jsonl").splitlines()
         assert json.loads(records[-1])["run_id"] == run_id
+        # The agent's compiled code, written at install, and its deployment metrics, written by its commit.
+        module = hostagent.SCRIPT.rsplit("/", 1)[1][:-len(".py")]
+        assert fleet3.sh(h, f"ls {hostagent.DIR}/__pycache__").startswith(f"{module}.cpython-")
+        metrics = fleet3.sh(h, "cat /var/lib/prometheus-node-exporter-text/ipex_fleet_deploy.prom")
+        assert f'run_id="{run_id}"' in metrics and f"ipex_fleet_current_generation {float(new_gen)}" in metrics
 
     again, run_id2 = fleet3.deploy()
     assert_ok(again)

@@ -238,6 +238,14 @@ class Agent:
         self.system = system or System()
         self.script = script or os.path.abspath(__file__)
 
+    def again(self, *args: str) -> list[str]:
+        """This agent's command line for a unit of its own (a watchdog, a revert): through its launcher
+        where it has one, as the controller's calls run it (from the bytecode cache, its interpreter
+        the launcher's); else this interpreter, without site as the launcher starts it."""
+        launcher = os.path.join(os.path.dirname(self.script), "run")
+        head = [launcher] if os.access(launcher, os.X_OK) else [sys.executable, "-S"]
+        return [*head, self.script, "--root", self.root, *args]
+
     # paths
     @property
     def lock_path(self) -> str:
@@ -396,16 +404,17 @@ class Agent:
             record = {**intent, "phase": "armed", "lease": self.lease(seconds, reboot_grace),
                       "run_id": intent.get("run_id"), "steps": [["opened", time.time()]]}
             write_json(self.intent_path, record)
-        self.arm(intent_id)
+        self.arm(intent_id, new=True)
         return {"opened": intent_id}
 
-    def arm(self, intent_id: str) -> bool:
-        """Start the intent's watchdog, detached (idempotent: a running one is left alone)."""
+    def arm(self, intent_id: str, new: bool = False) -> bool:
+        """Start the intent's watchdog, detached (idempotent: a running one is left alone; a `new`
+        intent's cannot be running yet)."""
         unit = f"ipex-fleet-watchdog-{intent_id}"
-        if self.system.unit_active(unit):
+        if not new and self.system.unit_active(unit):
             return True
-        return self.system.detach(unit, [sys.executable, self.script, "--root", self.root, "watch",
-                                         "--intent", intent_id], f"{self.root}/watchdog-{intent_id}.log")
+        return self.system.detach(unit, self.again("watch", "--intent", intent_id),
+                                  f"{self.root}/watchdog-{intent_id}.log")
 
     def mark(self, intent_id: str, phase: str, seconds: float) -> dict[str, Any]:
         """`activated` (only a confirmation over a new login renews it now) or `confirmed`."""
@@ -639,8 +648,8 @@ class Agent:
     def _detach_revert(self, intent_id: str, who: str) -> str:
         unit = f"ipex-fleet-revert-{intent_id}"
         if not self.system.unit_active(unit):
-            self.system.detach(unit, [sys.executable, self.script, "--root", self.root, "finish",
-                                      "--intent", intent_id, "--who", who], f"{self.root}/revert-{intent_id}.log")
+            self.system.detach(unit, self.again("finish", "--intent", intent_id, "--who", who),
+                               f"{self.root}/revert-{intent_id}.log")
         return intent_id
 
     def finish(self, intent_id: str, who: str) -> dict[str, Any]:

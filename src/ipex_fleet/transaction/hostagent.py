@@ -23,7 +23,7 @@ from ipex_fleet.host import agent as _agent
 SOURCE = Path(_agent.__file__).read_bytes()
 SHA = hashlib.sha256(SOURCE).hexdigest()[:16]
 DIR = f"{STATE_DIR}/agent"
-SCRIPT = f"{DIR}/agent-{SHA}.py"
+SCRIPT = f"{DIR}/agent_{SHA}.py"  # a module's name: the launcher runs it with -m (see LAUNCHER_TEXT)
 LAUNCHER = f"{DIR}/run"
 INTENT_FILE = f"{STATE_DIR}/intent.json"
 RESOLVED = f"{STATE_DIR}/resolved"
@@ -32,14 +32,25 @@ COMMITTED = _agent.COMMITTED
 
 # -S: the agent needs only the standard library; site's start-up (site-packages, .pth files, a
 # distribution's sitecustomize) was a quarter of each agent call, and a deploy makes several per host.
-LAUNCHER_TEXT = f"""#!/bin/sh
+# -m, for a versioned agent: Python then keeps its compiled code in __pycache__ (one file per
+# interpreter version, checked against the source), where a script is compiled again at every start
+# (a third of what was left of an agent call's start-up). From its own folder, which -m puts first on
+# sys.path as a script's folder is. The boot unit's agent.py runs as a script, from its source alone.
+def launcher_text(folder: str = DIR) -> str:
+    return f"""#!/bin/sh
 # ipex-fleet's host agent launcher: an interpreter that does not depend on the generation being deployed.
-for p in {DIR}/python3 /usr/bin/python3 python3 /run/current-system/sw/bin/python3; do
+case "$1" in
+  {folder}/agent_*.py) m=${{1##*/}}; shift; set -- -m "${{m%.py}}" "$@"; cd {folder} || exit 127;;
+esac
+for p in {folder}/python3 /usr/bin/python3 python3 /run/current-system/sw/bin/python3; do
   if command -v "$p" >/dev/null 2>&1; then exec "$p" -S "$@"; fi
 done
 echo "ipex-fleet agent: no python3 on this host" >&2
 exit 127
 """
+
+
+LAUNCHER_TEXT = launcher_text()
 
 
 def command(*args: str) -> str:
@@ -88,7 +99,14 @@ def install(upload: str) -> str:
     return (f"mkdir -p {d} && mv -f {quote(upload)} {quote(SCRIPT)} && "
             f"printf '%s' {quote(LAUNCHER_TEXT)} > {d}/run.tmp && chmod 0755 {d}/run.tmp && mv -f {d}/run.tmp {d}/run && "
             f"ln -sfn {quote(Path(SCRIPT).name)} {d}/agent.py.tmp && mv -Tf {d}/agent.py.tmp {d}/agent.py; "
-            f"{pin}; true")
+            f"{pin}; {d}/run -c {quote(_COMPILE)} >/dev/null 2>&1; true")
+
+
+# The agent's compiled code, written at install by the interpreter the launcher picks, and synced: a
+# crash can then not leave a torn cache behind for the calls that follow (best effort: without it the
+# first call writes the cache).
+_COMPILE = (f"import os, py_compile; f = os.open(py_compile.compile({SCRIPT!r}, doraise=True), os.O_RDONLY); "
+            "os.fsync(f); os.close(f)")
 
 
 def parse(lines: tuple[str, ...] | list[str]) -> dict[str, Any]:
