@@ -5,8 +5,12 @@ peer is slow). The lease it renews measures the controller's liveness; each step
 bounds each step. When this process dies the beats stop and the host's watchdog reverts within one
 lease (host data lease_grace).
 
-Each host gets a thread of its own (a greenlet under pyinfra's monkey-patching) with its own SSH
-connection: a new instance of the host's connector, through pyinfra's connector API.
+Each host gets a thread of its own (a greenlet under pyinfra's monkey-patching). Its renewals go
+over the run's own SSH connection, a channel beside the step's (a login of its own cost each host as
+much CPU as a renewal's whole round trip, and the controller a key exchange): the first that fails or
+takes longer than a beat's interval moves the beat to a connection of its own (a new instance of the
+host's connector, through pyinfra's connector API) for the rest of the run, and renews there at once.
+A run whose own session died keeps its lease that way.
 """
 
 from __future__ import annotations
@@ -31,16 +35,19 @@ class Beat:
     beats: int = 0
     last_ok: float | None = None
     errors: int = 0
+    shared: bool = True  # renewing over the run's own connection (until it fails once)
 
     def run(self) -> None:
         connector = None
         bound = self.interval * 2 + 5
         while not self.stop.wait(self.interval):
             try:
-                with gevent.Timeout(bound):
-                    if connector is None:
-                        connector = fresh_connector(self.host)
-                    renewed = run_on(connector, self.host, self.command, bound)
+                renewed = self._over_the_runs_connection() if self.shared else None
+                if renewed is None:
+                    with gevent.Timeout(bound):
+                        if connector is None:
+                            connector = fresh_connector(self.host)
+                        renewed = run_on(connector, self.host, self.command, bound)
                 self.beats += 1
                 if renewed.ok:  # LOST (fenced out) needs nothing here: the transaction learns at its next step
                     self.last_ok = time.monotonic()
@@ -51,6 +58,16 @@ class Beat:
                 connector = None
         if connector is not None:
             _close_quietly(connector)
+
+    def _over_the_runs_connection(self) -> Any:
+        """A renewal over the run's own connection, within one interval; None (and never again this
+        run) where it failed."""
+        try:
+            with gevent.Timeout(self.interval):
+                return run_on(self.host.connector, self.host, self.command, self.interval)
+        except (Exception, gevent.Timeout):
+            self.shared = False
+            return None
 
 
 def _close_quietly(connector: Any) -> None:
