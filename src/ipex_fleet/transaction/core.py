@@ -94,7 +94,8 @@ def transaction_for(host: Any) -> HostTransaction:
     run = runstate.of(host.state)
     tx = run.transactions.get(host.name)
     if tx is None:
-        tx = HostTransaction(host.name, run.run_id, from_host_data(host.name, host.data))
+        settings = run.settings.get(host.name) or from_host_data(host.name, host.data)
+        tx = HostTransaction(host.name, run.run_id, settings)
         run.transactions[host.name] = tx
     return tx
 

@@ -85,7 +85,8 @@ def _command(s: DeploySettings) -> float:
 def validate_inventory(inventory: Any) -> None:
     """Check every active host's data once, before any operation runs (raises UserError)."""
     for host in inventory.iter_activated_hosts():
-        from_host_data(host.name, host.data)
+        # Kept for the host's transaction: reading pyinfra's layered host data is not free.
+        runstate.of(host.state).settings[host.name] = from_host_data(host.name, host.data)
         requested_generation(host.data, host.name)
         planned_generation(host.data, host.name)
         read_plan(host.data, "expect_plan", host.name)

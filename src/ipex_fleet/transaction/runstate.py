@@ -33,6 +33,7 @@ class RunState:
     inputs_lock: gevent.lock.BoundedSemaphore = field(default_factory=lambda: gevent.lock.BoundedSemaphore(1))
     heartbeat: Any = None  # ipex_fleet.transaction.heartbeat.Heartbeat, made at the first lock
     paced: dict[str, list] = field(default_factory=dict)  # host -> steps collected for pace=host
+    settings: dict[str, Any] = field(default_factory=dict)  # host -> its DeploySettings, as validated at prepare
 
     def flake_hash(self, path: str) -> str:
         """Read once per run: every host of the run pushes the same content."""
