@@ -290,10 +290,11 @@ def main() -> int:
                     to = "A" if on == "B" else "B"
                     tarball, digest = flakes[to]
                     before = load()
-                    cpu = CPU(lab)
-                    if method == "ipex-fleet":
+                    if method == "ipex-fleet":  # the run's preparation, outside its CPU (its ssh logins)
                         set_version(lab, names, f"overhead-{stamp}-{to}")
                         forget_pushed(lab, names, digest)
+                    cpu = CPU(lab)
+                    if method == "ipex-fleet":
                         took = ipex_fleet_deploy(lab, state, len(names), "ok")
                         if run:
                             steps.append(step_timings(state))
