@@ -182,8 +182,8 @@ class ScriptedHost:
         if kind == "models":
             return 1, [json.dumps({"installed": [], "present": [], "pruned": [], "failed": ["a: HTTP 404"],
                                    "bytes_downloaded": 0, "bytes_hashed": 0})]
-        if kind == "activate":  # NixOS activates on, then reports the failed snippet
-            self.do_activate(command)
+        if kind == "activate":  # NixOS activates on, then reports the failed snippet (exit 2: not marked)
+            self.do_activate(command, exit_code=2)
             return 2, ["Activation script snippet 'x' failed (1)"]
         if kind == "renew":
             return 1, ["mv: cannot move"]
@@ -271,7 +271,7 @@ class ScriptedHost:
         self.current = number
         return 0, []
 
-    def do_activate(self, command: str) -> tuple[int, list[str]]:
+    def do_activate(self, command: str, exit_code: int = 0) -> tuple[int, list[str]]:
         words = shlex.split(command)
         stc = next(w for w in words if w.endswith("/bin/switch-to-configuration") and not w.startswith("test"))
         action = words[words.index(stc) + 1]
@@ -281,7 +281,8 @@ class ScriptedHost:
         out = [f"activating the configuration {path} ({action})"]
         if nixcmd.RUNNING_MARK in command:  # the running system, in the same round trip
             out += ["", f"{nixcmd.RUNNING_MARK}{self.running}"]
-        if nixcmd.THEN_MARK in command and self.running == path:  # the intent marked `activated` there too
+        if nixcmd.THEN_MARK in command and self.running == path and f"[ $r = {exit_code} ]" in command:
+            # the intent marked `activated` there too, where the activation's exit is one the controller accepts
             marked, _ = self.answer(command[command.index(hostagent.LAUNCHER):].split("\n)", 1)[0])
             out.append(f"{nixcmd.THEN_MARK}{marked}")
         return 0, out

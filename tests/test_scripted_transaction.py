@@ -118,6 +118,13 @@ def test_the_activations_round_trip_marks_the_intent_activated_and_an_unmarked_o
     after = host.trips[host.trips.index("activate") + 1:]
     assert after[:2] == ["renew", "renew"] and after.count("renew") == 2, host.trips  # the mark, then the confirmation
 
+    host = make()
+    host.fault = Fault("activate", 1, "fail")  # exit 2: the intent stays armed (renewed), the controller reverts
+    run_id, alive = deploy(host)
+    assert alive and results.read_host_result(run_id, "h1").status is Status.ROLLED_BACK
+    assert host.kinds[host.kinds.index("activate") + 1] == "revert", host.kinds  # never marked `activated`
+    assert list(host.resolved) == [f"{run_id}.reverting-controller"]
+
 
 @pytest.mark.parametrize("how", HOWS)
 @pytest.mark.parametrize("kind,nth", POINTS)

@@ -331,7 +331,7 @@ def test_then_running_reports_the_running_system_and_runs_then_if_only_where_tha
                              text=True).stdout.strip()
 
     def run(then_if):
-        out = subprocess.run(["sh", "-c", commands.then_running("echo out; echo err >&2; exit 3", then_if)],
+        out = subprocess.run(["sh", "-c", commands.then_running("echo out; echo err >&2; exit 3", then_if, (3,))],
                              capture_output=True, text=True, timeout=30)
         rest, then_rc = commands.take_then(tuple(out.stdout.splitlines()))
         return out.returncode, commands.take_running(rest), then_rc
@@ -342,3 +342,18 @@ def test_then_running_reports_the_running_system_and_runs_then_if_only_where_tha
     assert run((running, "true")) == (3, (("out",), running), 0)
     assert run(("/nix/store/another-system", "exit 7")) == (3, (("out",), running), None)
     assert run(None) == (3, (("out",), running), None)
+
+
+def test_then_running_runs_then_if_only_after_an_accepted_exit_code():
+    running = subprocess.run(["sh", "-c", "readlink -f /run/current-system"], capture_output=True,
+                             text=True).stdout.strip()
+
+    def then_rc(exit_code: int, codes: tuple[int, ...]):
+        command = commands.then_running(f"exit {exit_code}", (running, "true"), codes)
+        out = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=30)
+        assert out.returncode == exit_code
+        return commands.take_then(tuple(out.stdout.splitlines()))[1]
+
+    assert then_rc(0, (0,)) == 0 and then_rc(3, (0,)) is None
+    assert then_rc(100, (0, 100, 4)) == 0 and then_rc(4, (0, 100, 4)) == 0
+    assert then_rc(4, (0, 100)) is None and then_rc(2, (0, 100, 4)) is None

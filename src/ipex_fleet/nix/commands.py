@@ -67,14 +67,16 @@ RUNNING_MARK = "ipex_fleet_running="
 THEN_MARK = "ipex_fleet_then_rc="
 
 
-def then_running(command: str, then_if: tuple[str, str] | None = None) -> str:
+def then_running(command: str, then_if: tuple[str, str] | None = None, codes: tuple[int, ...] = (0,)) -> str:
     """`command`, then the running system on a line of its own (RUNNING_MARK), in the same round trip;
-    `command`'s exit code. `then_if` = (path, other): where the running system is then `path`, `other`
-    runs too, in the same round trip, its exit code on the last line (THEN_MARK; its output dropped)."""
+    `command`'s exit code. `then_if` = (path, other): where `command` exited with one of `codes` and the
+    running system is then `path`, `other` runs too, in the same round trip, its exit code on the last
+    line (THEN_MARK; its output dropped)."""
     then = ""
     if then_if is not None:
         path, other = then_if
-        then = (f'if [ "$c" = {quote(path)} ]; then ( {other}\n) >/dev/null 2>&1; '
+        exited = " || ".join(f"[ $r = {int(code)} ]" for code in codes)
+        then = (f'if {{ {exited}; }} && [ "$c" = {quote(path)} ]; then ( {other}\n) >/dev/null 2>&1; '
                 f'printf "{THEN_MARK}%d\\n" "$?"; fi; ')
     return (f"( {command}\n); r=$?; c=$(readlink -f /run/current-system 2>/dev/null); "
             f'printf "\\n{RUNNING_MARK}%s\\n" "$c"; {then}exit $r')

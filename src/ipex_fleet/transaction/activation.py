@@ -39,6 +39,12 @@ def reattach_activation(tx: HostTransaction, host: Any, call_id: str, started: f
     return found[-1]
 
 
+def accepted_activation_codes(tx: HostTransaction) -> tuple[int, ...]:
+    """The exit codes of switch-to-configuration that check_activation lets on: 0, 100 (a reboot is
+    required) and, where health checks follow to name the unit, 4 (units failed to start)."""
+    return (0, 100, 4) if tx.settings.health_levels != () else (0, 100)
+
+
 def check_activation(tx: HostTransaction, host: Any, activated: RemoteResult) -> None:
     mode, path = tx.settings.mode, tx.target.path
     stdout, running = nixcmd.take_running(activated.stdout_lines)
@@ -46,7 +52,7 @@ def check_activation(tx: HostTransaction, host: Any, activated: RemoteResult) ->
     if activated.returncode == 100:
         tx.reboot_required = True
         host.log("switch-to-configuration: reboot required", logger.warning)
-    elif activated.returncode == 4 and tx.settings.health_levels != ():
+    elif activated.returncode == 4 and 4 in accepted_activation_codes(tx):
         # Units failed to start: the health checks that follow name which service and why.
         host.log(f"switch-to-configuration: {activation_error(activated)}", logger.warning)
     elif not activated.ok:

@@ -43,8 +43,8 @@ from ipex_fleet.nix import commands as nixcmd
 from ipex_fleet.remote import HostUnreachable, RemoteResult, SessionLost, StepTimeout
 from ipex_fleet.settings import DeploySettings, from_host_data
 from ipex_fleet.transaction import gates, hostagent, maintenance, models, progress, runstate
-from ipex_fleet.transaction.activation import (activation_error, check_activation, reattach_activation,
-                                               reboot_into_target)
+from ipex_fleet.transaction.activation import (accepted_activation_codes, activation_error, check_activation,
+                                               reattach_activation, reboot_into_target)
 from ipex_fleet.transaction.agentcalls import (await_revert, claim, confirm, install_agent, mark, open_intent,
                                                recover_open_intent, take_lock, watchdog_reverted)
 from ipex_fleet.transaction.core import (Fenced, HostTransaction, LockRefused, StepFailed, StepFn, WatchdogReverted,
@@ -379,15 +379,16 @@ def _set_profile(tx: HostTransaction, host: Any, path: str) -> Generation:
 def _activate(tx: HostTransaction, host: Any, path: str, mark: bool) -> tuple[RemoteResult, int | None]:
     """switch-to-configuration in a unit of its own: a lost session re-attaches to it; a host that
     stops answering is left to its watchdog, whose verified revert is awaited. With `mark`, the same
-    round trip marks the intent `activated` where the target runs then; the second value is that
-    mark's exit code (None: not marked)."""
+    round trip marks the intent `activated` where the activation ended as check_activation accepts and
+    the target runs then; the second value is that mark's exit code (None: not marked)."""
     started = time.monotonic()
     call_id = uuid.uuid4().hex[:12]
     then = (path, hostagent.command("activated", "--intent", str(tx.intent_id), "--for",
                                     f"{tx.settings.confirm_timeout:g}")) if mark else None
     try:
         try:  # the running system comes back in the same round trip (check_activation)
-            got = sh(tx, host, nixcmd.then_running(nixcmd.activate(path, tx.settings.mode, call_id), then), tx.step_timeout)
+            got = sh(tx, host, nixcmd.then_running(nixcmd.activate(path, tx.settings.mode, call_id), then,
+                                                   accepted_activation_codes(tx)), tx.step_timeout)
         except SessionLost as exc:
             return reattach_activation(tx, host, call_id, started, exc), None
     except (HostUnreachable, StepTimeout) as exc:
