@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import overhead  # noqa: E402
-from ipex_fleet.nix.flakepush import flake_tarball  # noqa: E402
+from ipex_fleet.nix.flakepush import flake_hash, flake_tarball  # noqa: E402
 from ipex_fleet.lab import Lab, container  # noqa: E402
 
 
@@ -48,6 +48,8 @@ def main() -> int:
             overhead.set_version(lab, ["host1"], f"trace-{stamp}-{label}")
             overhead.ipex_fleet_deploy(lab, state, 1, "ok")
         overhead.set_version(lab, ["host1"], f"trace-{stamp}-B")
+        # As in overhead.py, every way pushes the flake's bytes: ipex-fleet's copy of B is removed.
+        overhead.forget_pushed(lab, ["host1"], flake_hash(str(lab.layout.flake_dir)))
         os.environ.update(overhead.env_for(lab, state))
         os.chdir(REPO)
         import ipex_fleet.remote as remote

@@ -139,6 +139,10 @@ class ScriptedHost:
         for option in ("--metrics-dir", "--textfile-dir"):  # metrics: in this host's directory, never this machine's
             if option in argv:
                 argv[argv.index(option) + 1] = f"{self.agent_dir}/metrics"
+        if "--push-json" in argv:  # the push's folders: this host's, never this machine's
+            at = argv.index("--push-json") + 1
+            push = json.loads(argv[at])
+            argv[at] = json.dumps({**push, "flakes": f"{self.agent_dir}/flake", "roots": f"{self.agent_dir}/gcroots"})
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
             rc = host_agent.main(argv, make=lambda _root: self.agent)

@@ -132,6 +132,82 @@ def test_the_lock_is_taken_once_and_released_only_with_its_token(tmp_path):
     locked(agent, "r2")
 
 
+def _push_spec(tmp_path, inputs, current="cur", keep=2):
+    return {"flakes": str(tmp_path / "flake"), "roots": str(tmp_path / "roots"), "hash": current,
+            "inputs": [str(p) for p in inputs], "keep": keep}
+
+
+def _pushed(tmp_path, name, age, complete=True):
+    d = tmp_path / "flake" / name
+    d.mkdir(parents=True)
+    if complete:
+        (d / ".complete").touch()
+    os.utime(d, (time.time() - age, time.time() - age))
+
+
+def test_the_locks_call_reads_the_push_and_tidies_as_the_builds_round_trip_did(tmp_path):
+    """push_state, in the lock's call: the flake's presence, the inputs no root of ours proves valid,
+    the older flakes pruned (the newest keep-1 and the current one kept), the roots of flakes gone
+    removed, and this flake's inputs rooted only where every one is proven."""
+    agent = make(tmp_path)
+    inputs = [tmp_path / "store" / "aaa-source", tmp_path / "store" / "bbb-source"]
+    for p in inputs:
+        p.mkdir(parents=True)
+    fresh = agent.push_state(_push_spec(tmp_path, inputs))  # a new host: nothing there yet
+    assert fresh == {"present": False, "rooted": False, "unproven": [str(p) for p in inputs]}
+    assert (tmp_path / "flake").is_dir() and not (tmp_path / "roots").exists()  # the upload's folder made
+
+    for name, age in (("old1", 400), ("old2", 300), ("old3", 200), ("new", 100)):
+        _pushed(tmp_path, name, age)
+    (tmp_path / "flake" / ".upload-x.tar.gz").write_text("in flight")  # dot files: never pruned
+    for flake, targets in (("new", inputs), ("gone", inputs[:1])):  # "gone": its flake was pruned earlier
+        (tmp_path / "roots" / flake).mkdir(parents=True)
+        for i, p in enumerate(targets):
+            os.symlink(p, tmp_path / "roots" / flake / str(i))
+    _pushed(tmp_path, "cur", 50)
+    out = agent.push_state(_push_spec(tmp_path, inputs))
+    assert out == {"present": True, "rooted": True, "unproven": []}
+    assert sorted(os.listdir(tmp_path / "flake")) == [".upload-x.tar.gz", "cur", "new"]
+    assert sorted(os.listdir(tmp_path / "roots")) == ["cur", "new"]
+    assert [os.readlink(tmp_path / "roots" / "cur" / str(i)) for i in range(2)] == [str(p) for p in inputs]
+
+    again = agent.push_state(_push_spec(tmp_path, inputs))  # rooting again replaces the links
+    assert again["rooted"] and again["unproven"] == []
+
+
+def test_the_locks_call_proves_no_input_a_root_does_not_keep_and_roots_none_then(tmp_path):
+    agent = make(tmp_path)
+    kept, lost, never = (tmp_path / "store" / n for n in ("kept-src", "lost-src", "never-src"))
+    kept.mkdir(parents=True)
+    (tmp_path / "roots" / "old").mkdir(parents=True)
+    _pushed(tmp_path, "old", 100)
+    os.symlink(kept, tmp_path / "roots" / "old" / "0")
+    os.symlink(lost, tmp_path / "roots" / "old" / "1")  # a root whose path is not there (a dangling link)
+    out = agent.push_state(_push_spec(tmp_path, [kept, lost, never], current="next", keep=3))
+    assert out == {"present": False, "rooted": False, "unproven": [str(lost), str(never)]}
+    assert not (tmp_path / "roots" / "next").exists()  # the build's round trip roots them, once carried
+    assert (tmp_path / "flake" / "old").is_dir()  # within keep
+
+
+def test_a_push_state_that_cannot_read_says_so_and_proves_nothing(tmp_path):
+    agent = make(tmp_path)
+    (tmp_path / "roots").write_text("not a folder")
+    out = agent.push_state(_push_spec(tmp_path, [tmp_path]))
+    assert out["error"] and out["unproven"] == [str(tmp_path)] and not out["rooted"]
+
+
+def test_the_lock_take_command_carries_the_push_state_only_once_the_lock_is_won(tmp_path, capsys):
+    spec = json.dumps(_push_spec(tmp_path, []))
+    argv = ["--root", str(tmp_path / "state"), "lock-take", "--owner", '{"run_id": "r1"}', "--for", "30",
+            "--push-json", spec]
+    assert A.main(argv, make=lambda root: make(tmp_path)) == 0
+    assert json.loads(capsys.readouterr().out)["push"] == {"present": False, "rooted": True, "unproven": []}
+    (tmp_path / "flake").rmdir()
+    argv[argv.index('{"run_id": "r1"}')] = '{"run_id": "r2"}'
+    assert A.main(argv, make=lambda root: make(tmp_path)) == A.BUSY
+    assert "push" not in json.loads(capsys.readouterr().out) and not (tmp_path / "flake").exists()
+
+
 def test_a_dead_holders_lock_frees_itself_by_the_hosts_clock_alone(tmp_path, monkeypatch):
     clock = HostClock()
     agent = make(tmp_path, clock)
@@ -407,6 +483,7 @@ def test_a_commit_whose_record_cannot_be_written_is_still_won(tmp_path):
     ["--root", "/r", "status"],
     ["--root", "/r", "lock-take", "--owner", '{"run_id": "r"}', "--for", "30", "--reboot-grace", "90", "--adopt-run"],
     ["--root", "/r", "lock-take", "--owner", "{}", "--for", "30", "--force"],
+    ["--root", "/r", "lock-take", "--owner", "{}", "--for", "30", "--push-json", '{"hash": "h"}'],
     ["--root", "/r", "lock-release", "--token", "t"],
     ["--root", "/r", "renew", "--token", "t", "--for", "7.5"],
     ["--root", "/r", "renew", "--token", "t", "--for", "30", "--intent", "i1"],

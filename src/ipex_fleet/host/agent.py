@@ -350,6 +350,41 @@ class Agent:
                                         "previous_holder": held.get("owner") if held else None})
             return {"token": token, "took_over": held.get("owner") if held else None}
 
+    def push_state(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """Read under the lock just taken, in its round trip, for the push that follows: whether the
+        pushed flake is there whole, and which of its locked inputs no GC root of ours proves valid (a
+        root is made only after its path was valid, and keeps it so: nothing else is asked of the
+        store). Then the tidy the build's round trip made: the older pushed flakes pruned (the newest
+        `keep` kept, this one always), the roots of flakes gone removed, and this flake's inputs
+        rooted where every one is proven. Best effort, as that tidy was: a failure says why and
+        leaves the push to ask the store (`rooted` false)."""
+        flakes, roots, current = spec["flakes"], spec["roots"], spec["hash"]
+        inputs = [str(p) for p in spec.get("inputs") or ()]
+        out: dict[str, Any] = {"present": os.path.isfile(f"{flakes}/{current}/.complete"), "rooted": False}
+        try:
+            os.makedirs(flakes, exist_ok=True)  # the upload's folder
+            rooted = {os.readlink(f"{roots}/{d}/{link}") for d in _listdir(roots) for link in _listdir(f"{roots}/{d}")}
+            out["unproven"] = [p for p in inputs if p not in rooted or not os.path.exists(p)]
+            older = sorted((n for n in _listdir(flakes) if not n.startswith(".") and n != current),
+                           key=lambda n: os.lstat(f"{flakes}/{n}").st_mtime, reverse=True)
+            for name in older[max(int(spec.get("keep", 1)) - 1, 0):]:
+                _remove_tree(f"{flakes}/{name}")
+            for d in _listdir(roots):
+                if d != current and not os.path.isdir(f"{flakes}/{d}"):
+                    _remove_tree(f"{roots}/{d}")
+            if not out["unproven"]:
+                os.makedirs(f"{roots}/{current}", exist_ok=True)
+                for i, path in enumerate(inputs):
+                    link = f"{roots}/{current}/{i}"
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(link)
+                    os.symlink(path, link)
+                out["rooted"] = True
+        except OSError as exc:
+            out["error"] = str(exc)
+            out.setdefault("unproven", inputs)
+        return out
+
     def lock_release(self, token: str) -> dict[str, Any]:
         with self.mutex():
             held = read_json(self.lock_path)
@@ -680,6 +715,31 @@ class Agent:
         return {"metrics": path}
 
 
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []
+
+
+def _remove_tree(path: str) -> None:
+    """rm -rf, without importing shutil (see _run)."""
+    if os.path.islink(path) or not os.path.isdir(path):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return
+    for top, dirs, files in os.walk(path, topdown=False):
+        for name in files:
+            os.unlink(os.path.join(top, name))
+        for name in dirs:
+            full = os.path.join(top, name)
+            if os.path.islink(full):
+                os.unlink(full)
+            else:
+                os.rmdir(full)
+    os.rmdir(path)
+
+
 def _has_line(path: str, line: str, tail: int = 1 << 16) -> bool:
     """Whether one of the last lines of `path` (its last `tail` bytes) is `line`."""
     try:
@@ -847,7 +907,8 @@ _OPTIONS: dict[str, dict[str, tuple[str, Any, Any, bool, tuple[str, ...] | None]
     "status": {},
     "lock-take": {"--owner": ("owner", str, None, True, None), "--for": ("seconds", float, None, True, None),
                   "--reboot-grace": ("reboot_grace", float, 0, False, None), "--force": ("force", None, False, False, None),
-                  "--adopt-run": ("adopt_run", None, False, False, None)},
+                  "--adopt-run": ("adopt_run", None, False, False, None),
+                  "--push-json": ("push_json", str, None, False, None)},
     "lock-release": {"--token": ("token", str, None, True, None)},
     "renew": {"--token": ("token", str, None, True, None), "--for": ("seconds", float, None, True, None),
               "--intent": ("intent", str, None, False, None)},
@@ -930,6 +991,8 @@ def main(argv: list[str] | None = None, make: Any = None) -> int:
             case "lock-take":
                 out = agent.lock_take(json.loads(args.owner), args.seconds, args.reboot_grace, args.force,
                                       args.adopt_run)
+                if args.push_json:  # the lock is ours: what the push needs, in the same call
+                    out["push"] = agent.push_state(json.loads(args.push_json))
             case "lock-release":
                 out = agent.lock_release(args.token)
             case "renew":
@@ -1002,6 +1065,8 @@ def _parse(argv: list[str] | None) -> Any:
     p.add_argument("--reboot-grace", type=float, default=0)
     p.add_argument("--force", action="store_true")
     p.add_argument("--adopt-run", action="store_true", help="the same run id takes it over (a resumed run)")
+    p.add_argument("--push-json", help="JSON: flakes, hash, roots, inputs, keep: the push's state, read and "
+                   "tidied once the lock is taken")
     p = sub.add_parser("lock-release")
     p.add_argument("--token", required=True)
     p = sub.add_parser("renew", help="the controller's heartbeat")

@@ -113,11 +113,13 @@ def wait_for_outcome(tx: HostTransaction, host: Any, intent_id: str, bound: floa
     return found
 
 
-def take_lock(tx: HostTransaction, host: Any, read_profile: bool = False) -> None:
+def take_lock(tx: HostTransaction, host: Any, read_profile: bool = False,
+              push: dict[str, Any] | None = None) -> None:
     """The host's deploy lock, taken atomically by the host agent and kept alive by this controller's
     heartbeat: a dead controller's lock frees itself within one lease (host data lease_grace), by
     the host's clock. Ours from an earlier attempt of the same run (a resume) is taken over.
-    `read_profile`: once the lock is ours, the profile is read in the same round trip (for step 2)."""
+    `read_profile`: once the lock is ours, the profile is read in the same round trip (for step 2).
+    `push` (system.push_probe's): the same call reads and tidies what the push needs (tx.push_known)."""
     if not tx.agent_ready:
         ensure_agent(tx, host)
     owner = {"run_id": tx.run_id, "controller": socket.gethostname(), "pid": os.getpid(),
@@ -126,13 +128,15 @@ def take_lock(tx: HostTransaction, host: Any, read_profile: bool = False) -> Non
             "--reboot-grace", f"{reboot_grace(tx):g}", "--adopt-run"]
     if tx.settings.break_lock:
         args.append("--force")
-    take = hostagent.command(*args)
+    take = hostagent.command(*args, *(["--push-json", json.dumps(push, sort_keys=True)] if push else []))
     got = sh(tx, host, nixcmd.then_if_ok(take, nixcmd.profile_state(tx.settings.profile)) if read_profile else take)
     answer = hostagent.parse(got.stdout_lines)
     if got.ok:
         tx.locked, tx.lock_token = True, str(answer["token"])
         if read_profile:
             tx.profile_at_lock = nixcmd.parse_profile_state([l for l in got.stdout_lines if not l.startswith("{")])
+        if isinstance(answer.get("push"), dict):
+            tx.push_known = answer["push"]
         heartbeat_of(host).keep(host, tx.lock_token, tx.settings.lease_grace)
         return
     if got.returncode != hostagent.BUSY:

@@ -77,6 +77,7 @@ class HostTransaction:
     shown_state: str | None = None  # the last state sent to the progress events
     report: dict[str, Any] | None = None  # a maintenance run's tasks (maintsteps)
     profile_at_lock: ProfileState | None = None  # the profile as read in the lock's round trip (step 2 takes it)
+    push_known: dict[str, Any] | None = None  # the push's state as the lock's round trip read it (agent push_state)
 
     def result(self, status: Status, final: Generation, error: str | None) -> HostResult:
         return HostResult(

@@ -51,7 +51,7 @@ from ipex_fleet.transaction.core import (Fenced, HostTransaction, LockRefused, S
                                          heartbeat_of, sh, show_state, transaction_for)
 from ipex_fleet.transaction.rollback import (planned_generation, read_plan, recover, requested_generation,
                                              rollback_requested)
-from ipex_fleet.transaction.system import build, push_flake, record_previous
+from ipex_fleet.transaction.system import build, push_flake, push_probe, record_previous
 
 Seconds = Callable[[DeploySettings], float]
 
@@ -282,7 +282,7 @@ def preflight(tx: HostTransaction, host: Any) -> None:
         status = install_agent(tx, host)
     tx.agent_ready = True
     recover_open_intent(tx, host, status)
-    take_lock(tx, host, read_profile=True)
+    take_lock(tx, host, read_profile=True, push=push_probe(tx, host))
 
 
 _NOTHING_OPEN: dict[str, Any] = {"lock": None, "intent": None, "unfinished": []}  # what hostagent.QUIET stands for

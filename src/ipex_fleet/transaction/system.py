@@ -28,10 +28,27 @@ def record_previous(tx: HostTransaction, host: Any) -> None:
         raise StepFailed(f"{tx.settings.profile} has no generation: is this an installed NixOS host?")
 
 
+def push_probe(tx: HostTransaction, host: Any) -> dict[str, Any] | None:
+    """What the lock's round trip asks the host agent for the push (agent push_state): whether the
+    flake is there, which locked inputs no GC root proves valid, and the tidy. None where nothing is
+    pushed, or where the inputs cannot be read here (push_flake then says why)."""
+    if tx.settings.build == "controller" or tx.phase != "deploy":
+        return None
+    run = runstate.of(host.state)
+    try:
+        inputs = run.flake_inputs(tx.settings.flake, tx.settings.controller_nix_conf_dir).store_paths
+    except flakeinputs.InputsError:
+        return None
+    return {"flakes": nixcmd.FLAKE_ROOT, "hash": run.flake_hash(tx.settings.flake), "roots": upkeep.INPUT_ROOTS,
+            "inputs": list(inputs), "keep": tx.settings.keep_flakes}
+
+
 def push_flake(tx: HostTransaction, host: Any) -> None:
     """Step 3a: push the flake by content hash, unless the host has it already, and the locked inputs
     the host lacks, from the controller's store, so that it builds the locked revisions without network
-    (flakeinputs says why this way). One round trip asks for both."""
+    (flakeinputs says why this way). The lock's round trip said what the host has (push_probe); the
+    store is asked here only for inputs no GC root of ours proves valid, in one round trip with the
+    flake's presence."""
     run = runstate.of(host.state)
     digest = run.flake_hash(tx.settings.flake)
     tx.flake_hash = digest
@@ -42,12 +59,20 @@ def push_flake(tx: HostTransaction, host: Any) -> None:
         inputs = run.flake_inputs(tx.settings.flake, conf).store_paths
     except flakeinputs.InputsError as exc:
         raise StepFailed(str(exc)) from None
-    check = f"{flakeinputs.missing_command(inputs)} || echo {_INPUTS_UNCHECKED}; " if inputs else ""
-    asked = sh(tx, host, f"mkdir -p {nixcmd.FLAKE_ROOT}; {check}{nixcmd.flake_present(digest)}")
-    if _INPUTS_UNCHECKED in asked.stdout_lines:
-        raise StepFailed(f"checking the host's store for the flake's inputs failed: {asked.last_error}")
+    known = tx.push_known if tx.push_known is not None and not tx.push_known.get("error") else None
+    if known is not None:
+        unproven = tuple(p for p in inputs if p in set(known.get("unproven") or ()))
+        present = bool(known.get("present"))
+        asked = None
+    if known is None or unproven:
+        ask = inputs if known is None else unproven
+        check = f"{flakeinputs.missing_command(ask)} || echo {_INPUTS_UNCHECKED}; " if ask else ""
+        asked = sh(tx, host, f"mkdir -p {nixcmd.FLAKE_ROOT}; {check}{nixcmd.flake_present(digest)}")
+        if _INPUTS_UNCHECKED in asked.stdout_lines:
+            raise StepFailed(f"checking the host's store for the flake's inputs failed: {asked.last_error}")
+        present = asked.ok
     pushed = 0
-    if not asked.ok:
+    if not present:
         upload = f"{nixcmd.FLAKE_ROOT}/.upload-{digest}-{tx.run_id}.tar.gz"
         tarball = run.flake_tarball(tx.settings.flake)
         put_bytes(host, tarball, upload, timeout=tx.settings.command_timeout)
@@ -55,7 +80,7 @@ def push_flake(tx: HostTransaction, host: Any) -> None:
         if not unpacked.ok:
             raise StepFailed(f"unpacking the flake failed: {unpacked.last_error}")
         pushed = len(tarball)
-    missing = tuple(sorted(line for line in asked.stdout_lines if line in inputs))
+    missing = tuple(sorted(line for line in asked.stdout_lines if line in inputs)) if asked is not None else ()
     carried = carry_inputs(tx, host, missing) if missing else 0
     host.log(f"pushed the flake ({pushed} bytes) and its locked inputs ({carried} bytes)")
 
@@ -85,11 +110,13 @@ def build(tx: HostTransaction, host: Any) -> None:
         path, running = substitute_from_cache(tx, host)
     else:
         ref = f"path:{nixcmd.FLAKE_ROOT}/{tx.flake_hash}"
-        inputs = runstate.of(host.state).flake_inputs(tx.settings.flake, tx.settings.controller_nix_conf_dir)
-        tidy = f"{nixcmd.prune_flakes(tx.settings.keep_flakes, tx.flake_hash)}; {upkeep.root_inputs(tx.flake_hash, inputs.store_paths)}"
-        built = sh(tx, host, nixcmd.then_running(f"( {tidy}\n) >/dev/null 2>&1; "
-                                                 f"{nixcmd.build_toplevel(ref, tx.settings.nixos_config)}"),
-                   tx.step_timeout)
+        build = nixcmd.build_toplevel(ref, tx.settings.nixos_config)
+        if not (tx.push_known or {}).get("rooted"):  # else the lock's round trip tidied (push_probe)
+            inputs = runstate.of(host.state).flake_inputs(tx.settings.flake, tx.settings.controller_nix_conf_dir)
+            tidy = (f"{nixcmd.prune_flakes(tx.settings.keep_flakes, tx.flake_hash)}; "
+                    f"{upkeep.root_inputs(tx.flake_hash, inputs.store_paths)}")
+            build = f"( {tidy}\n) >/dev/null 2>&1; {build}"
+        built = sh(tx, host, nixcmd.then_running(build), tx.step_timeout)
         stdout, running = nixcmd.take_running(built.stdout_lines)
         built = RemoteResult(built.returncode, stdout, built.stderr_lines)
         if not built.ok:
