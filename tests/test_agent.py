@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from hypothesis import settings, strategies as st
+from hypothesis import given, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from ipex_fleet.host import agent as A
@@ -658,3 +658,72 @@ class HostAgentMachine(RuleBasedStateMachine):
 
 TestHostAgentMachine = HostAgentMachine.TestCase
 TestHostAgentMachine.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
+
+
+# -- what the agent imports: json's C half, no re ------------------------------------------------
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_JSON)
+def test_the_agents_json_is_jsons_own_both_ways(value):
+    """dumps and loads, by json's C encoder and scanner, give what json.dumps(sort_keys=True) and
+    json.loads give: the host's records and answers read the same by every reader."""
+    text = A.dumps(value)
+    assert text == json.dumps(value, sort_keys=True)
+    back, expected = A.loads(text), json.loads(text)
+    assert json.dumps(back, sort_keys=True) == json.dumps(expected, sort_keys=True)  # NaN != NaN: compare as text
+    assert A.loads(f" \n{text}\t ") == A.loads(text) or text == "NaN"
+
+
+@pytest.mark.parametrize("bad", ["", " ", "{", '{"a": 1} x', "[1,]", "{'a': 1}", '"\\x"', "nul", '{"a": 1}{}',
+                                 '"tab\tinside"'])
+def test_the_agents_json_refuses_what_json_refuses(bad):
+    with pytest.raises(ValueError):
+        json.loads(bad)
+    with pytest.raises(ValueError):
+        A.loads(bad)
+
+
+def test_the_agents_json_without_its_c_half_is_json(monkeypatch):
+    monkeypatch.setattr(A, "_json", None)
+    assert A.dumps({"b": [1.5, None], "a": "é"}) == '{"a": "\\u00e9", "b": [1.5, null]}'
+    assert A.loads('{"a": [1, 2.5]}') == {"a": [1, 2.5]}
+    with pytest.raises(ValueError):
+        A.loads("{")
+
+
+def test_the_agent_refuses_what_json_cannot_write():
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        A.dumps({"a": object()})
+    with pytest.raises(TypeError):
+        A.dumps({1.5: "a float key"}) if False else A.dumps({(1, 2): "a tuple key"})
+
+
+@pytest.mark.parametrize("link, number", [
+    ("system-42-link", 42), ("/nix/var/nix/profiles/system-7-link", 7), ("system-1-2-link", 2), ("-3-link", 3),
+    ("system-link", None), ("42-link", None), ("system-42", None), ("system-4a-link", None), ("system--link", None),
+    ("system-42-link.tmp", None), ("", None)])
+def test_a_generations_number_is_read_from_its_link_as_the_regex_read_it(link, number):
+    import re
+
+    m = re.search(r"-(\d+)-link$", link)
+    assert A.generation_of(link) == number == (int(m.group(1)) if m else None)
+
+
+@pytest.mark.parametrize("value, number", [("nixos-generation-12.conf", 12), ("nixos-generation-3", 3),
+                                           ("nixos-generation-.conf", None), ("other-12.conf", None), ("", None)])
+def test_the_boot_loaders_default_generation_is_read_without_re(value, number):
+    assert A._leading_number(value, "nixos-generation-") == number
+
+
+@pytest.mark.parametrize("intent_id, valid", [("r1-abc", True), ("a", True), ("A.b_c-9", True), ("a" * 81, True),
+                                              ("a" * 82, False), ("", False), ("-a", False), (".a", False),
+                                              ("a/b", False), ("a b", False), ("a\n", False), ("é", False),
+                                              ("٣", False)])
+def test_an_intent_id_is_checked_as_before(intent_id, valid):
+    assert A.valid_id(intent_id) is valid

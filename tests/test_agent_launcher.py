@@ -1,5 +1,5 @@
 """The host agent's launcher (ipex_fleet.transaction.hostagent.launcher_text), run by a real sh: a
-versioned agent runs as a module from its bytecode cache, the boot unit's agent.py as a script, and a
+versioned agent is imported from its bytecode cache, the boot unit's agent.py as a script, and a
 cache torn by a crash never stops the agent."""
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def caches(folder: Path) -> list[Path]:
     return sorted((folder / "__pycache__").glob("*.pyc")) if (folder / "__pycache__").exists() else []
 
 
-def test_a_versioned_agent_runs_as_a_module_and_keeps_its_compiled_code(installed):
+def test_a_versioned_agent_is_imported_and_keeps_its_compiled_code(installed):
     got = status(installed, VERSIONED)
     assert got.returncode == 0, got.stderr
     assert json.loads(got.stdout)["lock"] is None
@@ -53,7 +53,7 @@ def test_a_versioned_agent_runs_as_a_module_and_keeps_its_compiled_code(installe
     assert cache.name.startswith(Path(VERSIONED).stem + ".")
     written = cache.stat().st_mtime_ns
     # The next call reads the cache (python -v says "matches") and compiles nothing.
-    verbose = subprocess.run([str(installed / "run"), "-v", "-m", Path(VERSIONED).stem, "--root",
+    verbose = subprocess.run([str(installed / "run"), "-v", "-c", hostagent.IMPORT_MAIN.format(module=Path(VERSIONED).stem), "--root",
                               str(installed.parent / "state"), "status"], capture_output=True, text=True,
                              timeout=60, cwd=str(installed), env=ENV)
     assert verbose.returncode == 0, verbose.stderr[-2000:]

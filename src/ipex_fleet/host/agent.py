@@ -32,17 +32,24 @@ Each command prints one JSON object. Exit codes: 0 done; 3 lost (not this caller
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
-import json
 import os
-import re
 import sys
 import time
 
+# What each call imports is what each call pays, a deploy makes six of them a host, and a host runs
+# them beside its work: only the standard library's modules written in C, and json's C half (_json,
+# the codec json itself runs): json's Python half imports re, enum and functools, and contextlib
+# collections, together two thirds of an agent call's start-up. Where _json is missing (an
+# interpreter other than CPython), json itself.
+try:
+    import _json
+except ImportError:  # pragma: no cover - CPython has it
+    _json = None
+
 TYPE_CHECKING = False  # typing costs each agent start 2 ms; the annotations are strings (PEP 563)
 if TYPE_CHECKING:
-    from typing import Any, Iterator
+    from typing import Any
 
     # A metric family: name, help, type ("gauge" or "info"), samples (labels, value).
     Family = tuple[str, str, str, list[tuple[dict[str, str], float]]]
@@ -53,12 +60,11 @@ COMMITTED = "committed"
 # Activation units made by the controller (ipex_fleet.nix.commands.activation_unit): a revert waits
 # for them to end, never racing an activation that still runs.
 ACTIVATION_UNITS = ("ipex-fleet-switch-*", "ipex-fleet-test-*", "ipex-fleet-boot-*")
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,80}$")
+
 # The host's paths, and how its profile reads (ipex_fleet.host.nixprofile imports these from here: the
 # agent runs as a lone file and imports nothing of the package).
 STATE_DIR = "/var/lib/ipex-fleet"
 SYSTEM_PROFILE = "/nix/var/nix/profiles/system"
-PROFILE_LINK = re.compile(r"-(\d+)-link$")  # a generation's link: system-42-link
 # What makes a new generation need a reboot (switch-to-configuration compares the same links).
 BOOT_LINKS = ("kernel", "initrd", "kernel-modules", "firmware")
 
@@ -105,14 +111,60 @@ def fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
+def dumps(data: Any) -> str:
+    """json.dumps(data, sort_keys=True), by json's own C encoder."""
+    if _json is None:
+        import json
+
+        return json.dumps(data, sort_keys=True)
+    if isinstance(data, str):
+        return _json.encode_basestring_ascii(data)
+    encode = _json.make_encoder({}, _not_serializable, _json.encode_basestring_ascii, None, ": ", ", ", True,
+                                False, True)
+    return "".join(encode(data, 0))
+
+
+def _not_serializable(o: Any) -> Any:
+    raise TypeError(f"Object of type {o.__class__.__name__} is not JSON serializable")
+
+
+class _Decoding:  # what json's C scanner reads from json.JSONDecoder(): its defaults
+    strict = True
+    object_hook = object_pairs_hook = None
+    parse_float, parse_int = float, int
+    parse_constant = {"-Infinity": float("-inf"), "Infinity": float("inf"), "NaN": float("nan")}.__getitem__
+
+
+def loads(text: str) -> Any:
+    """json.loads(text) for a str, by json's own C scanner; ValueError where json raises one."""
+    if _json is None:
+        import json
+
+        return json.loads(text)
+    start = _past_space(text, 0)
+    try:
+        data, end = _json.make_scanner(_Decoding())(text, start)
+    except StopIteration as exc:
+        raise ValueError(f"Expecting value: char {exc.value}") from None
+    if _past_space(text, end) != len(text):
+        raise ValueError(f"Extra data: char {end}")
+    return data
+
+
+def _past_space(text: str, at: int) -> int:
+    while at < len(text) and text[at] in " \t\n\r":
+        at += 1
+    return at
+
+
 def write_json(path: str, data: dict[str, Any]) -> None:
-    write_atomic(path, (json.dumps(data, sort_keys=True) + "\n").encode())
+    write_atomic(path, (dumps(data) + "\n").encode())
 
 
 def read_json(path: str) -> dict[str, Any] | None:
     try:
         with open(path) as f:
-            data = json.load(f)
+            data = loads(f.read())
     except FileNotFoundError:
         return None
     except ValueError:  # a torn file cannot be: writes are renamed into place; say so loudly
@@ -160,9 +212,9 @@ class System:
             with open("/boot/loader/loader.conf") as f:
                 for line in f:
                     key, _, value = line.strip().partition(" ")
-                    m = re.match(r"nixos-generation-(\d+)", value.strip())
-                    if key == "default" and m:
-                        return int(m.group(1))
+                    number = _leading_number(value.strip(), "nixos-generation-")
+                    if key == "default" and number is not None:
+                        return number
         except OSError:
             pass
         return None
@@ -195,8 +247,23 @@ class System:
 
 def generation_of(link: str) -> int | None:
     """The generation a profile's link names (system-42-link: 42), None for anything else."""
-    m = PROFILE_LINK.search(link)
-    return int(m.group(1)) if m else None
+    head, dash, number = link.removesuffix("-link").rpartition("-") if link.endswith("-link") else ("", "", "")
+    return int(number) if dash and number.isdecimal() else None
+
+
+def _leading_number(text: str, prefix: str) -> int | None:
+    """The number right after `prefix` at the start of `text` (nixos-generation-42.conf: 42)."""
+    if not text.startswith(prefix):
+        return None
+    digits = text[len(prefix):]
+    end = next((i for i, c in enumerate(digits) if not c.isdecimal()), len(digits))
+    return int(digits[:end]) if end else None
+
+
+def valid_id(text: str) -> bool:
+    """An intent id: a letter or digit, then up to 80 of those or `._-`."""
+    return (0 < len(text) <= 81 and text.isascii() and text[0].isalnum()
+            and all(c.isalnum() or c in "._-" for c in text))
 
 
 def _systemd() -> bool:
@@ -230,6 +297,25 @@ class Refused(Exception):
         self.code, self.detail = code, detail
 
 
+class _Mutex:
+    """The agent's one mutex: an exclusive flock on ROOT/.agent.mutex, for a `with` block."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.file: Any = None
+
+    def __enter__(self) -> None:
+        os.makedirs(self.root, exist_ok=True)
+        self.file = open(f"{self.root}/.agent.mutex", "a")
+        fcntl.flock(self.file, fcntl.LOCK_EX)
+
+    def __exit__(self, *_exc: Any) -> None:
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_UN)
+        finally:
+            self.file.close()
+
+
 class Agent:
     def __init__(self, root: str = STATE_DIR, clock: Clock | None = None,
                  system: System | None = None, script: str | None = None) -> None:
@@ -258,15 +344,8 @@ class Agent:
     def resolved_path(self, intent_id: str, who: str) -> str:
         return f"{self.root}/resolved/{intent_id}.{who}.json"
 
-    @contextlib.contextmanager
-    def mutex(self) -> Iterator[None]:
-        os.makedirs(self.root, exist_ok=True)
-        with open(f"{self.root}/.agent.mutex", "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+    def mutex(self) -> _Mutex:
+        return _Mutex(self.root)
 
     # leases: a deadline on this boot's clock
     def lease(self, seconds: float, reboot_grace: float) -> dict[str, Any]:
@@ -376,8 +455,7 @@ class Agent:
                 os.makedirs(f"{roots}/{current}", exist_ok=True)
                 for i, path in enumerate(inputs):
                     link = f"{roots}/{current}/{i}"
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(link)
+                    _unlink(link)
                     os.symlink(path, link)
                 out["rooted"] = True
         except OSError as exc:
@@ -418,7 +496,7 @@ class Agent:
         """Journal the intent, fenced: the caller holds the lock, no intent is open, and the host runs
         the generation the caller recorded (compare and swap); then start its watchdog."""
         intent_id = str(intent.get("intent_id") or "")
-        if not _ID.match(intent_id):
+        if not valid_id(intent_id):
             raise Refused(2, error=f"bad intent id {intent_id!r}")
         with self.mutex():
             held = self._lock()
@@ -505,7 +583,7 @@ class Agent:
             if record is not None:
                 log = f"{self.root}/deploys.jsonl"
                 try:
-                    if again and _has_line(log, json.dumps(record, sort_keys=True)):
+                    if again and _has_line(log, dumps(record)):
                         out["recorded"] = True  # the first attempt wrote it
                     else:
                         _append(log, record)
@@ -722,11 +800,17 @@ def _listdir(path: str) -> list[str]:
         return []
 
 
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
 def _remove_tree(path: str) -> None:
     """rm -rf, without importing shutil (see _run)."""
     if os.path.islink(path) or not os.path.isdir(path):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+        _unlink(path)
         return
     for top, dirs, files in os.walk(path, topdown=False):
         for name in files:
@@ -752,7 +836,7 @@ def _has_line(path: str, line: str, tail: int = 1 << 16) -> bool:
 
 def _append(path: str, record: dict[str, Any]) -> None:
     with open(path, "a") as f:
-        f.write(json.dumps(record, sort_keys=True) + "\n")
+        f.write(dumps(record) + "\n")
         f.flush()
         os.fsync(f.fileno())
 
@@ -776,7 +860,7 @@ def deploy_metrics(state_dir: str = STATE_DIR, profile: str = SYSTEM_PROFILE, ro
         with open(log, errors="replace") as f:
             for line in f:
                 try:
-                    record = json.loads(line)
+                    record = loads(line)
                 except ValueError:
                     continue  # a torn last line from a crash: the records before it still count
                 if isinstance(record, dict):
@@ -826,7 +910,7 @@ def deploy_metrics(state_dir: str = STATE_DIR, profile: str = SYSTEM_PROFILE, ro
     if is_open:
         try:
             with open(intent) as f:
-                data = json.load(f)
+                data = loads(f.read())
             run = str(data.get("run_id") or "?") if isinstance(data, dict) else "?"
         except (OSError, ValueError):
             run = "?"
@@ -890,8 +974,10 @@ def write_textfile(path: str, text: str) -> None:
             f.write(text.encode())
         os.rename(tmp, path)
     except BaseException:
-        with contextlib.suppress(OSError):
+        try:
             os.unlink(tmp)
+        except OSError:
+            pass
         raise
 
 
@@ -989,16 +1075,16 @@ def main(argv: list[str] | None = None, make: Any = None) -> int:
             case "status":
                 out = agent.status()
             case "lock-take":
-                out = agent.lock_take(json.loads(args.owner), args.seconds, args.reboot_grace, args.force,
+                out = agent.lock_take(loads(args.owner), args.seconds, args.reboot_grace, args.force,
                                       args.adopt_run)
                 if args.push_json:  # the lock is ours: what the push needs, in the same call
-                    out["push"] = agent.push_state(json.loads(args.push_json))
+                    out["push"] = agent.push_state(loads(args.push_json))
             case "lock-release":
                 out = agent.lock_release(args.token)
             case "renew":
                 out = agent.renew(args.token, args.seconds, args.intent)
             case "open":
-                out = agent.open(json.loads(args.intent_json), args.token, args.seconds, args.reboot_grace)
+                out = agent.open(loads(args.intent_json), args.token, args.seconds, args.reboot_grace)
             case "activated" | "confirm":
                 out = agent.mark(args.intent, "activated" if args.command == "activated" else "confirmed",
                                  args.seconds)
@@ -1010,7 +1096,7 @@ def main(argv: list[str] | None = None, make: Any = None) -> int:
                 record = None
                 if args.record_stdin:  # read whole before the claim: a bad record claims nothing
                     try:
-                        record = json.loads(sys.stdin.read())
+                        record = loads(sys.stdin.read())
                     except ValueError as exc:
                         raise Refused(2, error=f"the record on stdin is not JSON: {exc}") from None
                     if not isinstance(record, dict):
@@ -1032,7 +1118,7 @@ def main(argv: list[str] | None = None, make: Any = None) -> int:
             case "rearm":
                 out = {"armed": agent.arm(args.intent)}
             case "restore":
-                out = agent.restore(args.token, json.loads(args.previous_json), args.mode, args.profile)
+                out = agent.restore(args.token, loads(args.previous_json), args.mode, args.profile)
             case "recover":
                 out = agent.recover()
             case "boot":
@@ -1046,9 +1132,9 @@ def main(argv: list[str] | None = None, make: Any = None) -> int:
             case _:
                 raise Refused(2, error=f"unknown command {args.command}")
     except Refused as exc:
-        print(json.dumps(exc.detail, sort_keys=True))
+        print(dumps(exc.detail))
         return exc.code
-    print(json.dumps(out, sort_keys=True))
+    print(dumps(out))
     return 0
 
 

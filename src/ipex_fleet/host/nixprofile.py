@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ipex_fleet.host.agent import BOOT_LINKS, PROFILE_LINK, STATE_DIR, SYSTEM_PROFILE
+from ipex_fleet.host.agent import BOOT_LINKS, STATE_DIR, SYSTEM_PROFILE, generation_of
 
 __all__ = ["BOOT_LINKS", "NO_GENERATION", "STATE_DIR", "SYSTEM_PROFILE", "Generation", "ProfileState",
            "parse_profile_state"]
@@ -64,9 +64,8 @@ def parse_profile_state(lines: list[str]) -> ProfileState:
     for line in lines:
         parts = line.split()
         if parts and parts[0] == "current":
-            m = PROFILE_LINK.search(parts[1]) if len(parts) > 1 else None
-            current = int(m.group(1)) if m else None
-        elif len(parts) == 3 and (m := PROFILE_LINK.search(parts[0])):
-            generations.append(Generation(int(m.group(1)), parts[2], int(parts[1])))
+            current = generation_of(parts[1]) if len(parts) > 1 else None
+        elif len(parts) == 3 and (number := generation_of(parts[0])) is not None:
+            generations.append(Generation(number, parts[2], int(parts[1])))
     generations.sort(key=lambda g: g.number or 0)
     return ProfileState(tuple(generations), current)

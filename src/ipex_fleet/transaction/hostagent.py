@@ -23,7 +23,7 @@ from ipex_fleet.host import agent as _agent
 SOURCE = Path(_agent.__file__).read_bytes()
 SHA = hashlib.sha256(SOURCE).hexdigest()[:16]
 DIR = f"{STATE_DIR}/agent"
-SCRIPT = f"{DIR}/agent_{SHA}.py"  # a module's name: the launcher runs it with -m (see LAUNCHER_TEXT)
+SCRIPT = f"{DIR}/agent_{SHA}.py"  # a module's name: the launcher imports it (see LAUNCHER_TEXT)
 LAUNCHER = f"{DIR}/run"
 INTENT_FILE = f"{STATE_DIR}/intent.json"
 RESOLVED = f"{STATE_DIR}/resolved"
@@ -32,15 +32,18 @@ COMMITTED = _agent.COMMITTED
 
 # -S: the agent needs only the standard library; site's start-up (site-packages, .pth files, a
 # distribution's sitecustomize) was a quarter of each agent call, and a deploy makes several per host.
-# -m, for a versioned agent: Python then keeps its compiled code in __pycache__ (one file per
-# interpreter version, checked against the source), where a script is compiled again at every start
-# (a third of what was left of an agent call's start-up). From its own folder, which -m puts first on
-# sys.path as a script's folder is. The boot unit's agent.py runs as a script, from its source alone.
+# A versioned agent is imported (-c IMPORT_MAIN): Python then keeps its compiled code in __pycache__
+# (one file per interpreter version, checked against the source), where a script is compiled again at
+# every start (a third of what was left of an agent call's start-up). Not -m: runpy imports
+# importlib.util and with it contextlib, collections and functools, which the agent itself no longer
+# needs (a third of its start-up again). From its own folder, which -c puts first on sys.path as a
+# script's folder is. The boot unit's agent.py runs as a script, from its source alone.
+IMPORT_MAIN = "import sys, {module} as agent; sys.exit(agent.main())"
 def launcher_text(folder: str = DIR) -> str:
     return f"""#!/bin/sh
 # ipex-fleet's host agent launcher: an interpreter that does not depend on the generation being deployed.
 case "$1" in
-  {folder}/agent_*.py) m=${{1##*/}}; shift; set -- -m "${{m%.py}}" "$@"; cd {folder} || exit 127;;
+  {folder}/agent_*.py) m=${{1##*/}}; shift; set -- -c "{IMPORT_MAIN.format(module='${m%.py}')}" "$@"; cd {folder} || exit 127;;
 esac
 for p in {folder}/python3 /usr/bin/python3 python3 /run/current-system/sw/bin/python3; do
   if command -v "$p" >/dev/null 2>&1; then exec "$p" -S "$@"; fi
