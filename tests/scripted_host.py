@@ -66,6 +66,7 @@ class ScriptedHost:
     logs: list[str] = field(default_factory=list)
     kinds: list[str] = field(default_factory=list)
     trips: list[str] = field(default_factory=list)  # the kind of each round trip's command (kinds: of each part)
+    fresh_trips: list[str] = field(default_factory=list)  # those of them over a new connection
     agent_starts: int = 0  # the agent's program started on the host (each call, each status it printed)
     state: Any = field(default_factory=SimpleNamespace)  # pyinfra's State of the current run
 
@@ -91,6 +92,7 @@ class ScriptedHost:
         from ipex_fleet.remote import _result
 
         self.trips.append(classify(command))
+        self.fresh_trips.append(classify(command))
         rc, out = self.answer(command)
         return _result([*out, f"{_RC_MARK}{rc}"], [])
 

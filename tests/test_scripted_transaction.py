@@ -88,15 +88,30 @@ def test_a_healthy_deploy_commits(controller):
 
 
 def test_a_change_deploy_takes_one_round_trip_a_part_from_the_lock_to_the_commit(controller):
-    """Each round trip that is not work was folded into one that is: the push's pruning and GC roots and
-    the running system into the build's, the `activated` mark into the activation's, the record, the
-    lock's release and the metrics into the commit's."""
+    """Each round trip that is not work was folded into one that is: the push's check and tidy into the
+    lock's, the running system into the build's, the `activated` mark into the activation's, the record,
+    the lock's release and the metrics into the commit's; and with no gate after the activation, the
+    confirmation over a new login is the commit (the `noop` is the flake's unpacking)."""
     deploy, make = controller
     host = make(models=[], health_levels=[], bench=False)
     run_id, alive = deploy(host)
     assert alive and check_invariant(host, run_id, "-") == "committed"
     assert host.trips[host.trips.index("lock"):] == [
-        "lock", "noop", "build", "open_intent", "set_profile", "activate", "renew", "commit"], host.trips
+        "lock", "noop", "build", "open_intent", "set_profile", "activate", "commit"], host.trips
+    assert host.fresh_trips == ["commit"]  # over a new login
+    result = results.read_host_result(run_id, "h1")
+    assert result.status is Status.OK and "switch" in result.timings
+    assert host.records[-1]["timings"]["switch"] == result.timings["switch"]
+
+
+def test_with_a_gate_after_the_activation_the_confirmation_comes_first_and_the_commit_after_it(controller):
+    deploy, make = controller
+    host = make(models=[], bench=False)  # health checks follow
+    run_id, alive = deploy(host)
+    assert alive and check_invariant(host, run_id, "-") == "committed"
+    after = host.trips[host.trips.index("activate") + 1:]
+    assert after[0] == "renew" and after[-1] == "commit" and "probe" in after, host.trips
+    assert host.fresh_trips == ["renew"]  # the confirmation over a new login; the commit over the run's own
 
 
 def test_the_activations_round_trip_marks_the_intent_activated_and_an_unmarked_one_is_marked_after(controller):
@@ -129,8 +144,32 @@ def test_the_activations_round_trip_marks_the_intent_activated_and_an_unmarked_o
 @pytest.mark.parametrize("how", HOWS)
 @pytest.mark.parametrize("kind,nth", POINTS)
 def test_every_step_and_every_ending_leaves_the_host_safe(controller, kind, nth, how):
+    every_ending(controller, kind, nth, how)
+
+
+@pytest.mark.parametrize("how", HOWS)
+@pytest.mark.parametrize("kind,nth", [("lock", 1), ("open_intent", 1), ("set_profile", 1), ("activate", 1),
+                                      ("renew", 1), ("commit", 1), ("commit", 2)])
+def test_with_no_gate_every_step_and_every_ending_of_the_commit_over_a_new_login_leaves_the_host_safe(
+        controller, kind, nth, how):
+    """No models, health checks or benchmark: the commit is the confirmation, over a new login (a
+    second commit is the same asked again after a lost answer)."""
+    every_ending(controller, kind, nth, how, models=[], health_levels=[], bench=False)
+
+
+def every_ending(controller, kind, nth, how, **data):
     deploy, make = controller
-    host = make()
+    host = make(**data)
+    if (kind, nth) == ("commit", 2):  # the first commit's answer is lost: it ran, then the session ended
+        real = host.do_commit
+
+        def answer_lost(command):
+            out = real(command)
+            if host.seen["commit"] == 1:
+                raise StepTimeout("commit: the session ended before its exit code")
+            return out
+
+        host.do_commit = answer_lost
     previous = host.profile_path
     host.fault = Fault(kind, nth, how)
     run_id, alive = deploy(host)
@@ -153,6 +192,8 @@ def test_every_step_and_every_ending_leaves_the_host_safe(controller, kind, nth,
         return
     assert check_invariant(host, run_id, previous) in ("committed", "reverted", "untouched")
     if result is not None and result.status is not Status.OK:
+        if result.status is Status.UNREACHABLE and how == "drop":  # cut off after the host decided: unknown here,
+            return  # said as such (the host's own record says what it decided)
         assert not any(k.endswith(".committed") for k in host.resolved if k.startswith(run_id)), \
             "a failed result never sits beside a committed host"
 

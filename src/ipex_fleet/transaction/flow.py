@@ -48,7 +48,7 @@ from ipex_fleet.transaction.activation import (accepted_activation_codes, activa
 from ipex_fleet.transaction.agentcalls import (await_revert, claim, confirm, install_agent, mark, open_intent,
                                                recover_open_intent, take_lock, watchdog_reverted)
 from ipex_fleet.transaction.core import (Fenced, HostTransaction, LockRefused, StepFailed, StepFn, WatchdogReverted,
-                                         heartbeat_of, sh, show_state, transaction_for)
+                                         heartbeat_of, sh, sh_fresh, show_state, transaction_for)
 from ipex_fleet.transaction.rollback import (planned_generation, read_plan, recover, requested_generation,
                                              rollback_requested)
 from ipex_fleet.transaction.system import build, push_flake, push_probe, record_previous
@@ -327,6 +327,7 @@ def switch(tx: HostTransaction, host: Any) -> None:
     test), a reboot into it (boot with host data reboot), or nothing until the next boot (boot)."""
     if tx.unchanged:
         return
+    started = time.monotonic()
     path = tx.target.path
     assert path is not None
     match tx.settings.mode:
@@ -348,7 +349,10 @@ def switch(tx: HostTransaction, host: Any) -> None:
         case Action.SWITCH | Action.TEST:
             if marked != 0:  # not marked there (a session lost, an agent error): marked now, or the host decided
                 mark(tx, host, "activated", tx.settings.confirm_timeout)
-            if tx.settings.magic_rollback:
+            if tx.settings.magic_rollback and not gates_follow(tx, host):
+                tx.timings[SWITCH.name] = round(time.monotonic() - started, 3)  # the record carries this step
+                commit_over_a_new_login(tx, host)
+            elif tx.settings.magic_rollback:
                 confirm(tx, host)
         case Action.BOOT if tx.settings.reboot:
             reboot_into_target(tx, host)
@@ -356,6 +360,24 @@ def switch(tx: HostTransaction, host: Any) -> None:
             tx.boot_pending = tx.reboot_required = True
             host.log("boot: the new generation runs after the next reboot; its gates run then "
                      "(host data reboot=true reboots now)")
+
+
+def gates_follow(tx: HostTransaction, host: Any) -> bool:
+    """Whether a step after the switch has work for this host: its models, health checks, benchmark."""
+    return any(step.wanted(tx, host) for step in (MODELS, HEALTH, BENCH))
+
+
+def commit_over_a_new_login(tx: HostTransaction, host: Any) -> None:
+    """With no gate after the activation, the confirmation is the commit itself: one call over a new
+    SSH connection (a generation that breaks new logins is never committed through the old session),
+    within the short lease of the `activated` mark. Where no new login comes, or the lease ran out
+    first, the watchdog's revert is awaited, as for a confirmation."""
+    try:
+        won = commit(tx, host, Status.OK, tx.target, fresh=True)
+    except HostUnreachable as exc:
+        raise watchdog_reverted(tx, host, f"no new SSH connection after activation ({exc})")
+    if not won:
+        raise watchdog_reverted(tx, host, "the lease ran out before the confirmation")
 
 
 def _dry_activate(tx: HostTransaction, host: Any, path: str) -> None:
@@ -415,20 +437,33 @@ def record(tx: HostTransaction, host: Any) -> None:
         _finish(tx, host, status, final, None)
 
 
-def commit(tx: HostTransaction, host: Any, status: Status, final: Generation) -> bool:
+def commit(tx: HostTransaction, host: Any, status: Status, final: Generation, fresh: bool = False) -> bool:
     """The claim, the host's record, the lock's release and the metrics in one agent call (the agent
     writes the metrics itself once the commit is won: no second interpreter; a failure to write them
     changes nothing of the commit). False: another claimant decided first. The claim is the decision;
     what follows it on the host cannot change it: a record the host could not write is written again
     by _finish. A connection lost on the way is asked again once, over a new one: the agent answers for
-    a commit it already won as for a new one, and writes the record once."""
+    a commit it already won as for a new one, and writes the record once; where that answer does not
+    come either, the agent is asked who decided (a won commit is the decision, its answer lost twice).
+    `fresh`: over new connections only (commit_over_a_new_login)."""
     result = tx.result(status, final, None)
     command = hostagent.commit(str(tx.intent_id), tx.lock_token, _host_record(tx, result), tx.settings.metrics_dir)
     try:
-        got = sh(tx, host, command)
+        got: RemoteResult | None = sh_fresh(tx, host, command) if fresh else sh(tx, host, command)
     except (HostUnreachable, StepTimeout):
         tx.fresh_connections = True
-        got = sh(tx, host, command)
+        try:
+            got = sh_fresh(tx, host, command) if fresh else sh(tx, host, command)
+        except StepTimeout:
+            got = None
+        if (got is None or not (got.ok or got.returncode == hostagent.LOST)) and _committed_after_all(tx, host):
+            host.log("the commit's answers were lost; the host says it committed (its record written then)",
+                     logger.warning)
+            tx.intent_open, tx.record_on_host = False, False
+            _finish(tx, host, status, final, None, result=result)
+            return True
+        if got is None:
+            raise StepTimeout("the commit, asked again, did not answer in time")
     answer = hostagent.parse(got.stdout_lines)
     if got.returncode == hostagent.LOST:
         tx.intent_open = False
@@ -444,6 +479,15 @@ def commit(tx: HostTransaction, host: Any, status: Status, final: Generation) ->
         host.log(f"warning: the host did not write the record ({answer.get('record_error', '?')}); again", logger.warning)
         _finish(tx, host, status, final, None)
     return True
+
+
+def _committed_after_all(tx: HostTransaction, host: Any) -> bool:
+    """Whether this transaction's own commit won on the host (the agent's outcome of its intent)."""
+    try:
+        got = sh(tx, host, hostagent.command("outcome", "--intent", str(tx.intent_id)))
+    except (HostUnreachable, StepTimeout):
+        return False
+    return got.ok and hostagent.parse(got.stdout_lines).get("decided_by") == hostagent.COMMITTED
 
 
 def hold_on_probation(tx: HostTransaction, host: Any) -> None:
