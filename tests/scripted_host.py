@@ -82,7 +82,7 @@ class ScriptedHost:
 
     def run_shell_command(self, wrapped: str, print_output: bool = False, _timeout: float | None = None,
                           **_kwargs: Any):
-        command = wrapped[len("( "):wrapped.index("\n); printf")]
+        command = wrapped[len("( "):wrapped.rindex("\n); printf")]
         self.trips.append(classify(command))
         rc, out = self.answer(command)
         return rc == 0, SimpleNamespace(stdout_lines=[*out, "", f"{_RC_MARK}{rc}"], stderr_lines=[])
@@ -241,7 +241,17 @@ class ScriptedHost:
             out += self.do_profile_state(command)[1]
         return rc, out
 
-    do_release = do_open_intent = do_renew = do_claim = do_revert = do_outcome = do_recover = do_agent
+    def do_open_intent(self, command: str) -> tuple[int, list[str]]:
+        """The agent's open; then, in the same round trip once it is open, the profile's switch (a part
+        of its own: its faults fire as a round trip's would)."""
+        rc, out = self.agent_call(command)
+        if rc == 0 and nixcmd.THEN_MARK in command:
+            then = command.split("; then ( ", 1)[1].rsplit("\n); printf", 1)[0]
+            then_rc, then_out = self.answer(then)
+            out += [*then_out, "", f"{nixcmd.THEN_MARK}{then_rc}"]
+        return rc, out
+
+    do_release = do_renew = do_claim = do_revert = do_outcome = do_recover = do_agent
     do_arm = do_agent_status = do_restore = do_agent
 
     def do_profile_state(self, _c: str) -> tuple[int, list[str]]:

@@ -89,15 +89,17 @@ def test_a_healthy_deploy_commits(controller):
 
 def test_a_change_deploy_takes_one_round_trip_a_part_from_the_lock_to_the_commit(controller):
     """Each round trip that is not work was folded into one that is: the push's check and tidy into the
-    lock's, the running system into the build's, the `activated` mark into the activation's, the record,
+    lock's, the running system into the build's, the profile's switch into the intent's opening (once
+    it is open), the `activated` mark into the activation's, the record,
     the lock's release and the metrics into the commit's; and with no gate after the activation, the
-    confirmation over a new login is the commit (the `noop` is the flake's unpacking)."""
+    confirmation over a new login is the commit. The flake's unpacking runs in the build's."""
     deploy, make = controller
     host = make(models=[], health_levels=[], bench=False)
     run_id, alive = deploy(host)
     assert alive and check_invariant(host, run_id, "-") == "committed"
     assert host.trips[host.trips.index("lock"):] == [
-        "lock", "noop", "build", "open_intent", "set_profile", "activate", "commit"], host.trips
+        "lock", "build", "open_intent", "activate", "commit"], host.trips
+    assert host.kinds[host.kinds.index("open_intent") + 1] == "set_profile"  # in the open's round trip
     assert host.fresh_trips == ["commit"]  # over a new login
     result = results.read_host_result(run_id, "h1")
     assert result.status is Status.OK and "switch" in result.timings

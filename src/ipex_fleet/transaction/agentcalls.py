@@ -19,7 +19,7 @@ from pyinfra import logger
 from ipex_fleet.transaction import hostagent
 from ipex_fleet.domain import STATE_DIR, Generation, Status
 from ipex_fleet.nix import commands as nixcmd
-from ipex_fleet.remote import HostUnreachable, StepTimeout, put_bytes
+from ipex_fleet.remote import HostUnreachable, RemoteResult, StepTimeout, put_bytes
 from ipex_fleet.ledger.results import read_host_result
 from ipex_fleet.common.waiting import wait_until
 from ipex_fleet.transaction.core import (Fenced, HostTransaction, LockRefused, StepFailed, WatchdogReverted,
@@ -165,9 +165,11 @@ def reboot_grace(tx: HostTransaction) -> float:
     return tx.settings.reboot_timeout + tx.settings.lease_grace
 
 
-def open_intent(tx: HostTransaction, host: Any) -> None:
+def open_intent(tx: HostTransaction, host: Any, then: str | None = None) -> RemoteResult | None:
     """Before anything changes: the intent, with its own id, fenced by this run's lock and by the
-    generation recorded in step 2 (compare and swap on the host), and the watchdog that enforces it."""
+    generation recorded in step 2 (compare and swap on the host), and the watchdog that enforces it.
+    `then`: a command run in the same round trip once the intent is open and its watchdog armed (the
+    profile's switch); its output and exit code are returned (None where it did not report)."""
     tx.intent_id = f"{tx.run_id[:24]}-{uuid.uuid4().hex[:10]}"
     record = tx.result(Status.ROLLED_BACK, tx.previous, "reverted").to_json()
     intent = {"intent_id": tx.intent_id, "run_id": tx.run_id, "previous": tx.previous.to_json(),
@@ -175,16 +177,24 @@ def open_intent(tx: HostTransaction, host: Any) -> None:
               "activation_timeout": tx.settings.activation_timeout, "record": record,
               "opened": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     assert tx.lock_token is not None, "an intent is opened only under this run's lock"
-    opened = sh(tx, host, hostagent.command("open", "--intent-json", json.dumps(intent, sort_keys=True),
-                                            "--token", tx.lock_token, "--for", f"{tx.settings.lease_grace:g}",
-                                            "--reboot-grace", f"{reboot_grace(tx):g}"))
-    answer = hostagent.parse(opened.stdout_lines)
+    command = hostagent.command("open", "--intent-json", json.dumps(intent, sort_keys=True), "--token",
+                               tx.lock_token, "--for", f"{tx.settings.lease_grace:g}", "--reboot-grace",
+                               f"{reboot_grace(tx):g}")
+    if then is not None:
+        command = nixcmd.then_if_ok(command, f"( {then}\n); printf '\\n{nixcmd.THEN_MARK}%d\\n' \"$?\"")
+    opened = sh(tx, host, command)
+    lines, then_rc = nixcmd.take_then(opened.stdout_lines)
+    answer = hostagent.parse(lines[:1])  # the agent's line comes first; `then`'s output after it
     if opened.returncode == hostagent.FENCED:
         raise Fenced(f"nothing was switched: {answer.get('error') or opened.last_error}")
     if not opened.ok:
         raise StepFailed(f"could not journal the intent on the host: {answer.get('error') or opened.last_error}")
     tx.intent_open = True
     heartbeat_of(host).keep(host, tx.lock_token, tx.settings.lease_grace, tx.intent_id)
+    if then is None or then_rc is None:
+        return None
+    rest = lines[1:-1] if lines[1:] and lines[-1] == "" else lines[1:]
+    return RemoteResult(then_rc, tuple(rest), opened.stderr_lines)
 
 
 def mark(tx: HostTransaction, host: Any, phase: str, seconds: float, fresh: bool = False) -> None:

@@ -78,6 +78,7 @@ class HostTransaction:
     report: dict[str, Any] | None = None  # a maintenance run's tasks (maintsteps)
     profile_at_lock: ProfileState | None = None  # the profile as read in the lock's round trip (step 2 takes it)
     push_known: dict[str, Any] | None = None  # the push's state as the lock's round trip read it (agent push_state)
+    unpack: str | None = None  # the pushed flake's unpacking, run in the build's round trip
 
     def result(self, status: Status, final: Generation, error: str | None) -> HostResult:
         return HostResult(

@@ -335,8 +335,7 @@ def switch(tx: HostTransaction, host: Any) -> None:
             _dry_activate(tx, host, path)
             return
         case Action.SWITCH | Action.BOOT:
-            open_intent(tx, host)
-            tx.target = _set_profile(tx, host, path)
+            tx.target = _open_and_set_profile(tx, host, path)
         case Action.TEST:  # the generation runs without entering the profile
             open_intent(tx, host)
             tx.target = Generation(None, path)
@@ -389,10 +388,18 @@ def _dry_activate(tx: HostTransaction, host: Any, path: str) -> None:
     tx.unchanged = tx.dry_run = True
 
 
-def _set_profile(tx: HostTransaction, host: Any, path: str) -> Generation:
-    """Set the profile, then read it back, in one round trip."""
+def _open_and_set_profile(tx: HostTransaction, host: Any, path: str) -> Generation:
+    """The intent journaled and its watchdog armed, then the profile set and read back, in one round
+    trip (the profile is set only once the intent is open). Where the setting did not report (a session
+    lost on the way), the host's profile is read again."""
     profile = tx.settings.profile
-    set_ = sh(tx, host, nixcmd.then_if_ok(nixcmd.set_profile(profile, path), nixcmd.profile_state(profile)))
+    set_ = open_intent(tx, host, then=nixcmd.then_if_ok(nixcmd.set_profile(profile, path),
+                                                         nixcmd.profile_state(profile)))
+    if set_ is None:
+        state = nixcmd.parse_profile_state(list(sh(tx, host, nixcmd.profile_state(profile)).stdout_lines))
+        if state.current is None or state.current_generation.path != path:
+            raise StepFailed(f"setting {profile} did not report, and the profile is not on {path}")
+        return state.current_generation
     if not set_.ok:
         raise StepFailed(f"setting {profile} failed: {set_.last_error}")
     return nixcmd.parse_profile_state(list(set_.stdout_lines)).current_generation

@@ -48,7 +48,7 @@ def push_flake(tx: HostTransaction, host: Any) -> None:
     the host lacks, from the controller's store, so that it builds the locked revisions without network
     (flakeinputs says why this way). The lock's round trip said what the host has (push_probe); the
     store is asked here only for inputs no GC root of ours proves valid, in one round trip with the
-    flake's presence."""
+    flake's presence. The tarball is uploaded here and unpacked in the build's round trip."""
     run = runstate.of(host.state)
     digest = run.flake_hash(tx.settings.flake)
     tx.flake_hash = digest
@@ -76,9 +76,7 @@ def push_flake(tx: HostTransaction, host: Any) -> None:
         upload = f"{nixcmd.FLAKE_ROOT}/.upload-{digest}-{tx.run_id}.tar.gz"
         tarball = run.flake_tarball(tx.settings.flake)
         put_bytes(host, tarball, upload, timeout=tx.settings.command_timeout)
-        unpacked = sh(tx, host, nixcmd.unpack_flake(upload, digest))
-        if not unpacked.ok:
-            raise StepFailed(f"unpacking the flake failed: {unpacked.last_error}")
+        tx.unpack = nixcmd.unpack_flake(upload, digest)  # in the build's round trip
         pushed = len(tarball)
     missing = tuple(sorted(line for line in asked.stdout_lines if line in inputs)) if asked is not None else ()
     carried = carry_inputs(tx, host, missing) if missing else 0
@@ -116,9 +114,14 @@ def build(tx: HostTransaction, host: Any) -> None:
             tidy = (f"{nixcmd.prune_flakes(tx.settings.keep_flakes, tx.flake_hash)}; "
                     f"{upkeep.root_inputs(tx.flake_hash, inputs.store_paths)}")
             build = f"( {tidy}\n) >/dev/null 2>&1; {build}"
+        unpack, tx.unpack = tx.unpack, None
+        if unpack:  # the flake pushed in step 3a, unpacked first
+            build = nixcmd.unpacked_then(unpack, build)
         built = sh(tx, host, nixcmd.then_running(build), tx.step_timeout)
         stdout, running = nixcmd.take_running(built.stdout_lines)
         built = RemoteResult(built.returncode, stdout, built.stderr_lines)
+        if not built.ok and built.stderr_lines and built.stderr_lines[-1] == nixcmd.UNPACK_FAILED:
+            raise StepFailed(f"unpacking the flake failed: {RemoteResult(1, (), built.stderr_lines[:-1]).last_error}")
         if not built.ok:
             raise StepFailed(f"nix build failed: {built.last_error}")
         path = nixcmd.parse_build_output(built.stdout)
