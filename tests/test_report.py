@@ -73,7 +73,11 @@ def test_the_report_of_a_rollout_with_a_rolled_back_host_in_chromium(fleet2, tmp
     inventory = tmp_path / "fleet.py"
     inventory.write_text(
         "from ipex_fleet.lab.inventory import lab_hosts\n"
-        f"_all = [(n, {{**d, 'health_levels': [1], 'bench': True, 'min_free_mb': 64}}) "
+        # The gate's tolerance wide: this test is about the report of a host the health check rolled
+        # back; the benchmark is here for host1's chart. This machine's memory bandwidth moved by a
+        # third between two rollouts a minute apart (mem_copy 65% of the first one's, three times in
+        # five, at commits before and after this line), which the gate rightly fails at its default.
+        f"_all = [(n, {{**d, 'health_levels': [1], 'bench': True, 'bench_tolerance': 0.6, 'min_free_mb': 64}}) "
         f"for n, d in lab_hosts({str(fleet2.lab.layout.root)!r})]\n"
         "canary = _all[:1]\nwave1 = _all[1:]\n")
     for h in ("host1", "host2"):
