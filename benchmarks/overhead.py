@@ -23,7 +23,10 @@ nothing to do (one wave, health and benchmark off) on 10 and 40 hosts. Each figu
 the load average (1 min) before it; the ratios come from this one run.
 
     .venv/bin/python benchmarks/overhead.py [--runs 3] [--root DIR] [--net 127.0.77] [--big 40]
-        [--no-ansible] [--profile DIR]
+        [--no-ansible] [--profile DIR] [--host-pace]
+
+--host-pace adds a fourth way to the rotation: ipex-fleet with `--data pace=host` (the whole
+transaction one operation per host, each host at its own pace instead of pyinfra's lockstep).
 
 --profile DIR runs one more change deploy and one more no-change deploy of the 10 hosts under
 cProfile (pyinfra's controller, not timed) and writes DIR/change.prof and DIR/nochange.prof.
@@ -97,9 +100,11 @@ def checked(proc: subprocess.CompletedProcess, what: str, outcomes: tuple[str, .
                          + f"\n{output[-4000:]}")
 
 
-def ipex_fleet_deploy(lab: Lab, state: Path, hosts: int, *outcomes: str, profile: Path | None = None) -> float:
+def ipex_fleet_deploy(lab: Lab, state: Path, hosts: int, *outcomes: str, profile: Path | None = None,
+                      pace: str = "lockstep") -> float:
     prefix = [sys.executable, "-m", "cProfile", "-o", str(profile)] if profile else []
-    argv = [*prefix, str(BIN / "pyinfra"), "inventories/lab.py", "deploys/prod.py", "-y", *DEPLOY_DATA]
+    argv = [*prefix, str(BIN / "pyinfra"), "inventories/lab.py", "deploys/prod.py", "-y", *DEPLOY_DATA,
+            "--data", f"pace={pace}"]
     started = time.monotonic()
     proc = subprocess.run(argv, cwd=REPO, env=env_for(lab, state), capture_output=True, text=True, timeout=900)
     took = time.monotonic() - started
@@ -244,6 +249,8 @@ def main() -> int:
     parser.add_argument("--net", default="127.0.77")
     parser.add_argument("--no-ansible", action="store_true")
     parser.add_argument("--only", choices=("change", "nochange"), help="measure only this part")
+    parser.add_argument("--host-pace", action="store_true",
+                        help="also a change deploy with --data pace=host (each host at its own pace)")
     parser.add_argument("--profile", type=Path, help="also profile one change and one no-change deploy here")
     args = parser.parse_args()
     ansible = not args.no_ansible and args.only != "nochange"
@@ -279,10 +286,10 @@ def main() -> int:
             ipex_fleet_deploy(lab, state, len(names), "ok")
             toplevel[label] = running_systems(lab, names)
             on = label
-        times: dict[str, list[float]] = {"ipex-fleet": [], "bare": [], "ansible": []}
-        cpus: dict[str, list[tuple[float, float]]] = {"ipex-fleet": [], "bare": [], "ansible": []}
+        methods = ["ipex-fleet"] + (["host-pace"] if args.host_pace else []) + ["bare"] + (["ansible"] if ansible else [])
+        times: dict[str, list[float]] = {m: [] for m in methods}
+        cpus: dict[str, list[tuple[float, float]]] = {m: [] for m in methods}
         steps: list[dict[str, float]] = []  # each ipex-fleet change run's per-step medians over its hosts
-        methods = ["ipex-fleet", "bare"] + (["ansible"] if ansible else [])
         if args.only != "nochange":
             for run in range(args.runs + 1):  # run 0 warms each method up (Ansible's first start, say)
                 order = methods[run % len(methods):] + methods[:run % len(methods)]
@@ -290,7 +297,7 @@ def main() -> int:
                     to = "A" if on == "B" else "B"
                     tarball, digest = flakes[to]
                     before = load()
-                    if method == "ipex-fleet":  # the run's preparation, outside its CPU (its ssh logins)
+                    if method in ("ipex-fleet", "host-pace"):  # the run's preparation, outside its CPU (its logins)
                         set_version(lab, names, f"overhead-{stamp}-{to}")
                         forget_pushed(lab, names, digest)
                     cpu = CPU(lab)
@@ -298,6 +305,8 @@ def main() -> int:
                         took = ipex_fleet_deploy(lab, state, len(names), "ok")
                         if run:
                             steps.append(step_timings(state))
+                    elif method == "host-pace":
+                        took = ipex_fleet_deploy(lab, state, len(names), "ok", pace="host")
                     elif method == "bare":
                         took = bare_deploy(lab, names, tarball)
                     else:
@@ -368,9 +377,14 @@ def main() -> int:
         print(f"  ratios: ipex-fleet/bare {figures['ipex-fleet'] / figures['bare']:.2f}x"
               + (f", ipex-fleet/Ansible {figures['ipex-fleet'] / figures['ansible']:.2f}x" if "ansible" in figures
                  else ""))
+        if "host-pace" in figures:
+            print(f"  with pace=host: {figures['host-pace']:.2f} s; host-pace/bare "
+                  f"{figures['host-pace'] / figures['bare']:.2f}x"
+                  + (f", host-pace/Ansible {figures['host-pace'] / figures['ansible']:.2f}x" if "ansible" in figures
+                     else "") + f", host-pace/lockstep {figures['host-pace'] / figures['ipex-fleet']:.2f}x")
         print("  ipex-fleet's steps as each host recorded them (median over hosts, then runs): "
               + ", ".join(f"{k} {v:.2f} s" for k, v in steps_median.items()))
-        for method in ("ipex-fleet", "bare", "ansible"):
+        for method in ("ipex-fleet", "host-pace", "bare", "ansible"):
             if method in figures:
                 print(f"  CPU-seconds of a change deploy, {method}: controller {figures[method + ' cpu controller']:.2f},"
                       f" hosts {figures[method + ' cpu hosts']:.2f}")

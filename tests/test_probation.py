@@ -63,7 +63,7 @@ def agent_status(fleet, host: str) -> dict:
 
 def paused_rollout(fleet, inventory: Path, *extra: str) -> tuple[subprocess.CompletedProcess, dict]:
     """Roll out a new version until the canary's gate is inconclusive (a pass under load is possible:
-    then the next version is tried, at most three times). Returns the paused run and the generations
+    then the next version is tried, at most three times; wave1's host pausing instead is aborted first). Returns the paused run and the generations
     from before it."""
     for _ in range(3):
         rollout(fleet, str(inventory), "deploys/prod.py")  # settle: both hosts on the current version
@@ -72,8 +72,14 @@ def paused_rollout(fleet, inventory: Path, *extra: str) -> tuple[subprocess.Comp
             fleet.configure(h, f"version=v{time.monotonic_ns()}")
         with outside_load():
             proc = rollout(fleet, str(inventory), "deploys/prod.py", "--pause-on-inconclusive", *extra)
-        if proc.returncode == 3:
+        if proc.returncode == 3 and "canary: paused" in proc.stdout:
             return proc, before
+        if proc.returncode == 3:  # the canary passed under the load and wave1's host paused instead
+            assert "wave1: paused" in proc.stdout, proc.stdout
+            aborted = rollout(fleet, "--resume", run_id_of(proc), "--abort")
+            assert aborted.returncode == 1 and "aborted on probation (host2)" in aborted.stdout, aborted.stdout
+            assert fleet.system("host2") == before["host2"]
+            continue
         assert proc.returncode == 0, proc.stdout  # the gate passed under the load: try again
     pytest.fail("the canary's benchmark was never inconclusive under an outside load in three tries")
 

@@ -518,3 +518,16 @@ def test_a_probe_warn_pauses_only_where_host_data_says_so(controller):
     plain.probe_result = "warn"
     run_id, _ = deploy(plain)
     assert results.read_host_result(run_id, "h1").status is Status.OK, "a warn passes by default"
+
+
+def test_the_builds_tidy_prunes_only_where_the_locks_round_trip_did_not():
+    """The lock's round trip prunes the older flakes and roots the inputs where all are proven; the build's
+    round trip roots them otherwise, and prunes too only where the lock's round trip failed or did not say."""
+    from ipex_fleet.transaction.system import tidy_before_build
+
+    inputs = ("/nix/store/aaa-nixpkgs",)
+    unproven = tidy_before_build({"present": True, "rooted": False, "unproven": list(inputs)}, 2, "h1", inputs)
+    assert "ln -sfn /nix/store/aaa-nixpkgs" in unproven and "ls -1t" not in unproven
+    for known in (None, {"error": "Permission denied", "unproven": list(inputs), "rooted": False}):
+        both = tidy_before_build(known, 2, "h1", inputs)
+        assert "ls -1t" in both and "tail -n +2" in both and "ln -sfn /nix/store/aaa-nixpkgs" in both

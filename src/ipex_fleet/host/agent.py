@@ -37,7 +37,7 @@ import os
 import sys
 import time
 
-# What each call imports is what each call pays, a deploy makes six of them a host, and a host runs
+# What each call imports is what each call pays, a deploy makes five of them a host (its watchdog one more), and a host runs
 # them beside its work: only the standard library's modules written in C, and json's C half (_json,
 # the codec json itself runs): json's Python half imports re, enum and functools, and contextlib
 # collections, together two thirds of an agent call's start-up. Where _json is missing (an
@@ -247,7 +247,7 @@ class System:
 
 def generation_of(link: str) -> int | None:
     """The generation a profile's link names (system-42-link: 42), None for anything else."""
-    head, dash, number = link.removesuffix("-link").rpartition("-") if link.endswith("-link") else ("", "", "")
+    _, dash, number = link.removesuffix("-link").rpartition("-") if link.endswith("-link") else ("", "", "")
     return int(number) if dash and number.isdecimal() else None
 
 

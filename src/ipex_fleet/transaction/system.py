@@ -109,10 +109,9 @@ def build(tx: HostTransaction, host: Any) -> None:
     else:
         ref = f"path:{nixcmd.FLAKE_ROOT}/{tx.flake_hash}"
         build = nixcmd.build_toplevel(ref, tx.settings.nixos_config)
-        if not (tx.push_known or {}).get("rooted"):  # else the lock's round trip tidied (push_probe)
+        if not (tx.push_known or {}).get("rooted"):  # else the lock's round trip tidied all of it
             inputs = runstate.of(host.state).flake_inputs(tx.settings.flake, tx.settings.controller_nix_conf_dir)
-            tidy = (f"{nixcmd.prune_flakes(tx.settings.keep_flakes, tx.flake_hash)}; "
-                    f"{upkeep.root_inputs(tx.flake_hash, inputs.store_paths)}")
+            tidy = tidy_before_build(tx.push_known, tx.settings.keep_flakes, tx.flake_hash, inputs.store_paths)
             build = f"( {tidy}\n) >/dev/null 2>&1; {build}"
         unpack, tx.unpack = tx.unpack, None
         if unpack:  # the flake pushed in step 3a, unpacked first
@@ -131,6 +130,15 @@ def build(tx: HostTransaction, host: Any) -> None:
     if path == tx.previous.path and (running == path or not tx.settings.mode.activates):
         tx.unchanged = True
         tx.target = tx.previous
+
+
+def tidy_before_build(known: dict | None, keep: int, flake_hash: str, inputs: tuple[str, ...]) -> str:
+    """What the build's round trip tidies where the lock's did not root this flake's inputs (push_probe):
+    the roots always, and the older flakes' pruning too where the lock's round trip did not run it."""
+    tidy = upkeep.root_inputs(flake_hash, inputs)
+    if not known or known.get("error"):
+        tidy = f"{nixcmd.prune_flakes(keep, flake_hash)}; {tidy}"
+    return tidy
 
 
 def substitute_from_cache(tx: HostTransaction, host: Any) -> tuple[str, str | None]:
