@@ -142,8 +142,8 @@ def settled(lab: Lab, host: str, timeout: float) -> dict:
 
 def run_once(lab: Lab, seed: int, state_dir: Path, gates: bool = True) -> Outcome:
     rng = random.Random(seed)
-    # A healthy 4-host deploy here takes about 25 s with its health checks, about 10 s without.
-    faults = draw(rng, window=20.0 if gates else 10.0, gates=gates)
+    # A healthy 4-host deploy here takes about 25 s with its health checks, 3 to 5 s without.
+    faults = draw(rng, window=20.0 if gates else 4.0, gates=gates)
     outcome = Outcome(seed, faults)
     before = {h: host_state(lab, h) for h in HOSTS}
     for h in HOSTS:
