@@ -140,10 +140,11 @@ def settled(lab: Lab, host: str, timeout: float) -> dict:
     return state
 
 
-def run_once(lab: Lab, seed: int, state_dir: Path, gates: bool = True) -> Outcome:
+def run_once(lab: Lab, seed: int, state_dir: Path, gates: bool = True, window: float | None = None,
+             logs: Path | None = None) -> Outcome:
     rng = random.Random(seed)
     # A healthy 4-host deploy here takes about 25 s with its health checks, 3 to 5 s without.
-    faults = draw(rng, window=20.0 if gates else 4.0, gates=gates)
+    faults = draw(rng, window=window or (20.0 if gates else 4.0), gates=gates)
     outcome = Outcome(seed, faults)
     before = {h: host_state(lab, h) for h in HOSTS}
     for h in HOSTS:
@@ -162,7 +163,8 @@ def run_once(lab: Lab, seed: int, state_dir: Path, gates: bool = True) -> Outcom
     argv = [str(Path(sys.executable).parent / "pyinfra"), "inventories/lab.py", "deploys/prod.py", "-y",
             *[a for d in DATA + (() if gates else NO_GATES) for a in ("--data", d)]]
     started = time.monotonic()
-    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    log = open(logs / f"seed-{seed}.log", "wb") if logs else subprocess.DEVNULL
+    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     killed = threading.Event()
 
@@ -195,6 +197,8 @@ def run_once(lab: Lab, seed: int, state_dir: Path, gates: bool = True) -> Outcom
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         outcome.violations.append("the deploy did not end within 400 s")
+    if logs:
+        log.close()
     for t in timed:
         t.join(timeout=60)
     for h in HOSTS:
@@ -283,6 +287,9 @@ def main() -> int:
     parser.add_argument("--net", default="127.0.85")
     parser.add_argument("--no-gates", action="store_true",
                         help="health checks off too: the activation's confirmation over a new login is the commit")
+    parser.add_argument("--window", type=float, help="faults fall in the first this many seconds "
+                        "(default 20 with gates, 4 without: about the deploy's length)")
+    parser.add_argument("--logs", type=Path, help="keep each run's deploy output here (seed-S.log)")
     parser.add_argument("--recheck", type=Path, metavar="LOG",
                         help="apply the healthy-host rule to a campaign's printed output, run nothing")
     args = parser.parse_args()
@@ -299,7 +306,7 @@ def main() -> int:
             if time.monotonic() - started > args.budget:
                 print(f"budget of {args.budget:.0f}s spent after {i} runs")
                 break
-            o = run_once(lab, args.seed + i, state_dir, gates=not args.no_gates)
+            o = run_once(lab, args.seed + i, state_dir, gates=not args.no_gates, window=args.window, logs=args.logs)
             outcomes.append(o)
             verdict = "ok" if not o.violations else "VIOLATION"
             print(f"run {i + 1} seed {o.seed}: {', '.join(map(str, o.faults))} -> "

@@ -547,6 +547,11 @@ class HostAgentMachine(RuleBasedStateMachine):
         self.opened: list[str] = []
         self.n = 0
 
+    def teardown(self):
+        import shutil
+
+        shutil.rmtree(self.dir, ignore_errors=True)  # one folder per example, else hundreds in /tmp
+
     @rule(run=st.sampled_from(["r1", "r2"]))
     def take_lock(self, run):
         try:
