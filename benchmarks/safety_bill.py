@@ -17,7 +17,7 @@ own work. Items:
   nixos-rebuild-ng does (a dropped SSH connection neither kills it nor loses its exit code), less the
   same program started directly.
 
-    .venv/bin/python benchmarks/safety_bill.py [--reps 40] [--root DIR] [--net 127.0.79]
+    .venv/bin/python benchmarks/safety_bill.py [--reps 40] [--root DIR] [--net 127.0.74]
 
 It prints each item's cost in milliseconds of host CPU, how many of it a change deploy makes, and
 the sum, the bill of one host's safety net.
@@ -79,7 +79,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=40)
     parser.add_argument("--root", default="/srv/ipex-fleet-bill")
-    parser.add_argument("--net", default="127.0.79")
+    parser.add_argument("--net", default="127.0.74")
     args = parser.parse_args()
     lab = Lab(args.root)
     lab.destroy()
