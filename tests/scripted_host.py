@@ -65,6 +65,7 @@ class ScriptedHost:
     dropped: bool = False
     logs: list[str] = field(default_factory=list)
     kinds: list[str] = field(default_factory=list)
+    fenced: int = 0  # activations their fence refused (the intent decided before they began)
     trips: list[str] = field(default_factory=list)  # the kind of each round trip's command (kinds: of each part)
     fresh_trips: list[str] = field(default_factory=list)  # those of them over a new connection
     agent_starts: int = 0  # the agent's program started on the host (each call, each status it printed)
@@ -292,6 +293,12 @@ class ScriptedHost:
         stc = next(w for w in words if w.endswith("/bin/switch-to-configuration") and not w.startswith("test"))
         action = words[words.index(stc) + 1]
         path = stc.rsplit("/bin/", 1)[0]
+        fence = next((w for w in words if w.startswith("if ") and " fence --intent " in w), None)
+        if fence is not None:  # inside the unit, before switch-to-configuration: the real agent's answer
+            fenced, _ = self.agent_call(fence[3:].split(" >/dev/null;", 1)[0])
+            if fenced != 0:
+                self.fenced += 1
+                return nixcmd.ACTIVATION_FENCED, ["ipex-fleet: activation refused: its intent was decided"]
         if action in ("switch", "test"):
             self.running = path
         out = [f"activating the configuration {path} ({action})"]
@@ -299,7 +306,7 @@ class ScriptedHost:
             out += ["", f"{nixcmd.RUNNING_MARK}{self.running}"]
         if nixcmd.THEN_MARK in command and self.running == path and f"[ $r = {exit_code} ]" in command:
             # the intent marked `activated` there too, where the activation's exit is one the controller accepts
-            marked, _ = self.answer(command[command.index(hostagent.LAUNCHER):].split("\n)", 1)[0])
+            marked, _ = self.answer(command[command.rindex(hostagent.LAUNCHER):].split("\n)", 1)[0])
             out.append(f"{nixcmd.THEN_MARK}{marked}")
         return 0, out
 

@@ -296,6 +296,49 @@ def test_a_revert_whose_old_generation_fails_to_activate_is_revert_failed(tmp_pa
     assert record["status"] == "revert-failed" and "exited 2" in record["error"]
 
 
+def test_an_activations_fence_opens_only_for_its_open_intent_with_lease_left(tmp_path):
+    """The fence an activation runs first, inside its unit: its intent open, its lease unspent; an
+    activation that reaches the host after a revert (or a commit) claimed the intent switches nothing."""
+    clock, system = HostClock(), FakeSystem()
+    agent = make(tmp_path, clock, system)
+    agent.open(intent(), locked(agent), 30, 0)
+    assert agent.fence("i1")["fence"] == "open"
+    with pytest.raises(A.Refused) as other:
+        agent.fence("i0")
+    assert other.value.code == A.LOST
+    clock.t += 31  # the lease spent, the watchdog not yet round: nothing starts
+    with pytest.raises(A.Refused) as spent:
+        agent.fence("i1")
+    assert spent.value.code == A.LOST and "lease ran out" in spent.value.detail["error"]
+    assert agent.watch("i1", poll=1)["outcome"] == "reverted"
+    with pytest.raises(A.Refused) as decided:
+        agent.fence("i1")
+    assert decided.value.code == A.LOST and decided.value.detail["decided_by"] == "watchdog"
+    assert (system.current, system.running_path) == (1, OLD)
+
+
+def test_a_revert_claimed_after_the_fence_opened_waits_for_that_activation(tmp_path):
+    """The other order: the fence opened (the activation's unit runs), then the revert claims; the
+    revert waits for the running activation before it restores, so the host ends on the recorded one."""
+    clock, system = HostClock(), FakeSystem()
+    agent = make(tmp_path, clock, system)
+    agent.open(intent(), locked(agent), 30, 0)
+    assert agent.fence("i1")["fence"] == "open"
+    waited = []
+
+    def running():
+        if not waited:  # the activation the fence let through: it ends while the revert waits
+            system.switch_to(NEW)
+            waited.append(True)
+            return ["ipex-fleet-switch-abc.service"]
+        return []
+
+    system.activations_running = running
+    result = agent.revert("i1", "reverting-controller")
+    assert waited and result["outcome"] == "reverted"
+    assert (system.current, system.running_path) == (1, OLD)
+
+
 def test_the_boot_entry_is_part_of_the_verification(tmp_path):
     class StuckLoader(FakeSystem):
         def activate(self, path, action, log):

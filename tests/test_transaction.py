@@ -12,7 +12,9 @@ import time
 
 import pytest
 
-from ipex_fleet.domain import Status
+from ipex_fleet.domain import Action, Status
+from ipex_fleet.nix import commands as nixcmd
+from ipex_fleet.transaction import hostagent
 
 from .conftest import FAST, REPO, bump, wait_for, assert_ok
 
@@ -207,6 +209,28 @@ def test_controller_killed_in_a_gate_host_returns_by_itself(fleet, step, pattern
     proc, next_run = fleet.deploy("--limit", host, *FAST)
     assert_ok(proc)
     assert fleet.result(next_run, host).status is Status.OK
+
+
+def test_an_activation_delivered_after_the_watchdogs_revert_switches_nothing(fleet):
+    """A cut connection's retransmission can hand sshd the activation command after the controller gave
+    up and the host's watchdog reverted (a chaos campaign saw a host left running the target with the
+    profile reverted). The activation's unit asks the agent first: the intent was decided, so it exits
+    ACTIVATION_FENCED and the host stays on its recorded generation."""
+    host = "host2"
+    fleet.deploy("--limit", host, *FAST)
+    before = fleet.system(host)
+    bump(fleet, host)
+    run_id, _ = _kill_controller_during(fleet, host, "ipex_fleet [p]robe", "--data", "lease_grace=3",
+                                        "--data", "bench=false", "--data", "health_timeout=10")
+    reverted, _, who = reverted_by(fleet, host, run_id, 40)
+    assert (reverted, who) == ("reverted", "watchdog") and fleet.system(host) == before
+    dead = next(d for d in decisions(fleet, host, run_id))
+    late = nixcmd.activate(dead["target"]["path"], Action.SWITCH, "late0000",
+                           hostagent.command("fence", "--intent", dead["intent_id"]))
+    got = fleet.lab.ssh(host, late, timeout=60, check=False)
+    assert got.returncode == nixcmd.ACTIVATION_FENCED, (got.returncode, got.stdout, got.stderr)
+    assert "activation refused" in got.stdout + got.stderr
+    assert fleet.system(host) == before, "the late activation switched the reverted host"
 
 
 def test_controller_killed_during_models_host_returns_and_no_half_file_is_visible(fleet, tmp_path):

@@ -633,6 +633,22 @@ class Agent:
         who, data = found[0]
         return {"decided_by": who, "outcome": data.get("outcome"), "problems": data.get("problems") or []}
 
+    def fence(self, intent_id: str) -> dict[str, Any]:
+        """An activation's first act, inside its own unit: it goes on only while its intent is open with
+        its lease unspent. A revert claims under this mutex and then waits for the activations running,
+        so an activation either is running for that wait or finds the claim here: an activation command
+        that reaches the host late (a cut connection's retransmission, delivered after the watchdog's
+        revert) never switches a reverted host."""
+        with self.mutex():
+            intent = self._intent()
+            if not intent or intent["intent_id"] != intent_id:
+                raise Refused(LOST, error="the intent was decided before the activation began",
+                              **self._decision(intent_id))
+            left = self.left(intent["lease"])
+            if left <= 0:
+                raise Refused(LOST, error="the intent's lease ran out before the activation began", left=left)
+            return {"fence": "open", "left": left}
+
     def outcome(self, intent_id: str) -> dict[str, Any]:
         with self.mutex():
             intent = self._intent()
@@ -1035,6 +1051,7 @@ _OPTIONS: dict[str, dict[str, tuple[str, Any, Any, bool, tuple[str, ...] | None]
     "finish": {"--intent": ("intent", str, None, True, None), "--who": ("who", str, None, True, WHO_REVERTS),
                "--detach": ("detach", None, False, False, None)},
     "outcome": {"--intent": ("intent", str, None, True, None)},
+    "fence": {"--intent": ("intent", str, None, True, None)},
     "watch": {"--intent": ("intent", str, None, True, None)},
     "rearm": {"--intent": ("intent", str, None, True, None)},
     "restore": {"--token": ("token", str, None, True, None), "--previous-json": ("previous_json", str, None, True, None),
@@ -1136,6 +1153,8 @@ def main(argv: list[str] | None = None, make: Any = None) -> int:
                 out = agent.finish(args.intent, args.who)
             case "outcome":
                 out = agent.outcome(args.intent)
+            case "fence":
+                out = agent.fence(args.intent)
             case "watch":
                 out = agent.watch(args.intent)
             case "rearm":
@@ -1204,7 +1223,7 @@ def _parse(argv: list[str] | None) -> Any:
         p.add_argument("--intent", required=True)
         p.add_argument("--who", required=True, choices=WHO_REVERTS)
         p.add_argument("--detach", action="store_true", help="restore in a unit of its own, then return")
-    for name in ("outcome", "watch", "rearm"):
+    for name in ("outcome", "watch", "rearm", "fence"):
         p = sub.add_parser(name)
         p.add_argument("--intent", required=True)
     p = sub.add_parser("restore", help="return to an earlier generation under the caller's lock, verified")

@@ -185,25 +185,35 @@ def switch_generation(profile: str, number: int) -> str:
 # The activation unit's own shell keeps the exit code, so it survives a dropped SSH session.
 # No braces and no "$$" in it: systemd expands those in a unit's command line.
 _ACTIVATION_WRAPPER = '"$0" "$1"; r=$?; echo $r > "$2"; exit $r'
+# Exit code of an activation its fence refused: switch-to-configuration never ran.
+ACTIVATION_FENCED = 98
+
+
+def _fenced_wrapper(fence: str) -> str:
+    """The wrapper behind `fence` (the agent's: the intent still open), run inside the unit."""
+    return (f"if {fence} >/dev/null; then \"$0\" \"$1\"; r=$?; else echo 'ipex-fleet: activation refused: its "
+            f"intent was decided before it began, nothing switched' >&2; r={ACTIVATION_FENCED}; fi; "
+            'echo $r > "$2"; exit $r')
 
 
 def activation_unit(action: Action, call_id: str) -> str:
     return f"ipex-fleet-{action.value}-{call_id}"
 
 
-def activate(path: str, action: Action, call_id: str | None = None) -> str:
+def activate(path: str, action: Action, call_id: str | None = None, fence: str | None = None) -> str:
     """Run switch-to-configuration detached from the SSH session, wait for it, then report its output.
 
     Where systemd is PID 1, a transient unit with a name of its own per call (a fixed name collides
     with an activation still running) and no --pipe (it panicked nixos-rebuild-ng when an SSH drop
     closed stderr: REFERENCE.md). Elsewhere a new session. Either way a dropped connection neither
-    kills the activation nor loses its exit code.
+    kills the activation nor loses its exit code. With `fence` (a command), the unit runs the
+    activation only where that command succeeds first (exit ACTIVATION_FENCED otherwise).
     """
     unit = activation_unit(action, call_id or uuid.uuid4().hex[:12])
     stc = quote(f"{path}/bin/switch-to-configuration")
     act = quote(action.value)
     log, rc = quote(f"{ACTIVATION_DIR}/{unit}.log"), quote(f"{ACTIVATION_DIR}/{unit}.rc")
-    args = f"{quote(_ACTIVATION_WRAPPER)} {stc} {act} {rc}"
+    args = f"{quote(_fenced_wrapper(fence) if fence else _ACTIVATION_WRAPPER)} {stc} {act} {rc}"
     return (
         f"test -f {quote(path + '/nixos-version')} || "
         f"{{ echo {quote(path + ' is not a NixOS system: it has no nixos-version')} >&2; exit 97; }}; "

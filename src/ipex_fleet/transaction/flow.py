@@ -414,9 +414,12 @@ def _activate(tx: HostTransaction, host: Any, path: str, mark: bool) -> tuple[Re
     call_id = uuid.uuid4().hex[:12]
     then = (path, hostagent.command("activated", "--intent", str(tx.intent_id), "--for",
                                     f"{tx.settings.confirm_timeout:g}")) if mark else None
+    # Inside the activation's unit, before switch-to-configuration: this intent still open. A command
+    # delivered late (after a revert) then switches nothing.
+    fence = hostagent.command("fence", "--intent", str(tx.intent_id))
     try:
         try:  # the running system comes back in the same round trip (check_activation)
-            got = sh(tx, host, nixcmd.then_running(nixcmd.activate(path, tx.settings.mode, call_id), then,
+            got = sh(tx, host, nixcmd.then_running(nixcmd.activate(path, tx.settings.mode, call_id, fence), then,
                                                    accepted_activation_codes(tx)), tx.step_timeout)
         except SessionLost as exc:
             return reattach_activation(tx, host, call_id, started, exc), None
