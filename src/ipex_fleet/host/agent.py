@@ -37,11 +37,11 @@ import os
 import sys
 import time
 
-# What each call imports is what each call pays, a deploy makes six of them a host (its watchdog
-# one more), and a host runs them beside its work: only the standard library's modules written in C, and json's C half (_json,
-# the codec json itself runs): json's Python half imports re, enum and functools, and contextlib
-# collections, together two thirds of an agent call's start-up. Where _json is missing (an
-# interpreter other than CPython), json itself.
+# What each call imports is what each call pays, a deploy makes six of them a host (its watchdog one
+# more), and a host runs them beside its work: only the standard library's modules written in C, and
+# json's C half (_json, the codec json itself runs): json's Python half imports re, enum and
+# functools, and contextlib collections, together two thirds of an agent call's start-up. Where
+# _json is missing (an interpreter other than CPython), json itself.
 try:
     import _json
 except ImportError:  # pragma: no cover - CPython has it
