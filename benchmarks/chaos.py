@@ -296,6 +296,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.recheck:
         return recheck(args.recheck)
+    if args.logs:
+        args.logs.mkdir(parents=True, exist_ok=True)
     lab = Lab(args.root)
     lab.destroy()
     state_dir = Path(tempfile.mkdtemp(prefix="ipex-fleet-chaos-"))

@@ -37,8 +37,8 @@ import os
 import sys
 import time
 
-# What each call imports is what each call pays, a deploy makes six of them a host (its watchdog one
-# more), and a host runs them beside its work: only the standard library's modules written in C, and
+# What each call imports is what each call pays, a deploy makes five of them a host and its watchdog
+# one more, and a host runs them beside its work: only the standard library's modules written in C, and
 # json's C half (_json, the codec json itself runs): json's Python half imports re, enum and
 # functools, and contextlib collections, together two thirds of an agent call's start-up. Where
 # _json is missing (an interpreter other than CPython), json itself.
@@ -304,7 +304,7 @@ def _run(argv: list[str], timeout: float = 600) -> int:
         if done:
             return os.waitstatus_to_exitcode(status)
         if time.monotonic() > deadline:
-            os.kill(pid, 9)
+            os.kill(pid, 9)  # SIGKILL (the signal module is not imported for one number)
             os.waitpid(pid, 0)
             return 127
         time.sleep(pause)
