@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 import shlex
 import tempfile
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from typing import Any
 from ipex_fleet.transaction import hostagent
 from ipex_fleet.nix import commands as nixcmd
 from ipex_fleet.host import agent as host_agent
-from ipex_fleet.remote import HostUnreachable, StepTimeout, _RC_MARK
+from ipex_fleet.remote import HostUnreachable, SessionLost, StepTimeout, _RC_MARK
 
 STATE = "/var/lib/ipex-fleet"
 PROFILE = "/nix/var/nix/profiles/system"
@@ -37,7 +38,12 @@ class ControllerDied(BaseException):
 class Fault:
     kind: str
     nth: int  # 1 = the first command of that kind
-    how: str  # fail | timeout | drop | die
+    how: str  # fail | timeout | drop | die | die_after | lost_* (activate: LOST_HOWS)
+
+
+# An activation whose SSH session ends before its exit code: the command never reached the host, it
+# ran to its end, the host crashed and booted again during it, or its unit ran on for a while.
+LOST_HOWS = ("lost_before", "lost_after", "lost_crash", "lost_running")
 
 
 @dataclass
@@ -66,6 +72,9 @@ class ScriptedHost:
     logs: list[str] = field(default_factory=list)
     kinds: list[str] = field(default_factory=list)
     fenced: int = 0  # activations their fence refused (the intent decided before they began)
+    # Each activation's unit by its call id: ("done", exit code, output), ("interrupted",) or
+    # ("running", answers left before it ends, its end); none for a command that never reached the host.
+    units: dict[str, tuple] = field(default_factory=dict)
     trips: list[str] = field(default_factory=list)  # the kind of each round trip's command (kinds: of each part)
     fresh_trips: list[str] = field(default_factory=list)  # those of them over a new connection
     agent_starts: int = 0  # the agent's program started on the host (each call, each status it printed)
@@ -173,11 +182,40 @@ class ScriptedHost:
                 raise HostUnreachable(f"no answer from {self.name} (dropped during {kind})")
             if how == "timeout":
                 raise StepTimeout(f"{kind} did not finish")
+            if how in LOST_HOWS:
+                self.lose_activation(how, command)
             if how == "die_after":  # the host ran it; the controller died before hearing back
                 getattr(self, f"do_{kind}")(command)
                 raise ControllerDied(kind)
             return self.failing(kind, command)
         return getattr(self, f"do_{kind}")(command)
+
+    def lose_activation(self, how: str, command: str) -> None:
+        """The activation's session ends before its exit code (SessionLost), after what `how` says."""
+        call_id = _call_id(command)
+        if how in ("lost_after", "lost_running"):
+            rc, out = self.do_activate(command)
+            self.units[call_id] = ("done", rc, out) if how == "lost_after" else ("running", 3, (rc, out))
+        elif how == "lost_crash":  # switched, then the host crashed mid-activation and booted again
+            self.running = self.target_build
+            self.units[call_id] = ("interrupted",)
+            self.reboot()
+        raise SessionLost(f"the SSH session ended before the command reported its exit code ({how})")
+
+    def do_activation_outcome(self, command: str) -> tuple[int, list[str]]:
+        """nixcmd.activation_outcome: its exit code once recorded; 75 while the unit runs; 76 for a unit
+        that ended without one (interrupted) or never started."""
+        call_id = _call_id(command)
+        unit = self.units.get(call_id)
+        if unit is None:
+            return nixcmd.ACTIVATION_GONE, [nixcmd.ACTIVATION_NEVER_STARTED]
+        if unit[0] == "interrupted":
+            return nixcmd.ACTIVATION_GONE, [nixcmd.ACTIVATION_INTERRUPTED]
+        if unit[0] == "running":
+            left, end = unit[1], unit[2]
+            self.units[call_id] = ("running", left - 1, end) if left > 1 else ("done", *end)
+            return nixcmd.ACTIVATION_RUNNING, []
+        return unit[1], list(unit[2])
 
     def failing(self, kind: str, command: str) -> tuple[int, list[str]]:
         if kind == "probe":
@@ -412,6 +450,7 @@ class ScriptedHost:
         """A boot: transient units end; the boot unit re-arms what is open."""
         self.host_clock.reboot()
         self.armed.clear()
+        self.units = {k: ("interrupted",) if u[0] == "running" else u for k, u in self.units.items()}
         self.running = self.profile_path
         self.agent.boot()
 
@@ -513,8 +552,17 @@ def agent_argv(command: str) -> list[str]:
     return words[2:]
 
 
+def _call_id(command: str) -> str:
+    """The activation's call id, from its unit's name (ipex-fleet-ACTION-ID)."""
+    found = re.search(r"ipex-fleet-[a-z-]+-([0-9a-f]{12})\b", command)
+    assert found, command
+    return found.group(1)
+
+
 def classify(command: str) -> str:
     """Which builder made this command (most specific first)."""
+    if "systemctl show --property=ActiveState" in command and nixcmd.ACTIVATION_DIR in command:
+        return "activation_outcome"
     if "maintenance_probe=1" in command:  # maintenance's fast path: before the agent and facts it carries
         return "maint_probe"
     if command.startswith(f"mkdir -p {STATE} && printf") and "deploys.jsonl" in command:

@@ -105,6 +105,42 @@ def test_a_host_crashed_with_an_open_intent_and_no_controller_returns_after_its_
     assert fleet.sh(host, "test -e /var/lib/ipex-fleet/lock && echo held || echo free") == "free"
 
 
+def test_a_host_that_crashes_mid_activation_is_rolled_back_once_it_answers_not_after_activation_timeout(fleet):
+    """host1 crashes while its activation's unit runs (30 s slow); the controller lives. Over a new
+    connection the host answers from its new boot: the unit ended without an exit code. The controller
+    rolls back at once, not after activation_timeout (300 s here; it waited that out before)."""
+    host = "host1"
+    assert_ok(fleet.deploy("--limit", host, *FAST)[0])
+    before = fleet.system(host)
+    bump(fleet, host)
+    fleet.configure(host, "slow_activation=30")
+    run_id = f"t-crash-activation-{time.monotonic_ns()}"
+    proc = subprocess.Popen(fleet.pyinfra_argv("deploys/prod.py", "--limit", host, *FAST, "--data", "lease_grace=20",
+                                               "--data", "activation_timeout=300", "--data", "reboot_timeout=30"),
+                            cwd=REPO, env=fleet.env(IPEX_FLEET_RUN_ID=run_id), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        running = "systemctl list-units --plain --no-legend --state=active 'ipex-fleet-switch-*' | grep -q ."
+        assert wait_for(lambda: fleet.lab.ssh(host, running, timeout=10, check=False).ok, 120, 0.2), \
+            "the activation's unit never ran"
+        fleet.lab.crash(host)
+        crashed = time.monotonic()
+        output = proc.communicate(timeout=200)[0]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    took = time.monotonic() - crashed
+    result = fleet.result(run_id, host)
+    print(f"\ncrash mid-activation: rolled back {took:.1f} s after the crash (activation_timeout 300 s)")
+    assert result.status is Status.ROLLED_BACK, (result, output[-3000:])
+    assert "the activation was interrupted before it recorded its exit code" in result.error, result.error
+    assert took < 60, (took, output[-3000:])
+    assert fleet.system(host) == before
+    assert [d["who"] for d in decisions(fleet, host, run_id)] in (["reverting-controller"], ["watchdog"])
+    assert fleet.sh(host, "test -e /var/lib/ipex-fleet/lock && echo held || echo free") == "free"
+
+
 def test_two_controllers_at_once_exactly_one_deploys(fleet):
     """Two pyinfra processes deploy host2 at the same moment: one deploys, the other is skipped naming
     the holder, and nothing records a stale `previous`."""

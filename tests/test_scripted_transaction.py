@@ -19,7 +19,7 @@ from ipex_fleet.domain import Status
 
 from ipex_fleet.remote import StepTimeout
 
-from .scripted_host import ControllerDied, Fault, ScriptedHost, scripted_controller
+from .scripted_host import LOST_HOWS, _call_id, ControllerDied, Fault, ScriptedHost, scripted_controller
 
 STEPS = flow.DEPLOY
 # Every command from the lock to the record, in the order the transaction sends them (the two
@@ -157,6 +157,66 @@ def test_with_no_gate_every_step_and_every_ending_of_the_commit_over_a_new_login
     """No models, health checks or benchmark: the commit is the confirmation, over a new login (a
     second commit is the same asked again after a lost answer)."""
     every_ending(controller, kind, nth, how, models=[], health_levels=[], bench=False)
+
+
+@pytest.mark.parametrize("gates", (True, False))
+@pytest.mark.parametrize("how", LOST_HOWS)
+def test_every_way_an_activations_session_is_lost_leaves_the_host_safe(controller, how, gates):
+    """The activation's SSH session ends before its exit code: the command never reached the host, it
+    ran to its end, the host crashed and booted again mid-activation, or its unit ran on for a while."""
+    every_ending(controller, "activate", 1, how, **({} if gates else {"models": [], "health_levels": [], "bench": False}))
+
+
+@pytest.mark.parametrize("how,status,why", [
+    ("lost_after", Status.OK, None),
+    ("lost_running", Status.OK, None),
+    ("lost_before", Status.ROLLED_BACK, "the activation never started on the host"),
+    ("lost_crash", Status.ROLLED_BACK, "the activation was interrupted before it recorded its exit code")])
+def test_a_lost_activation_is_decided_on_its_units_evidence_not_after_activation_timeout(controller, how, status, why):
+    """Re-attached over a new connection, the controller takes the unit's recorded exit code, waits
+    while the unit runs, and where the unit ended without one (a crash and boot) or never started,
+    rolls back at once: not after activation_timeout (600 s), which it waited out before."""
+    deploy, make = controller
+    host = make(models=[], health_levels=[], bench=False)
+    previous = host.profile_path
+    host.fault = Fault("activate", 1, how)
+    run_id, alive = deploy(host)
+    result = results.read_host_result(run_id, "h1")
+    assert alive and result.status is status, (result, host.kinds)
+    assert result.timings["switch"] < 10, result.timings  # on the transaction's clock (activation_timeout: 600 s)
+    if status is Status.OK:
+        assert check_invariant(host, run_id, previous) == "committed"
+        assert host.kinds.count("activation_outcome") == (1 if how == "lost_after" else 4), host.kinds
+    else:
+        assert why in result.error and check_invariant(host, run_id, previous) == "reverted", result.error
+        assert host.kinds.count("activation_outcome") == 2, host.kinds  # seen gone twice in a row
+
+
+def test_an_activation_seen_gone_once_then_running_is_waited_for(controller):
+    """The command delivered late: the first look finds no unit, the next finds it running. Gone must be
+    seen twice in a row; the activation's own exit code then decides."""
+    deploy, make = controller
+    host = make(models=[], health_levels=[], bench=False)
+    host.fault = Fault("activate", 1, "lost_before")
+    real = host.do_activation_outcome
+
+    def delivered_late(command):
+        if host.seen["activation_outcome"] == 2:  # the command arrives now and its unit starts
+            rc, out = host.do_activate(host.lost_command)
+            host.units[_call_id(command)] = ("running", 1, (rc, out))
+        return real(command)
+
+    original_lose = host.lose_activation
+
+    def remember(how, command):
+        host.lost_command = command
+        original_lose(how, command)
+
+    host.lose_activation, host.do_activation_outcome = remember, delivered_late
+    run_id, alive = deploy(host)
+    result = results.read_host_result(run_id, "h1")
+    assert alive and result.status is Status.OK, (result, host.kinds)
+    assert check_invariant(host, run_id, "-") == "committed"
 
 
 def every_ending(controller, kind, nth, how, **data):

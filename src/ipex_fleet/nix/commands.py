@@ -185,6 +185,8 @@ def switch_generation(profile: str, number: int) -> str:
 # The activation unit's own shell keeps the exit code, so it survives a dropped SSH session.
 # No braces and no "$$" in it: systemd expands those in a unit's command line.
 _ACTIVATION_WRAPPER = '"$0" "$1"; r=$?; echo $r > "$2"; exit $r'
+# Where the activation runs in a transient unit (systemd is PID 1); elsewhere in a new session.
+IN_A_UNIT = '[ "$(cat /proc/1/comm 2>/dev/null)" = systemd ] && command -v systemd-run >/dev/null'
 # Exit code of an activation its fence refused: switch-to-configuration never ran.
 ACTIVATION_FENCED = 98
 
@@ -218,7 +220,7 @@ def activate(path: str, action: Action, call_id: str | None = None, fence: str |
         f"test -f {quote(path + '/nixos-version')} || "
         f"{{ echo {quote(path + ' is not a NixOS system: it has no nixos-version')} >&2; exit 97; }}; "
         f"mkdir -p {quote(ACTIVATION_DIR)}; "
-        'if [ "$(cat /proc/1/comm 2>/dev/null)" = systemd ] && command -v systemd-run >/dev/null; then '
+        f"if {IN_A_UNIT}; then "
         f"systemd-run --unit={quote(unit)} --collect --no-ask-password --quiet --wait --service-type=exec "
         f"--property=StandardOutput=append:{log} --property=StandardError=append:{log} /bin/sh -c {args}; "
         f"else setsid -w sh -c {args} </dev/null >>{log} 2>&1; fi; "
@@ -226,11 +228,30 @@ def activate(path: str, action: Action, call_id: str | None = None, fence: str |
     )
 
 
+# activation_outcome's answers besides the activation's own exit code.
+ACTIVATION_RUNNING = 75
+ACTIVATION_GONE = 76
+ACTIVATION_NEVER_STARTED = "ipex-fleet: the activation never started on the host (its command was lost with the session)"
+ACTIVATION_INTERRUPTED = ("ipex-fleet: the activation was interrupted before it recorded its exit code (the host "
+                          "crashed or rebooted, or its unit was killed)")
+
+
 def activation_outcome(action: Action, call_id: str) -> str:
-    """An activation's output and exit code once its unit has finished; exit 75 while it still runs."""
+    """An activation's output and exit code once its unit has finished; ACTIVATION_RUNNING while its
+    unit runs (or where systemd cannot say); ACTIVATION_GONE where its unit is not running and left no
+    exit code: the host rebooted or the unit was killed (its log exists: ACTIVATION_INTERRUPTED), or
+    the command never reached systemd-run (no log: ACTIVATION_NEVER_STARTED). The unit's state is read
+    before its exit code: the unit's shell writes the code before the unit ends, so a unit seen ended
+    with no code never wrote one. A copy of the command delivered later is refused by its fence."""
     unit = activation_unit(action, call_id)
     log, rc = quote(f"{ACTIVATION_DIR}/{unit}.log"), quote(f"{ACTIVATION_DIR}/{unit}.rc")
-    return f"if [ -s {rc} ]; then cat {log} 2>/dev/null; exit $(cat {rc}); fi; exit 75"
+    done = f"if [ -s {rc} ]; then cat {log} 2>/dev/null; exit $(cat {rc}); fi"
+    return (f"{done}; {{ {IN_A_UNIT}; }} || exit {ACTIVATION_RUNNING}; "
+            f"s=$(systemctl show --property=ActiveState --value {quote(unit + '.service')} 2>/dev/null) && [ -n \"$s\" ] "
+            f"|| exit {ACTIVATION_RUNNING}; "
+            f"case \"$s\" in inactive|failed) ;; *) exit {ACTIVATION_RUNNING};; esac; {done}; "
+            f"if [ -e {log} ]; then cat {log}; echo {quote(ACTIVATION_INTERRUPTED)} >&2; "
+            f"else echo {quote(ACTIVATION_NEVER_STARTED)} >&2; fi; exit {ACTIVATION_GONE}")
 
 
 def activation_error(lines: tuple[str, ...] | list[str]) -> str | None:

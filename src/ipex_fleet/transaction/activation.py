@@ -19,7 +19,11 @@ from ipex_fleet.transaction.core import HostTransaction, StepFailed, running_sys
 def reattach_activation(tx: HostTransaction, host: Any, call_id: str, started: float,
                         lost: SessionLost) -> RemoteResult:
     """The session died mid-activation, but the activation runs on in its own unit: wait for it over
-    new connections and take its own recorded exit code, never act while it still runs."""
+    new connections and take its own recorded exit code, never act while it still runs. A unit seen
+    ended without an exit code twice in a row (the host crashed or rebooted, the unit was killed, or
+    the command never reached the host) is a failed activation at once, not a wait for
+    activation_timeout: the revert that follows claims the intent, so the fence refuses any copy of
+    the command delivered later."""
     host.log(f"{lost}; waiting for the activation over a new connection", logger.warning)
     tx.fresh_connections = True
     found: list[RemoteResult] = []
@@ -28,14 +32,19 @@ def reattach_activation(tx: HostTransaction, host: Any, call_id: str, started: f
         try:
             outcome = sh(tx, host, nixcmd.activation_outcome(tx.settings.mode, call_id))
         except (HostUnreachable, StepTimeout):
+            found.clear()  # gone twice means twice in a row
             return False
         found.append(outcome)
-        return outcome.returncode != 75  # 75: still running
+        if outcome.returncode == nixcmd.ACTIVATION_GONE:
+            return len(found) >= 2 and found[-2].returncode == nixcmd.ACTIVATION_GONE
+        return outcome.returncode != nixcmd.ACTIVATION_RUNNING
 
     left = started + tx.settings.activation_timeout - time.monotonic()
     if not wait_until(ended, max(left, 0.0), "the activation's recorded exit code", interval=0.5):
         raise StepTimeout(f"the activation did not finish within {tx.settings.activation_timeout:g}s after "
                           "the SSH session was lost")
+    if found[-1].returncode == nixcmd.ACTIVATION_GONE:
+        raise StepFailed(found[-1].last_error.removeprefix("ipex-fleet: "))
     return found[-1]
 
 
