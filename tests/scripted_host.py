@@ -620,6 +620,10 @@ class FakeHeartbeat:
     def keep(self, host: Any, token: str, lease: float, intent_id: str | None = None) -> None:
         self.kept[host.name] = (host, token, lease, intent_id)
 
+    def lock_only(self, host: Any, token: str, lease: float) -> None:
+        if host.name in self.kept:
+            self.keep(host, token, lease)
+
     def stop(self, host_name: str) -> None:
         if self.kept.pop(host_name, None) is not None:
             self.stopped.append(host_name)

@@ -78,3 +78,32 @@ def test_a_run_connection_that_fails_or_hangs_moves_the_beat_to_its_own_at_once(
     assert len(fresh) == 1 and beat.beats >= 3 and beat.errors == 0  # every beat renewed, the first included
     assert len(fresh[0].commands) == beat.beats and fresh[0].closed
     assert time.monotonic() - started < 5  # a hang costs one interval, not the beat's bound
+
+
+def test_lock_only_renews_the_lock_alone_from_then_on_and_starts_no_beat(fresh):
+    """When the controller leaves the decision to the host (it waits for the watchdog's revert), the
+    beat stops renewing the intent: a renewed intent would hold off that very watchdog."""
+    run = Connector("run")
+    host = SimpleNamespace(name="h1", connector=run)
+    beats = heartbeat.Heartbeat()
+    beats.lock_only(host, "tok", 30)
+    assert beats._beats == {}  # no beat was running: none is started
+    beats.keep(host, "tok", 0.2, "intent-1")
+    try:
+        assert "--intent intent-1" in beats._beats["h1"].command
+        beats.lock_only(host, "tok", 0.2)
+        assert "--intent" not in beats._beats["h1"].command and "renew --token tok" in beats._beats["h1"].command
+        seen = len(run.commands)
+        assert wait(lambda: len(run.commands) > seen + 1, 5)
+        assert all("--intent" not in c for c in run.commands[seen + 1:])
+    finally:
+        beats.stop_all()
+
+
+def wait(predicate, bound: float) -> bool:
+    deadline = time.monotonic() + bound
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False

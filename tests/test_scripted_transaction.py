@@ -219,6 +219,41 @@ def test_an_activation_seen_gone_once_then_running_is_waited_for(controller):
     assert check_invariant(host, run_id, "-") == "committed"
 
 
+@pytest.mark.parametrize("fixed", (True, False))
+def test_a_host_left_to_decide_is_not_kept_from_deciding_by_the_heartbeat(controller, monkeypatch, fixed):
+    """The activation's round trip times out while the host still answers: the controller waits for
+    the host's own revert. Its heartbeat beats on meanwhile (every 5 s of the host's clock) and renews
+    the lock alone, so the intent's lease runs out and the watchdog reverts: rolled_back, verified.
+    The control (`fixed` False: the heartbeat renews the intent too, as before) never lets the watchdog
+    act, and the wait ends `unreachable` after its bound, though the host answered all along."""
+    from ipex_fleet.transaction import heartbeat as hb
+
+    if not fixed:
+        monkeypatch.setattr(hb.Heartbeat, "lock_only", lambda self, host, token, lease: None)
+    deploy, make = controller
+    host = make(models=[], health_levels=[], bench=False)
+    previous = host.profile_path
+    host.fault = Fault("activate", 1, "timeout")
+    real = host.do_outcome
+
+    def time_passes(command):  # each look at the outcome: 5 s on the host, a beat, the watchdog's look
+        host.host_clock.t += 5
+        runstate.of(host.state).heartbeat.beat()
+        host.watchdog_tick()
+        return real(command)
+
+    host.do_outcome = time_passes
+    run_id, alive = deploy(host)
+    result = results.read_host_result(run_id, "h1")
+    if not fixed:
+        assert alive and result.status is Status.UNREACHABLE and "did not report intent" in result.error, result
+        return
+    assert alive and result.status is Status.ROLLED_BACK, (result, host.kinds)
+    assert "restored generation 1 by itself" in result.error, result.error
+    assert check_invariant(host, run_id, previous) == "reverted"
+    assert [k for k in host.resolved if k.startswith(run_id)] == [f"{run_id}.watchdog"]
+
+
 def every_ending(controller, kind, nth, how, **data):
     deploy, make = controller
     host = make(**data)

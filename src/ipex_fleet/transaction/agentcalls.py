@@ -234,6 +234,8 @@ def await_revert(tx: HostTransaction, host: Any, why: str) -> tuple[Generation, 
     own detached revert, the watchdog, a recovery) to finish; the agent verified the result.
     Returns (the generation the host is on, who reverted, the outcome)."""
     host.log(f"{why}; waiting for the host's revert", logger.warning)
+    if tx.lock_token:  # an intent the heartbeat went on renewing would hold off the very watchdog awaited
+        heartbeat_of(host).lock_only(host, tx.lock_token, tx.settings.lease_grace)
     started = time.monotonic()
     found = wait_for_outcome(tx, host, str(tx.intent_id))
     tx.intent_open = False

@@ -93,6 +93,11 @@ class Heartbeat:
         self._beats[host.name] = beat
         threading.Thread(target=beat.run, name=f"heartbeat-{host.name}", daemon=True).start()
 
+    def lock_only(self, host: Any, token: str, lease: float) -> None:
+        """A running beat renews the lock alone from now on: the intent is the host's to decide."""
+        if host.name in self._beats:
+            self.keep(host, token, lease)
+
     def stop(self, host_name: str) -> None:
         beat = self._beats.pop(host_name, None)
         if beat is not None:
