@@ -18,10 +18,11 @@ UNIT = "ipex-fleet-switch-0123456789ab"
 
 
 def ask(tmp_path: Path, state: str | None, in_a_unit: bool = True, rc: str | None = None, log: str | None = None,
-        rc_at_show: str | None = None) -> tuple[int, str, str]:
-    """Run the outcome command with its folder under tmp_path; `state`: what `systemctl show` prints
-    (None: it fails, as where systemd is not running); `rc_at_show`: the unit's shell writes this exit
-    code while systemctl looks (the unit ends between the two reads)."""
+        rc_at_show: str | None = None, job: str = "") -> tuple[int, str, str]:
+    """Run the outcome command with its folder under tmp_path; `state`: the ActiveState `systemctl show`
+    prints (None: it fails, as where systemd is not running; "": it prints nothing); `job`: the unit's
+    queued job; `rc_at_show`: the unit's shell writes this exit code while systemctl looks (the unit
+    ends between the two reads)."""
     folder = tmp_path / "activation"
     folder.mkdir(exist_ok=True)
     if rc is not None:
@@ -30,10 +31,10 @@ def ask(tmp_path: Path, state: str | None, in_a_unit: bool = True, rc: str | Non
         (folder / f"{UNIT}.log").write_text(log)
     bin_ = tmp_path / "bin"
     bin_.mkdir(exist_ok=True)
-    script = ["#!/bin/sh", f'[ "$*" = "show --property=ActiveState --value {UNIT}.service" ] || exit 9']
+    script = ["#!/bin/sh", f'[ "$*" = "show --property=ActiveState --property=Job {UNIT}.service" ] || exit 9']
     if rc_at_show is not None:
         script.append(f"echo {rc_at_show} > {folder}/{UNIT}.rc")
-    script.append("exit 1" if state is None else f"echo {state}")
+    script.append("exit 1" if state is None else "true" if state == "" else f"printf 'ActiveState={state}\\nJob={job}\\n'")
     (bin_ / "systemctl").write_text("\n".join(script) + "\n")
     (bin_ / "systemctl").chmod(0o755)
     command = nixcmd.activation_outcome(Action.SWITCH, "0123456789ab")
@@ -52,6 +53,11 @@ def test_a_recorded_exit_code_is_the_answer_with_the_activations_output(tmp_path
 @pytest.mark.parametrize("state", ("active", "activating", "deactivating", "reloading"))
 def test_a_unit_that_runs_is_waited_for(tmp_path, state):
     assert ask(tmp_path, state, log="half way\n")[0] == nixcmd.ACTIVATION_RUNNING
+
+
+def test_a_unit_whose_start_waits_in_systemds_queue_is_waited_for(tmp_path):
+    """systemd shows a unit whose start job is queued as `inactive`, with the job's id."""
+    assert ask(tmp_path, "inactive", job="324")[0] == nixcmd.ACTIVATION_RUNNING
 
 
 @pytest.mark.parametrize("state", ("inactive", "failed"))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import time
@@ -139,6 +140,45 @@ def test_a_host_that_crashes_mid_activation_is_rolled_back_once_it_answers_not_a
     assert fleet.system(host) == before
     assert [d["who"] for d in decisions(fleet, host, run_id)] in (["reverting-controller"], ["watchdog"])
     assert fleet.sh(host, "test -e /var/lib/ipex-fleet/lock && echo held || echo free") == "free"
+
+
+def test_the_activations_outcome_reads_real_systemd(fleet):
+    """nixcmd.activation_outcome on a real systemd: no unit and no log is `never started`; a unit whose
+    start job waits in the queue (systemd shows it `inactive`, with a job) and a unit that runs are
+    running; one that recorded its exit code answers it; one killed before it did is `interrupted`."""
+    import uuid
+
+    from ipex_fleet.domain import Action
+    from ipex_fleet.nix import commands as nixcmd
+
+    host = "host2"
+
+    def outcome(call_id: str):
+        got = fleet.lab.ssh(host, nixcmd.activation_outcome(Action.SWITCH, call_id), timeout=30, check=False)
+        return got.returncode, got.stderr.strip()
+
+    def start(call_id: str, script: str, *extra: str) -> None:
+        unit = nixcmd.activation_unit(Action.SWITCH, call_id)
+        log, rc = f"{nixcmd.ACTIVATION_DIR}/{unit}.log", f"{nixcmd.ACTIVATION_DIR}/{unit}.rc"
+        fleet.sh(host, f"mkdir -p {nixcmd.ACTIVATION_DIR}; systemd-run --unit={unit} --collect --quiet --no-block "
+                       f"--service-type=exec --property=StandardOutput=append:{log} {' '.join(extra)} "
+                       f"/bin/sh -c {shlex.quote(script.replace('RC', rc))}")
+
+    never = uuid.uuid4().hex[:12]
+    assert outcome(never) == (nixcmd.ACTIVATION_GONE, nixcmd.ACTIVATION_NEVER_STARTED)
+
+    queued, blocker = uuid.uuid4().hex[:12], f"t-blocker-{uuid.uuid4().hex[:8]}"
+    fleet.sh(host, f"systemd-run --unit={blocker} --collect --quiet --no-block --service-type=oneshot sleep 4")
+    start(queued, "echo activating; sleep 2; echo 0 > RC", f"--property=After={blocker}.service")
+    assert outcome(queued)[0] == nixcmd.ACTIVATION_RUNNING  # queued behind the blocker
+    assert fleet.sh(host, f"systemctl show -p Job --value {nixcmd.activation_unit(Action.SWITCH, queued)}.service").isdigit()
+    assert wait_for(lambda: outcome(queued)[0] == 0, 30, 0.2)
+
+    killed = uuid.uuid4().hex[:12]
+    start(killed, "echo activating; sleep 60; echo 0 > RC")
+    assert wait_for(lambda: outcome(killed)[0] == nixcmd.ACTIVATION_RUNNING, 10, 0.1)
+    fleet.sh(host, f"systemctl kill --signal=KILL {nixcmd.activation_unit(Action.SWITCH, killed)}.service")
+    assert wait_for(lambda: outcome(killed) == (nixcmd.ACTIVATION_GONE, nixcmd.ACTIVATION_INTERRUPTED), 10, 0.2)
 
 
 def test_two_controllers_at_once_exactly_one_deploys(fleet):

@@ -240,16 +240,18 @@ def activation_outcome(action: Action, call_id: str) -> str:
     """An activation's output and exit code once its unit has finished; ACTIVATION_RUNNING while its
     unit runs (or where systemd cannot say); ACTIVATION_GONE where its unit is not running and left no
     exit code: the host rebooted or the unit was killed (its log exists: ACTIVATION_INTERRUPTED), or
-    the command never reached systemd-run (no log: ACTIVATION_NEVER_STARTED). The unit's state is read
+    the command never reached systemd-run (no log: ACTIVATION_NEVER_STARTED). A unit whose start job
+    waits in systemd's queue is `inactive` with a Job: running, for this. The unit's state is read
     before its exit code: the unit's shell writes the code before the unit ends, so a unit seen ended
     with no code never wrote one. A copy of the command delivered later is refused by its fence."""
     unit = activation_unit(action, call_id)
     log, rc = quote(f"{ACTIVATION_DIR}/{unit}.log"), quote(f"{ACTIVATION_DIR}/{unit}.rc")
     done = f"if [ -s {rc} ]; then cat {log} 2>/dev/null; exit $(cat {rc}); fi"
     return (f"{done}; {{ {IN_A_UNIT}; }} || exit {ACTIVATION_RUNNING}; "
-            f"s=$(systemctl show --property=ActiveState --value {quote(unit + '.service')} 2>/dev/null) && [ -n \"$s\" ] "
-            f"|| exit {ACTIVATION_RUNNING}; "
-            f"case \"$s\" in inactive|failed) ;; *) exit {ACTIVATION_RUNNING};; esac; {done}; "
+            f"s=$(systemctl show --property=ActiveState --property=Job {quote(unit + '.service')} 2>/dev/null) "
+            f"&& [ -n \"$s\" ] || exit {ACTIVATION_RUNNING}; "
+            f"case \"$s\" in *ActiveState=inactive*|*ActiveState=failed*) ;; *) exit {ACTIVATION_RUNNING};; esac; "
+            f"case \"$s\" in *Job=[0-9]*) exit {ACTIVATION_RUNNING};; esac; {done}; "
             f"if [ -e {log} ]; then cat {log}; echo {quote(ACTIVATION_INTERRUPTED)} >&2; "
             f"else echo {quote(ACTIVATION_NEVER_STARTED)} >&2; fi; exit {ACTIVATION_GONE}")
 
