@@ -74,6 +74,7 @@ class Outcome:
     results: dict[str, str] = field(default_factory=dict)
     violations: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    deploy_seconds: float = 0.0  # the deploy alone, without the settling after it
 
 
 # Faults that may end a host's deploy without committing it: its own. A slow host, a peer's crash or
@@ -198,6 +199,7 @@ def run_once(lab: Lab, seed: int, state_dir: Path, gates: bool = True, window: f
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         outcome.violations.append("the deploy did not end within 400 s")
+    outcome.deploy_seconds = round(time.monotonic() - started, 1)
     if logs:
         log.close()
     for t in timed:
@@ -250,7 +252,7 @@ def run_once(lab: Lab, seed: int, state_dir: Path, gates: bool = True, window: f
     return outcome
 
 
-_RUN_LINE = re.compile(r"^run \d+ seed (\d+): (.*) -> (.*) \([\d.]+s\) ")
+_RUN_LINE = re.compile(r"^run \d+ seed (\d+): (.*) -> (.*) \([\d.]+s[^)]*\) ")
 _FAULT = re.compile(r"^(\w+)(?: (host\d+))?")
 
 
@@ -313,7 +315,8 @@ def main() -> int:
             outcomes.append(o)
             verdict = "ok" if not o.violations else "VIOLATION"
             print(f"run {i + 1} seed {o.seed}: {', '.join(map(str, o.faults))} -> "
-                  f"{' '.join(f'{h}={s}' for h, s in o.results.items())} ({o.seconds}s) {verdict}", flush=True)
+                  f"{' '.join(f'{h}={s}' for h, s in o.results.items())} ({o.seconds}s; deploy {o.deploy_seconds}s) "
+                  f"{verdict}", flush=True)
             for v in o.violations:
                 print(f"    {v}", flush=True)
         leaks = lab.leaks()["leaks"]
@@ -324,6 +327,10 @@ def main() -> int:
     bad = [o for o in outcomes if o.violations]
     print(f"\nruns {len(outcomes)}, faults {faults}, runs with violations {len(bad)}, "
           f"packets off loopback {leaks}, {time.monotonic() - started:.0f}s")
+    if outcomes:
+        slowest = sorted(outcomes, key=lambda o: o.deploy_seconds)[-3:][::-1]
+        print("slowest deploys: " + ", ".join(f"{o.deploy_seconds}s (seed {o.seed}: {', '.join(map(str, o.faults))})"
+                                            for o in slowest))
     for o in bad:
         print(f"  replay: .venv/bin/python benchmarks/chaos.py --seed {o.seed} --runs 1"
               + (" --no-gates" if args.no_gates else ""))
