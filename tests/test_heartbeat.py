@@ -14,6 +14,8 @@ import pytest
 from ipex_fleet import remote
 from ipex_fleet.transaction import heartbeat
 
+from .conftest import wait_for
+
 
 class Connector:
     """A connector's run_shell_command: each command answered with exit 0, or `fail` (an exception)
@@ -94,16 +96,7 @@ def test_lock_only_renews_the_lock_alone_from_then_on_and_starts_no_beat(fresh):
         beats.lock_only(host, "tok", 0.2)
         assert "--intent" not in beats._beats["h1"].command and "renew --token tok" in beats._beats["h1"].command
         seen = len(run.commands)
-        assert wait(lambda: len(run.commands) > seen + 1, 5)
+        assert wait_for(lambda: len(run.commands) > seen + 1, 5, 0.02)
         assert all("--intent" not in c for c in run.commands[seen + 1:])
     finally:
         beats.stop_all()
-
-
-def wait(predicate, bound: float) -> bool:
-    deadline = time.monotonic() + bound
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
