@@ -820,3 +820,22 @@ def test_the_intents_watchdog_starts_without_subprocess_or_shutil(tmp_path):
     out = subprocess.run([sys.executable, "-S", "-c", code, str(folder)], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", out.stdout
+
+
+@pytest.mark.parametrize("answer,running", [
+    ("exit 0", []),
+    ("echo 'ipex-fleet-switch-abc.service loaded deactivating stop-sigterm x'", ["ipex-fleet-switch-abc.service"]),
+    ("exit 1", ["(systemctl list-units exited 1)"]),
+])
+def test_the_revert_counts_a_listing_that_fails_as_an_activation_running(tmp_path, monkeypatch, answer, running):
+    """The real System's listing of activation units (systemctl is a script here): deactivating units
+    count, and a listing that fails counts as one running, so a revert waits rather than restore beside
+    an activation it could not see."""
+    (tmp_path / "systemctl").write_text(
+        '#!/bin/sh\n[ "$1 $4" = "list-units --state=active,activating,deactivating" ] || exit 9\n' + answer + "\n")
+    (tmp_path / "systemctl").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    monkeypatch.setattr(A, "_systemd", lambda: True)
+    assert A.System().activations_running() == running
+    monkeypatch.setattr(A, "_systemd", lambda: False)  # no systemd: activations ran in sessions of their own
+    assert A.System().activations_running() == []

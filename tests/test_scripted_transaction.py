@@ -219,6 +219,42 @@ def test_an_activation_seen_gone_once_then_running_is_waited_for(controller):
     assert check_invariant(host, run_id, "-") == "committed"
 
 
+@pytest.mark.parametrize("when", ("after_the_claim", "before_the_claim"))
+def test_a_copy_of_a_lost_activation_delivered_late_never_leaves_the_host_on_the_target(controller, when):
+    """The activation's command was lost with its session and judged never started; its copy reaches
+    the host late. After the revert's claim its fence refuses it; before the claim (between the second
+    look and the claim) it passes the fence, and the revert that follows restores the recorded
+    generation over it. Either way the host ends on the recorded generation, verified."""
+    from ipex_fleet.nix import commands as nixcmd
+
+    deploy, make = controller
+    host = make(models=[], health_levels=[], bench=False)
+    previous = host.profile_path
+    host.fault = Fault("activate", 1, "lost_before")
+    lost: list[str] = []
+    real_lose, real_revert = host.lose_activation, host.do_revert
+
+    def remember(how, command):
+        lost.append(command)
+        real_lose(how, command)
+
+    def delivered_before_the_claim(command):
+        assert host.do_activate(lost[0])[0] == 0 and host.running == host.target_build  # it switched
+        return real_revert(command)
+
+    host.lose_activation = remember
+    if when == "before_the_claim":
+        host.do_revert = delivered_before_the_claim
+    run_id, alive = deploy(host)
+    assert alive and results.read_host_result(run_id, "h1").status is Status.ROLLED_BACK
+    if when == "after_the_claim":
+        assert host.do_activate(lost[0])[0] == nixcmd.ACTIVATION_FENCED and host.fenced == 1
+    else:
+        assert host.fenced == 0
+    assert check_invariant(host, run_id, previous) == "reverted"
+    assert [k for k in host.resolved if k.startswith(run_id)] == [f"{run_id}.reverting-controller"]
+
+
 @pytest.mark.parametrize("fixed", (True, False))
 def test_a_host_left_to_decide_is_not_kept_from_deciding_by_the_heartbeat(controller, monkeypatch, fixed):
     """The activation's round trip times out while the host still answers: the controller waits for

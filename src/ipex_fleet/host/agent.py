@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     Family = tuple[str, str, str, list[tuple[dict[str, str], float]]]
 
 LOST, FENCED, BUSY, FAILED = 3, 4, 75, 1
+LISTING_TIMEOUT = 30.0  # seconds for systemctl's listing of the activation units
 WHO_REVERTS = ("reverting-controller", "watchdog", "recovery")
 COMMITTED = "committed"
 # Activation units made by the controller (ipex_fleet.nix.commands.activation_unit): a revert waits
@@ -220,12 +221,21 @@ class System:
         return None
 
     def activations_running(self) -> list[str]:
+        """The activation units still running, deactivating ones too (a killed unit's processes end with
+        its stop). A listing that fails or hangs counts as one running: a revert then waits (bounded)
+        rather than restore beside an activation it could not see."""
         import subprocess
 
-        if not _which("systemctl"):
+        if not _systemd():  # no units: activations ran in sessions of their own
             return []
-        proc = subprocess.run(["systemctl", "list-units", "--plain", "--no-legend", "--state=active,activating",
-                               *ACTIVATION_UNITS], capture_output=True, text=True, timeout=30)
+        try:
+            proc = subprocess.run(["systemctl", "list-units", "--plain", "--no-legend",
+                                   "--state=active,activating,deactivating", *ACTIVATION_UNITS],
+                                  capture_output=True, text=True, timeout=LISTING_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            return [f"(systemctl list-units: no answer within {LISTING_TIMEOUT:g}s)"]
+        if proc.returncode != 0:
+            return [f"(systemctl list-units exited {proc.returncode})"]
         return [line.split()[0] for line in proc.stdout.splitlines() if line.strip()]
 
     def detach(self, unit: str, argv: list[str], log: str) -> bool:
