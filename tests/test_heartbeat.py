@@ -100,3 +100,18 @@ def test_lock_only_renews_the_lock_alone_from_then_on_and_starts_no_beat(fresh):
         assert all("--intent" not in c for c in run.commands[seen + 1:])
     finally:
         beats.stop_all()
+
+
+def test_run_on_a_session_that_ends_before_the_exit_code_is_session_lost_never_exit_255(fresh):
+    """A connector's answer without the exit code's mark (the session ended mid-command): the outcome
+    is unknown, as run says of the run's own session; an exit code made up for it (255) was taken for
+    the command's own failure (a commit whose answer was lost called a failed claim)."""
+    class Cut(Connector):
+        def run_shell_command(self, command, _timeout=None, **_kw):
+            self.commands.append(str(command))
+            return False, SimpleNamespace(stdout_lines=['{"committed": true}'], stderr_lines=[])
+
+    host = SimpleNamespace(name="h1")
+    with pytest.raises(remote.SessionLost):
+        remote.run_on(Cut("fresh"), host, "agent commit", 5)
+    assert remote.run_on(Connector("fresh"), host, "agent commit", 5).returncode == 0

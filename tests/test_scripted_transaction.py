@@ -442,6 +442,34 @@ def test_a_commit_asked_again_after_a_lost_answer_commits_and_records_once(contr
     assert [json.loads(line)["status"] for line in lines if json.loads(line)["run_id"] == run_id] == ["ok"]
 
 
+def test_a_commit_over_a_new_login_whose_answers_are_lost_is_ok_as_the_host_says(controller):
+    """No gate: the commit is the confirmation over a new login. It runs on the host and its answer is
+    lost; asked again, the host does not answer for a while (a cut). The controller then waits for the
+    host's decision, and the host says it committed: the result is ok (the record written once, with
+    the commit), never a failure or a revert-failed beside a committed host. (With gates the commit
+    rides the run's session and such a host ends `unreachable`: unknown to the controller, said so.)"""
+    from ipex_fleet.remote import HostUnreachable
+
+    deploy, make = controller
+    host = make(models=[], health_levels=[], bench=False)
+    real = host.do_commit
+
+    def lost_then_cut(command):
+        if host.seen["commit"] == 1:
+            real(command)
+            raise StepTimeout("commit: the session ended before its exit code")
+        raise HostUnreachable("no answer from h1 (cut)")
+
+    host.do_commit = lost_then_cut
+    run_id, alive = deploy(host)
+    result = results.read_host_result(run_id, "h1")
+    assert alive and result.status is Status.OK, (result, host.kinds)
+    assert check_invariant(host, run_id, "-") == "committed"
+    assert any("committed after all" in line for line in host.logs), host.logs
+    lines = (Path(host.agent_dir) / "deploys.jsonl").read_text().splitlines()
+    assert [json.loads(line)["status"] for line in lines if json.loads(line)["run_id"] == run_id] == ["ok"]
+
+
 def test_the_hosts_clock_alone_decides_a_skewed_or_stepped_wall_clock_changes_nothing(controller, monkeypatch):
     """The controller's clock an hour off, the host's wall clock stepped by NTP mid-deploy: no lease
     depends on either (the agent reads CLOCK_BOOTTIME only), so the deploy commits."""

@@ -113,6 +113,12 @@ def run(host: Any, command: str, *, timeout: float, stream: bool = False) -> Rem
                                                  **privilege_args(host))
     except _CONNECTION_ERRORS as exc:
         _raise_for(host, timeout, exc)
+    return _exit_coded(output)
+
+
+def _exit_coded(output: Any) -> RemoteResult:
+    """The command's result with its exit code; SessionLost where the session ended before the command
+    reported one (its outcome is unknown: never an exit code made up for it)."""
     stdout = list(output.stdout_lines)
     if not (stdout and stdout[-1].startswith(_RC_MARK)):
         raise SessionLost("the SSH session ended before the command reported its exit code")
@@ -171,10 +177,10 @@ def close(connector: BaseConnector) -> None:
 
 def run_on(connector: BaseConnector, host: Any, command: str, timeout: float) -> RemoteResult:
     """One command through a connector's `run_shell_command`, with the host's privileges, keeping its
-    exit code. Raises what the connection raises (see _CONNECTION_ERRORS)."""
+    exit code. Raises what the connection raises (see _CONNECTION_ERRORS), and SessionLost as run does."""
     _ok, output = connector.run_shell_command(StringCommand(_wrap(command)), _timeout=timeout,
                                               **privilege_args(host))
-    return _result(list(output.stdout_lines), list(output.stderr_lines))
+    return _exit_coded(output)
 
 
 def run_fresh(host: Any, command: str, *, timeout: float) -> RemoteResult:

@@ -22,8 +22,8 @@ from ipex_fleet.nix import commands as nixcmd
 from ipex_fleet.remote import HostUnreachable, RemoteResult, StepTimeout, put_bytes
 from ipex_fleet.ledger.results import read_host_result
 from ipex_fleet.common.waiting import wait_until
-from ipex_fleet.transaction.core import (Fenced, HostTransaction, LockRefused, StepFailed, WatchdogReverted,
-                                         heartbeat_of, profile_state, sh, sh_fresh)
+from ipex_fleet.transaction.core import (CommittedAfterAll, Fenced, HostTransaction, LockRefused, StepFailed,
+                                         WatchdogReverted, heartbeat_of, profile_state, sh, sh_fresh)
 
 def install_agent(tx: HostTransaction, host: Any) -> dict[str, Any]:
     """Copy this version of the host agent to the host (by content hash); returns its status."""
@@ -242,7 +242,7 @@ def await_revert(tx: HostTransaction, host: Any, why: str) -> tuple[Generation, 
     tx.timings["revert_wait"] = round(time.monotonic() - started, 3)
     who = str(found.get("decided_by") or "?")
     if who == hostagent.COMMITTED:
-        raise StepFailed(f"{why}; but intent {tx.intent_id} was committed")
+        raise CommittedAfterAll(f"{why}; but the host committed intent {tx.intent_id} (its answer was lost)")
     state = profile_state(tx, host)
     outcome = str(found.get("outcome") or "?")
     if found.get("problems"):

@@ -42,6 +42,12 @@ class WatchdogReverted(StepFailed):
         self.final, self.status = final, status
 
 
+class CommittedAfterAll(Exception):
+    """Awaiting a revert, the host says this run's intent was committed: the run's own commit won and
+    its answer was lost, or an approval committed a host on probation. The host's record says so. Not
+    a StepFailed: no failure handler may take it for one."""
+
+
 @dataclass
 class HostTransaction:
     """The running record of one host's deploy (mutable: it accumulates as steps run)."""

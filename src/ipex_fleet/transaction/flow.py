@@ -47,8 +47,8 @@ from ipex_fleet.transaction.activation import (accepted_activation_codes, activa
                                                reattach_activation, reboot_into_target)
 from ipex_fleet.transaction.agentcalls import (await_revert, claim, confirm, install_agent, mark, open_intent,
                                                recover_open_intent, take_lock, watchdog_reverted)
-from ipex_fleet.transaction.core import (Fenced, HostTransaction, LockRefused, StepFailed, StepFn, WatchdogReverted,
-                                         heartbeat_of, sh, sh_fresh, show_state, transaction_for)
+from ipex_fleet.transaction.core import (CommittedAfterAll, Fenced, HostTransaction, LockRefused, StepFailed, StepFn,
+                                         WatchdogReverted, heartbeat_of, sh, sh_fresh, show_state, transaction_for)
 from ipex_fleet.transaction.rollback import (planned_generation, read_plan, recover, requested_generation,
                                              rollback_requested)
 from ipex_fleet.transaction.system import build, push_flake, push_probe, record_previous
@@ -128,6 +128,8 @@ def run_step(state: Any, host: Any, step: Step) -> bool:
     elif isinstance(error, WatchdogReverted):
         host.log(f"magic rollback: {error}", logger.warning)
         _finish(tx, host, error.status, error.final, f"{name}: {error}")
+    elif isinstance(error, CommittedAfterAll):
+        _committed_after_all_said(tx, host, error)
     elif isinstance(error, (StepFailed, StepTimeout)):
         _fail(tx, host, f"{name}: {error}")
     else:  # a bug or an unexpected answer must still leave the host safe
@@ -174,6 +176,9 @@ def _fail(tx: HostTransaction, host: Any, error: str) -> None:
         if not got.ok and got.returncode != hostagent.LOST:
             raise StepFailed(f"the host agent could not start the revert: {got.last_error}")
         final, who, outcome = await_revert(tx, host, "rolling back" if got.ok else "the host decided first")
+    except CommittedAfterAll as exc:
+        _committed_after_all_said(tx, host, exc)
+        return
     except HostUnreachable as exc:
         _finish(tx, host, Status.UNREACHABLE, NO_GENERATION, f"{error}; rollback: {exc} (the host's watchdog "
                 f"restores generation {tx.previous.number} by itself when its lease runs out)")
@@ -190,6 +195,14 @@ def _fail(tx: HostTransaction, host: Any, error: str) -> None:
     tx.timings["recheck"] = round(time.monotonic() - started, 3)
     suffix = "" if who == "reverting-controller" else f"; the host's {who} restored the generation"
     _finish(tx, host, Status.ROLLED_BACK, final, error + suffix)
+
+
+def _committed_after_all_said(tx: HostTransaction, host: Any, said: CommittedAfterAll) -> None:
+    """The host committed this run's intent (the commit's answer was lost, or an approval came): it is
+    on the target, and its record was written with the commit."""
+    host.log(f"committed after all: {said}", logger.warning)
+    tx.intent_open, tx.record_on_host = False, False
+    _finish(tx, host, Status.OK, tx.target, None)
 
 
 def _finish(tx: HostTransaction, host: Any, status: Status, final: Generation, error: str | None,
@@ -545,8 +558,11 @@ def decide_probation(tx: HostTransaction, host: Any) -> None:
         host.log(f"approved on probation: generation {tx.target.number} committed")
         _finish(tx, host, Status.OK, tx.target, None)
     else:
-        reverted = watchdog_reverted(tx, host, f"the pause ({held.pause_timeout:g}s) ran out before the approval")
-        _finish(tx, host, reverted.status, reverted.final, str(reverted))
+        try:
+            reverted = watchdog_reverted(tx, host, f"the pause ({held.pause_timeout:g}s) ran out before the approval")
+            _finish(tx, host, reverted.status, reverted.final, str(reverted))
+        except CommittedAfterAll as exc:  # another approval won first
+            _committed_after_all_said(tx, host, exc)
     probation.decided(tx.run_id, host.name)
 
 
