@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
@@ -61,28 +62,37 @@ def main() -> int:
             overhead.ipex_fleet_deploy(lab, state, len(names), "ok")
         on = {n: "B" for n in names}
 
-        def ipex_fleet(to: list[str]) -> None:
+        def prepare_ipex_fleet(to: list[str]) -> Callable[[], None]:
+            """The version set and ipex-fleet's pushed copy removed (logins of their own, not measured);
+            returns the deploy."""
             label = "A" if on[to[0]] == "B" else "B"
             overhead.set_version(lab, to, f"per-host-{stamp}-{label}")
             overhead.forget_pushed(lab, to, flakes[label][1])
             argv = [str(overhead.BIN / "pyinfra"), "inventories/lab.py", "deploys/prod.py", "-y", *overhead.DEPLOY_DATA,
                     *(["--limit", to[0]] if len(to) == 1 else [])]
-            proc = subprocess.run(argv, cwd=REPO, env=overhead.env_for(lab, state), capture_output=True, text=True,
-                                  timeout=900)
-            overhead.checked(proc, "ipex-fleet deploy", ("ok",), len(to))
-            on.update({n: label for n in to})
 
-        def bare(to: list[str]) -> None:
+            def deploy() -> None:
+                proc = subprocess.run(argv, cwd=REPO, env=overhead.env_for(lab, state), capture_output=True, text=True,
+                                      timeout=900)
+                overhead.checked(proc, "ipex-fleet deploy", ("ok",), len(to))
+                on.update({n: label for n in to})
+            return deploy
+
+        def prepare_bare(to: list[str]) -> Callable[[], None]:
             label = "A" if on[to[0]] == "B" else "B"
-            overhead.bare_deploy(lab, to, flakes[label][0])
-            on.update({n: label for n in to})
+
+            def deploy() -> None:
+                overhead.bare_deploy(lab, to, flakes[label][0])
+                on.update({n: label for n in to})
+            return deploy
 
         figures: dict[tuple[str, int], list[float]] = {}
         for rnd in range(1, args.rounds + 1):
             for to in (names[:1], names):
-                for method, deploy in (("ipex-fleet", ipex_fleet), ("bare", bare)):
+                for method, prepare in (("ipex-fleet", prepare_ipex_fleet), ("bare", prepare_bare)):
+                    deploy = prepare(to)
                     before, started = cpu_ms(to), time.monotonic()
-                    deploy(to)
+                    deploy()
                     wall, per_host = time.monotonic() - started, (cpu_ms(to) - before) / len(to)
                     figures.setdefault((method, len(to)), []).append(per_host)
                     print(f"  round {rnd} {method:10} {len(to):2} host(s): {wall:5.2f} s, {per_host:4.0f} ms of CPU a host "
