@@ -129,7 +129,7 @@ def run_step(state: Any, host: Any, step: Step) -> bool:
         host.log(f"magic rollback: {error}", logger.warning)
         _finish(tx, host, error.status, error.final, f"{name}: {error}")
     elif isinstance(error, CommittedAfterAll):
-        _committed_after_all_said(tx, host, error)
+        _finish_committed(tx, host, f"committed after all: {error}")
     elif isinstance(error, (StepFailed, StepTimeout)):
         _fail(tx, host, f"{name}: {error}")
     else:  # a bug or an unexpected answer must still leave the host safe
@@ -177,7 +177,7 @@ def _fail(tx: HostTransaction, host: Any, error: str) -> None:
             raise StepFailed(f"the host agent could not start the revert: {got.last_error}")
         final, who, outcome = await_revert(tx, host, "rolling back" if got.ok else "the host decided first")
     except CommittedAfterAll as exc:
-        _committed_after_all_said(tx, host, exc)
+        _finish_committed(tx, host, f"committed after all: {exc}")
         return
     except HostUnreachable as exc:
         _finish(tx, host, Status.UNREACHABLE, NO_GENERATION, f"{error}; rollback: {exc} (the host's watchdog "
@@ -197,12 +197,13 @@ def _fail(tx: HostTransaction, host: Any, error: str) -> None:
     _finish(tx, host, Status.ROLLED_BACK, final, error + suffix)
 
 
-def _committed_after_all_said(tx: HostTransaction, host: Any, said: CommittedAfterAll) -> None:
-    """The host committed this run's intent (the commit's answer was lost, or an approval came): it is
-    on the target, and its record was written with the commit."""
-    host.log(f"committed after all: {said}", logger.warning)
+def _finish_committed(tx: HostTransaction, host: Any, why: str, status: Status = Status.OK,
+                      final: Generation | None = None, result: HostResult | None = None) -> None:
+    """The host committed this run's intent though the controller did not hear it (the commit's answer
+    was lost, or an approval came): the record was written with the commit, on the target."""
+    host.log(why, logger.warning)
     tx.intent_open, tx.record_on_host = False, False
-    _finish(tx, host, Status.OK, tx.target, None)
+    _finish(tx, host, status, final or tx.target, None, result=result)
 
 
 def _finish(tx: HostTransaction, host: Any, status: Status, final: Generation, error: str | None,
@@ -480,10 +481,8 @@ def commit(tx: HostTransaction, host: Any, status: Status, final: Generation, fr
         except StepTimeout:
             got = None
         if (got is None or not (got.ok or got.returncode == hostagent.LOST)) and _committed_after_all(tx, host):
-            host.log("the commit's answers were lost; the host says it committed (its record written then)",
-                     logger.warning)
-            tx.intent_open, tx.record_on_host = False, False
-            _finish(tx, host, status, final, None, result=result)
+            _finish_committed(tx, host, "the commit's answers were lost; the host says it committed (its record "
+                              "written then)", status, final, result)
             return True
         if got is None:
             raise StepTimeout("the commit, asked again, did not answer in time")
@@ -560,9 +559,10 @@ def decide_probation(tx: HostTransaction, host: Any) -> None:
     else:
         try:
             reverted = watchdog_reverted(tx, host, f"the pause ({held.pause_timeout:g}s) ran out before the approval")
-            _finish(tx, host, reverted.status, reverted.final, str(reverted))
         except CommittedAfterAll as exc:  # another approval won first
-            _committed_after_all_said(tx, host, exc)
+            _finish_committed(tx, host, f"committed after all: {exc}")
+        else:
+            _finish(tx, host, reverted.status, reverted.final, str(reverted))
     probation.decided(tx.run_id, host.name)
 
 
