@@ -28,6 +28,10 @@ the load average (1 min) before it; the ratios come from this one run.
 --host-pace adds a fourth way to the rotation: ipex-fleet with `--data pace=host` (the whole
 transaction one operation per host, each host at its own pace instead of pyinfra's lockstep).
 
+--activation SECONDS makes every host's activation that much longer (the lab's slow_activation, a
+sleep in the stand-in's switch-to-configuration) for all three ways: the same change with more work
+in it, to show what ipex-fleet adds is a fixed cost, not a share of the work.
+
 --profile DIR runs one more change deploy and one more no-change deploy of the 10 hosts under
 cProfile (pyinfra's controller, not timed) and writes DIR/change.prof and DIR/nochange.prof.
 Ansible is taken from this virtual environment (`pip install ansible-core` if it is missing).
@@ -252,6 +256,10 @@ def main() -> int:
     parser.add_argument("--host-pace", action="store_true",
                         help="also a change deploy with --data pace=host (each host at its own pace)")
     parser.add_argument("--profile", type=Path, help="also profile one change and one no-change deploy here")
+    parser.add_argument("--activation", type=int, default=0, metavar="SECONDS",
+                        help="every host's activation takes this long (the lab's slow_activation, a sleep), as a "
+                             "real switch restarting services does: what ipex-fleet adds is then measured against "
+                             "a longer piece of work")
     args = parser.parse_args()
     ansible = not args.no_ansible and args.only != "nochange"
     if ansible and not (BIN / "ansible-playbook").exists():
@@ -272,6 +280,10 @@ def main() -> int:
         lab.up(args.hosts, args.net)
         names = [h.name for h in lab.spec.hosts[:args.hosts]]
         print(f"lab up {args.hosts}: {time.monotonic() - started:.1f} s", flush=True)
+        if args.activation:  # in both flakes A and B, so every way runs the same activation
+            for name in names:
+                lab.config(name, [f"slow_activation={args.activation}"])
+            print(f"every host's activation sleeps {args.activation} s (slow_activation)", flush=True)
         flakes: dict[str, tuple[bytes, str]] = {}
         stamp = time.strftime("%H%M%S")
         for label in ("A", "B"):
@@ -374,6 +386,8 @@ def main() -> int:
         if "ansible" in figures:
             line += f", Ansible {figures['ansible']:.2f} s"
         print(line)
+        print(f"  ipex-fleet less the bare script: {figures['ipex-fleet'] - figures['bare']:+.2f} s"
+              + (f" (every activation {args.activation} s)" if args.activation else ""))
         print(f"  ratios: ipex-fleet/bare {figures['ipex-fleet'] / figures['bare']:.2f}x"
               + (f", ipex-fleet/Ansible {figures['ipex-fleet'] / figures['ansible']:.2f}x" if "ansible" in figures
                  else ""))

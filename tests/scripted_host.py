@@ -203,7 +203,7 @@ class ScriptedHost:
         raise SessionLost(f"the SSH session ended before the command reported its exit code ({how})")
 
     def do_activation_outcome(self, command: str) -> tuple[int, list[str]]:
-        """nixcmd.activation_outcome: its exit code once recorded; 75 while the unit runs; 76 for a unit
+        """nixcmd.activation_outcome: its exit code once recorded (after the line that says so); 75 while the unit runs; 76 for a unit
         that ended without one (interrupted) or never started."""
         call_id = _call_id(command)
         unit = self.units.get(call_id)
@@ -215,7 +215,7 @@ class ScriptedHost:
             left, end = unit[1], unit[2]
             self.units[call_id] = ("running", left - 1, end) if left > 1 else ("done", *end)
             return nixcmd.ACTIVATION_RUNNING, []
-        return unit[1], list(unit[2])
+        return unit[1], [nixcmd.ACTIVATION_RECORDED, *unit[2]]
 
     def failing(self, kind: str, command: str) -> tuple[int, list[str]]:
         if kind == "probe":

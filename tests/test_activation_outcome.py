@@ -45,9 +45,26 @@ def ask(tmp_path: Path, state: str | None, in_a_unit: bool = True, rc: str | Non
     return proc.returncode, proc.stdout, proc.stderr
 
 
+RECORDED = nixcmd.ACTIVATION_RECORDED + "\n"
+
+
 def test_a_recorded_exit_code_is_the_answer_with_the_activations_output(tmp_path):
-    assert ask(tmp_path, "inactive", rc="0", log="activating the configuration\n")[:2] == (0, "activating the configuration\n")
-    assert ask(tmp_path, "inactive", rc="4")[0] == 4
+    assert ask(tmp_path, "inactive", rc="0", log="activating the configuration\n")[:2] == (
+        0, RECORDED + "activating the configuration\n")
+    assert ask(tmp_path, "inactive", rc="4")[:2] == (4, RECORDED)
+
+
+@pytest.mark.parametrize("rc", (nixcmd.ACTIVATION_RUNNING, nixcmd.ACTIVATION_GONE))
+def test_an_activation_that_itself_exits_75_or_76_is_told_from_running_and_gone(tmp_path, rc):
+    """switch-to-configuration's own exit code is the answer's code too: the first line says it was
+    recorded, and take_recorded reads it so (NixOS uses 0, 1, 2, 4 and 100; any script may use more)."""
+    code, out, _ = ask(tmp_path, "inactive", rc=str(rc), log="activating\n")
+    assert (code, out) == (rc, RECORDED + "activating\n")
+    assert nixcmd.take_recorded(out.splitlines()) == (True, ("activating",))
+    (tmp_path / "other").mkdir()
+    running = ask(tmp_path / "other", "active", log="half way\n")
+    assert running[0] == nixcmd.ACTIVATION_RUNNING
+    assert nixcmd.take_recorded(running[1].splitlines()) == (False, ())
 
 
 @pytest.mark.parametrize("state", ("active", "activating", "deactivating", "reloading"))
@@ -74,7 +91,7 @@ def test_no_unit_and_no_log_never_started(tmp_path):
 
 def test_a_unit_that_ends_while_it_is_looked_at_answers_with_its_exit_code(tmp_path):
     """The state is read before the exit code: a unit seen ended has written its code if it ever will."""
-    assert ask(tmp_path, "inactive", log="done\n", rc_at_show="0")[:2] == (0, "done\n")
+    assert ask(tmp_path, "inactive", log="done\n", rc_at_show="0")[:2] == (0, RECORDED + "done\n")
 
 
 @pytest.mark.parametrize("state", (None, ""))

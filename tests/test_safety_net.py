@@ -173,6 +173,8 @@ def test_the_activations_outcome_reads_real_systemd(fleet):
     assert outcome(queued)[0] == nixcmd.ACTIVATION_RUNNING  # queued behind the blocker
     assert fleet.sh(host, f"systemctl show -p Job --value {nixcmd.activation_unit(Action.SWITCH, queued)}.service").isdigit()
     assert wait_for(lambda: outcome(queued)[0] == 0, 30, 0.2)
+    answer = fleet.lab.ssh(host, nixcmd.activation_outcome(Action.SWITCH, queued), timeout=30, check=False)
+    assert answer.stdout.splitlines() == [nixcmd.ACTIVATION_RECORDED, "activating"]  # its own code, said so
 
     killed = uuid.uuid4().hex[:12]
     start(killed, "echo activating; sleep 60; echo 0 > RC")

@@ -192,6 +192,39 @@ def test_a_lost_activation_is_decided_on_its_units_evidence_not_after_activation
         assert host.kinds.count("activation_outcome") == 2, host.kinds  # seen gone twice in a row
 
 
+@pytest.mark.parametrize("rc", (75, 76))
+def test_an_activation_that_itself_exits_75_or_76_is_judged_on_that_exit_code(controller, rc):
+    """The outcome command answers "still running" with 75 and "gone" with 76; switch-to-configuration
+    may exit with either itself. Its recorded exit code is marked as such: the controller fails the
+    activation on it at once (one look), rather than wait out activation_timeout (75) or call it
+    interrupted (76)."""
+    from ipex_fleet.nix import commands as nixcmd
+
+    assert (nixcmd.ACTIVATION_RUNNING, nixcmd.ACTIVATION_GONE) == (75, 76)
+    deploy, make = controller
+    host = make(models=[], health_levels=[], bench=False)
+    previous = host.profile_path
+    host.fault = Fault("activate", 1, "lost_after")
+    real_lose = host.lose_activation
+
+    def exits_rc(how, command):
+        try:
+            real_lose(how, command)
+        finally:
+            _, _, out = host.units[_call_id(command)]
+            host.units[_call_id(command)] = ("done", rc, out)
+
+    host.lose_activation = exits_rc
+    run_id, alive = deploy(host)
+    result = results.read_host_result(run_id, "h1")
+    assert alive and result.status is Status.ROLLED_BACK, (result, host.kinds)
+    assert f"switch-to-configuration switch exited {rc}" in result.error, result.error
+    assert "interrupted" not in result.error and "never started" not in result.error
+    assert host.kinds.count("activation_outcome") == 1, host.kinds
+    assert result.timings["switch"] < 10, result.timings
+    assert check_invariant(host, run_id, previous) == "reverted"
+
+
 def test_an_activation_seen_gone_once_then_running_is_waited_for(controller):
     """The command delivered late: the first look finds no unit, the next finds it running. Gone must be
     seen twice in a row; the activation's own exit code then decides."""

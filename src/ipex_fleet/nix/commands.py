@@ -236,8 +236,13 @@ ACTIVATION_INTERRUPTED = ("ipex-fleet: the activation was interrupted before it 
                           "crashed or rebooted, or its unit was killed)")
 
 
+ACTIVATION_RECORDED = "ipex_fleet_activation=recorded"  # the outcome's first line where the exit code is the unit's own
+
+
 def activation_outcome(action: Action, call_id: str) -> str:
-    """An activation's output and exit code once its unit has finished; ACTIVATION_RUNNING while its
+    """An activation's output and exit code once its unit has finished, after the line
+    ACTIVATION_RECORDED (so that an activation that itself exits 75 or 76 is not taken for the two
+    answers below: take_recorded); ACTIVATION_RUNNING while its
     unit runs (or where systemd cannot say); ACTIVATION_GONE where its unit is not running and left no
     exit code: the host rebooted or the unit was killed (its log exists: ACTIVATION_INTERRUPTED), or
     the command never reached systemd-run (no log: ACTIVATION_NEVER_STARTED). A unit whose start job
@@ -246,7 +251,7 @@ def activation_outcome(action: Action, call_id: str) -> str:
     with no code never wrote one. A copy of the command delivered later is refused by its fence."""
     unit = activation_unit(action, call_id)
     log, rc = quote(f"{ACTIVATION_DIR}/{unit}.log"), quote(f"{ACTIVATION_DIR}/{unit}.rc")
-    done = f"if [ -s {rc} ]; then cat {log} 2>/dev/null; exit $(cat {rc}); fi"
+    done = f"if [ -s {rc} ]; then echo {ACTIVATION_RECORDED}; cat {log} 2>/dev/null; exit $(cat {rc}); fi"
     return (f"{done}; {{ {IN_A_UNIT}; }} || exit {ACTIVATION_RUNNING}; "
             f"s=$(systemctl show --property=ActiveState --property=Job {quote(unit + '.service')} 2>/dev/null) "
             f"&& [ -n \"$s\" ] || exit {ACTIVATION_RUNNING}; "
@@ -254,6 +259,15 @@ def activation_outcome(action: Action, call_id: str) -> str:
             f"case \"$s\" in *Job=[0-9]*) exit {ACTIVATION_RUNNING};; esac; {done}; "
             f"if [ -e {log} ]; then cat {log}; echo {quote(ACTIVATION_INTERRUPTED)} >&2; "
             f"else echo {quote(ACTIVATION_NEVER_STARTED)} >&2; fi; exit {ACTIVATION_GONE}")
+
+
+def take_recorded(lines: tuple[str, ...] | list[str]) -> tuple[bool, tuple[str, ...]]:
+    """Whether an activation_outcome answer is the unit's recorded exit code, and its output without
+    that line."""
+    lines = tuple(lines)
+    if lines[:1] == (ACTIVATION_RECORDED,):
+        return True, lines[1:]
+    return False, lines
 
 
 def activation_error(lines: tuple[str, ...] | list[str]) -> str | None:

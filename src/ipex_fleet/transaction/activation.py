@@ -26,7 +26,8 @@ def reattach_activation(tx: HostTransaction, host: Any, call_id: str, started: f
     the command delivered later."""
     host.log(f"{lost}; waiting for the activation over a new connection", logger.warning)
     tx.fresh_connections = True
-    found: list[RemoteResult] = []
+    found: list[RemoteResult] = []  # the answers that were not a recorded exit code, in a row
+    recorded: list[RemoteResult] = []
 
     def ended() -> bool:
         try:
@@ -34,6 +35,10 @@ def reattach_activation(tx: HostTransaction, host: Any, call_id: str, started: f
         except (HostUnreachable, StepTimeout):
             found.clear()  # gone twice means twice in a row
             return False
+        own, stdout = nixcmd.take_recorded(outcome.stdout_lines)
+        if own:  # the unit's exit code, whatever it is (75 and 76 included)
+            recorded.append(RemoteResult(outcome.returncode, stdout, outcome.stderr_lines))
+            return True
         found.append(outcome)
         if outcome.returncode == nixcmd.ACTIVATION_GONE:
             return len(found) >= 2 and found[-2].returncode == nixcmd.ACTIVATION_GONE
@@ -43,6 +48,8 @@ def reattach_activation(tx: HostTransaction, host: Any, call_id: str, started: f
     if not wait_until(ended, max(left, 0.0), "the activation's recorded exit code", interval=0.5):
         raise StepTimeout(f"the activation did not finish within {tx.settings.activation_timeout:g}s after "
                           "the SSH session was lost")
+    if recorded:
+        return recorded[-1]
     if found[-1].returncode == nixcmd.ACTIVATION_GONE:
         raise StepFailed(found[-1].last_error.removeprefix("ipex-fleet: "))
     return found[-1]
