@@ -323,6 +323,108 @@ def test_a_host_left_to_decide_is_not_kept_from_deciding_by_the_heartbeat(contro
     assert [k for k in host.resolved if k.startswith(run_id)] == [f"{run_id}.watchdog"]
 
 
+@pytest.mark.parametrize("gates,kind,nth,why", [
+    (False, "commit", 1, "no new SSH connection after activation"),  # the commit is the confirmation
+    (True, "renew", 2, "no new SSH connection after activation"),  # the confirmation before the gates
+    (False, "renew", 1, "the host stopped answering during activation"),  # the activation's own command
+    (True, "renew", 1, "the host stopped answering during activation")])
+def test_a_host_that_reboots_unconfirmed_is_reverted_by_the_controller_once_it_answers(controller, gates, kind, nth, why):
+    """The host stops answering at the activation or at the new login that confirms it: it reboots,
+    and boots with the intent re-armed for a boot's lease (reboot_grace: 630 s by default). The
+    controller, which confirmed nothing, claims the revert as soon as the host answers again: rolled
+    back, verified. Before, it waited for the host's watchdog to act at the end of that lease (here the
+    host's clock stands still: past the wait's own bound of 690 s, ending `unreachable`)."""
+    from .scripted_host import classify
+
+    deploy, make = controller
+    host = make(**({} if gates else {"models": [], "health_levels": [], "bench": False}))
+    previous = host.profile_path
+    host.fault = Fault(kind, nth, "drop")  # the activation's command carries its `activated` mark: a renew
+    real_answer, looks = host.answer, []
+
+    def rebooting(command):
+        if host.dropped and classify(command) == "outcome":
+            looks.append(command)
+            if len(looks) == 3:  # back from its boot
+                host.dropped = False
+                host.reboot()
+        return real_answer(command)
+
+    host.answer = rebooting
+    run_id, alive = deploy(host)
+    result = results.read_host_result(run_id, "h1")
+    assert alive and result.status is Status.ROLLED_BACK, (result, host.kinds)
+    assert why in result.error, result.error
+    assert "the controller, once the host answered again, restored generation 1" in result.error, result.error
+    assert check_invariant(host, run_id, previous) == "reverted"
+    assert [k for k in host.resolved if k.startswith(run_id)] == [f"{run_id}.reverting-controller"]
+    assert result.timings["switch"] < 30, result.timings  # on the transaction's clock
+
+
+def test_a_commit_that_won_before_the_host_went_dark_is_ok_when_the_controller_would_revert(controller):
+    """The commit over a new login ran on the host, then the host dropped before its answer (and its
+    second try): the controller, which would revert a host that answers with the intent open, hears
+    that the commit won and claims nothing: committed, reported `ok`."""
+    from ipex_fleet.remote import HostUnreachable
+
+    from .scripted_host import classify
+
+    deploy, make = controller
+    host = make(models=[], health_levels=[], bench=False)
+    real_commit, real_answer, looks = host.do_commit, host.answer, []
+
+    def commits_then_drops(command):
+        real_commit(command)
+        host.dropped = True
+        raise HostUnreachable("no answer from h1 (dropped after the commit ran)")
+
+    def back_later(command):
+        if host.dropped and classify(command) == "outcome":
+            looks.append(command)
+            host.dropped = len(looks) < 3
+        return real_answer(command)
+
+    host.do_commit, host.answer = commits_then_drops, back_later
+    run_id, alive = deploy(host)
+    result = results.read_host_result(run_id, "h1")
+    assert alive and result.status is Status.OK, (result, host.kinds)
+    assert check_invariant(host, run_id, "-") == "committed"
+    assert "revert" not in host.kinds and "outcome" in host.kinds
+    assert [k for k in host.resolved if k.startswith(run_id)] == [f"{run_id}.committed"]
+
+
+def test_a_late_commit_that_beats_the_controllers_revert_is_ok(controller):
+    """The commit over a new login is lost on the way and reaches the host late, just before the revert
+    the controller claims once the host answers again: the commit's claim wins, the revert's loses, and
+    the host ends committed, reported `ok` (never reverted beside a committed record)."""
+    from .scripted_host import classify
+
+    deploy, make = controller
+    host = make(models=[], health_levels=[], bench=False)
+    host.fault = Fault("commit", 1, "drop")
+    real_answer, late, looks = host.answer, [], []
+
+    def delivered_late(command):
+        kind = classify(command)
+        if kind == "commit" and not late:
+            late.append(command)
+        if host.dropped and kind == "outcome":
+            looks.append(command)
+            host.dropped = len(looks) < 3
+        if kind == "revert":  # the lost commit arrives first
+            host.seen["commit"] = 1  # the fault is spent
+            assert real_answer(late[0])[0] == 0
+        return real_answer(command)
+
+    host.answer = delivered_late
+    run_id, alive = deploy(host)
+    result = results.read_host_result(run_id, "h1")
+    assert alive and result.status is Status.OK, (result, host.kinds)
+    assert "revert" in host.kinds  # asked, and lost to the commit
+    assert check_invariant(host, run_id, "-") == "committed"
+    assert [k for k in host.resolved if k.startswith(run_id)] == [f"{run_id}.committed"]
+
+
 def every_ending(controller, kind, nth, how, **data):
     deploy, make = controller
     host = make(**data)

@@ -89,14 +89,30 @@ def agent_status(tx: HostTransaction, host: Any) -> dict[str, Any]:
     return hostagent.parse(sh(tx, host, hostagent.command("status")).stdout_lines)
 
 
-def wait_for_outcome(tx: HostTransaction, host: Any, intent_id: str, bound: float | None = None) -> dict[str, Any]:
+def wait_for_outcome(tx: HostTransaction, host: Any, intent_id: str, bound: float | None = None,
+                     revert_if_open: bool = False) -> dict[str, Any]:
     """An intent's decision once final: who decided, and a revert's outcome once it ended (over new
-    connections when the run's session is gone). Raises HostUnreachable when none comes in time."""
+    connections when the run's session is gone). Raises HostUnreachable when none comes in time.
+    `revert_if_open`: the controller has decided against the intent; once the host answers with it
+    still open, the controller claims the revert itself (the claim decides: a commit that won first
+    is reported as such) rather than wait out a lease that a boot may have counted afresh."""
     found: dict[str, Any] = {}
+    reverting: list[str] = []
 
     def decided() -> bool:
         try:
             got = sh(tx, host, hostagent.command("outcome", "--intent", intent_id))
+            if revert_if_open and not reverting and got.returncode == hostagent.BUSY \
+                    and hostagent.parse(got.stdout_lines).get("open"):
+                host.log("the host answers again with the intent open: the controller claims its revert",
+                         logger.warning)
+                revert = sh(tx, host, hostagent.command("revert", "--intent", intent_id, "--who",
+                                                        "reverting-controller", "--detach"))
+                reverting.append(intent_id)  # asked once: started, or another claimant decided
+                if not revert.ok and revert.returncode != hostagent.LOST:  # the watchdog is left to it
+                    host.log(f"the revert did not start ({revert.last_error}); waiting for the watchdog",
+                             logger.warning)
+                return False
         except (HostUnreachable, StepTimeout):
             tx.fresh_connections = True
             return False
@@ -214,7 +230,7 @@ def confirm(tx: HostTransaction, host: Any) -> None:
     try:
         mark(tx, host, "confirm", tx.settings.lease_grace, fresh=True)
     except HostUnreachable as exc:
-        raise watchdog_reverted(tx, host, f"no new SSH connection after activation ({exc})")
+        raise watchdog_reverted(tx, host, f"no new SSH connection after activation ({exc})", revert_when_back=True)
 
 
 def claim(tx: HostTransaction, host: Any, who: str) -> bool:
@@ -229,15 +245,17 @@ def claim(tx: HostTransaction, host: Any, who: str) -> bool:
     raise StepFailed(f"could not claim the decision on the host: {got.last_error}")
 
 
-def await_revert(tx: HostTransaction, host: Any, why: str) -> tuple[Generation, str, str]:
+def await_revert(tx: HostTransaction, host: Any, why: str, revert_when_back: bool = False) -> tuple[Generation, str, str]:
     """Wait (over new connections if need be) for whoever claimed this intent's revert (the controller's
     own detached revert, the watchdog, a recovery) to finish; the agent verified the result.
-    Returns (the generation the host is on, who reverted, the outcome)."""
+    `revert_when_back`: a host that answers again with the intent still open is reverted by the
+    controller there and then (wait_for_outcome). Returns (the generation the host is on, who
+    reverted, the outcome)."""
     host.log(f"{why}; waiting for the host's revert", logger.warning)
     if tx.lock_token:  # an intent the heartbeat went on renewing would hold off the very watchdog awaited
         heartbeat_of(host).lock_only(host, tx.lock_token, tx.settings.lease_grace)
     started = time.monotonic()
-    found = wait_for_outcome(tx, host, str(tx.intent_id))
+    found = wait_for_outcome(tx, host, str(tx.intent_id), revert_if_open=revert_when_back)
     tx.intent_open = False
     tx.timings["revert_wait"] = round(time.monotonic() - started, 3)
     who = str(found.get("decided_by") or "?")
@@ -250,11 +268,13 @@ def await_revert(tx: HostTransaction, host: Any, why: str) -> tuple[Generation, 
     return state.current_generation, who, outcome
 
 
-def watchdog_reverted(tx: HostTransaction, host: Any, why: str) -> WatchdogReverted:
-    """The host decided by itself: wait for its verified revert and say how it ended."""
-    final, who, outcome = await_revert(tx, host, why)
+def watchdog_reverted(tx: HostTransaction, host: Any, why: str, revert_when_back: bool = False) -> WatchdogReverted:
+    """The host decided by itself (or, `revert_when_back`, the controller once the host answered again
+    with the intent open): wait for its verified revert and say how it ended."""
+    final, who, outcome = await_revert(tx, host, why, revert_when_back)
+    by = "the controller, once the host answered again," if who == "reverting-controller" else f"the host's {who}"
     if not outcome.startswith("reverted"):
-        return WatchdogReverted(f"{why}; the host's {who} tried to restore generation {tx.previous.number} and its "
+        return WatchdogReverted(f"{why}; {by} tried to restore generation {tx.previous.number} and its "
                                 f"revert FAILED ({outcome})", final, Status.REVERT_FAILED)
-    return WatchdogReverted(f"{why}; the host's {who} restored generation {final.number} by itself", final,
-                            Status.ROLLED_BACK)
+    alone = "" if who == "reverting-controller" else " by itself"
+    return WatchdogReverted(f"{why}; {by} restored generation {final.number}{alone}", final, Status.ROLLED_BACK)

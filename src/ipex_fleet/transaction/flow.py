@@ -387,8 +387,8 @@ def commit_over_a_new_login(tx: HostTransaction, host: Any) -> None:
     first, the watchdog's revert is awaited, as for a confirmation."""
     try:
         won = commit(tx, host, Status.OK, tx.target, fresh=True)
-    except HostUnreachable as exc:
-        raise watchdog_reverted(tx, host, f"no new SSH connection after activation ({exc})")
+    except HostUnreachable as exc:  # not confirmed: should the host answer again, the controller reverts it
+        raise watchdog_reverted(tx, host, f"no new SSH connection after activation ({exc})", revert_when_back=True)
     if not won:
         raise watchdog_reverted(tx, host, "the lease ran out before the confirmation")
 
@@ -437,7 +437,9 @@ def _activate(tx: HostTransaction, host: Any, path: str, mark: bool) -> tuple[Re
                                                    accepted_activation_codes(tx)), tx.step_timeout)
         except SessionLost as exc:
             return reattach_activation(tx, host, call_id, started, exc), None
-    except (HostUnreachable, StepTimeout) as exc:
+    except HostUnreachable as exc:  # should it answer again (a boot re-arms the intent for reboot_grace): reverted
+        raise watchdog_reverted(tx, host, f"the host stopped answering during activation ({exc})", revert_when_back=True)
+    except StepTimeout as exc:
         raise watchdog_reverted(tx, host, f"the host stopped answering during activation ({exc})")
     stdout, marked = nixcmd.take_then(got.stdout_lines)
     return RemoteResult(got.returncode, stdout, got.stderr_lines), marked
