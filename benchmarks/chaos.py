@@ -17,6 +17,7 @@ It prints each run's faults and outcome, then the count of runs, faults and viol
 seed of every violation (`--seed S --runs 1` replays it).
 
     .venv/bin/python benchmarks/chaos.py --runs 20 [--seed 1] [--budget 1800] [--no-gates]
+    .venv/bin/python benchmarks/chaos.py --force reboot:host4:1.1,1.2,1.3 --no-gates   # one fault, set times
 
 --no-gates turns the health checks off as well, so no gate follows the activation and its
 confirmation over a new login is the commit (the record, the lock's release and the metrics in that
@@ -142,11 +143,11 @@ def settled(lab: Lab, host: str, timeout: float) -> dict:
 
 
 def run_once(lab: Lab, seed: int, state_dir: Path, gates: bool = True, window: float | None = None,
-             logs: Path | None = None) -> Outcome:
+             logs: Path | None = None, forced: list[Fault] | None = None) -> Outcome:
     rng = random.Random(seed)
     # A healthy 4-host deploy here takes about 9 s with its health checks (25 s before the round trips
     # were folded: the campaigns before it drew from 20 s), 3 to 5 s without.
-    faults = draw(rng, window=window or (10.0 if gates else 4.0), gates=gates)
+    faults = forced if forced is not None else draw(rng, window=window or (10.0 if gates else 4.0), gates=gates)
     outcome = Outcome(seed, faults)
     before = {h: host_state(lab, h) for h in HOSTS}
     for h in HOSTS:
@@ -281,6 +282,19 @@ def recheck(log: Path) -> int:
     return 1 if bad else 0
 
 
+def forced_faults(text: str) -> list[Fault]:
+    """--force's faults, one a run: KIND:HOST:AT[,AT...] (HOST empty for kill)."""
+    try:
+        kind, host, times = text.split(":")
+        faults = [Fault(kind, host or None, float(at)) for at in times.split(",")]
+    except ValueError:
+        raise SystemExit(f"--force {text!r}: give KIND:HOST:AT[,AT...], e.g. reboot:host4:1.1,1.2")
+    if kind not in ("kill", "crash", "reboot", "cut") or (kind == "kill") != (host == "") or (
+            host and host not in HOSTS):
+        raise SystemExit(f"--force {text!r}: KIND is kill (no host), crash, reboot or cut on one of {', '.join(HOSTS)}")
+    return faults
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=20)
@@ -293,11 +307,17 @@ def main() -> int:
     parser.add_argument("--window", type=float, help="faults fall in the first this many seconds "
                         "(default 10 with gates, 4 without: about the deploy's length)")
     parser.add_argument("--logs", type=Path, help="keep each run's deploy output here (seed-S.log)")
+    parser.add_argument("--force", metavar="KIND:HOST:AT[,AT...]",
+                        help="no draw: one run a time in the list, that fault alone (e.g. reboot:host4:1.1,1.2,1.3, "
+                             "crash:host2:1.0, kill::2.5); the seeds still set each run's version")
     parser.add_argument("--recheck", type=Path, metavar="LOG",
                         help="apply the healthy-host rule to a campaign's printed output, run nothing")
     args = parser.parse_args()
     if args.recheck:
         return recheck(args.recheck)
+    forced = forced_faults(args.force) if args.force else None
+    if forced is not None:
+        args.runs = len(forced)
     if args.logs:
         args.logs.mkdir(parents=True, exist_ok=True)
     lab = Lab(args.root)
@@ -311,7 +331,8 @@ def main() -> int:
             if time.monotonic() - started > args.budget:
                 print(f"budget of {args.budget:.0f}s spent after {i} runs")
                 break
-            o = run_once(lab, args.seed + i, state_dir, gates=not args.no_gates, window=args.window, logs=args.logs)
+            o = run_once(lab, args.seed + i, state_dir, gates=not args.no_gates, window=args.window, logs=args.logs,
+                         forced=[forced[i]] if forced is not None else None)
             outcomes.append(o)
             verdict = "ok" if not o.violations else "VIOLATION"
             print(f"run {i + 1} seed {o.seed}: {', '.join(map(str, o.faults))} -> "
