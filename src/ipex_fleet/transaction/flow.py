@@ -383,8 +383,9 @@ def gates_follow(tx: HostTransaction, host: Any) -> bool:
 def commit_over_a_new_login(tx: HostTransaction, host: Any) -> None:
     """With no gate after the activation, the confirmation is the commit itself: one call over a new
     SSH connection (a generation that breaks new logins is never committed through the old session),
-    within the short lease of the `activated` mark. Where no new login comes, or the lease ran out
-    first, the watchdog's revert is awaited, as for a confirmation."""
+    within the short lease of the `activated` mark. Where no new login comes, the host's revert is
+    awaited, and claimed by the controller should the host answer again with the intent open (a boot
+    re-arms it for a long lease); where the lease ran out first, the watchdog's revert is awaited."""
     try:
         won = commit(tx, host, Status.OK, tx.target, fresh=True)
     except HostUnreachable as exc:  # not confirmed: should the host answer again, the controller reverts it
@@ -421,7 +422,8 @@ def _open_and_set_profile(tx: HostTransaction, host: Any, path: str) -> Generati
 
 def _activate(tx: HostTransaction, host: Any, path: str, mark: bool) -> tuple[RemoteResult, int | None]:
     """switch-to-configuration in a unit of its own: a lost session re-attaches to it; a host that
-    stops answering is left to its watchdog, whose verified revert is awaited. With `mark`, the same
+    stops answering is left to its watchdog, whose verified revert is awaited (the controller claims
+    it should the host answer again with the intent open). With `mark`, the same
     round trip marks the intent `activated` where the activation ended as check_activation accepts and
     the target runs then; the second value is that mark's exit code (None: not marked)."""
     started = time.monotonic()
