@@ -361,6 +361,40 @@ def test_a_host_that_reboots_unconfirmed_is_reverted_by_the_controller_once_it_a
     assert result.timings["switch"] < 30, result.timings  # on the transaction's clock
 
 
+def test_a_generation_that_refuses_new_logins_is_left_to_its_watchdog_while_the_host_answers(controller):
+    """The confirmation's new login is refused (a generation that breaks sshd), while the run's own
+    session still answers, the intent open: the controller does not claim the revert there (it only
+    does for a host that answers again after going dark); the watchdog reverts at the end of the short
+    lease, as magic rollback does."""
+    from ipex_fleet.remote import HostUnreachable
+
+    from .scripted_host import classify
+
+    deploy, make = controller
+    host = make()  # with gates: the confirmation is a mark over a new login
+    previous = host.profile_path
+    real_fresh, real_outcome = host.fresh, host.do_outcome
+
+    def refused(command):
+        if classify(command) == "renew":
+            raise HostUnreachable("no new SSH connection to h1 (Authentication failed)")
+        return real_fresh(command)
+
+    def time_passes(command):  # each look: 5 s on the host, the watchdog's look
+        host.host_clock.t += 5
+        host.watchdog_tick()
+        return real_outcome(command)
+
+    host.fresh, host.do_outcome = refused, time_passes
+    run_id, alive = deploy(host)
+    result = results.read_host_result(run_id, "h1")
+    assert alive and result.status is Status.ROLLED_BACK, (result, host.kinds)
+    assert "the host's watchdog restored generation 1 by itself" in result.error, result.error
+    assert "revert" not in host.kinds
+    assert [k for k in host.resolved if k.startswith(run_id)] == [f"{run_id}.watchdog"]
+    assert check_invariant(host, run_id, previous) == "reverted"
+
+
 def test_a_commit_that_won_before_the_host_went_dark_is_ok_when_the_controller_would_revert(controller):
     """The commit over a new login ran on the host, then the host dropped before its answer (and its
     second try): the controller, which would revert a host that answers with the intent open, hears

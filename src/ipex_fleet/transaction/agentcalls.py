@@ -93,16 +93,19 @@ def wait_for_outcome(tx: HostTransaction, host: Any, intent_id: str, bound: floa
                      revert_if_open: bool = False) -> dict[str, Any]:
     """An intent's decision once final: who decided, and a revert's outcome once it ended (over new
     connections when the run's session is gone). Raises HostUnreachable when none comes in time.
-    `revert_if_open`: the controller has decided against the intent; once the host answers with it
-    still open, the controller claims the revert itself (the claim decides: a commit that won first
-    is reported as such) rather than wait out a lease that a boot may have counted afresh."""
+    `revert_if_open`: the controller has decided against the intent; once the host answers again
+    after a look it did not answer, with the intent still open, the controller claims the revert
+    itself (the claim decides: a commit that won first is reported as such) rather than wait out a
+    lease that a boot may have counted afresh. A host that answers all along (a generation that only
+    refuses new logins, over the run's own session) is left to its watchdog's short lease."""
     found: dict[str, Any] = {}
     reverting: list[str] = []
+    dark: list[str] = []  # looks the host did not answer
 
     def decided() -> bool:
         try:
             got = sh(tx, host, hostagent.command("outcome", "--intent", intent_id))
-            if revert_if_open and not reverting and got.returncode == hostagent.BUSY \
+            if revert_if_open and dark and not reverting and got.returncode == hostagent.BUSY \
                     and hostagent.parse(got.stdout_lines).get("open"):
                 host.log("the host answers again with the intent open: the controller claims its revert",
                          logger.warning)
@@ -115,6 +118,7 @@ def wait_for_outcome(tx: HostTransaction, host: Any, intent_id: str, bound: floa
                 return False
         except (HostUnreachable, StepTimeout):
             tx.fresh_connections = True
+            dark.append(intent_id)
             return False
         if got.returncode in (0, hostagent.FAILED):
             found.update(hostagent.parse(got.stdout_lines))
