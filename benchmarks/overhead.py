@@ -261,6 +261,8 @@ def main() -> int:
                              "real switch restarting services does: what ipex-fleet adds is then measured against "
                              "a longer piece of work")
     args = parser.parse_args()
+    if not 0 <= args.activation <= 600:  # the lab's slow_activation takes 0 to 600 s
+        raise SystemExit(f"--activation {args.activation}: give whole seconds from 0 to 600")
     ansible = not args.no_ansible and args.only != "nochange"
     if ansible and not (BIN / "ansible-playbook").exists():
         raise SystemExit(f"no {BIN / 'ansible-playbook'}: `{BIN / 'pip'} install ansible-core`, or --no-ansible")
